@@ -1,0 +1,143 @@
+"""gunicorn configuration for Gatehouse.
+
+Every value comes from a GATEHOUSE_* variable validated by service.config, so a bad
+value stops the master before it binds, with one line naming the variable.
+"""
+
+import os
+import sys
+import tempfile
+
+from service.config import InvalidConfiguration, load_settings
+
+try:
+    _settings = load_settings()
+except InvalidConfiguration as _exc:
+    print(f"gatehouse: invalid configuration: {_exc}", file=sys.stderr)
+    sys.exit(2)
+
+# prometheus_client picks its multiprocess mode when first imported, so the
+# directory must be in the environment before any worker imports it.
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", os.path.join(tempfile.gettempdir(), "gatehouse-prometheus"))
+
+#
+# Server socket
+#
+#   bind - host:port to listen on. Behind Kubernetes use 0.0.0.0:8000.
+bind = _settings.bind
+
+#   backlog - pending connections the kernel queues before refusing; 64-2048.
+backlog = 2048
+
+#
+# Worker processes
+#
+#   workers - worker processes; about one or two per core. Each holds its own
+#       MySQL and Redis pools, so workers x pool size x replicas must stay below
+#       the servers' connection limits (MariaDB's max_connections is 151 by default).
+workers = _settings.workers
+
+#   worker_class - gevent: one greenlet per connection, so requests waiting on
+#       MySQL, Redis or the argon2 thread pool do not block each other.
+worker_class = "gevent"
+
+#   worker_connections - concurrent connections per worker; 10-100000.
+worker_connections = _settings.worker_connections
+
+#   timeout - seconds a worker may stay silent before the master kills it; 5-600.
+#       Every MySQL and Redis call has its own shorter timeout.
+timeout = _settings.timeout
+
+#   graceful_timeout - seconds in-flight requests get to finish after SIGTERM; 1-600.
+graceful_timeout = _settings.graceful_timeout
+
+#   keepalive - seconds an idle keep-alive connection is held open; 0-300.
+#       Behind a load balancer keep it above the balancer's idle timeout.
+keepalive = _settings.keepalive
+
+#   preload_app - False: each worker imports the app after fork and after gevent
+#       has patched the standard library, so no socket or lock predates the patch.
+preload_app = False
+
+#
+# Request limits (gunicorn answers 400 or 431 on its own when they are exceeded)
+#
+#   limit_request_line - longest request line in bytes; 0-8190.
+limit_request_line = 4094
+#   limit_request_fields - most header fields per request; up to 32768.
+limit_request_fields = 50
+#   limit_request_field_size - longest header field in bytes; an access token is under 1 KiB.
+limit_request_field_size = 8190
+
+#
+# Logging
+#
+#   logger_class - renders gunicorn's error and access records as JSON on stdout.
+logger_class = "service.logs.GunicornLogger"
+loglevel = _settings.log_level
+errorlog = "-"
+#   accesslog - None: the app logs one request_completed line per request, so a
+#       second access record from gunicorn would double every entry.
+accesslog = None
+
+#
+# Process naming and control
+#
+proc_name = "gatehouse"
+#   control_socket_disable - the control socket lives at one fixed path per user,
+#       which several instances on one host (tests, side-by-side runs) would share.
+control_socket_disable = True
+
+
+#
+# Server hooks
+#
+def on_starting(server):
+    """Master, before binding: empty the metrics directory and check dependencies."""
+    import shutil
+
+    import structlog
+
+    from service.startup import StartupCheckFailed, run_startup_checks
+
+    log = structlog.get_logger("gatehouse.master")
+    metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    # Files left by an earlier master would be summed into this run's counters.
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    os.makedirs(metrics_dir, exist_ok=True)
+
+    log.info("master_starting", pid=os.getpid(), settings=_settings.summary())
+    try:
+        run_startup_checks(_settings)
+    except StartupCheckFailed as exc:
+        log.error("startup_check_failed", error=str(exc))
+        sys.exit(3)
+
+
+def post_fork(server, worker):
+    """Worker, right after fork: the app (and its pools) is created next, when it loads."""
+    server.log.info("worker_started", extra={"worker_pid": worker.pid})
+
+
+def worker_exit(server, worker):
+    """Worker, on its way out: close this worker's MySQL and Redis pools and flush logs."""
+    import logging
+
+    from service.app import close_app
+
+    app = getattr(worker, "wsgi", None)
+    if app is not None:
+        close_app(app)
+    logging.shutdown()
+
+
+def child_exit(server, worker):
+    """Master, after a worker exited: drop its live gauges from the metrics directory."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    """Master, last step before exit."""
+    server.log.info("master_exited", extra={"pid": os.getpid()})

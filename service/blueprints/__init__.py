@@ -1,0 +1,1 @@
+"""HTTP routes: thin views that parse, call a service function and shape the response."""

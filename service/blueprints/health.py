@@ -1,0 +1,46 @@
+"""Probes and discovery documents: /health, /ready, /openapi.json, /.well-known/jwks.json."""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+
+from flask import Blueprint, Response, current_app, jsonify
+
+from service.api import json_response, openapi_document, operation
+from service.context import services
+from service.schemas import CheckResult, Health, Jwks, Readiness
+
+blueprint = Blueprint("health", __name__)
+
+
+@blueprint.get("/health")
+@operation("Liveness: the process can serve; never checks dependencies", responses={200: Health},
+           tags=("operations",))
+def health() -> Response:
+    return json_response(Health(status="ok"))
+
+
+@blueprint.get("/ready")
+@operation("Readiness: MySQL, Redis and the schema version, cached briefly",
+           responses={200: Readiness, 503: Readiness}, tags=("operations",))
+def ready() -> Response:
+    report = services().readiness.report()
+    body = Readiness(
+        status="ready" if report.ready else "not_ready",
+        checks={name: CheckResult(ok=check.ok, latency_ms=check.latency_ms, error=check.error)
+                for name, check in report.checks.items()},
+    )
+    return json_response(body, 200 if report.ready else 503, headers={} if report.ready else {"Retry-After": "1"})
+
+
+@blueprint.get("/.well-known/jwks.json")
+@operation("Public keys that verify access tokens (RFC 7517)", responses={200: Jwks}, tags=("tokens",))
+def jwks() -> Response:
+    response = jsonify(services().keys.jwks())
+    response.headers["Cache-Control"] = "public, max-age=300"
+    return response
+
+
+@blueprint.get("/openapi.json")
+def openapi() -> Response:
+    return jsonify(openapi_document(current_app, version=version("gatehouse")))

@@ -1,0 +1,145 @@
+"""Settings read from GATEHOUSE_* environment variables and validated at start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "GATEHOUSE_"
+
+# OWASP's minimum for argon2id (Password Storage Cheat Sheet): 19 MiB, 2 passes, 1 lane.
+ARGON2_MIN_MEMORY_KIB = 19456
+ARGON2_MIN_TIME_COST = 2
+
+
+class InvalidConfiguration(Exception):
+    """A setting is missing or invalid; the message names the variable and the fix."""
+
+
+class Settings(BaseSettings):
+    """Every setting of the service; the field name is the variable name without the prefix."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    # Server (read by gunicorn.conf.py)
+    bind: str = Field("127.0.0.1:8000", description="host:port that gunicorn listens on")
+    workers: int = Field(2, ge=1, le=64, description="number of gunicorn worker processes, 1-64")
+    worker_connections: int = Field(
+        1000, ge=10, le=100_000, description="concurrent connections per gevent worker, 10-100000"
+    )
+    timeout: int = Field(30, ge=5, le=600, description="seconds before a silent worker is killed, 5-600")
+    graceful_timeout: int = Field(
+        30, ge=1, le=600, description="seconds in-flight requests get to finish on shutdown, 1-600"
+    )
+    keepalive: int = Field(5, ge=0, le=300, description="seconds an idle keep-alive connection stays open, 0-300")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="one of debug, info, warning, error"
+    )
+    trusted_proxy_count: int = Field(
+        0, ge=0, le=10, description="number of reverse proxies in front whose X-Forwarded-For is trusted, 0-10"
+    )
+    max_body_bytes: int = Field(
+        16_384, ge=1024, le=10_485_760, description="largest accepted request body in bytes, 1024-10485760"
+    )
+
+    # MySQL / MariaDB
+    mysql_host: str = Field("127.0.0.1", min_length=1, description="MySQL host name or address")
+    mysql_port: int = Field(3306, ge=1, le=65535, description="MySQL TCP port, 1-65535")
+    mysql_user: str = Field("gatehouse", min_length=1, description="MySQL user name")
+    mysql_password: SecretStr = Field(description="MySQL password of GATEHOUSE_MYSQL_USER")
+    mysql_database: str = Field("gatehouse", pattern=r"^[A-Za-z0-9_]{1,64}$", description="MySQL database name")
+    mysql_pool_size: int = Field(10, ge=1, le=200, description="MySQL connections per worker, 1-200")
+    mysql_pool_wait_seconds: float = Field(
+        2.0, gt=0, le=60, description="seconds a request waits for a free MySQL connection, up to 60"
+    )
+    mysql_connect_timeout: float = Field(3.0, gt=0, le=60, description="MySQL connect timeout in seconds")
+    mysql_read_timeout: float = Field(5.0, gt=0, le=300, description="MySQL read timeout in seconds")
+    mysql_write_timeout: float = Field(5.0, gt=0, le=300, description="MySQL write timeout in seconds")
+
+    # Redis
+    redis_url: SecretStr = Field(description="Redis URL such as redis://:PASSWORD@127.0.0.1:6379/0")
+    redis_pool_size: int = Field(20, ge=1, le=1000, description="Redis connections per worker, 1-1000")
+    redis_pool_wait_seconds: float = Field(
+        2.0, gt=0, le=60, description="seconds a request waits for a free Redis connection, up to 60"
+    )
+    redis_connect_timeout: float = Field(2.0, gt=0, le=60, description="Redis connect timeout in seconds")
+    redis_socket_timeout: float = Field(2.0, gt=0, le=60, description="Redis read/write timeout in seconds")
+
+    # Tokens
+    keys_dir: Path = Field(description="directory of PEM private keys; the newest signs, all verify")
+    jwt_algorithm: Literal["EdDSA", "ES256", "RS256"] = Field(
+        "EdDSA", description="access-token signing algorithm: EdDSA, ES256 or RS256"
+    )
+    jwt_issuer: str = Field("gatehouse", min_length=1, description="the iss claim of access tokens")
+    jwt_audience: str = Field("gatehouse", min_length=1, description="the aud claim of access tokens")
+    jwt_leeway_seconds: int = Field(10, ge=0, le=120, description="clock skew allowed on exp and iat, 0-120")
+    access_token_ttl_seconds: int = Field(
+        900, ge=60, le=3600, description="access-token lifetime in seconds, 60-3600"
+    )
+    session_ttl_seconds: int = Field(
+        30 * 86400, ge=3600, le=365 * 86400, description="absolute session lifetime in seconds, 3600-31536000"
+    )
+    refresh_grace_seconds: float = Field(
+        10.0, ge=0, le=60, description="seconds a rotated refresh token may still be presented, 0-60"
+    )
+
+    # Passwords (argon2id)
+    argon2_memory_kib: int = Field(
+        ARGON2_MIN_MEMORY_KIB, ge=ARGON2_MIN_MEMORY_KIB, le=1_048_576, description="argon2id memory in KiB, 19456-1048576"
+    )
+    argon2_time_cost: int = Field(
+        ARGON2_MIN_TIME_COST, ge=ARGON2_MIN_TIME_COST, le=20, description="argon2id passes, 2-20"
+    )
+    argon2_parallelism: int = Field(1, ge=1, le=16, description="argon2id lanes, 1-16")
+
+    # Probes and start-up
+    ready_cache_seconds: float = Field(1.0, ge=0, le=30, description="seconds a /ready result is reused, 0-30")
+    startup_timeout_seconds: float = Field(
+        30.0, gt=0, le=600, description="seconds the start-up checks keep retrying MySQL and Redis"
+    )
+
+    @field_validator("bind")
+    @classmethod
+    def _check_bind(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("expected host:port, for example 127.0.0.1:8000")
+
+        return value
+
+    @field_validator("keys_dir")
+    @classmethod
+    def _check_keys_dir(cls, value: Path) -> Path:
+        if not value.is_dir():
+            raise ValueError(f"{value} is not a directory")
+
+        return value.resolve()
+
+    def summary(self) -> dict[str, Any]:
+        """Return the settings for the start-up log, with secrets redacted."""
+        return {name: ("**redacted**" if isinstance(value, SecretStr) else str(value) if isinstance(value, Path) else value)
+                for name, value in self.model_dump().items()}
+
+
+def load_settings(overrides: dict[str, Any] | None = None) -> Settings:
+    """Read settings from the environment, then overrides; raise InvalidConfiguration on the first problem."""
+    try:
+        return Settings(**(overrides or {}))
+    except ValidationError as exc:
+        raise InvalidConfiguration(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    field = str(error["loc"][0]) if error["loc"] else ""
+    variable = ENV_PREFIX + field.upper()
+    info = Settings.model_fields.get(field)
+    expected = info.description if info and info.description else "a valid value"
+    if error["type"] == "missing":
+        return f"{variable} is not set: set it to {expected}"
+
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{variable} is invalid ({message}): set it to {expected}"

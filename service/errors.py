@@ -1,0 +1,191 @@
+"""Domain exceptions and the one handler that maps them to problem+json (RFC 9457)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pymysql
+import redis
+import structlog
+from flask import Flask, Response, g, json
+from werkzeug.exceptions import HTTPException
+
+log = structlog.get_logger(__name__)
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+PROBLEM_TYPE_PREFIX = "tag:gatehouse,2026:problem:"
+
+
+class Problem(Exception):
+    """Base of every error a client may see; subclasses fix status, code and title."""
+
+    status = 500
+    code = "internal_error"
+    title = "Internal server error"
+
+    def __init__(self, detail: str | None = None, *, field: str | None = None,
+                 errors: list[dict[str, str]] | None = None) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail or self.title
+        self.field = field
+        self.errors = errors
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+
+class InvalidRequest(Problem):
+    status, code, title = 400, "invalid_request", "Invalid request"
+
+
+class InvalidJson(Problem):
+    status, code, title = 400, "invalid_json", "Request body is not valid JSON"
+
+
+class UnsupportedMediaType(Problem):
+    status, code, title = 415, "unsupported_media_type", "Unsupported media type"
+
+
+class PayloadTooLarge(Problem):
+    status, code, title = 413, "payload_too_large", "Request body too large"
+
+
+class NotFound(Problem):
+    status, code, title = 404, "not_found", "Not found"
+
+
+class MethodNotAllowed(Problem):
+    status, code, title = 405, "method_not_allowed", "Method not allowed"
+
+
+class EmailTaken(Problem):
+    status, code, title = 409, "email_taken", "Email already registered"
+
+
+class AccountDisabled(Problem):
+    status, code, title = 403, "account_disabled", "Account disabled"
+
+
+class Unauthorized(Problem):
+    """A 401 with the RFC 6750 error in WWW-Authenticate."""
+
+    status = 401
+    bearer_error: str | None = "invalid_token"
+
+    def headers(self) -> dict[str, str]:
+        challenge = 'Bearer realm="gatehouse"'
+        if self.bearer_error:
+            challenge += f', error="{self.bearer_error}", error_description="{self.title}"'
+        return {"WWW-Authenticate": challenge}
+
+
+class InvalidCredentials(Unauthorized):
+    code, title = "invalid_credentials", "Invalid email or password"
+    bearer_error = None
+
+
+class MissingToken(Unauthorized):
+    code, title = "missing_token", "Bearer token required"
+    # RFC 6750 section 3.1: no error code when the request carries no credentials.
+    bearer_error = None
+
+
+class InvalidToken(Unauthorized):
+    code, title = "invalid_token", "Access token invalid or expired"
+
+
+class SessionRevoked(Unauthorized):
+    code, title = "session_revoked", "Session has ended"
+
+
+class InvalidRefreshToken(Unauthorized):
+    code, title = "invalid_refresh_token", "Refresh token invalid, expired or revoked"
+    bearer_error = None
+
+
+class DependencyUnavailable(Problem):
+    """A 503 with Retry-After: a backing service failed or its pool had no free connection."""
+
+    status, code, title = 503, "service_unavailable", "Service temporarily unavailable"
+    retry_after = 1
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class DatabaseUnavailable(DependencyUnavailable):
+    code = "database_unavailable"
+
+
+class RedisUnavailable(DependencyUnavailable):
+    code = "redis_unavailable"
+
+
+_HTTP_EXCEPTIONS: dict[int, type[Problem]] = {
+    400: InvalidRequest, 404: NotFound, 405: MethodNotAllowed, 413: PayloadTooLarge, 415: UnsupportedMediaType,
+}
+
+
+def problem_response(problem: Problem) -> Response:
+    """Render a Problem as an application/problem+json response."""
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE_PREFIX + problem.code,
+        "title": problem.title,
+        "status": problem.status,
+        "detail": problem.detail,
+        "code": problem.code,
+        "request_id": g.get("request_id"),
+    }
+    if problem.field:
+        body["field"] = problem.field
+    if problem.errors:
+        body["errors"] = problem.errors
+    response = Response(json.dumps(body), status=problem.status, mimetype=PROBLEM_MEDIA_TYPE)
+    response.headers.update(problem.headers())
+    g.error_code = problem.code
+    return response
+
+
+def _handle_problem(problem: Problem) -> Response:
+    return problem_response(problem)
+
+
+def _handle_http_exception(exc: HTTPException) -> Response:
+    problem_class = _HTTP_EXCEPTIONS.get(exc.code or 500)
+    if problem_class is None:
+        problem = Problem(exc.description)
+        problem.status, problem.code, problem.title = exc.code or 500, "http_error", exc.name
+    else:
+        problem = problem_class()
+    response = problem_response(problem)
+    if exc.code == 405 and exc.valid_methods:  # type: ignore[attr-defined]
+        response.headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
+    return response
+
+
+def _handle_database_failure(exc: Exception) -> Response:
+    # Dependency failure policy for MySQL: refuse with 503 and Retry-After, log the cause once per request.
+    log.warning("dependency_failed", dependency="mysql", error=repr(exc))
+    return problem_response(DatabaseUnavailable())
+
+
+def _handle_redis_failure(exc: Exception) -> Response:
+    # Dependency failure policy for Redis: refuse with 503 and Retry-After, log the cause once per request.
+    log.warning("dependency_failed", dependency="redis", error=repr(exc))
+    return problem_response(RedisUnavailable())
+
+
+def _handle_unexpected(exc: Exception) -> Response:
+    log.error("unhandled_exception", exc_info=exc)
+    return problem_response(Problem("An unexpected error occurred; quote the request id when reporting it."))
+
+
+def init_app(app: Flask) -> None:
+    """Register the error handlers on the app."""
+    app.register_error_handler(Problem, _handle_problem)
+    app.register_error_handler(HTTPException, _handle_http_exception)
+    app.register_error_handler(pymysql.err.OperationalError, _handle_database_failure)
+    app.register_error_handler(pymysql.err.InterfaceError, _handle_database_failure)
+    app.register_error_handler(redis.exceptions.ConnectionError, _handle_redis_failure)
+    app.register_error_handler(redis.exceptions.TimeoutError, _handle_redis_failure)
+    app.register_error_handler(Exception, _handle_unexpected)

@@ -1,0 +1,82 @@
+"""The /ready checks: MySQL reachable with the expected schema, Redis reachable; cached briefly."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis
+import structlog
+
+from service.database import Database
+from service.migrate import MIGRATION_TABLE, expected_versions
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Check:
+    ok: bool
+    latency_ms: float
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Report:
+    ready: bool
+    checks: dict[str, Check]
+
+
+def _timed(check: Callable[[], None]) -> Check:
+    started = time.perf_counter()
+    try:
+        check()
+    except Exception as exc:  # every failure is a "not ready" answer, never a 500
+        return Check(False, round((time.perf_counter() - started) * 1000, 2), type(exc).__name__ + ": " + str(exc)[:200])
+
+    return Check(True, round((time.perf_counter() - started) * 1000, 2))
+
+
+class ReadinessProbe:
+    """Run the checks at most once per cache interval per process, however many probes arrive."""
+
+    def __init__(self, database: Database, client: redis.Redis, cache_seconds: float) -> None:
+        self._database = database
+        self._redis = client
+        self._cache_seconds = cache_seconds
+        self._expected = expected_versions()
+        self._lock = threading.Lock()
+        self._report: Report | None = None
+        self._checked_at = 0.0
+
+    def report(self) -> Report:
+        """Return the cached report, or run the checks when it is older than the cache interval."""
+        if self._report is not None and time.monotonic() - self._checked_at < self._cache_seconds:
+            return self._report
+
+        # One probe runs the checks; concurrent ones reuse the previous report instead of piling up.
+        if not self._lock.acquire(blocking=self._report is None):
+            return self._report  # type: ignore[return-value]
+        try:
+            checks = {"mysql": _timed(self._check_mysql), "redis": _timed(self._check_redis)}
+            report = Report(all(check.ok for check in checks.values()), checks)
+            if self._report is not None and report.ready != self._report.ready:
+                log.warning("readiness_changed", ready=report.ready,
+                            failing=[name for name, check in checks.items() if not check.ok])
+            self._report, self._checked_at = report, time.monotonic()
+        finally:
+            self._lock.release()
+        return report
+
+    def _check_mysql(self) -> None:
+        with self._database.cursor() as cursor:
+            cursor.execute(f"SELECT migration_id FROM {MIGRATION_TABLE}")
+            applied = {row["migration_id"] for row in cursor.fetchall()}
+        missing = self._expected - applied
+        if missing:
+            raise RuntimeError(f"schema out of date, pending migrations: {', '.join(sorted(missing))}")
+
+    def _check_redis(self) -> None:
+        self._redis.ping()

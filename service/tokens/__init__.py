@@ -1,0 +1,1 @@
+"""Signing keys, access tokens (JWT) and the JWKS document."""

@@ -1,0 +1,87 @@
+"""Access tokens: short-lived JWTs signed by the key ring (RFC 9068 profile)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+import jwt
+
+from service.config import Settings
+from service.errors import InvalidToken
+from service.tokens.keys import KeyRing
+
+TOKEN_TYPE = "at+jwt"
+# Larger tokens are rejected before any parsing; ours are well under 1 KiB.
+MAX_TOKEN_LENGTH = 4096
+REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub", "sid", "jti"]
+
+
+@dataclass(frozen=True)
+class AccessClaims:
+    user_id: str
+    session_id: str
+    token_id: str
+    expires_at: int
+
+
+def issue_access_token(ring: KeyRing, settings: Settings, user_id: str, session_id: str,
+                       now: float | None = None) -> str:
+    """Sign an access token for one session."""
+    issued_at = int(now if now is not None else time.time())
+    claims = {
+        "iss": settings.jwt_issuer,
+        "aud": settings.jwt_audience,
+        "sub": user_id,
+        "sid": session_id,
+        "jti": uuid.uuid4().hex,
+        "iat": issued_at,
+        "exp": issued_at + settings.access_token_ttl_seconds,
+    }
+    key = ring.signing_key
+    return jwt.encode(claims, key.private_key, algorithm=key.algorithm,
+                      headers={"kid": key.kid, "typ": TOKEN_TYPE})
+
+
+def verify_access_token(ring: KeyRing, settings: Settings, token: str) -> AccessClaims:
+    """Check signature, algorithm, type and claims; raise InvalidToken on any failure.
+
+    The algorithm is pinned to the configured one and the key comes from the ring by
+    kid, so header members such as jku, x5u or jwk are never used.
+    """
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise InvalidToken("Access token too long.")
+
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.InvalidTokenError:
+        raise InvalidToken("Access token is malformed.") from None
+
+    if header.get("alg") != settings.jwt_algorithm:
+        raise InvalidToken("Access token algorithm not accepted.")
+    if str(header.get("typ", "")).lower() not in (TOKEN_TYPE, "application/" + TOKEN_TYPE):
+        raise InvalidToken("Token is not an access token.")
+    key = ring.verification_key(header.get("kid"))
+    if key is None:
+        raise InvalidToken("Access token signed by an unknown key.")
+
+    try:
+        claims = jwt.decode(
+            token,
+            key.public_key,
+            algorithms=[settings.jwt_algorithm],
+            audience=settings.jwt_audience,
+            issuer=settings.jwt_issuer,
+            leeway=settings.jwt_leeway_seconds,
+            options={"require": REQUIRED_CLAIMS},
+        )
+    except jwt.ExpiredSignatureError:
+        raise InvalidToken("Access token expired.") from None
+    except jwt.InvalidTokenError:
+        raise InvalidToken("Access token invalid.") from None
+
+    if not all(isinstance(claims[name], str) for name in ("sub", "sid", "jti")):
+        raise InvalidToken("Access token invalid.")
+
+    return AccessClaims(claims["sub"], claims["sid"], claims["jti"], int(claims["exp"]))

@@ -1,0 +1,106 @@
+"""User accounts in MySQL: registration, credential checks and profile reads."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import pymysql
+import structlog
+
+from service.database import Database
+from service.errors import AccountDisabled, EmailTaken, InvalidCredentials
+from service.passwords import Passwords
+
+log = structlog.get_logger(__name__)
+
+STATUS_ACTIVE = "active"
+STATUS_DISABLED = "disabled"
+_DUPLICATE_ENTRY = 1062
+
+
+@dataclass(frozen=True)
+class User:
+    id: str
+    email: str
+    status: str
+    created_at: datetime
+    roles: tuple[str, ...] = ()
+
+
+def _user(row: dict, roles: tuple[str, ...] = ()) -> User:
+    return User(row["id"], row["email"], row["status"], row["created_at"].replace(tzinfo=UTC), roles)
+
+
+def register(database: Database, passwords: Passwords, email: str, password: str) -> User:
+    """Create an active user; raise EmailTaken when the normalized email exists."""
+    password_hash = passwords.hash(password)
+    now = datetime.now(UTC).replace(tzinfo=None)
+    user_id = uuid.uuid4().hex
+    try:
+        with database.cursor() as cursor:
+            cursor.execute(
+                "INSERT INTO users (id, email, password_hash, status, created_at, updated_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s)",
+                (user_id, email, password_hash, STATUS_ACTIVE, now, now),
+            )
+    except pymysql.err.IntegrityError as exc:
+        if exc.args and exc.args[0] == _DUPLICATE_ENTRY:
+            raise EmailTaken("An account with this email already exists.", field="email") from None
+        raise
+
+    return User(user_id, email, STATUS_ACTIVE, now.replace(tzinfo=UTC))
+
+
+def authenticate(database: Database, passwords: Passwords, email: str, password: str) -> User:
+    """Check an email and password pair.
+
+    Unknown email and wrong password raise the same InvalidCredentials after the same
+    argon2 work, so neither the answer nor its timing tells them apart. The password
+    of a disabled account is checked first, so only its owner learns it is disabled.
+    """
+    with database.cursor() as cursor:
+        cursor.execute(
+            "SELECT id, email, password_hash, status, created_at FROM users WHERE email = %s", (email,)
+        )
+        row = cursor.fetchone()
+
+    if not passwords.verify(row["password_hash"] if row else None, password) or row is None:
+        raise InvalidCredentials()
+
+    if row["status"] != STATUS_ACTIVE:
+        raise AccountDisabled("This account is disabled.")
+
+    if passwords.needs_rehash(row["password_hash"]):
+        _upgrade_hash(database, passwords, row["id"], password)
+
+    return _user(row)
+
+
+def _upgrade_hash(database: Database, passwords: Passwords, user_id: str, password: str) -> None:
+    new_hash = passwords.hash(password)
+    with database.cursor() as cursor:
+        cursor.execute(
+            "UPDATE users SET password_hash = %s, updated_at = %s WHERE id = %s",
+            (new_hash, datetime.now(UTC).replace(tzinfo=None), user_id),
+        )
+    log.info("password_hash_upgraded", user_id=user_id)
+
+
+def find_user(database: Database, user_id: str) -> User | None:
+    """Return the user with their current roles, or None."""
+    with database.cursor() as cursor:
+        cursor.execute("SELECT id, email, status, created_at FROM users WHERE id = %s", (user_id,))
+        row = cursor.fetchone()
+        if row is None:
+            return None
+
+        cursor.execute(
+            "SELECT r.name FROM user_roles ur JOIN roles r ON r.id = ur.role_id"
+            " WHERE ur.user_id = %s ORDER BY r.name",
+            (user_id,),
+        )
+        roles = tuple(role["name"] for role in cursor.fetchall())
+
+    return _user(row, roles)
