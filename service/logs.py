@@ -44,9 +44,25 @@ def json_formatter() -> logging.Formatter:
     )
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """A stream handler bound to whatever sys.stdout is when a record is emitted.
+
+    Test runners and gunicorn's capture_output swap sys.stdout after start-up; a
+    handler holding the old object would write to a closed file.
+    """
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: ANN201
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, _value: object) -> None:
+        pass
+
+
 def stdout_handler() -> logging.Handler:
     """Build a stdout handler with the JSON formatter."""
-    handler = logging.StreamHandler(sys.stdout)
+    handler = _StdoutHandler()
     handler.setFormatter(json_formatter())
     return handler
 

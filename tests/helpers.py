@@ -91,3 +91,26 @@ class Gunicorn:
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def run_as_mysql_root(sql: str) -> str:
+    """Run SQL as the root account of the test MariaDB; return the client's tab-separated rows.
+
+    The root client configuration comes from GATEHOUSE_MYSQL_ADMIN_DEFAULTS, which `make test` exports.
+    """
+    defaults_file = os.environ.get("GATEHOUSE_MYSQL_ADMIN_DEFAULTS")
+    if not defaults_file:
+        raise RuntimeError(
+            "GATEHOUSE_MYSQL_ADMIN_DEFAULTS is not set: run the suite with `make test`, "
+            "which exports the root client configuration of the test MariaDB"
+        )
+
+    result = subprocess.run(
+        ["mariadb", f"--defaults-file={defaults_file}", "-uroot", "--batch", "--skip-column-names",
+         "--execute", sql],
+        capture_output=True, text=True, timeout=30,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"mariadb as root failed with exit code {result.returncode}: {result.stderr.strip()}")
+
+    return result.stdout

@@ -1,0 +1,199 @@
+"""/v1/auth through the Flask test client, on the real MariaDB and Redis."""
+
+from __future__ import annotations
+
+import time
+
+import argon2
+import pymysql
+import pytest
+
+from service.app import create_app
+from service.database import connect_args
+from tests.conftest import PASSWORD
+
+
+def login(client, email="alice@example.com", password=PASSWORD):
+    return client.post("/v1/auth/login", json={"email": email, "password": password})
+
+
+def without_request_id(body: dict) -> dict:
+    return {name: value for name, value in body.items() if name != "request_id"}
+
+
+def run_sql(settings, sql, args=()):
+    connection = pymysql.connect(**connect_args(settings))
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(sql, args)
+            return cursor.fetchall()
+    finally:
+        connection.close()
+
+
+def test_register_returns_user(client):
+    response = client.post("/v1/auth/register", json={"email": " Alice@Example.COM ", "password": PASSWORD})
+    assert response.status_code == 201
+    body = response.get_json()
+    assert body["email"] == "alice@example.com"
+    assert set(body) == {"id", "email", "created_at"}
+
+
+def test_register_duplicate_email_conflicts(client, user):
+    response = client.post("/v1/auth/register", json={"email": "ALICE@example.com", "password": PASSWORD})
+    assert response.status_code == 409
+    assert response.get_json()["code"] == "email_taken"
+    assert response.get_json()["field"] == "email"
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"email": "alice@example.com", "password": "short"}, "password"),
+    ({"email": "alice@example.com", "password": "x" * 257}, "password"),
+    ({"email": "not-an-email", "password": PASSWORD}, "email"),
+    ({"email": "alice@example.com"}, "password"),
+    ({"email": 42, "password": PASSWORD}, "email"),
+    ({"email": "alice@example.com", "password": PASSWORD, "role": "admin"}, "role"),
+    ({"email": ["alice@example.com"], "password": PASSWORD}, "email"),
+    ([], "body"),
+    ("just a string", "body"),
+], ids=["short_password", "long_password", "bad_email", "missing_password", "email_not_string",
+        "unknown_field", "email_list", "array_body", "string_body"])
+def test_register_invalid_body_names_field(client, body, field):
+    response = client.post("/v1/auth/register", json=body)
+    assert response.status_code == 400
+    assert response.mimetype == "application/problem+json"
+    problem = response.get_json()
+    assert problem["code"] == "invalid_request"
+    assert problem["field"] == field
+    assert problem["request_id"]
+
+
+def test_register_nothing_stored_on_invalid_body(client, settings):
+    client.post("/v1/auth/register", json={"email": "alice@example.com", "password": "short"})
+    assert run_sql(settings, "SELECT COUNT(*) AS n FROM users")[0]["n"] == 0
+
+
+def test_invalid_json_rejected(client):
+    response = client.post("/v1/auth/register", data='{"email": ', content_type="application/json")
+    assert response.status_code == 400
+    assert response.get_json()["code"] == "invalid_json"
+
+
+def test_wrong_content_type_rejected(client):
+    response = client.post("/v1/auth/register", data="email=a@b.c&password=x", content_type="application/x-www-form-urlencoded")
+    assert response.status_code == 415
+    assert response.get_json()["code"] == "unsupported_media_type"
+
+
+def test_oversized_body_rejected(client):
+    response = client.post("/v1/auth/register", json={"email": "a@b.co", "password": "x" * 40_000})
+    assert response.status_code == 413
+    assert response.get_json()["code"] == "payload_too_large"
+
+
+def test_login_returns_oauth_token_pair(client, user):
+    response = login(client)
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["token_type"] == "Bearer"
+    assert body["expires_in"] == 900
+    assert len(body["refresh_token"]) >= 43
+    assert response.headers["Cache-Control"] == "no-store"
+
+
+def test_login_unknown_email_and_wrong_password_look_alike(client, user):
+    unknown = login(client, email="nobody@example.com")
+    wrong = login(client, password="wrong password here")
+    assert unknown.status_code == wrong.status_code == 401
+    assert without_request_id(unknown.get_json()) == without_request_id(wrong.get_json())
+    assert unknown.headers.get("WWW-Authenticate") == wrong.headers.get("WWW-Authenticate")
+
+
+def test_login_disabled_user_rejected(client, user, settings):
+    run_sql(settings, "UPDATE users SET status = 'disabled' WHERE id = %s", (user["id"],))
+    response = login(client)
+    assert response.status_code == 403
+    assert response.get_json()["code"] == "account_disabled"
+    assert login(client, password="wrong password here").status_code == 401
+
+
+def test_login_upgrades_outdated_hash(client, user, settings):
+    old_hash = argon2.PasswordHasher(time_cost=3, memory_cost=19456, parallelism=1).hash(PASSWORD)
+    run_sql(settings, "UPDATE users SET password_hash = %s WHERE id = %s", (old_hash, user["id"]))
+
+    assert login(client).status_code == 200
+
+    new_hash = run_sql(settings, "SELECT password_hash FROM users WHERE id = %s", (user["id"],))[0]["password_hash"]
+    assert new_hash != old_hash
+    assert "t=2" in new_hash
+    assert login(client).status_code == 200
+
+
+def test_refresh_rotates_token(client, tokens):
+    response = client.post("/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
+    assert response.status_code == 200
+    pair = response.get_json()
+    assert pair["refresh_token"] != tokens["refresh_token"]
+    assert client.get("/v1/users/me", headers={"Authorization": f"Bearer {pair['access_token']}"}).status_code == 200
+
+
+def test_refresh_unknown_token_rejected(client):
+    response = client.post("/v1/auth/refresh", json={"refresh_token": "made-up"})
+    assert response.status_code == 401
+    assert response.get_json()["code"] == "invalid_refresh_token"
+
+
+def test_refresh_reuse_revokes_session(user):
+    app = create_app({"refresh_grace_seconds": 0.5})
+    client = app.test_client()
+    first = login(client).get_json()
+    second = client.post("/v1/auth/refresh", json={"refresh_token": first["refresh_token"]}).get_json()
+    third = client.post("/v1/auth/refresh", json={"refresh_token": second["refresh_token"]}).get_json()
+    time.sleep(0.7)
+
+    replay = client.post("/v1/auth/refresh", json={"refresh_token": first["refresh_token"]})
+    assert replay.status_code == 401
+    assert replay.get_json()["code"] == "invalid_refresh_token"
+
+    newest = client.post("/v1/auth/refresh", json={"refresh_token": third["refresh_token"]})
+    assert newest.status_code == 401
+    me = client.get("/v1/users/me", headers={"Authorization": f"Bearer {third['access_token']}"})
+    assert me.status_code == 401
+    assert me.get_json()["code"] == "session_revoked"
+
+
+def test_refresh_reuse_leaves_other_sessions(user):
+    app = create_app({"refresh_grace_seconds": 0.2})
+    client = app.test_client()
+    victim = login(client).get_json()
+    other = login(client).get_json()
+    client.post("/v1/auth/refresh", json={"refresh_token": victim["refresh_token"]})
+    time.sleep(0.4)
+    assert client.post("/v1/auth/refresh", json={"refresh_token": victim["refresh_token"]}).status_code == 401
+    assert client.post("/v1/auth/refresh", json={"refresh_token": other["refresh_token"]}).status_code == 200
+
+
+def test_refresh_within_grace_succeeds(client, tokens):
+    first = client.post("/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
+    second = client.post("/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
+    assert first.status_code == 200
+    assert second.status_code == 200
+    for pair in (first.get_json(), second.get_json()):
+        assert client.post("/v1/auth/refresh", json={"refresh_token": pair["refresh_token"]}).status_code == 200
+
+
+def test_logout_ends_only_this_session(client, tokens):
+    other = login(client).get_json()
+    response = client.post("/v1/auth/logout", headers={"Authorization": f"Bearer {tokens['access_token']}"})
+    assert response.status_code == 204
+
+    assert client.get("/v1/users/me", headers={"Authorization": f"Bearer {tokens['access_token']}"}).status_code == 401
+    assert client.post("/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]}).status_code == 401
+    assert client.get("/v1/users/me", headers={"Authorization": f"Bearer {other['access_token']}"}).status_code == 200
+
+
+def test_logout_requires_token(client):
+    response = client.post("/v1/auth/logout")
+    assert response.status_code == 401
+    assert response.get_json()["code"] == "missing_token"
+    assert response.headers["WWW-Authenticate"] == 'Bearer realm="gatehouse"'

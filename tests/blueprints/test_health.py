@@ -1,0 +1,73 @@
+"""Probes, JWKS, the OpenAPI document, request ids and the 500 handler."""
+
+from __future__ import annotations
+
+import json
+
+from service.schemas import PASSWORD_MIN_LENGTH
+
+
+def test_health_ok(client):
+    response = client.get("/health")
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ok"}
+
+
+def test_ready_reports_each_check(client):
+    response = client.get("/ready")
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["status"] == "ready"
+    assert body["checks"]["mysql"]["ok"] is True
+    assert body["checks"]["redis"]["ok"] is True
+
+
+def test_ready_fails_when_schema_behind(app, client, settings):
+    probe = app.extensions["gatehouse"].readiness
+    probe._expected = probe._expected | {"9999_future"}
+    response = client.get("/ready")
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
+    assert "9999_future" in response.get_json()["checks"]["mysql"]["error"]
+
+
+def test_jwks_lists_signing_key(app, client):
+    keys = client.get("/.well-known/jwks.json").get_json()["keys"]
+    assert [key["kid"] for key in keys] == [app.extensions["gatehouse"].keys.signing_key.kid]
+
+
+def test_openapi_matches_validation(client):
+    document = client.get("/openapi.json").get_json()
+    assert document["openapi"] == "3.1.0"
+    register = document["paths"]["/v1/auth/register"]["post"]
+    assert set(register["responses"]) >= {"201", "400", "409", "415", "503"}
+    schema = document["components"]["schemas"]["RegisterRequest"]
+    assert schema["properties"]["password"]["minLength"] == PASSWORD_MIN_LENGTH
+    assert schema["additionalProperties"] is False
+    assert document["paths"]["/v1/users/me"]["get"]["security"] == [{"bearerAuth": []}]
+
+
+def test_request_id_echoed_or_generated(client):
+    assert client.get("/health", headers={"X-Request-ID": "abc-123"}).headers["X-Request-ID"] == "abc-123"
+    generated = client.get("/health", headers={"X-Request-ID": "bad id with spaces"}).headers["X-Request-ID"]
+    assert generated != "bad id with spaces"
+    assert len(generated) == 32
+
+
+def test_unexpected_error_gives_problem_and_logs_stack(capsys, app):
+    @app.get("/boom")
+    def boom():
+        raise RuntimeError("kaboom")
+
+    response = app.test_client().get("/boom")
+    assert response.status_code == 500
+    body = response.get_json()
+    assert body["code"] == "internal_error"
+    assert body["request_id"] == response.headers["X-Request-ID"]
+    assert "kaboom" not in body["detail"]
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    [logged] = [line for line in lines if line["event"] == "unhandled_exception"]
+    assert logged["request_id"] == body["request_id"]
+    assert logged["route"] == "/boom"
+    assert "Traceback" in logged["exception"]
+    assert "RuntimeError: kaboom" in logged["exception"]

@@ -1,0 +1,41 @@
+"""/v1/users/me on the real MariaDB and Redis."""
+
+from __future__ import annotations
+
+import pymysql
+
+from service.database import connect_args
+
+
+def test_me_returns_user_and_roles(client, user, tokens, settings):
+    connection = pymysql.connect(**connect_args(settings))
+    with connection.cursor() as cursor:
+        cursor.execute("INSERT INTO user_roles (user_id, role_id, granted_at)"
+                       " SELECT %s, id, UTC_TIMESTAMP(6) FROM roles WHERE name = 'admin'", (user["id"],))
+    connection.close()
+
+    response = client.get("/v1/users/me", headers={"Authorization": f"Bearer {tokens['access_token']}"})
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["id"] == user["id"]
+    assert body["email"] == "alice@example.com"
+    assert body["status"] == "active"
+    assert body["roles"] == ["admin"]
+
+
+def test_me_malformed_header_rejected(client):
+    for header in ("Basic abc", "Bearer", "Bearer not.a.jwt", "bearer " + "x" * 5000):
+        response = client.get("/v1/users/me", headers={"Authorization": header})
+        assert response.status_code == 401, header
+        assert 'error="invalid_token"' in response.headers["WWW-Authenticate"]
+
+
+def test_me_deleted_user_rejected(client, user, tokens, settings):
+    connection = pymysql.connect(**connect_args(settings))
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM users WHERE id = %s", (user["id"],))
+    connection.close()
+
+    response = client.get("/v1/users/me", headers={"Authorization": f"Bearer {tokens['access_token']}"})
+    assert response.status_code == 401
+    assert response.get_json()["code"] == "invalid_token"
