@@ -1,0 +1,110 @@
+# Developer and CI entry points for Gatehouse. Every target does all of its own
+# set-up and can be run again. `make run` and `make test` can run side by side:
+# they use separate MariaDB and Redis instances (profiles dev and test, see
+# scripts/services.sh) with their state in .state/dev and .state/test.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+# One shell per recipe, so that a recipe can source an environment file and
+# `exec` the server in place of the shell.
+.ONESHELL:
+.DEFAULT_GOAL := help
+
+ROOT := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))
+VENV := $(ROOT)/.venv
+STATE := $(ROOT)/.state
+SERVICES := $(ROOT)/scripts/services.sh
+PROFILES := dev test
+
+# Interpreter that creates .venv.
+PYTHON ?= python3
+# TCP port of `make run` on 127.0.0.1. Setting GATEHOUSE_BIND overrides the whole address.
+PORT ?= 8000
+# Extra arguments for pytest in `make test`, such as PYTEST_ARGS='-k refresh -x'.
+PYTEST_ARGS ?=
+
+.PHONY: help venv lock run test stop clean-state \
+	$(addprefix services-,$(PROFILES)) $(addprefix keys-,$(PROFILES)) $(addprefix migrate-,$(PROFILES))
+
+help:
+	@echo 'Targets:'
+	printf '  %-14s %s\n' \
+	  run "serve the app with gunicorn on 127.0.0.1:$(PORT) (PORT=N changes the port) with the dev services" \
+	  test "run pytest against the test services (PYTEST_ARGS='...' adds arguments)" \
+	  venv "create .venv and install the package with its test extra, pinned by constraints.txt" \
+	  lock "regenerate constraints.txt from a fresh resolve of pyproject.toml" \
+	  services-dev "start the dev MariaDB and Redis (ports 3307 and 6380 unless overridden)" \
+	  services-test "start the test MariaDB and Redis (ports 3308 and 6381 unless overridden)" \
+	  keys-dev "generate a signing key for the dev profile unless one exists" \
+	  keys-test "generate a signing key for the test profile unless one exists" \
+	  migrate-dev "apply database migrations to the dev database" \
+	  migrate-test "apply database migrations to the test database" \
+	  stop "stop the dev gunicorn and the dev and test services" \
+	  clean-state "stop everything, then delete .state: all local data, passwords and keys"
+	echo
+	echo 'scripts/services.sh lists the environment variables that override the service ports.'
+
+# The stamp is older than pyproject.toml or constraints.txt after either
+# changes, and pip then brings .venv in line with them. On the first install
+# constraints.txt is written from what pip resolved; `make lock` regenerates it.
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: $(ROOT)/pyproject.toml $(wildcard $(ROOT)/constraints.txt)
+	cd $(ROOT)
+	[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
+	if [ -f constraints.txt ]; then
+	  $(VENV)/bin/pip install -c constraints.txt -e '.[test]'
+	else
+	  $(VENV)/bin/pip install -e '.[test]'
+	  $(VENV)/bin/pip freeze --exclude-editable > constraints.txt.tmp
+	  mv constraints.txt.tmp constraints.txt
+	fi
+	touch $@
+
+# Resolves the dependencies in a throw-away virtual environment, so that
+# packages left over in .venv do not end up in the constraints.
+lock:
+	cd $(ROOT)
+	lock_dir=$$(mktemp -d)
+	trap 'rm -rf "$$lock_dir"' EXIT
+	$(PYTHON) -m venv "$$lock_dir/venv"
+	"$$lock_dir/venv/bin/pip" install -e '.[test]'
+	"$$lock_dir/venv/bin/pip" freeze --exclude-editable > constraints.txt.tmp
+	mv constraints.txt.tmp constraints.txt
+
+$(addprefix services-,$(PROFILES)): services-%:
+	$(SERVICES) start $*
+
+$(addprefix keys-,$(PROFILES)): keys-%: venv services-%
+	. $(STATE)/$*/gatehouse.env
+	if compgen -G "$$GATEHOUSE_KEYS_DIR/*.pem" > /dev/null; then
+	  echo "signing key present in $$GATEHOUSE_KEYS_DIR"
+	else
+	  $(VENV)/bin/gatehouse keys generate
+	fi
+
+$(addprefix migrate-,$(PROFILES)): migrate-%: venv services-%
+	. $(STATE)/$*/gatehouse.env
+	$(VENV)/bin/gatehouse migrate
+
+# exec replaces the recipe's shell with gunicorn, so Ctrl-C reaches gunicorn
+# directly and make only waits for it to exit.
+run: venv services-dev keys-dev migrate-dev
+	. $(STATE)/dev/gatehouse.env
+	export GATEHOUSE_BIND="$${GATEHOUSE_BIND:-127.0.0.1:$(PORT)}"
+	cd $(ROOT)
+	exec $(VENV)/bin/gunicorn -c gunicorn.conf.py --pid $(STATE)/dev/gunicorn.pid wsgi:app
+
+test: venv services-test keys-test migrate-test
+	. $(STATE)/test/gatehouse.env
+	cd $(ROOT)
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+stop:
+	$(SERVICES) stop dev
+	$(SERVICES) stop test
+
+# Deletes the databases, Redis data, generated passwords and signing keys of
+# both profiles without asking: a reset for development machines.
+clean-state: stop
+	rm -rf $(STATE)
