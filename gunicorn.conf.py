@@ -93,24 +93,29 @@ control_socket_disable = True
 # Server hooks
 #
 def on_starting(server):
-    """Master, before binding: empty the metrics directory and check dependencies."""
+    """Master, before binding: empty the metrics directory and check dependencies.
+
+    The checks run in a child process: importing redis or pymysql here would load ssl
+    and urllib3 into the master, and workers forked from it would inherit them
+    unpatched by gevent.
+    """
     import shutil
+    import subprocess
 
-    import structlog
-
-    from service.startup import StartupCheckFailed, run_startup_checks
-
-    log = structlog.get_logger("gatehouse.master")
     metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     # Files left by an earlier master would be summed into this run's counters.
     shutil.rmtree(metrics_dir, ignore_errors=True)
     os.makedirs(metrics_dir, exist_ok=True)
 
-    log.info("master_starting", pid=os.getpid(), settings=_settings.summary())
+    server.log.info("master_starting", extra={"pid": os.getpid(), "settings": _settings.summary()})
     try:
-        run_startup_checks(_settings)
-    except StartupCheckFailed as exc:
-        log.error("startup_check_failed", error=str(exc))
+        check = subprocess.run([sys.executable, "-m", "service.cli", "check"],
+                               timeout=_settings.startup_timeout_seconds + 30, check=False)
+    except subprocess.TimeoutExpired:
+        server.log.error("startup_check_failed", extra={"error": "start-up checks timed out"})
+        sys.exit(3)
+    if check.returncode != 0:
+        server.log.error("startup_check_failed", extra={"returncode": check.returncode})
         sys.exit(3)
 
 

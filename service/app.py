@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import structlog
@@ -40,7 +41,18 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     metrics.init_app(app)
     _init_services(app, settings)
     _register_blueprints(app)
+    log.info("app_created", pid=os.getpid(), gevent_patched=_gevent_patched())
     return app
+
+
+def _gevent_patched() -> bool:
+    """Tell whether gevent has patched sockets, as gunicorn's gevent worker does before loading the app."""
+    try:
+        from gevent import monkey
+    except ImportError:
+        return False
+
+    return monkey.is_module_patched("socket")
 
 
 def _init_services(app: Flask, settings: Settings) -> None:

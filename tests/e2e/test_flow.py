@@ -122,3 +122,15 @@ def test_every_request_logged_once_without_secrets(server):
     assert PASSWORD not in output
     assert pair["access_token"] not in output
     assert pair["refresh_token"] not in output
+
+
+def test_workers_log_json_and_run_patched(server):
+    output = server.output()
+    lines = [line for line in output.splitlines() if line.strip()]
+    not_json = [line for line in lines if not line.startswith("{")]
+    assert not_json == []
+    records = [json.loads(line) for line in lines]
+    created = [record for record in records if record["event"] == "app_created"]
+    assert len({record["pid"] for record in created}) == 2
+    assert all(record["gevent_patched"] is True for record in created)
+    assert any(record["logger"] == "gunicorn.error" for record in records)
