@@ -20,6 +20,23 @@ log = structlog.get_logger(__name__)
 
 # DBUtils treats these as "connection lost" and reopens the connection.
 _CONNECTION_FAILURES = (pymysql.err.OperationalError, pymysql.err.InterfaceError)
+# pymysql codes for a statement that never reached the server: 2003 (cannot connect)
+# and 2006 (the write to the socket failed). 2013 (connection lost while reading the
+# answer) is not among them, because the server may already have run the statement.
+_NOT_SENT_CODES = frozenset({2003, 2006})
+
+
+def _retry_is_safe(error: Exception) -> bool:
+    """Tell DBUtils whether to re-run a failed statement on a new connection.
+
+    DBUtils re-runs a statement outside a transaction after any connection failure;
+    for an INSERT that timed out while the server ran it, that writes twice. Only a
+    statement that certainly was not sent is re-run.
+    """
+    if isinstance(error, pymysql.err.InterfaceError):
+        return True
+
+    return bool(error.args) and error.args[0] in _NOT_SENT_CODES
 
 
 def connect_args(settings: Settings) -> dict[str, Any]:
@@ -61,6 +78,7 @@ class Database:
             # False: roll back only transactions opened with begin(); autocommit covers the rest.
             reset=False,
             failures=_CONNECTION_FAILURES,
+            isfatal=_retry_is_safe,
             **connect_args(settings),
         )
 

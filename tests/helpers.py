@@ -94,7 +94,7 @@ class Gunicorn:
 
 
 def run_as_mysql_root(sql: str) -> str:
-    """Run SQL as the root account of the test MariaDB; return the client's tab-separated rows.
+    """Run SQL as the root account of the test MariaDB and return the client's tab-separated rows.
 
     The root client configuration comes from GATEHOUSE_MYSQL_ADMIN_DEFAULTS, which `make test` exports.
     """

@@ -1,0 +1,137 @@
+"""The gunicorn master exits with a message naming the cause when a setting or dependency is unusable."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from pathlib import Path
+
+import pymysql
+import pytest
+
+from service.config import Settings
+from service.database import connect_args
+from service.migrate import MIGRATION_TABLE, expected_versions
+from tests.helpers import Gunicorn, free_port, run_as_mysql_root
+
+pytestmark = pytest.mark.e2e
+
+# Every case fails within a few seconds, so the bound only catches a master that never exits.
+EXIT_TIMEOUT_SECONDS = 30
+
+
+def start_until_exit(tmp_path: Path, env: dict[str, str] | None = None, unset: tuple[str, ...] = (),
+                     timeout: float = EXIT_TIMEOUT_SECONDS) -> tuple[int, str]:
+    """Start a gunicorn master, wait for it to exit and return its exit code and output."""
+    gunicorn = Gunicorn(tmp_path, env=env)
+    for name in unset:
+        gunicorn.env.pop(name, None)
+    gunicorn.start()
+    try:
+        returncode = gunicorn.wait_exit(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"gunicorn still running after {timeout} s:\n{gunicorn.output()}") from None
+    finally:
+        gunicorn.stop()
+    return returncode, gunicorn.output()
+
+
+def assert_no_mysql_password(output: str) -> None:
+    password = os.environ.get("GATEHOUSE_MYSQL_PASSWORD", "")
+    assert password
+    assert password not in output
+
+
+def test_empty_keys_dir_stops_start(tmp_path):
+    keys_dir = tmp_path / "no-keys"
+    keys_dir.mkdir()
+
+    returncode, output = start_until_exit(tmp_path, {"GATEHOUSE_KEYS_DIR": str(keys_dir)})
+
+    assert returncode != 0, output
+    assert "signing key" in output
+    assert "gatehouse keys generate" in output
+    assert str(keys_dir) in output
+    assert_no_mysql_password(output)
+
+
+def test_unreachable_mysql_stops_start(tmp_path):
+    # Nothing listens on a port the kernel just handed out and released.
+    env = {"GATEHOUSE_MYSQL_PORT": str(free_port()), "GATEHOUSE_STARTUP_TIMEOUT_SECONDS": "1"}
+
+    # The bound is below the default start-up timeout of 30 s, so a master that ignores the setting fails here.
+    returncode, output = start_until_exit(tmp_path, env, timeout=20)
+
+    assert returncode != 0, output
+    assert "mysql unreachable" in output
+    assert_no_mysql_password(output)
+
+
+def test_malformed_workers_stops_start(tmp_path):
+    returncode, output = start_until_exit(tmp_path, {"GATEHOUSE_WORKERS": "many"})
+
+    assert returncode != 0, output
+    assert "GATEHOUSE_WORKERS" in output
+    assert "invalid" in output
+
+
+def test_missing_mysql_password_stops_start(tmp_path):
+    returncode, output = start_until_exit(tmp_path, unset=("GATEHOUSE_MYSQL_PASSWORD",))
+
+    assert returncode != 0, output
+    assert "GATEHOUSE_MYSQL_PASSWORD" in output
+    assert "not set" in output
+
+
+def application_account(settings: Settings) -> str:
+    """Return the MariaDB account the service logs in as, quoted for GRANT and REVOKE."""
+    connection = pymysql.connect(**connect_args(settings))
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT CURRENT_USER() AS account")
+            user, _, host = cursor.fetchone()["account"].rpartition("@")
+    finally:
+        connection.close()
+    return f"'{user}'@'{host}'"
+
+
+@pytest.fixture
+def empty_database(settings: Settings):
+    """A database without tables that the service account may use, dropped after the test."""
+    name = f"gatehouse_empty_{uuid.uuid4().hex[:12]}"
+    account = application_account(settings)
+    run_as_mysql_root(f"CREATE DATABASE `{name}`")
+    try:
+        run_as_mysql_root(f"GRANT ALL PRIVILEGES ON `{name}`.* TO {account}")
+        try:
+            yield name
+        finally:
+            run_as_mysql_root(f"REVOKE ALL PRIVILEGES ON `{name}`.* FROM {account}")
+    finally:
+        run_as_mysql_root(f"DROP DATABASE `{name}`")
+
+
+def test_unmigrated_database_stops_start(tmp_path, empty_database):
+    returncode, output = start_until_exit(tmp_path, {"GATEHOUSE_MYSQL_DATABASE": empty_database})
+
+    assert returncode != 0, output
+    assert "schema missing" in output
+    assert "gatehouse migrate" in output
+    # A missing schema is not a connection failure, so start-up fails at once instead of retrying.
+    assert "startup_check_retrying" not in output
+
+
+def test_pending_migrations_stop_start(tmp_path, empty_database, settings: Settings):
+    # yoyo's table exists but records no migration, as in a database migrated by an older release.
+    run_as_mysql_root(
+        f"CREATE TABLE `{empty_database}`.`{MIGRATION_TABLE}` LIKE `{settings.mysql_database}`.`{MIGRATION_TABLE}`"
+    )
+
+    returncode, output = start_until_exit(tmp_path, {"GATEHOUSE_MYSQL_DATABASE": empty_database})
+
+    assert returncode != 0, output
+    assert "pending migrations" in output
+    for version in expected_versions():
+        assert version in output
+    assert "gatehouse migrate" in output
