@@ -60,7 +60,7 @@ keepalive = _settings.keepalive
 preload_app = False
 
 #
-# Request limits (gunicorn answers 400 or 431 on its own when they are exceeded)
+# Request limits (gunicorn returns 400 or 431 on its own when they are exceeded)
 #
 #   limit_request_line - longest request line in bytes; 0-8190.
 limit_request_line = 4094
