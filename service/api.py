@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from flask import Flask, Response, g, jsonify, request
+from flask import Flask, Response, jsonify, request
 from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
 
-from service.bearer import authenticate_request
+from service.bearer import authenticate_request, require_roles
 from service.errors import InvalidJson, InvalidRequest, UnsupportedMediaType
 from service.schemas import ProblemDetails
 
@@ -29,25 +30,35 @@ class Operation:
     responses: dict[int, type[BaseModel] | None] = field(default_factory=dict)
     errors: tuple[int, ...] = ()
     bearer: bool = False
+    roles: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
+    query: type[BaseModel] | None = None
 
 
 def operation(summary: str, *, request_model: type[BaseModel] | None = None,
+              query_model: type[BaseModel] | None = None,
               responses: dict[int, type[BaseModel] | None], errors: tuple[int, ...] = (),
-              bearer: bool = False, tags: tuple[str, ...] = ()) -> Callable:
-    """Declare a route's body, responses and authentication.
+              bearer: bool = False, roles: tuple[str, ...] = (), tags: tuple[str, ...] = ()) -> Callable:
+    """Declare a route's body, query, responses, authentication and required roles.
 
-    With bearer=True the access token is checked first (401 before any body error),
-    and its claims are in g.claims. The validated body arrives as the `body` argument.
+    With bearer=True (implied by roles) the access token is checked first, so a 401
+    or 403 comes before any body error; the caller is then current_principal(). The
+    validated body arrives as the `body` argument, the query string as `query`.
     """
-    extra_errors = ((400, 413, 415) if request_model else ()) + ((401,) if bearer else ()) + (503,)
-    spec = Operation(summary, request_model, responses, tuple(sorted(set(errors + extra_errors))), bearer, tags)
+    bearer = bearer or bool(roles)
+    extra_errors = (((400, 413, 415) if request_model else ()) + ((400,) if query_model else ())
+                    + ((401,) if bearer else ()) + ((403,) if roles else ()) + (503,))
+    spec = Operation(summary, request_model, responses, tuple(sorted(set(errors + extra_errors))), bearer,
+                     roles, tags, query_model)
 
     def decorator(view: Callable) -> Callable:
         @functools.wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             if bearer:
-                g.claims = authenticate_request()
+                principal = authenticate_request()
+                require_roles(principal, roles)
+            if query_model is not None:
+                kwargs["query"] = parse_query(query_model)
             if request_model is not None:
                 kwargs["body"] = parse_body(request_model)
             return view(*args, **kwargs)
@@ -66,6 +77,14 @@ def parse_body(model: type[BaseModel]) -> Any:
     raw = request.get_data(cache=False)
     try:
         return model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise _problem_for(exc) from None
+
+
+def parse_query(model: type[BaseModel]) -> Any:
+    """Validate the query string against a model; raise a Problem naming the failing parameter."""
+    try:
+        return model.model_validate(request.args.to_dict())
     except ValidationError as exc:
         raise _problem_for(exc) from None
 
@@ -119,7 +138,8 @@ def openapi_document(app: Flask, *, version: str) -> dict[str, Any]:
                                 ref_template="#/components/schemas/{model}")
     paths: dict[str, dict[str, Any]] = {}
     for path, method, spec in operations:
-        paths.setdefault(path, {})[method] = _operation_object(spec)
+        parameters = re.findall(r"{(?:[^}:]+:)?([^}]+)}", path)
+        paths.setdefault(re.sub(r"{(?:[^}:]+:)?([^}]+)}", r"{\1}", path), {})[method] = _operation_object(spec, parameters)
 
     return {
         "openapi": "3.1.0",
@@ -137,7 +157,7 @@ def _ref(model: type[BaseModel]) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{model.__name__}"}
 
 
-def _operation_object(spec: Operation) -> dict[str, Any]:
+def _operation_object(spec: Operation, path_parameters: list[str]) -> dict[str, Any]:
     responses: dict[str, Any] = {}
     for status, model in spec.responses.items():
         entry: dict[str, Any] = {"description": spec.summary}
@@ -153,6 +173,17 @@ def _operation_object(spec: Operation) -> dict[str, Any]:
         }
 
     result: dict[str, Any] = {"summary": spec.summary, "tags": list(spec.tags), "responses": responses}
+    parameters = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                  for name in path_parameters]
+    if spec.query is not None:
+        schema = spec.query.model_json_schema()
+        for name, prop in schema.get("properties", {}).items():
+            parameters.append({"name": name, "in": "query", "required": name in schema.get("required", []),
+                               "schema": prop})
+    if parameters:
+        result["parameters"] = parameters
+    if spec.roles:
+        result["description"] = "Requires the role(s): " + ", ".join(spec.roles) + "."
     if spec.request is not None:
         result["requestBody"] = {"required": True,
                                  "content": {"application/json": {"schema": _ref(spec.request)}}}

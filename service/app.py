@@ -15,7 +15,9 @@ from service.context import EXTENSION_KEY, Services
 from service.logs import configure_logging
 from service.passwords import Passwords
 from service.readiness import ReadinessProbe
+from service.access_state import AccessState
 from service.sessions import SessionStore
+from service.sync import EventListener, create_listener_client
 from service.tokens.keys import KeyRing
 
 log = structlog.get_logger(__name__)
@@ -58,26 +60,38 @@ def _gevent_patched() -> bool:
 def _init_services(app: Flask, settings: Settings) -> None:
     db = database.init_app(app, settings)
     client = redis_store.init_app(app, settings)
+    access = AccessState(
+        claims_max_entries=settings.claims_cache_max_entries,
+        user_max_entries=settings.user_cache_max_entries,
+        user_ttl_seconds=settings.user_cache_seconds,
+    )
+    sessions = SessionStore(
+        client,
+        session_ttl=settings.session_ttl_seconds,
+        grace_seconds=settings.refresh_grace_seconds,
+        revoked_ttl=settings.access_token_ttl_seconds + settings.jwt_leeway_seconds + 60,
+        on_revoked=access.mark_revoked,
+    )
+    listener = EventListener(create_listener_client(settings), sessions, access)
     app.extensions[EXTENSION_KEY] = Services(
         settings=settings,
         database=db,
         redis=client,
         passwords=Passwords(settings),
         keys=KeyRing.load(settings.keys_dir, settings.jwt_algorithm),
-        sessions=SessionStore(
-            client,
-            session_ttl=settings.session_ttl_seconds,
-            grace_seconds=settings.refresh_grace_seconds,
-            revoked_ttl=settings.access_token_ttl_seconds + settings.jwt_leeway_seconds + 60,
-        ),
+        sessions=sessions,
         readiness=ReadinessProbe(db, client, settings.ready_cache_seconds),
+        access=access,
+        listener=listener,
     )
+    # Started here, in the worker after fork: a thread started before fork would not survive it.
+    listener.start()
 
 
 def _register_blueprints(app: Flask) -> None:
-    from service.blueprints import auth, health, users
+    from service.blueprints import admin, auth, health, users
 
-    for module in (health, auth, users):
+    for module in (health, auth, users, admin):
         app.register_blueprint(module.blueprint)
 
 
@@ -87,6 +101,7 @@ def close_app(app: Flask) -> None:
     if svc is None:
         return
 
+    svc.listener.stop()
     svc.database.close()
     redis_store.close_client(svc.redis)
     log.info("pools_closed")

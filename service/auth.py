@@ -6,7 +6,7 @@ import structlog
 
 from service import metrics, users
 from service.context import Services
-from service.errors import AccountDisabled, InvalidCredentials, InvalidRefreshToken
+from service.errors import AccountDisabled, InvalidCredentials, InvalidCurrentPassword, InvalidRefreshToken, NotFound
 from service.schemas import TokenPair
 from service.sessions import RefreshOutcome
 from service.tokens.access import issue_access_token
@@ -66,3 +66,29 @@ def logout(svc: Services, session_id: str) -> None:
     svc.sessions.revoke(session_id)
     metrics.LOGOUTS.inc()
     log.info("logged_out", session_id=session_id)
+
+
+def logout_all(svc: Services, user_id: str) -> int:
+    """End every session of the user, this one included."""
+    ended = svc.sessions.revoke_user(user_id)
+    log.info("logged_out_everywhere", sessions_ended=ended)
+    return ended
+
+
+def end_session(svc: Services, user_id: str, session_id: str) -> None:
+    """End one of the caller's own sessions; raise NotFound for any other id."""
+    if not svc.sessions.revoke(session_id, user_id=user_id):
+        raise NotFound("No such session.", field="session_id")
+    log.info("session_ended", session_id=session_id)
+
+
+def change_password(svc: Services, user_id: str, session_id: str, current: str, new: str) -> int:
+    """Replace the password after checking the current one; end every other session."""
+    if not users.verify_password(svc.database, svc.passwords, user_id, current):
+        log.warning("password_change_rejected", reason="invalid_current_password")
+        raise InvalidCurrentPassword("The current password is wrong.", field="current_password")
+
+    users.set_password(svc.database, svc.passwords, user_id, new)
+    ended = svc.sessions.revoke_user(user_id, keep=session_id)
+    log.info("password_changed", other_sessions_ended=ended)
+    return ended

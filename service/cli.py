@@ -10,6 +10,7 @@ import pymysql
 import structlog
 
 from service.config import InvalidConfiguration, load_settings
+from service.errors import Problem
 from service.logs import configure_logging
 
 log = structlog.get_logger("gatehouse.cli")
@@ -52,6 +53,67 @@ def _check(_args: argparse.Namespace) -> int:
     return 0
 
 
+NEW_USER_PASSWORD_VARIABLE = "GATEHOUSE_NEW_USER_PASSWORD"
+
+
+def _read_password() -> str:
+    """Read the new user's password from the environment, a terminal prompt, or standard input."""
+    import getpass
+    import os
+
+    password = os.environ.get(NEW_USER_PASSWORD_VARIABLE)
+    if password:
+        return password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Repeat password: ") != password:
+            raise InvalidConfiguration("the two passwords differ")
+        return password
+
+    return sys.stdin.readline().rstrip("\n")
+
+
+def _users_create(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from service import audit, roles, users
+    from service.database import Database
+    from service.passwords import Passwords
+    from service.schemas import RegisterRequest
+
+    try:
+        request = RegisterRequest(email=args.email, password=_read_password())
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        print(f"gatehouse: invalid {error['loc'][0]}: {error['msg']}", file=sys.stderr)
+        return 2
+
+    settings = load_settings()
+    database = Database(settings)
+    try:
+        known = {role.name for role in roles.list_roles(database)}
+        unknown = sorted(set(args.role) - known)
+        if unknown:
+            print(f"gatehouse: unknown role {', '.join(unknown)}; known roles: {', '.join(sorted(known))}",
+                  file=sys.stderr)
+            return 2
+        user = users.register(database, Passwords(settings), request.email, request.password)
+        for role in args.role:
+            roles.grant(database, user.id, role)
+            audit.record(database, actor_id=None, action="role_granted", target_type="user", target_id=user.id,
+                         client_ip="", detail={"role": role, "via": "cli"})
+    except Problem as exc:
+        print(f"gatehouse: {exc.detail}", file=sys.stderr)
+        return 1
+    finally:
+        database.close()
+
+    log.info("user_created", user_id=user.id, roles=args.role)
+    print(user.id)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gatehouse", description="Gatehouse authentication service tools.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -65,6 +127,17 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--algorithm", choices=("EdDSA", "ES256", "RS256"),
                           help="key type (default: $GATEHOUSE_JWT_ALGORITHM or EdDSA)")
     generate.set_defaults(handler=_keys_generate)
+
+    users_parser = commands.add_parser("users", help="manage user accounts")
+    users_commands = users_parser.add_subparsers(dest="users_command", required=True)
+    create = users_commands.add_parser(
+        "create",
+        help=f"create an account; the password comes from ${NEW_USER_PASSWORD_VARIABLE}, "
+             "a prompt, or the first line of standard input",
+    )
+    create.add_argument("--email", required=True, help="email address of the new account")
+    create.add_argument("--role", action="append", default=[], help="role to grant, repeatable (e.g. admin)")
+    create.set_defaults(handler=_users_create)
 
     check = commands.add_parser("check", help="run the start-up checks (keys, MySQL and schema, Redis) and exit")
     check.set_defaults(handler=_check)

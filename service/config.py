@@ -95,6 +95,17 @@ class Settings(BaseSettings):
     )
     argon2_parallelism: int = Field(1, ge=1, le=16, description="argon2id lanes, 1-16")
 
+    # Per-worker caches of the authenticated hot path
+    claims_cache_max_entries: int = Field(
+        10_000, ge=100, le=1_000_000, description="verified access tokens cached per worker, 100-1000000"
+    )
+    user_cache_max_entries: int = Field(
+        10_000, ge=100, le=1_000_000, description="users with roles cached per worker, 100-1000000"
+    )
+    user_cache_seconds: float = Field(
+        60.0, ge=0.5, le=3600, description="seconds a cached user and roles are reused without a change event, 0.5-3600"
+    )
+
     # Probes and start-up
     ready_cache_seconds: float = Field(1.0, ge=0, le=30, description="seconds a /ready result is reused, 0-30")
     startup_timeout_seconds: float = Field(

@@ -62,6 +62,18 @@ class EmailTaken(Problem):
     status, code, title = 409, "email_taken", "Email already registered"
 
 
+class MissingRole(Problem):
+    status, code, title = 403, "missing_role", "Role required"
+
+
+class Conflict(Problem):
+    status, code, title = 409, "conflict", "Conflict with the current state"
+
+
+class InvalidCurrentPassword(Problem):
+    status, code, title = 403, "invalid_current_password", "Current password is wrong"
+
+
 class AccountDisabled(Problem):
     status, code, title = 403, "account_disabled", "Account disabled"
 

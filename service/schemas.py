@@ -113,3 +113,89 @@ class Readiness(BaseModel):
 
 class Jwks(BaseModel):
     keys: list[dict[str, Any]]
+
+
+class QueryParameters(BaseModel):
+    """Query strings arrive as text, so numbers are converted; unknown parameters are rejected."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ChangePasswordRequest(RequestBody):
+    current_password: str = Field(min_length=1, max_length=PASSWORD_MAX_LENGTH)
+    new_password: str = Field(min_length=PASSWORD_MIN_LENGTH, max_length=PASSWORD_MAX_LENGTH)
+
+
+class Session(BaseModel):
+    id: str
+    created_at: datetime
+    last_used_at: datetime
+    expires_at: datetime
+    user_agent: str
+    ip: str
+    current: bool = Field(False, description="true for the session of the token making the request")
+
+
+class SessionList(BaseModel):
+    sessions: list[Session]
+
+
+class SessionsEnded(BaseModel):
+    sessions_ended: int
+
+
+class AdminUser(BaseModel):
+    id: str
+    email: str
+    status: Literal["active", "disabled"]
+    created_at: datetime
+    roles: list[str]
+
+
+class AdminUserDetail(AdminUser):
+    sessions: list[Session]
+
+
+class UserPage(BaseModel):
+    items: list[AdminUser]
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page; null on the last page")
+
+
+class UserSearch(QueryParameters):
+    query: str | None = Field(None, max_length=320, description="substring of the email, case-insensitive")
+    status: Literal["active", "disabled"] | None = None
+    limit: int = Field(50, ge=1, le=200)
+    cursor: str | None = Field(None, max_length=600)
+
+
+class Role(BaseModel):
+    name: str
+    description: str
+
+
+class RoleList(BaseModel):
+    roles: list[Role]
+
+
+class CreateRoleRequest(RequestBody):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_.-]{0,63}$", description="lower-case letters, digits, _ . -")
+    description: str = Field("", max_length=255)
+
+
+class AuditQuery(QueryParameters):
+    limit: int = Field(100, ge=1, le=1000)
+
+
+class AuditEntry(BaseModel):
+    id: int
+    created_at: datetime
+    actor_id: str | None
+    action: str
+    target_type: str
+    target_id: str
+    detail: str
+    client_ip: str
+
+
+class AuditLog(BaseModel):
+    entries: list[AuditEntry]
