@@ -64,3 +64,14 @@ def tokens(client, user) -> dict:
     response = client.post("/v1/auth/login", json={"email": user["email"], "password": PASSWORD})
     assert response.status_code == 200, response.get_json()
     return response.get_json()
+
+
+@pytest.fixture
+def admin_tokens(client, settings) -> dict:
+    """A token pair of an administrator, made with `gatehouse users create --role admin`."""
+    from tests.helpers import create_user
+
+    user_id = create_user(settings, "root@example.com", PASSWORD, roles=("admin",))
+    response = client.post("/v1/auth/login", json={"email": "root@example.com", "password": PASSWORD})
+    assert response.status_code == 200, response.get_json()
+    return {**response.get_json(), "user_id": user_id}

@@ -18,8 +18,8 @@ from service.config import Settings
 from service.database import connect_args
 
 ROOT = Path(__file__).resolve().parent.parent
-# Tables in delete order (children first); roles keep their seeded rows.
-_TABLES = ("user_roles", "users")
+# Tables in delete order (children first); roles keep their seeded rows, test-made roles go below.
+_TABLES = ("user_roles", "users", "audit_log")
 
 
 def reset_state(settings: Settings) -> None:
@@ -28,6 +28,7 @@ def reset_state(settings: Settings) -> None:
         with connection.cursor() as cursor:
             for table in _TABLES:
                 cursor.execute(f"DELETE FROM {table}")
+            cursor.execute("DELETE FROM roles WHERE name <> 'admin'")
     finally:
         connection.close()
     redis.Redis.from_url(settings.redis_url.get_secret_value()).flushdb()
@@ -114,3 +115,29 @@ def run_as_mysql_root(sql: str) -> str:
         raise RuntimeError(f"mariadb as root failed with exit code {result.returncode}: {result.stderr.strip()}")
 
     return result.stdout
+
+
+def create_user(settings: Settings, email: str, password: str, roles: tuple[str, ...] = ()) -> str:
+    """Create an account through the real `gatehouse users create` command; return its id."""
+    command = [sys.executable, "-m", "service.cli", "users", "create", "--email", email]
+    for role in roles:
+        command += ["--role", role]
+    result = subprocess.run(command, input=password + "\n", capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().splitlines()[-1]
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def restart_redis(settings: Settings) -> None:
+    """Stop the test Redis (saving its data) and start it again through scripts/services.sh."""
+    profile = Path(os.environ["GATEHOUSE_STATE_DIR"]).name
+    client = redis.Redis.from_url(settings.redis_url.get_secret_value())
+    try:
+        client.shutdown(save=True)
+    except redis.ConnectionError:
+        pass  # the server closes the connection as it exits
+    subprocess.run([str(ROOT / "scripts" / "services.sh"), "start", profile], check=True, timeout=60,
+                   capture_output=True)
