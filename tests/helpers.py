@@ -70,10 +70,10 @@ class Gunicorn:
             if self.process and self.process.poll() is not None:
                 raise AssertionError(f"gunicorn exited with {self.process.returncode}:\n{self.output()}")
             try:
-                if requests.get(self.url + "/ready", timeout=1).status_code == 200:
+                if requests.get(self.url + "/ready", timeout=2).status_code == 200:
                     return
-            except requests.ConnectionError:
-                pass
+            except requests.RequestException:
+                pass  # not listening yet, or too busy starting to reply in time
             time.sleep(0.1)
         raise AssertionError(f"gunicorn not ready after {timeout} s:\n{self.output()}")
 
@@ -131,13 +131,22 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def restart_redis(settings: Settings) -> None:
-    """Stop the test Redis (saving its data) and start it again through scripts/services.sh."""
-    profile = Path(os.environ["GATEHOUSE_STATE_DIR"]).name
+def stop_redis(settings: Settings) -> None:
+    """Stop the test Redis, saving its data first."""
     client = redis.Redis.from_url(settings.redis_url.get_secret_value())
     try:
         client.shutdown(save=True)
     except redis.ConnectionError:
         pass  # the server closes the connection as it exits
+
+
+def start_services() -> None:
+    """Start the test MariaDB and Redis again (running ones are reused) through scripts/services.sh."""
+    profile = Path(os.environ["GATEHOUSE_STATE_DIR"]).name
     subprocess.run([str(ROOT / "scripts" / "services.sh"), "start", profile], check=True, timeout=60,
                    capture_output=True)
+
+
+def restart_redis(settings: Settings) -> None:
+    stop_redis(settings)
+    start_services()

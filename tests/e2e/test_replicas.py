@@ -13,7 +13,15 @@ import redis
 import requests
 
 from tests.conftest import PASSWORD
-from tests.helpers import Gunicorn, bearer, create_user, restart_redis, run_as_mysql_root
+from tests.helpers import (
+    Gunicorn,
+    bearer,
+    create_user,
+    restart_redis,
+    run_as_mysql_root,
+    start_services,
+    stop_redis,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -161,3 +169,27 @@ def test_revocation_after_redis_restart_enforced(replicas, settings):
     refreshed = requests.post(f"{second.url}/v1/auth/refresh", json={"refresh_token": other["refresh_token"]},
                               timeout=10)
     assert refreshed.status_code == 200
+
+
+def test_redis_outage_fails_closed(replicas, settings):
+    first, second = replicas
+    register(first.url, "grace@example.com")
+    pair = login(first.url, "grace@example.com")
+    assert probe_statuses(second.url, "/v1/users/me", pair["access_token"]) == [200] * PROBES
+
+    stop_redis(settings)
+    try:
+        time.sleep(1.0)
+        during = probe_statuses(second.url, "/v1/users/me", pair["access_token"])
+        health = requests.get(f"{second.url}/health", timeout=10).status_code
+        ready = requests.get(f"{second.url}/ready", timeout=10).status_code
+    finally:
+        start_services()
+
+    assert during == [503] * PROBES
+    assert health == 200
+    assert ready == 503
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and probe_statuses(second.url, "/v1/users/me", pair["access_token"]) != [200] * PROBES:
+        time.sleep(0.2)
+    assert probe_statuses(second.url, "/v1/users/me", pair["access_token"]) == [200] * PROBES
