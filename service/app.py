@@ -86,12 +86,34 @@ def _init_services(app: Flask, settings: Settings) -> None:
     )
     # Started here, in the worker after fork: a thread started before fork would not survive it.
     listener.start()
+    metrics.register_scrape_collector(app, metrics.ScrapeCollector(
+        dependency_checks=lambda: _dependency_checks(app.extensions[EXTENSION_KEY]),
+        job_records=lambda: _job_records(app.extensions[EXTENSION_KEY]),
+    ))
+
+
+def _dependency_checks(svc: Services) -> dict[str, tuple[bool, float]]:
+    """Return the readiness probe's per-dependency result, reused for up to a second."""
+    report = svc.readiness.report()
+    return {name: (check.ok, check.latency_ms / 1000) for name, check in report.checks.items()}
+
+
+def _job_records(svc: Services) -> dict[str, tuple[float | None, float | None]]:
+    """Read each maintenance job's last success and failure times from Redis."""
+    pipe = svc.redis.pipeline(transaction=False)
+    for job in metrics.MAINTENANCE_JOBS:
+        pipe.hmget(f"{redis_store.KEY_PREFIX}job:{job}", "last_success_at", "last_failure_at")
+    records = {}
+    for job, (success, failure) in zip(metrics.MAINTENANCE_JOBS, pipe.execute(), strict=True):
+        records[job] = (float(success) if success else None, float(failure) if failure else None)
+    return records
 
 
 def _register_blueprints(app: Flask) -> None:
     from service.blueprints import admin, auth, health, users
+    from service.blueprints import metrics as metrics_blueprint
 
-    for module in (health, auth, users, admin):
+    for module in (health, metrics_blueprint, auth, users, admin):
         app.register_blueprint(module.blueprint)
 
 
