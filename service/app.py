@@ -13,6 +13,7 @@ from service import database, errors, metrics, redis_store, request_log
 from service.config import Settings, load_settings
 from service.context import EXTENSION_KEY, Services
 from service.logs import configure_logging
+from service.method_guard import MethodGuard
 from service.passwords import Passwords
 from service.readiness import ReadinessProbe
 from service.access_state import AccessState
@@ -38,6 +39,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         # The client address is the one the last trusted proxy saw; earlier entries are client-supplied.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxy_count)  # type: ignore[method-assign]
 
+    app.wsgi_app = MethodGuard(app.wsgi_app)  # type: ignore[method-assign]
     request_log.init_app(app)
     errors.init_app(app)
     metrics.init_app(app)

@@ -6,6 +6,7 @@ import redis
 import structlog
 
 from service import metrics, users
+from service.bearer import load_user
 from service.context import Services
 from service.errors import AccountDisabled, InvalidCredentials, InvalidCurrentPassword, InvalidRefreshToken, NotFound
 from service.schemas import TokenPair
@@ -65,6 +66,14 @@ def refresh(svc: Services, refresh_token: str, *, ip: str) -> TokenPair:
         raise InvalidRefreshToken()
 
     assert rotation.user_id and rotation.session_id and rotation.refresh_token
+    user = load_user(svc, rotation.user_id)
+    if user is None or user.status != users.STATUS_ACTIVE:
+        # The account was disabled or deleted without ending its sessions (for example
+        # directly in the database): end this one now instead of issuing tokens.
+        svc.sessions.revoke(rotation.session_id)
+        log.warning("refresh_rejected", reason="account_inactive", user_id=rotation.user_id, client_ip=ip)
+        raise InvalidRefreshToken()
+
     structlog.contextvars.bind_contextvars(user_id=rotation.user_id)
     if rotation.outcome is RefreshOutcome.GRACE:
         log.info("refresh_within_grace", session_id=rotation.session_id)

@@ -31,6 +31,10 @@ REFRESH_TOKEN_BYTES = 32
 # Refresh-token records outlive their session by this much, so that presenting one
 # soon after the session ended is reported as expired rather than unknown.
 TOKEN_RETENTION_SECONDS = 86400
+# A spent token may be presented again this many times within the grace interval
+# (concurrent tabs, retried requests); one more is treated as reuse, so a thief who
+# replays it quickly cannot mint tokens without limit.
+MAX_GRACE_REFRESHES = 5
 REVOKED_KEY = f"{KEY_PREFIX}revoked"
 EVENTS_CHANNEL = f"{KEY_PREFIX}events"
 
@@ -55,7 +59,8 @@ end
 """
 
 # KEYS[1] = rt:<presented digest>, KEYS[2] = rt:<new digest>
-# ARGV: prefix, now, grace seconds, new digest, revoked-until, token retention past session end
+# ARGV: prefix, now, grace seconds, new digest, revoked-until, token retention past session end,
+#       most grace refreshes per token
 # NOTE: the session keys are derived inside the script, which is fine on a single
 # Redis or behind Sentinel but would not hash to one slot on Redis Cluster.
 _ROTATE_LUA = _REVOKE_LUA + """
@@ -77,7 +82,8 @@ end
 
 local outcome = 'rotated'
 if rotated_at and rotated_at ~= '' then
-    if now - tonumber(rotated_at) > grace then
+    local grace_uses = redis.call('HINCRBY', KEYS[1], 'grace_uses', 1)
+    if now - tonumber(rotated_at) > grace or grace_uses > tonumber(ARGV[7]) then
         revoke(prefix, sid, uid, ARGV[5], ARGV[2])
         return {'reuse_detected', sid, uid}
     end
@@ -209,7 +215,7 @@ class SessionStore:
         result = self._rotate(
             keys=[f"{KEY_PREFIX}rt:{digest(refresh_token)}", f"{KEY_PREFIX}rt:{new_digest}"],
             args=[KEY_PREFIX, repr(now), repr(self._grace_seconds), new_digest, self._revoked_until(now),
-                  TOKEN_RETENTION_SECONDS],
+                  TOKEN_RETENTION_SECONDS, MAX_GRACE_REFRESHES],
         )
         outcome = RefreshOutcome(result[0])
         if outcome is RefreshOutcome.REUSE_DETECTED:
