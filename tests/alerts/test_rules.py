@@ -173,3 +173,16 @@ def test_alert_fires_on_bad_and_not_on_normal(case, rules_file, tmp_path):
                                          **promtool_test(case, rule)}))
     result = subprocess.run([PROMTOOL, "test", "rules", str(test_file)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dashboard_configmap_carries_dashboard():
+    import json
+
+    import helm_python
+
+    chart = helm_python.Chart.load(str(CHART))
+    rendered = chart.render({"grafanaDashboard": {"enabled": True}}, name="gatehouse", namespace="monitoring")
+    config_map = yaml.safe_load(rendered["gatehouse/templates/dashboard-configmap.yaml"])
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads(config_map["data"]["gatehouse.json"])
+    assert dashboard == json.loads((CHART / "files" / "dashboards" / "gatehouse.json").read_text())
