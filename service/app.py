@@ -18,7 +18,7 @@ from service.passwords import Passwords
 from service.readiness import ReadinessProbe
 from service.access_state import AccessState
 from service.sessions import SessionStore
-from service.sync import EventListener, create_listener_client
+from service.sync import AccessStateSync, EventListener, create_listener_client
 from service.tokens.keys import KeyRing
 
 log = structlog.get_logger(__name__)
@@ -74,7 +74,7 @@ def _init_services(app: Flask, settings: Settings) -> None:
         revoked_ttl=settings.access_token_ttl_seconds + settings.jwt_leeway_seconds + 60,
         on_revoked=access.mark_revoked,
     )
-    listener = EventListener(create_listener_client(settings), sessions, access)
+    listener = EventListener(create_listener_client(settings), [AccessStateSync(sessions, access)])
     app.extensions[EXTENSION_KEY] = Services(
         settings=settings,
         database=db,
