@@ -216,3 +216,24 @@ class AuditEntry(BaseModel):
 
 class AuditLog(BaseModel):
     entries: list[AuditEntry]
+
+
+class BanOut(BaseModel):
+    ip: str
+    cause: Literal["failed_logins", "credential_stuffing", "rate_limit", "manual"]
+    reason: str
+    created_at: datetime
+    expires_at: datetime | None = Field(description="null for a permanent ban")
+    offences: int = Field(description="bans of this address within the offence-history window, this one included")
+    actor: str = Field(description="id of the administrator for a manual ban; empty for automatic ones")
+
+
+class BanList(BaseModel):
+    bans: list[BanOut]
+
+
+class CreateBanRequest(RequestBody):
+    ip: str = Field(max_length=45, examples=["203.0.113.7"])
+    reason: str = Field(min_length=1, max_length=255)
+    duration_seconds: int | None = Field(None, ge=60, le=31_536_000,
+                                         description="omit or null for a permanent ban")
