@@ -1,7 +1,7 @@
 # Developer and CI entry points for Gatehouse. Every target does all of its own
 # set-up and can be run again. `make run` and `make test` can run side by side:
-# they use separate MariaDB and Redis instances (profiles dev and test, see
-# scripts/services.sh) with their state in .state/dev and .state/test.
+# they use separate MariaDB and Redis instances (profiles dev, test and bench,
+# see scripts/services.sh) with their state in .state/PROFILE.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -14,7 +14,7 @@ ROOT := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))
 VENV := $(ROOT)/.venv
 STATE := $(ROOT)/.state
 SERVICES := $(ROOT)/scripts/services.sh
-PROFILES := dev test
+PROFILES := dev test bench
 
 # Interpreter that creates .venv.
 PYTHON ?= python3
@@ -35,11 +35,14 @@ help:
 	  lock "regenerate constraints.txt from a fresh resolve of pyproject.toml" \
 	  services-dev "start the dev MariaDB and Redis (ports 3307 and 6380 unless overridden)" \
 	  services-test "start the test MariaDB and Redis (ports 3308 and 6381 unless overridden)" \
+	  services-bench "start the bench MariaDB and Redis (ports 3318 and 6393 unless overridden)" \
 	  keys-dev "generate a signing key for the dev profile unless one exists" \
 	  keys-test "generate a signing key for the test profile unless one exists" \
+	  keys-bench "generate a signing key for the bench profile unless one exists" \
 	  migrate-dev "apply database migrations to the dev database" \
 	  migrate-test "apply database migrations to the test database" \
-	  stop "stop the dev gunicorn and the dev and test services" \
+	  migrate-bench "apply database migrations to the bench database" \
+	  stop "stop the dev gunicorn and the dev, test and bench services" \
 	  clean-state "stop everything, then delete .state: all local data, passwords and keys"
 	echo
 	echo 'scripts/services.sh lists the environment variables that override the service ports.'
@@ -103,8 +106,9 @@ test: venv services-test keys-test migrate-test
 stop:
 	$(SERVICES) stop dev
 	$(SERVICES) stop test
+	$(SERVICES) stop bench
 
 # Deletes the databases, Redis data, generated passwords and signing keys of
-# both profiles without asking: a reset for development machines.
+# every profile without asking: a reset for development machines.
 clean-state: stop
 	rm -rf $(STATE)
