@@ -1,7 +1,7 @@
 # Developer and CI entry points for Gatehouse. Every target does all of its own
-# set-up and can be run again. `make run` and `make test` can run side by side:
-# they use separate MariaDB and Redis instances (profiles dev, test and bench,
-# see scripts/services.sh) with their state in .state/PROFILE.
+# set-up and can be run again. `make run`, `make test` and `make bench` can run
+# side by side: they use separate MariaDB and Redis instances (profiles dev, test
+# and bench, see scripts/services.sh) with their state in .state/PROFILE.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -22,8 +22,15 @@ PYTHON ?= python3
 PORT ?= 8000
 # Extra arguments for pytest in `make test`, such as PYTEST_ARGS='-k refresh -x'.
 PYTEST_ARGS ?=
+# `make bench`: seconds of each measured wrk run, and the first of the three TCP
+# ports on 127.0.0.1 that it uses (Gatehouse, the floor app, fastapi-users).
+BENCH_SECONDS ?= 15
+BENCH_PORT ?= 8730
+# `make soak`: length in seconds and request rate per second.
+SOAK_SECONDS ?= 600
+SOAK_RATE ?= 1000
 
-.PHONY: help venv lock run test stop clean-state \
+.PHONY: help venv lock run test bench soak stop clean-state \
 	$(addprefix services-,$(PROFILES)) $(addprefix keys-,$(PROFILES)) $(addprefix migrate-,$(PROFILES))
 
 help:
@@ -31,6 +38,8 @@ help:
 	printf '  %-14s %s\n' \
 	  run "serve the app with gunicorn on 127.0.0.1:$(PORT) (PORT=N changes the port) with the dev services" \
 	  test "run pytest against the test services (PYTEST_ARGS='...' adds arguments)" \
+	  bench "measure Gatehouse, the floor app and fastapi-users with wrk; write docs/benchmarks.md" \
+	  soak "serve a steady mixed load for SOAK_SECONDS and report memory growth per worker" \
 	  venv "create .venv and install the package with its test extra, pinned by constraints.txt" \
 	  lock "regenerate constraints.txt from a fresh resolve of pyproject.toml" \
 	  services-dev "start the dev MariaDB and Redis (ports 3307 and 6380 unless overridden)" \
@@ -102,6 +111,21 @@ test: venv services-test keys-test migrate-test
 	. $(STATE)/test/gatehouse.env
 	cd $(ROOT)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# The harness (bench/run.py) starts and stops every server it measures, and the
+# bench MariaDB and Redis are stopped afterwards, so nothing keeps running.
+bench: venv services-bench keys-bench migrate-bench
+	. $(STATE)/bench/gatehouse.env
+	cd $(ROOT)
+	trap '$(SERVICES) stop bench' EXIT
+	$(VENV)/bin/python -m bench.run --seconds $(BENCH_SECONDS) --port $(BENCH_PORT) --report docs/benchmarks.md
+
+soak: venv services-bench keys-bench migrate-bench
+	. $(STATE)/bench/gatehouse.env
+	cd $(ROOT)
+	trap '$(SERVICES) stop bench' EXIT
+	$(VENV)/bin/python -m bench.soak --seconds $(SOAK_SECONDS) --rate $(SOAK_RATE) --port $(BENCH_PORT) \
+	  --report docs/benchmarks.md
 
 stop:
 	$(SERVICES) stop dev
