@@ -111,7 +111,9 @@ def _targets(results: Results) -> list[str]:
         lines.append(f"- Login at least {LOGIN_ARGON2_RATIO:.1f} of the argon2 limit ({_number(limit)}/s = "
                      f"{results.machine['cores']} cores / {results.argon2_verify_ms:.1f} ms per argon2id "
                      f"verification): {_number(runs['login'].rate)}/s = {ratio:.2f} ({_verdict(ratio >= LOGIN_ARGON2_RATIO)}); "
-                     f"server CPU per login {runs['login'].server_cpu_us_per_request / 1000:.1f} ms")
+                     f"server CPU per login {runs['login'].server_cpu_us_per_request / 1000:.1f} ms. With "
+                     f"{results.machine['cores']} threads verifying at once, the harness reached "
+                     f"{_number(results.argon2_parallel_rate)} verifications/s")
 
     peer = results.peer
     if "me" in runs and "me" in peer:
@@ -189,7 +191,9 @@ def render_results(results: Results) -> str:
         f"- Resident memory per worker (MiB): {_mib_list(results.mixed.get('rss_kib_before'))} when ready; "
         f"{_mib_list(results.mixed.get('rss_kib_after'))} after {_number(results.mixed.get('requests', 0))} mixed "
         f"requests ({_number(results.mixed.get('rate', 0))} req/s, {results.mixed.get('errors', 0)} errors); "
-        f"{_mib_list(results.mixed.get('rss_kib_end'))} after all runs.",
+        f"{_mib_list(results.mixed.get('rss_kib_end'))} after all runs. Of the resident memory after the mixed "
+        f"requests, {_mib_list(results.mixed.get('private_kib_after'))} MiB was private to each worker; the rest "
+        "is mostly shared libraries.",
         "- Start-up, from launching gunicorn to the first 200 from /ready: "
         + ", ".join(f"{seconds:.2f}" for seconds in results.startup_seconds) + " s.",
     ]

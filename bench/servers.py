@@ -11,7 +11,7 @@ from pathlib import Path
 
 import requests
 
-from bench.system import child_pids, port_is_free, rss_kib
+from bench.system import child_pids, port_is_free, private_kib, rss_kib
 
 ROOT = Path(__file__).resolve().parent.parent
 # gunicorn gives in-flight requests GATEHOUSE_GRACEFUL_TIMEOUT (30 s by default) after SIGTERM.
@@ -83,6 +83,9 @@ class Server:
 
     def worker_rss_kib(self) -> list[int]:
         return [rss_kib(pid) for pid in self.worker_pids()]
+
+    def worker_private_kib(self) -> list[int]:
+        return [private_kib(pid) for pid in self.worker_pids()]
 
     def stop(self) -> None:
         """Send SIGTERM and wait for a graceful exit, then SIGKILL the whole process group."""

@@ -70,6 +70,15 @@ def rss_kib(pid: int) -> int:
     raise ValueError(f"no VmRSS line in /proc/{pid}/status")
 
 
+def private_kib(pid: int) -> int:
+    """Memory of one process in KiB that no other process shares (USS: private clean plus dirty pages)."""
+    total = 0
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith(("Private_Clean:", "Private_Dirty:")):
+            total += int(line.split()[1])
+    return total
+
+
 @dataclass
 class CpuSample:
     at: float
