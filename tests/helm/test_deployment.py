@@ -154,6 +154,13 @@ def test_writable_paths_are_volumes(rendered, value_set):
                 assert "emptyDir" in volumes[mounts[mount]], f"{owner['metadata']['name']}: {path}"
 
 
+def test_metrics_directory_only_in_server(rendered):
+    """The CLI jobs write no multiprocess metric files: only gunicorn's workers do."""
+    for owner, spec in pod_specs(rendered["production"]):
+        names = [item["name"] for container in containers(spec) for item in container["env"]]
+        assert ("PROMETHEUS_MULTIPROC_DIR" in names) == (owner["kind"] == "Deployment"), owner["metadata"]["name"]
+
+
 @pytest.mark.parametrize("value_set", ["default", *VALUE_SETS])
 def test_keys_dir_is_secret_volume(rendered, value_set):
     result = rendered[value_set]

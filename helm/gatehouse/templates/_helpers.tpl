@@ -74,6 +74,11 @@ helm.sh/chart: {{ include "gatehouse.chart" . }}
 {{- default (include "gatehouse.fullname" .) .Values.secret.existingSecret -}}
 {{- end -}}
 
+{{/* Name of the PersistentVolumeClaim that holds the backups. */}}
+{{- define "gatehouse.backupClaimName" -}}
+{{- default (printf "%s-backups" (include "gatehouse.fullname" .)) .Values.cronJobs.backup.persistence.existingClaim -}}
+{{- end -}}
+
 {{/* Container port: the port of GATEHOUSE_BIND. */}}
 {{- define "gatehouse.httpPort" -}}
 {{- .Values.containerPorts.http | int -}}
@@ -100,7 +105,7 @@ integers, everything else as it is.
 {{/*
 ConfigMap data: each config value as GATEHOUSE_<NAME> (config.mysqlPoolSize
 becomes GATEHOUSE_MYSQL_POOL_SIZE), the two settings the chart owns, then
-extraEnv.
+extraEnv. Shared by the ConfigMap and its copy for the migration hook.
 */}}
 {{- define "gatehouse.configData" -}}
 GATEHOUSE_BIND: {{ printf "0.0.0.0:%s" (include "gatehouse.httpPort" .) | quote }}
@@ -113,7 +118,7 @@ GATEHOUSE_KEYS_DIR: {{ include "gatehouse.keysDir" . | quote }}
 {{- end }}
 {{- end -}}
 
-{{/* Secret data created from the secret.* values. */}}
+{{/* Secret data created from the secret.* values. Shared by the Secret and its copy for the migration hook. */}}
 {{- define "gatehouse.secretData" -}}
 mysql-password: {{ .Values.secret.mysqlPassword | b64enc | quote }}
 redis-url: {{ .Values.secret.redisUrl | b64enc | quote }}
@@ -137,6 +142,101 @@ redis-url: {{ .Values.secret.redisUrl | b64enc | quote }}
 {{- with .root.Values.extraEnvVars }}
 {{ toYaml . }}
 {{- end }}
+{{- end -}}
+
+{{/*
+Pod spec of a Job that runs one `gatehouse` command, for the migration hook
+and the CronJobs. Takes a dict: root (the chart context), component,
+serviceAccountName, configMapName, secretName, resources, activeDeadlineSeconds, backoffLimit,
+containerName and args (the command line after `gatehouse`), optionally
+initContainerName and initArgs (a command that runs first, as an init
+container), and backups (true mounts the backup claim).
+*/}}
+{{- define "gatehouse.jobTemplate" -}}
+{{- $root := .root -}}
+backoffLimit: {{ .backoffLimit }}
+activeDeadlineSeconds: {{ .activeDeadlineSeconds }}
+template:
+  metadata:
+    labels:
+      {{- include "gatehouse.labels" $root | nindent 6 }}
+      app.kubernetes.io/component: {{ .component }}
+  spec:
+    restartPolicy: Never
+    serviceAccountName: {{ .serviceAccountName }}
+    automountServiceAccountToken: {{ $root.Values.serviceAccount.automountServiceAccountToken }}
+    enableServiceLinks: false
+    {{- with $root.Values.image.pullSecrets }}
+    imagePullSecrets:
+      {{- range . }}
+      - name: {{ . }}
+      {{- end }}
+    {{- end }}
+    securityContext:
+      {{- toYaml $root.Values.podSecurityContext | nindent 6 }}
+    {{- with $root.Values.nodeSelector }}
+    nodeSelector:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+    {{- with $root.Values.tolerations }}
+    tolerations:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+    {{- $container := dict "root" $root "configMapName" .configMapName "secretName" .secretName "resources" .resources "backups" .backups }}
+    {{- if .initArgs }}
+    initContainers:
+      {{- include "gatehouse.jobContainer" (merge (dict "name" .initContainerName "args" .initArgs) $container) | nindent 6 }}
+    {{- end }}
+    containers:
+      {{- include "gatehouse.jobContainer" (merge (dict "name" .containerName "args" .args) $container) | nindent 6 }}
+    volumes:
+      - name: keys
+        secret:
+          secretName: {{ .secretName }}
+          defaultMode: 0440
+      - name: tmp
+        emptyDir: {}
+      {{- if .backups }}
+      - name: backups
+        persistentVolumeClaim:
+          claimName: {{ include "gatehouse.backupClaimName" $root }}
+      {{- end }}
+{{- end -}}
+
+{{/* One container of a Job pod running `gatehouse <args>`. gatehouse.jobTemplate describes the dict it takes. */}}
+{{- define "gatehouse.jobContainer" -}}
+- name: {{ .name }}
+  image: {{ include "gatehouse.image" .root }}
+  imagePullPolicy: {{ .root.Values.image.pullPolicy }}
+  command:
+    - gatehouse
+    {{- range .args }}
+    - {{ . | quote }}
+    {{- end }}
+  envFrom:
+    - configMapRef:
+        name: {{ .configMapName }}
+  env:
+    {{- include "gatehouse.secretEnv" . | nindent 4 }}
+  resources:
+    {{- toYaml .resources | nindent 4 }}
+  securityContext:
+    {{- toYaml .root.Values.containerSecurityContext | nindent 4 }}
+  volumeMounts:
+    - name: keys
+      mountPath: {{ include "gatehouse.keysDir" .root }}
+      readOnly: true
+    - name: tmp
+      mountPath: /tmp
+    {{- if .backups }}
+    - name: backups
+      mountPath: {{ include "gatehouse.backupDir" .root }}
+    {{- end }}
+{{- end -}}
+
+{{/* Where the backup claim is mounted in the backup Job. */}}
+{{- define "gatehouse.backupDir" -}}
+/var/backups/gatehouse
 {{- end -}}
 
 {{/*
