@@ -69,6 +69,11 @@ def test_service_targets_http_port(rendered):
     assert [port["targetPort"] for port in service["spec"]["ports"]] == ["http"]
 
 
+def test_metrics_path_is_app_route(rendered, url_map):
+    endpoint = rendered["production"].one("ServiceMonitor")["spec"]["endpoints"][0]
+    assert route_endpoint(url_map, endpoint["path"]) == "prometheus_metrics"
+
+
 def test_grace_period_covers_pause_and_drain(rendered):
     spec = rendered["default"].one("Deployment")["spec"]["template"]["spec"]
     pause = int(spec["containers"][0]["lifecycle"]["preStop"]["exec"]["command"][1])
