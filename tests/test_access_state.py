@@ -73,8 +73,8 @@ def test_user_cache_expires_after_ttl():
 def test_events_applied():
     cache = state()
     cache.remember_user(user(), cache.user_epoch())
-    cache.apply_event({"kind": "session_revoked", "sid": "s9", "until": time.time() + 60})
-    cache.apply_event({"kind": "user_changed", "uid": "u1"})
-    cache.apply_event({"kind": "something_else"})
+    assert cache.apply_event({"kind": "session_revoked", "sid": "s9", "until": time.time() + 60}) is True
+    assert cache.apply_event({"kind": "user_changed", "uid": "u1"}) is True
+    assert cache.apply_event({"kind": "something_else"}) is False
     assert cache.is_revoked("s9") is True
     assert cache.cached_user("u1") is None

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+from datetime import UTC, datetime
 
 from flask import Blueprint, Response, request
 
 from service import admin, audit, roles, users
 from service.api import json_response, operation
 from service.bearer import current_principal
+from service.blacklist import Ban
 from service.blueprints.views import admin_user_view, session_view
 from service.context import services
 from service.errors import InvalidRequest
@@ -19,6 +21,9 @@ from service.schemas import (
     AuditEntry,
     AuditLog,
     AuditQuery,
+    BanList,
+    BanOut,
+    CreateBanRequest,
     CreateRoleRequest,
     Role,
     RoleList,
@@ -140,3 +145,30 @@ def create_role(body: CreateRoleRequest) -> Response:
 def audit_log(query: AuditQuery) -> Response:
     rows = audit.entries(services().database, limit=query.limit)
     return json_response(AuditLog(entries=[AuditEntry(**row) for row in rows]))
+
+
+def _ban_view(ban: Ban) -> BanOut:
+    return BanOut(ip=ban.ip, cause=ban.cause, reason=ban.reason, created_at=datetime.fromtimestamp(ban.created_at, UTC),
+                  expires_at=datetime.fromtimestamp(ban.expires_at, UTC) if ban.expires_at else None,
+                  offences=ban.offences, actor=ban.actor)
+
+
+@blueprint.get("/bans")
+@operation("Every banned client address", responses={200: BanList}, roles=ADMIN_ONLY, tags=TAGS)
+def list_bans() -> Response:
+    return json_response(BanList(bans=[_ban_view(ban) for ban in services().blacklist.list()]))
+
+
+@blueprint.post("/bans")
+@operation("Ban a client address, for a time or permanently", request_model=CreateBanRequest,
+           responses={201: BanOut}, errors=(409,), roles=ADMIN_ONLY, tags=TAGS)
+def create_ban(body: CreateBanRequest) -> Response:
+    ban = admin.ban_address(services(), *_actor(), body.ip, body.reason, body.duration_seconds)
+    return json_response(_ban_view(ban), 201)
+
+
+@blueprint.delete("/bans/<string:ip>")
+@operation("Lift a ban", responses={204: None}, errors=(404,), roles=ADMIN_ONLY, tags=TAGS)
+def delete_ban(ip: str) -> Response:
+    admin.unban_address(services(), *_actor(), ip)
+    return Response(status=204, mimetype=None, content_type=None)

@@ -11,13 +11,13 @@ from tests.helm.chart import VALUE_SETS, containers, pod_specs, render, set_path
 
 
 @pytest.fixture(scope="module")
-def url_map(settings):
-    """Build the real Flask app and return its routes."""
+def app(settings):
+    """The real Flask app, with its routes and dependencies."""
     from service.app import close_app, create_app
 
     app = create_app()
     try:
-        yield app.url_map
+        yield app
     finally:
         close_app(app)
 
@@ -26,20 +26,30 @@ def server_container(result) -> dict:
     return result.one("Deployment")["spec"]["template"]["spec"]["containers"][0]
 
 
-def route_endpoint(url_map, path: str) -> str:
-    """Return the endpoint that serves GET path, as Flask would route it."""
-    return url_map.bind("gatehouse.local").match(path, method="GET")[0]
+def route_rule(app, path: str) -> str:
+    """Return the route rule of the app that serves GET path; raise NotFound when there is none."""
+    rule, _ = app.url_map.bind("gatehouse.local").match(path, method="GET", return_rule=True)
+    return rule.rule
 
 
-@pytest.mark.parametrize(("probe", "endpoint"), [
-    ("startupProbe", "health.health"),
-    ("livenessProbe", "health.health"),
-    ("readinessProbe", "health.ready"),
-])
-def test_probe_path_is_app_route(rendered, url_map, probe, endpoint):
-    """Startup and liveness use /health, which checks no dependency, and readiness uses /ready."""
+@pytest.mark.parametrize("probe", ["startupProbe", "livenessProbe"])
+def test_liveness_probes_use_health(rendered, app, probe):
+    """Startup and liveness probe /health, not /ready, so a database outage restarts no pod."""
     path = server_container(rendered["default"])[probe]["httpGet"]["path"]
-    assert route_endpoint(url_map, path) == endpoint
+    response = app.test_client().get(path)
+
+    assert route_rule(app, path) == path
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ok"}
+
+
+def test_readiness_probe_checks_dependencies(rendered, app):
+    path = server_container(rendered["default"])["readinessProbe"]["httpGet"]["path"]
+    response = app.test_client().get(path)
+
+    assert route_rule(app, path) == path
+    assert response.status_code == 200
+    assert {"mysql", "redis"} <= set(response.get_json()["checks"])
 
 
 @pytest.mark.parametrize("probe", ["startupProbe", "livenessProbe", "readinessProbe"])
@@ -69,9 +79,14 @@ def test_service_targets_http_port(rendered):
     assert [port["targetPort"] for port in service["spec"]["ports"]] == ["http"]
 
 
-def test_metrics_path_is_app_route(rendered, url_map):
-    endpoint = rendered["production"].one("ServiceMonitor")["spec"]["endpoints"][0]
-    assert route_endpoint(url_map, endpoint["path"]) == "prometheus_metrics"
+def test_metrics_path_is_app_route(rendered, app):
+    path = rendered["production"].one("ServiceMonitor")["spec"]["endpoints"][0]["path"]
+    response = app.test_client().get(path)
+
+    assert route_rule(app, path) == path
+    assert response.status_code == 200
+    assert response.content_type.startswith("text/plain")
+    assert "# TYPE" in response.get_data(as_text=True)
 
 
 def test_grace_period_covers_pause_and_drain(rendered):

@@ -11,9 +11,10 @@ import pytest
 
 from tests.helm.chart import KUBERNETES_VERSIONS, VALUE_SETS
 # Custom resources: kubernetes-validate has no schema for them, so each has its own.
+SCHEMAS_DIR = Path(__file__).resolve().parent / "schemas"
 CUSTOM_SCHEMAS = {
-    ("monitoring.coreos.com/v1", "ServiceMonitor"):
-        Path(__file__).resolve().parent / "schemas" / "servicemonitor.schema.json",
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): SCHEMAS_DIR / "servicemonitor.schema.json",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): SCHEMAS_DIR / "prometheusrule.schema.json",
 }
 
 
@@ -51,13 +52,15 @@ def test_objects_have_known_kinds(rendered, value_set):
     assert unknown == []
 
 
-def test_service_monitor_valid(rendered):
-    schema = json.loads(CUSTOM_SCHEMAS[("monitoring.coreos.com/v1", "ServiceMonitor")].read_text())
-    monitors = rendered["production"].of_kind("ServiceMonitor")
-    assert len(monitors) == 1
+@pytest.mark.parametrize("kind", ["ServiceMonitor", "PrometheusRule"])
+def test_custom_resource_valid(rendered, kind):
+    schema = json.loads(CUSTOM_SCHEMAS[("monitoring.coreos.com/v1", kind)].read_text())
+    objects = rendered["production"].of_kind(kind)
+    assert len(objects) == 1
 
     jsonschema.Draft202012Validator.check_schema(schema)
-    errors = [error.message for error in jsonschema.Draft202012Validator(schema).iter_errors(monitors[0])]
+    errors = [f"{'.'.join(str(part) for part in error.path)}: {error.message}"
+              for error in jsonschema.Draft202012Validator(schema).iter_errors(objects[0])]
     assert errors == []
 
 

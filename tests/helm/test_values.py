@@ -26,6 +26,8 @@ CHART_OWNED = {"bind", "keys_dir", "mysql_password", "redis_url"}
 # config.* defaults that differ from the service's on purpose: 127.0.0.1 means nothing in a pod.
 CHART_DEFAULTS = {"mysqlHost": ""}
 LINT_WARNING = 2
+# Valid non-default values of config strings that have a format.
+OTHER_STRINGS = {"banAllowlist": "10.0.0.0/8,fd00::/8"}
 
 
 def leaf_paths(node: Any, prefix: str = "") -> list[str]:
@@ -159,7 +161,7 @@ def test_config_schema_matches_setting_range(key):
 
     assert {name: node.get(name) for name in bounds} == bounds
     assert node.get("enum") == choices
-    assert node["type"] == {int: "integer", float: "number"}.get(field.annotation, "string")
+    assert node["type"] == {bool: "boolean", int: "integer", float: "number"}.get(field.annotation, "string")
 
 
 def other_value(key: str, default: Any) -> Any:
@@ -167,6 +169,10 @@ def other_value(key: str, default: Any) -> Any:
     field = Settings.model_fields[setting_name(key)]
     if typing.get_origin(field.annotation) is typing.Literal:
         return next(choice for choice in typing.get_args(field.annotation) if choice != default)
+    if isinstance(default, bool):
+        return not default
+    if key in OTHER_STRINGS:
+        return OTHER_STRINGS[key]
     if isinstance(default, str):
         return f"{default}_2" if default else "mariadb.databases.svc"
 
