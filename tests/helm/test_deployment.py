@@ -27,7 +27,7 @@ def server_container(result) -> dict:
 
 
 def route_rule(app, path: str) -> str:
-    """Return the route rule of the app that serves GET path; raise NotFound when there is none."""
+    """Return the app's route rule that serves GET path. Raise NotFound when there is none."""
     rule, _ = app.url_map.bind("gatehouse.local").match(path, method="GET", return_rule=True)
     return rule.rule
 
@@ -261,7 +261,7 @@ def selector_labels(obj: dict) -> dict[str, str]:
 
 @pytest.mark.parametrize("kind", ["Service", "PodDisruptionBudget", "NetworkPolicy"])
 def test_selectors_pick_server_pods_only(rendered, kind):
-    """Job pods share the release labels; a selector without the component would pick them too."""
+    """Job pods share the release labels, so a selector without the component would pick them too."""
     result = rendered["production"]
     selector = selector_labels(result.one(kind))
     server_labels = result.one("Deployment")["spec"]["template"]["metadata"]["labels"]
