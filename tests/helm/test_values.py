@@ -117,6 +117,7 @@ def test_default_values_pass_schema():
     ("secret.signingKeys", {"signing.key": "PEM"}, "invalid propertyName 'signing.key'"),
     ("image.digest", "latest", "at '/image/digest': 'latest' does not match pattern"),
     ("autoscaling.minReplica", 2, "additional properties 'minReplica' not allowed"),
+    ("cronJobs.backup.schedule", "daily at 02:30", "at '/cronJobs/backup/schedule': 'daily at 02:30' does not match"),
 ])
 def test_schema_rejects_bad_value(path, value, complaint):
     with helm_python.Chart.load(CHART_DIR) as chart:
