@@ -222,3 +222,11 @@ def test_bind_port_is_container_port(rendered):
 
     assert host == "0.0.0.0"
     assert [p["containerPort"] for p in container["ports"] if p["name"] == "http"] == [int(port)]
+
+
+def test_app_version_is_package_version():
+    """image.tag defaults to appVersion, so it must name the image built from this package."""
+    from importlib.metadata import version
+
+    chart = yaml.safe_load((CHART_DIR / "Chart.yaml").read_text())
+    assert chart["appVersion"] == version("gatehouse")
