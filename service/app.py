@@ -9,7 +9,7 @@ import structlog
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from service import ban_guard, database, errors, metrics, redis_store, request_log
+from service import api, ban_guard, database, errors, metrics, redis_store, request_log
 from service.blacklist import BanList, Blacklist, BanPolicy, parse_networks
 from service.config import Settings, load_settings
 from service.context import EXTENSION_KEY, Services
@@ -41,6 +41,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxy_count)  # type: ignore[method-assign]
 
     app.wsgi_app = MethodGuard(app.wsgi_app)  # type: ignore[method-assign]
+    api.register_converters(app)
     request_log.init_app(app)
     # Before every other hook, so a banned address is refused before any work is done for it.
     ban_guard.init_app(app)
