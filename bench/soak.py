@@ -9,15 +9,16 @@ soak. A leak shows as steady growth, and the samples show whether it levelled of
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from bench import fixtures, report
-from bench.run import Harness, bench_state_dir, install_signal_handlers
+from bench.run import QUIET_LOAD_1M, QUIET_OTHER_CORES, Harness, bench_state_dir, install_signal_handlers
 from bench.servers import stop_leftovers
 from bench.system import load_average_1m
 from bench.wrk import RunResult, ensure_wrk
@@ -25,6 +26,8 @@ from service.config import load_settings
 
 ACCOUNTS = 100
 SAMPLE_INTERVAL_SECONDS = 10.0
+# The report lists one sample per this many seconds, enough to tell a plateau from a slope.
+REPORTED_SAMPLE_SECONDS = 60.0
 MAX_GROWTH_PERCENT = 5.0
 
 
@@ -54,14 +57,27 @@ def _sample_memory(server, samples: list, started: float, stop: threading.Event)
             continue  # a worker that is being replaced has no status file for a moment
 
 
+def _reported_samples(results: SoakResults) -> list[tuple[float, list[int]]]:
+    """One sample per REPORTED_SAMPLE_SECONDS: the first one at or after each multiple."""
+    reported, next_at = [], REPORTED_SAMPLE_SECONDS
+    for seconds, sizes in results.samples:
+        if seconds >= next_at:
+            reported.append((seconds, sizes))
+            next_at += REPORTED_SAMPLE_SECONDS
+    return reported
+
+
 def render(results: SoakResults) -> str:
     growth = results.growth_percent()
     worst = max(growth, default=0.0)
     run = results.run
+    quiet = results.load_1m_at_start < QUIET_LOAD_1M and run is not None and run.other_cores <= QUIET_OTHER_CORES
     lines = [
         f"### Soak of {results.started_at}",
         "",
-        f"Command: `{results.command}`. The 1-minute load average was {results.load_1m_at_start:.2f} at the start.",
+        f"Command: `{results.command}`. The 1-minute load average was {results.load_1m_at_start:.2f} at the start"
+        + ("." if quiet else ", so other work shared the cores (a disturbed run): latency figures are "
+           "unreliable, memory figures much less affected."),
         "",
     ]
     if run is not None:
@@ -81,6 +97,12 @@ def render(results: SoakResults) -> str:
         largest = max([sample[1][index] for sample in results.samples if len(sample[1]) > index] + [end])
         lines.append(f"| {index + 1} | {base / 1024:.1f} | {end / 1024:.1f} | {largest / 1024:.1f} | "
                      f"{growth[index]:+.1f} % |")
+    reported = _reported_samples(results)
+    if reported:
+        lines += ["", f"Resident MiB per worker every {REPORTED_SAMPLE_SECONDS:.0f} s of the soak:", ""]
+        for index in range(len(results.baseline_kib)):
+            sizes = ", ".join(f"{sample[1][index] / 1024:.1f}" for sample in reported if len(sample[1]) > index)
+            lines.append(f"- worker {index + 1}: {sizes}")
     lines += [
         "",
         f"Target: less than {MAX_GROWTH_PERCENT:.0f} % growth per worker: largest growth {worst:+.1f} % "
@@ -159,6 +181,12 @@ def main(argv: list[str] | None = None) -> int:
         results = run_soak(harness, args)
     finally:
         harness.stop_all()
+
+    results_dir = state_dir / "results"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    json_path = results_dir / f"soak-{results.started_at.replace(' ', '-').replace(':', '')}.json"
+    json_path.write_text(json.dumps(asdict(results), indent=2, default=str) + "\n")
+    print(f"soak: results saved to {json_path}", flush=True)
 
     text = render(results)
     print(text, flush=True)
