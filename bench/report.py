@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import json
-from dataclasses import asdict
+import sys
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +20,9 @@ SOAK_BEGIN = "<!-- bench:soak:begin -->"
 SOAK_END = "<!-- bench:soak:end -->"
 
 MIB = 1024
+# A fixed-rate run that sent less than this share of its target could not keep the
+# rate: its latency is that of an overloaded server.
+RATE_REACHED_SHARE = 0.95
 
 # Targets, as ratios or limits; rendered with the measured value and met or missed.
 ME_FLOOR_RATIO = 0.85
@@ -35,6 +40,18 @@ def save_json(results: Results, directory: Path) -> Path:
     path = directory / f"bench-{results.started_at.replace(' ', '-').replace(':', '')}.json"
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
     return path
+
+
+def load_json(path: Path) -> Results:
+    """Read a file written by save_json back into Results."""
+    from bench.run import Results
+
+    data = json.loads(path.read_text())
+    known = {field.name for field in fields(Results)}
+    results = Results(**{name: value for name, value in data.items() if name in known})
+    for group in ("floor", "gatehouse", "peer"):
+        setattr(results, group, {key: RunResult(**run) for key, run in getattr(results, group).items()})
+    return results
 
 
 def replace_block(path: Path, begin: str, end: str, body: str) -> None:
@@ -70,6 +87,8 @@ def _table_row(server: str, request: str, run: RunResult | None, floor_rate: flo
         return f"| {server} | {request} | not measured | | | | | | | | | | |"
 
     load = f"fixed {_number(run.target_rate)}/s" if run.target_rate else f"saturation, {CONNECTIONS} conn."
+    if run.target_rate and run.rate < RATE_REACHED_SHARE * run.target_rate:
+        load += " (not reached: overloaded)"
     ratio = f"{_ratio(run.rate, floor_rate):.2f}" if with_ratio and not run.target_rate else ""
     socket_errors = run.errors["connect"] + run.errors["read"] + run.errors["write"]
     errors = f"{run.errors['status']} / {socket_errors}"
@@ -109,11 +128,14 @@ def _targets(results: Results) -> list[str]:
     if "login" in runs and limit:
         ratio = _ratio(runs["login"].rate, limit)
         lines.append(f"- Login at least {LOGIN_ARGON2_RATIO:.1f} of the argon2 limit ({_number(limit)}/s = "
-                     f"{results.machine['cores']} cores / {results.argon2_verify_ms:.1f} ms per argon2id "
+                     f"{results.machine['cores']} cores / {results.argon2_verify_ms:.1f} ms of CPU per argon2id "
                      f"verification): {_number(runs['login'].rate)}/s = {ratio:.2f} ({_verdict(ratio >= LOGIN_ARGON2_RATIO)}); "
-                     f"server CPU per login {runs['login'].server_cpu_us_per_request / 1000:.1f} ms. With "
-                     f"{results.machine['cores']} threads verifying at once, the harness reached "
-                     f"{_number(results.argon2_parallel_rate)} verifications/s")
+                     f"server CPU per login {runs['login'].server_cpu_us_per_request / 1000:.1f} ms, so "
+                     f"{_ratio(results.argon2_verify_ms * 1000, runs['login'].server_cpu_us_per_request):.2f} by CPU"
+                     + (f". With {results.cores} verifications at once each took "
+                        f"{results.argon2_parallel_verify_ms:.1f} ms of CPU, a ceiling of "
+                        f"{_number(results.cores / results.argon2_parallel_verify_ms * 1000)} logins/s"
+                        if results.argon2_parallel_verify_ms else ""))
 
     peer = results.peer
     if "me" in runs and "me" in peer:
@@ -203,3 +225,17 @@ def render_results(results: Results) -> str:
                      f"max {scrape['max_ms']:.1f} ms over {scrape['scrapes']} scrapes; "
                      f"{_number(scrape['bytes'])} bytes, {_number(scrape['samples'])} samples.")
     return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Render a saved results file into the report again, for example after the renderer changed."""
+    parser = argparse.ArgumentParser(prog="python -m bench.report", description=main.__doc__)
+    parser.add_argument("results", type=Path, help="a JSON file from .state/bench/results/")
+    parser.add_argument("--report", type=Path, required=True, help="markdown file whose results section is replaced")
+    args = parser.parse_args(argv)
+    write_results(args.report, load_json(args.results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -21,33 +21,27 @@ stopped before the harness exits, also after an error or Ctrl-C.
 from __future__ import annotations
 
 import argparse
-import atexit
 import os
-import shutil
 import signal
 import statistics
 import sys
-import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 
-# Service modules create their Prometheus metric files when imported. The harness
-# imports some of them, so it keeps its files in a directory of its own, away from
-# the one the measured server scrapes.
-SERVER_METRICS_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
-_HARNESS_METRICS_DIR = tempfile.mkdtemp(prefix="gatehouse-bench-harness-metrics-")
-os.environ["PROMETHEUS_MULTIPROC_DIR"] = _HARNESS_METRICS_DIR
-atexit.register(shutil.rmtree, _HARNESS_METRICS_DIR, ignore_errors=True)
+from bench.isolation import isolate_metrics_dir, server_metrics_dir
+
+if __name__ == "__main__":
+    isolate_metrics_dir()
 
 import argon2  # noqa: E402
 import requests  # noqa: E402
 
 from bench import fixtures, peer_setup, report  # noqa: E402
-from bench.servers import ROOT, Server, stop_leftovers  # noqa: E402
+from bench.servers import Server, stop_leftovers  # noqa: E402
 from bench.system import (  # noqa: E402
     OtherLoadMeter,
     cpu_count,
@@ -116,10 +110,10 @@ class Results:
     load_1m_at_start: float
     workers: int
     floor: dict[str, RunResult] = field(default_factory=dict)
+    # CPU time of one argon2id verification, alone and with one per core at once
+    # (then the cores share caches and memory bandwidth, and each takes longer).
     argon2_verify_ms: float = 0.0
-    # Verifications per second with one thread per core hashing at once: memory
-    # bandwidth and caches are shared, so this is below the argon2 limit.
-    argon2_parallel_rate: float = 0.0
+    argon2_parallel_verify_ms: float = 0.0
     gatehouse: dict[str, RunResult] = field(default_factory=dict)
     mixed: dict[str, object] = field(default_factory=dict)
     startup_seconds: list[float] = field(default_factory=list)
@@ -139,9 +133,13 @@ class Results:
         return statistics.mean(costs) if costs else 0.0
 
     @property
+    def cores(self) -> int:
+        return int(self.machine["cores"])
+
+    @property
     def argon2_limit(self) -> float:
         """Logins per second that the cores allow when each costs one argon2id verification."""
-        return cpu_count() / (self.argon2_verify_ms / 1000) if self.argon2_verify_ms else 0.0
+        return self.cores / (self.argon2_verify_ms / 1000) if self.argon2_verify_ms else 0.0
 
     def all_runs(self) -> list[RunResult]:
         return [*self.floor.values(), *self.gatehouse.values(), *self.peer.values()]
@@ -161,8 +159,8 @@ class Harness:
         self.run_dir = state_dir / "run"
         self.data_dir = self.run_dir / "data"
         self.bin_dir = Path(sys.executable).parent
-        # Server logs are appended to across the starts of one run; an earlier run's
-        # logs, one line per request, would only fill the disk.
+        # A run appends to its server logs across several starts. The logs of an
+        # earlier run, one line per request, would only fill the disk.
         for old_log in self.run_dir.glob("*.log"):
             old_log.unlink()
         self.meter = OtherLoadMeter(_service_pids(state_dir))
@@ -183,7 +181,7 @@ class Harness:
 
     def _gatehouse_env(self, port: int, workers: int | None = None) -> dict[str, str]:
         env = {**os.environ, **GATEHOUSE_BENCH_SETTINGS, "GATEHOUSE_BIND": f"127.0.0.1:{port}",
-               "PROMETHEUS_MULTIPROC_DIR": SERVER_METRICS_DIR}
+               "PROMETHEUS_MULTIPROC_DIR": server_metrics_dir()}
         if workers is not None:
             env["GATEHOUSE_WORKERS"] = str(workers)
         return env
@@ -250,28 +248,31 @@ class Harness:
         stored = hasher.hash(self.password)
         for _ in range(3):
             hasher.verify(stored, self.password)
-        samples = []
-        for _ in range(ARGON2_SAMPLES):
-            started = time.perf_counter()
-            hasher.verify(stored, self.password)
-            samples.append(time.perf_counter() - started)
-        self.results.argon2_verify_ms = statistics.median(samples) * 1000
 
-        def verify_repeatedly() -> None:
-            for _ in range(ARGON2_SAMPLES // 2):
+        # CPU time of the calling thread, so that other processes taking turns on the
+        # cores do not count; their use of shared caches still does.
+        def verify_timed(samples: list[float], count: int) -> None:
+            for _ in range(count):
+                started = time.thread_time()
                 hasher.verify(stored, self.password)
+                samples.append(time.thread_time() - started)
 
-        # argon2-cffi releases the GIL while hashing, so threads hash in parallel.
-        threads = [threading.Thread(target=verify_repeatedly) for _ in range(cpu_count())]
-        started = time.perf_counter()
+        alone: list[float] = []
+        verify_timed(alone, ARGON2_SAMPLES)
+        self.results.argon2_verify_ms = statistics.median(alone) * 1000
+
+        # argon2-cffi releases the GIL while hashing, so the threads hash in parallel.
+        together: list[float] = []
+        threads = [threading.Thread(target=verify_timed, args=(together, ARGON2_SAMPLES // 2))
+                   for _ in range(cpu_count())]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
-        self.results.argon2_parallel_rate = len(threads) * (ARGON2_SAMPLES // 2) / (time.perf_counter() - started)
-        print(f"bench: argon2id verification {self.results.argon2_verify_ms:.1f} ms, "
-              f"limit {self.results.argon2_limit:.0f} logins/s on {cpu_count()} cores, "
-              f"{self.results.argon2_parallel_rate:.0f}/s with {cpu_count()} threads at once", flush=True)
+        self.results.argon2_parallel_verify_ms = statistics.median(together) * 1000
+        print(f"bench: argon2id verification {self.results.argon2_verify_ms:.1f} ms of CPU alone, "
+              f"{self.results.argon2_parallel_verify_ms:.1f} ms with {cpu_count()} at once; "
+              f"limit {self.results.argon2_limit:.0f} logins/s on {cpu_count()} cores", flush=True)
 
     def measure_gatehouse(self) -> None:
         fixtures.reset_gatehouse_state(self.settings)

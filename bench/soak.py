@@ -17,12 +17,17 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import fixtures, report
-from bench.run import QUIET_LOAD_1M, QUIET_OTHER_CORES, Harness, bench_state_dir, install_signal_handlers
-from bench.servers import stop_leftovers
-from bench.system import load_average_1m
-from bench.wrk import RunResult, ensure_wrk
-from service.config import load_settings
+from bench.isolation import isolate_metrics_dir
+
+if __name__ == "__main__":
+    isolate_metrics_dir()
+
+from bench import fixtures, report  # noqa: E402
+from bench.run import QUIET_LOAD_1M, QUIET_OTHER_CORES, Harness, bench_state_dir, install_signal_handlers  # noqa: E402
+from bench.servers import stop_leftovers  # noqa: E402
+from bench.system import load_average_1m  # noqa: E402
+from bench.wrk import RunResult, ensure_wrk  # noqa: E402
+from service.config import load_settings  # noqa: E402
 
 ACCOUNTS = 100
 SAMPLE_INTERVAL_SECONDS = 10.0
