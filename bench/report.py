@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -140,13 +141,17 @@ def _targets(results: Results) -> list[str]:
     peer = results.peer
     if "me" in runs and "me" in peer:
         ratio = _ratio(runs["me"].rate, peer["me"].rate)
+        cpu_ratio = _ratio(peer["me"].server_cpu_us_per_request, runs["me"].server_cpu_us_per_request)
         lines.append(f"- Current user at least {ME_PEER_RATIO:.0f} times fastapi-users' throughput: "
-                     f"{ratio:.1f} times ({_verdict(ratio >= ME_PEER_RATIO)})")
+                     f"{ratio:.1f} times ({_verdict(ratio >= ME_PEER_RATIO)}); fastapi-users spent {cpu_ratio:.1f} "
+                     "times Gatehouse's server CPU per request")
     if "login" in runs and "login" in peer:
         gatehouse_timeouts, peer_timeouts = runs["login"].errors["timeout"], peer["login"].errors["timeout"]
         more = runs["login"].rate > peer["login"].rate
         lines.append(f"- More logins per second than fastapi-users: {_number(runs['login'].rate)} against "
-                     f"{_number(peer['login'].rate)} ({_verdict(more)})")
+                     f"{_number(peer['login'].rate)} ({_verdict(more)}); server CPU per login "
+                     f"{runs['login'].server_cpu_us_per_request / 1000:.1f} ms against "
+                     f"{peer['login'].server_cpu_us_per_request / 1000:.1f} ms")
         lines.append(f"- No login timed out (after {TIMEOUT_SECONDS} s) under {CONNECTIONS} connections: "
                      f"Gatehouse {gatehouse_timeouts}, fastapi-users {peer_timeouts} "
                      f"({_verdict(gatehouse_timeouts == 0)})")
@@ -160,6 +165,21 @@ def _targets(results: Results) -> list[str]:
     return lines
 
 
+# The version number in the first line that `wrk -v`, `mariadbd --version` and
+# `redis-server --version` print.
+_VERSION_PATTERNS = {
+    "wrk": r"wrk (\S+)",
+    "mariadb": r"Ver (\S+)",
+    "redis-server": r"v=(\S+)",
+}
+
+
+def _short_version(name: str, text: str) -> str:
+    pattern = _VERSION_PATTERNS.get(name)
+    match = re.search(pattern, text) if pattern else None
+    return match.group(1) if match else text
+
+
 def _mib_list(values: Any) -> str:
     return ", ".join(f"{value / MIB:.1f}" for value in values or []) or "not measured"
 
@@ -167,7 +187,7 @@ def _mib_list(values: Any) -> str:
 def render_results(results: Results) -> str:
     floor = results.floor_rate
     machine = results.machine
-    versions = ", ".join(f"{name} {value}" for name, value in results.versions.items())
+    versions = ", ".join(f"{name} {_short_version(name, value)}" for name, value in results.versions.items())
     peer_versions = ", ".join(f"{name} {value}" for name, value in results.peer_versions.items())
     lines = [
         f"### Results of {results.started_at}",
@@ -212,7 +232,8 @@ def render_results(results: Results) -> str:
         "",
         f"- Resident memory per worker (MiB): {_mib_list(results.mixed.get('rss_kib_before'))} when ready; "
         f"{_mib_list(results.mixed.get('rss_kib_after'))} after {_number(results.mixed.get('requests', 0))} mixed "
-        f"requests ({_number(results.mixed.get('rate', 0))} req/s, {results.mixed.get('errors', 0)} errors); "
+        f"requests ({_number(results.mixed.get('rate', 0))} req/s, {results.mixed.get('errors', 0)} failed or "
+        f"timed out); "
         f"{_mib_list(results.mixed.get('rss_kib_end'))} after all runs. Of the resident memory after the mixed "
         f"requests, {_mib_list(results.mixed.get('private_kib_after'))} MiB was private to each worker; the rest "
         "is mostly shared libraries.",
