@@ -112,6 +112,14 @@ class Settings(BaseSettings):
         30.0, gt=0, le=600, description="seconds the start-up checks keep retrying MySQL and Redis"
     )
 
+    # Maintenance jobs
+    job_lock_seconds: int = Field(
+        3600, ge=10, le=86_400, description="seconds a maintenance job's Redis lock lives if its holder dies, 10-86400"
+    )
+    purge_batch_size: int = Field(
+        500, ge=10, le=10_000, description="keys examined per Redis round trip by `gatehouse tokens purge`, 10-10000"
+    )
+
     @field_validator("bind")
     @classmethod
     def _check_bind(cls, value: str) -> str:
