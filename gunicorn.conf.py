@@ -37,9 +37,10 @@ backlog = 2048
 #       the servers' connection limits (MariaDB's max_connections is 151 by default).
 workers = _settings.workers
 
-#   worker_class - gevent: one greenlet per connection, so requests waiting on
-#       MySQL, Redis or the argon2 thread pool do not block each other.
-worker_class = "gevent"
+#   worker_class - gunicorn's gevent worker (one greenlet per connection, so requests
+#       waiting on MySQL, Redis or the argon2 thread pool do not block each other),
+#       extended with a shutdown that drops no request: see service/lifecycle/worker.py.
+worker_class = "service.lifecycle.worker.GatehouseWorker"
 
 #   worker_connections - concurrent connections per worker; 10-100000.
 worker_connections = _settings.worker_connections
@@ -49,6 +50,8 @@ worker_connections = _settings.worker_connections
 timeout = _settings.timeout
 
 #   graceful_timeout - seconds in-flight requests get to finish after SIGTERM; 1-600.
+#       It starts after the drain delay, so a shutdown takes at most
+#       GATEHOUSE_SHUTDOWN_DRAIN_SECONDS + graceful_timeout.
 graceful_timeout = _settings.graceful_timeout
 
 #   keepalive - seconds an idle keep-alive connection is held open; 0-300.
@@ -102,6 +105,10 @@ def on_starting(server):
     import shutil
     import subprocess
 
+    from service.lifecycle.master import install_shutdown_handlers
+
+    install_shutdown_handlers(server, _settings.shutdown_drain_seconds)
+
     metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     # Files left by an earlier master would be summed into this run's counters.
     shutil.rmtree(metrics_dir, ignore_errors=True)
@@ -130,7 +137,7 @@ def worker_exit(server, worker):
 
     from service.app import close_app
 
-    app = getattr(worker, "wsgi", None)
+    app = getattr(worker, "application", None)
     if app is not None:
         close_app(app)
     logging.shutdown()
@@ -144,5 +151,7 @@ def child_exit(server, worker):
 
 
 def on_exit(server):
-    """Master, last step before exit."""
-    server.log.info("master_exited", extra={"pid": os.getpid()})
+    """Master, last step before exit: log the exit and how long the shutdown took."""
+    from service.lifecycle.master import shutdown_seconds
+
+    server.log.info("master_exited", extra={"pid": os.getpid(), "shutdown_seconds": shutdown_seconds(server)})

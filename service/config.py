@@ -112,7 +112,11 @@ class Settings(BaseSettings):
         30.0, gt=0, le=600, description="seconds the start-up checks keep retrying MySQL and Redis"
     )
 
-    # Maintenance jobs
+    # Process lifecycle, log file and maintenance jobs
+    shutdown_drain_seconds: float = Field(
+        0.0, ge=0, le=300,
+        description="seconds workers keep serving after SIGTERM or SIGINT while /ready answers 503, 0-300",
+    )
     job_lock_seconds: int = Field(
         3600, ge=10, le=86_400, description="seconds a maintenance job's Redis lock lives if its holder dies, 10-86400"
     )
