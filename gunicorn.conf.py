@@ -105,8 +105,10 @@ def on_starting(server):
     import shutil
     import subprocess
 
+    from service.lifecycle.crash import enable_faulthandler
     from service.lifecycle.master import install_shutdown_handlers
 
+    enable_faulthandler()
     install_shutdown_handlers(server, _settings.shutdown_drain_seconds)
 
     metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
@@ -128,7 +130,24 @@ def on_starting(server):
 
 def post_fork(server, worker):
     """Worker, right after fork: the app (and its pools) is created next, when it loads."""
+    from service.lifecycle.crash import enable_faulthandler
+
+    enable_faulthandler()
     server.log.info("worker_started", extra={"worker_pid": worker.pid})
+
+
+def post_worker_init(worker):
+    """Worker, after the app loaded: count this worker in the gatehouse_workers gauge."""
+    from service.lifecycle.metrics import mark_worker_serving
+
+    mark_worker_serving()
+
+
+def worker_abort(worker):
+    """Worker, on SIGABRT (the master's timeout kill): log every greenlet's stack before exiting."""
+    from service.lifecycle.crash import log_greenlet_stacks
+
+    log_greenlet_stacks(worker.pid, reason="SIGABRT, usually the worker timeout")
 
 
 def worker_exit(server, worker):
