@@ -99,15 +99,16 @@ class AccessState:
         self.synced = True
         log.info("access_state_resynced", revoked_sessions=len(revoked))
 
-    def apply_event(self, event: dict[str, Any]) -> None:
-        """Apply one message from the events channel."""
+    def apply_event(self, event: dict[str, Any]) -> bool:
+        """Apply one message from the events channel; return False when it is not about sessions or users."""
         kind = event.get("kind")
         if kind == "session_revoked" and isinstance(event.get("sid"), str):
             self.mark_revoked(event["sid"], float(event.get("until", 0)))
-        elif kind == "user_changed" and isinstance(event.get("uid"), str):
+            return True
+        if kind == "user_changed" and isinstance(event.get("uid"), str):
             self.forget_user(event["uid"])
-        else:
-            log.warning("sync_event_ignored", kind=str(kind)[:64])
+            return True
+        return False
 
     def stats(self) -> dict[str, int]:
         return {"claims": len(self._claims), "users": len(self._users), "revoked": len(self._revoked)}

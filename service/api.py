@@ -8,13 +8,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, jsonify, make_response, request
 from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
 
 from service.bearer import authenticate_request, require_roles
 from service.errors import InvalidJson, InvalidRequest, UnsupportedMediaType
 from service.schemas import ProblemDetails
+
+_MAX_FIELD_ERRORS = 10
+_MAX_FIELD_NAME = 64
 
 _ERROR_TITLES = {
     400: "Invalid request body or field", 401: "Missing, invalid or revoked credentials",
@@ -38,16 +41,18 @@ class Operation:
 def operation(summary: str, *, request_model: type[BaseModel] | None = None,
               query_model: type[BaseModel] | None = None,
               responses: dict[int, type[BaseModel] | None], errors: tuple[int, ...] = (),
-              bearer: bool = False, roles: tuple[str, ...] = (), tags: tuple[str, ...] = ()) -> Callable:
+              bearer: bool = False, roles: tuple[str, ...] = (), tags: tuple[str, ...] = (),
+              uses_dependencies: bool = True) -> Callable:
     """Declare a route's body, query, responses, authentication and required roles.
 
     With bearer=True (implied by roles) the access token is checked first, so a 401
     or 403 comes before any body error; the caller is then current_principal(). The
     validated body arrives as the `body` argument, the query string as `query`.
+    uses_dependencies=False documents a route that never answers 503.
     """
     bearer = bearer or bool(roles)
     extra_errors = (((400, 413, 415) if request_model else ()) + ((400,) if query_model else ())
-                    + ((401,) if bearer else ()) + ((403,) if roles else ()) + (503,))
+                    + ((401,) if bearer else ()) + ((403,) if roles else ()) + ((503,) if uses_dependencies else ()))
     spec = Operation(summary, request_model, responses, tuple(sorted(set(errors + extra_errors))), bearer,
                      roles, tags, query_model)
 
@@ -61,7 +66,11 @@ def operation(summary: str, *, request_model: type[BaseModel] | None = None,
                 kwargs["query"] = parse_query(query_model)
             if request_model is not None:
                 kwargs["body"] = parse_body(request_model)
-            return view(*args, **kwargs)
+            response = make_response(view(*args, **kwargs))
+            if bearer:
+                # Answers to an authenticated caller are personal: no shared or browser cache.
+                response.headers.setdefault("Cache-Control", "no-store")
+            return response
 
         wrapper.openapi_operation = spec  # type: ignore[attr-defined]
         return wrapper
@@ -95,8 +104,9 @@ def _problem_for(exc: ValidationError) -> InvalidRequest | InvalidJson:
         return InvalidJson("The body is not valid JSON.")
 
     field_errors = []
-    for error in errors:
-        location = ".".join(str(part) for part in error["loc"])
+    # A body full of unknown fields must not come back as a larger error document.
+    for error in errors[:_MAX_FIELD_ERRORS]:
+        location = ".".join(str(part) for part in error["loc"])[:_MAX_FIELD_NAME]
         if error["type"] == "extra_forbidden":
             message = "unknown field"
         elif error["type"] == "model_type" or not location:

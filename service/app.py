@@ -13,11 +13,12 @@ from service import database, errors, metrics, redis_store, request_log
 from service.config import Settings, load_settings
 from service.context import EXTENSION_KEY, Services
 from service.logs import configure_logging
+from service.method_guard import MethodGuard
 from service.passwords import Passwords
 from service.readiness import ReadinessProbe
 from service.access_state import AccessState
 from service.sessions import SessionStore
-from service.sync import EventListener, create_listener_client
+from service.sync import AccessStateSync, EventListener, create_listener_client
 from service.tokens.keys import KeyRing
 
 log = structlog.get_logger(__name__)
@@ -38,6 +39,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         # The client address is the one the last trusted proxy saw; earlier entries are client-supplied.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxy_count)  # type: ignore[method-assign]
 
+    app.wsgi_app = MethodGuard(app.wsgi_app)  # type: ignore[method-assign]
     request_log.init_app(app)
     errors.init_app(app)
     metrics.init_app(app)
@@ -72,7 +74,7 @@ def _init_services(app: Flask, settings: Settings) -> None:
         revoked_ttl=settings.access_token_ttl_seconds + settings.jwt_leeway_seconds + 60,
         on_revoked=access.mark_revoked,
     )
-    listener = EventListener(create_listener_client(settings), sessions, access)
+    listener = EventListener(create_listener_client(settings), [AccessStateSync(sessions, access)])
     app.extensions[EXTENSION_KEY] = Services(
         settings=settings,
         database=db,
@@ -86,12 +88,34 @@ def _init_services(app: Flask, settings: Settings) -> None:
     )
     # Started here, in the worker after fork: a thread started before fork would not survive it.
     listener.start()
+    metrics.register_scrape_collector(app, metrics.ScrapeCollector(
+        dependency_checks=lambda: _dependency_checks(app.extensions[EXTENSION_KEY]),
+        job_records=lambda: _job_records(app.extensions[EXTENSION_KEY]),
+    ))
+
+
+def _dependency_checks(svc: Services) -> dict[str, tuple[bool, float]]:
+    """Return the readiness probe's per-dependency result, reused for up to a second."""
+    report = svc.readiness.report()
+    return {name: (check.ok, check.latency_ms / 1000) for name, check in report.checks.items()}
+
+
+def _job_records(svc: Services) -> dict[str, tuple[float | None, float | None]]:
+    """Read each maintenance job's last success and failure times from Redis."""
+    pipe = svc.redis.pipeline(transaction=False)
+    for job in metrics.MAINTENANCE_JOBS:
+        pipe.hmget(f"{redis_store.KEY_PREFIX}job:{job}", "last_success_at", "last_failure_at")
+    records = {}
+    for job, (success, failure) in zip(metrics.MAINTENANCE_JOBS, pipe.execute(), strict=True):
+        records[job] = (float(success) if success else None, float(failure) if failure else None)
+    return records
 
 
 def _register_blueprints(app: Flask) -> None:
     from service.blueprints import admin, auth, health, users
+    from service.blueprints import metrics as metrics_blueprint
 
-    for module in (health, auth, users, admin):
+    for module in (health, metrics_blueprint, auth, users, admin):
         app.register_blueprint(module.blueprint)
 
 

@@ -53,7 +53,8 @@ def _is_revoked(svc: Services, session_id: str) -> bool:
     return svc.sessions.is_revoked(session_id)
 
 
-def _user(svc: Services, user_id: str) -> User | None:
+def load_user(svc: Services, user_id: str) -> User | None:
+    """Return the user with current roles, from this worker's cache when it has a fresh copy."""
     user = svc.access.cached_user(user_id)
     if user is None:
         epoch = svc.access.user_epoch()
@@ -70,7 +71,7 @@ def authenticate_request() -> Principal:
     if _is_revoked(svc, claims.session_id):
         raise SessionRevoked()
 
-    user = _user(svc, claims.user_id)
+    user = load_user(svc, claims.user_id)
     if user is None or user.status != users.STATUS_ACTIVE:
         raise InvalidToken("The account of this token no longer exists or is disabled.")
 

@@ -152,7 +152,7 @@ def problem_response(problem: Problem) -> Response:
         body["field"] = problem.field
     if problem.errors:
         body["errors"] = problem.errors
-    response = Response(json.dumps(body), status=problem.status, mimetype=PROBLEM_MEDIA_TYPE)
+    response = Response(json.dumps(body) + "\n", status=problem.status, mimetype=PROBLEM_MEDIA_TYPE)
     response.headers.update(problem.headers())
     g.error_code = problem.code
     return response

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -11,21 +12,31 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 # Longer passwords are rejected before hashing, so a huge body cannot buy argon2 time.
 PASSWORD_MIN_LENGTH = 8
 PASSWORD_MAX_LENGTH = 256
-EMAIL_MAX_LENGTH = 320
+# RFC 5321 limits a forward path to 256 octets, so an address to 254 characters.
+EMAIL_MAX_LENGTH = 254
 
 
 def normalize_email(value: str) -> str:
-    """Validate the syntax and return the address trimmed and lower-cased.
+    """Validate the syntax and return the address in its one stored form.
 
-    The whole address is lower-cased, so Alice@Example.com and alice@example.com are
-    one account. Deliverability is not checked: that needs DNS and proves nothing.
+    The local part is NFC-normalized (by email-validator) and lower-cased, and the
+    domain is lower-cased in its ASCII (IDNA) form, so Alice@Example.com and
+    alice@example.com are one account, and so are a Unicode domain and its xn--
+    spelling. Emails are compared byte for byte after this. Deliverability is not
+    checked: that needs DNS and proves nothing.
     """
     try:
         result = validate_email(value.strip(), check_deliverability=False)
     except EmailNotValidError as exc:
         raise ValueError(str(exc)) from None
 
-    return result.normalized.lower()
+    return f"{result.local_part.lower()}@{result.ascii_domain.lower()}"
+
+
+def normalize_password(value: str) -> str:
+    """Return the password in Unicode NFKC form, so the same characters typed on another
+    keyboard or system hash alike (NIST SP 800-63B, section 5.1.1.2)."""
+    return unicodedata.normalize("NFKC", value)
 
 
 EmailAddress = Annotated[
@@ -41,14 +52,20 @@ class RequestBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+NewPassword = Annotated[
+    str, Field(min_length=PASSWORD_MIN_LENGTH, max_length=PASSWORD_MAX_LENGTH), AfterValidator(normalize_password)
+]
+ExistingPassword = Annotated[str, Field(min_length=1, max_length=PASSWORD_MAX_LENGTH), AfterValidator(normalize_password)]
+
+
 class RegisterRequest(RequestBody):
     email: EmailAddress
-    password: str = Field(min_length=PASSWORD_MIN_LENGTH, max_length=PASSWORD_MAX_LENGTH)
+    password: NewPassword
 
 
 class LoginRequest(RequestBody):
     email: EmailAddress
-    password: str = Field(min_length=1, max_length=PASSWORD_MAX_LENGTH)
+    password: ExistingPassword
 
 
 class RefreshRequest(RequestBody):
@@ -122,8 +139,8 @@ class QueryParameters(BaseModel):
 
 
 class ChangePasswordRequest(RequestBody):
-    current_password: str = Field(min_length=1, max_length=PASSWORD_MAX_LENGTH)
-    new_password: str = Field(min_length=PASSWORD_MIN_LENGTH, max_length=PASSWORD_MAX_LENGTH)
+    current_password: ExistingPassword
+    new_password: NewPassword
 
 
 class Session(BaseModel):

@@ -1,7 +1,8 @@
 """Sessions and their refresh tokens in Redis, with atomic rotation and reuse detection.
 
 Keys (all under the gh: prefix):
-    rt:<sha256>          hash  sid, uid, rotated_at ("" while current); expires with the session
+    rt:<sha256>          hash  sid, uid, exp (session end), rotated_at ("" while current); kept one
+                               day past the session's end, so a late refresh reads as expired
     sess:<sid>           hash  uid, created_at, last_used_at, expires_at, user_agent, ip
     sess:<sid>:tokens    set   digests of every refresh token the session issued
     user:<uid>:sessions  zset  session ids scored by expires_at
@@ -27,6 +28,13 @@ from service.redis_store import KEY_PREFIX
 
 # 32 random bytes: 256 bits, URL-safe base64 without padding (43 characters).
 REFRESH_TOKEN_BYTES = 32
+# Refresh-token records outlive their session by this much, so that presenting one
+# soon after the session ended is reported as expired rather than unknown.
+TOKEN_RETENTION_SECONDS = 86400
+# A spent token may be presented again this many times within the grace interval
+# (concurrent tabs, retried requests); one more is treated as reuse, so a thief who
+# replays it quickly cannot mint tokens without limit.
+MAX_GRACE_REFRESHES = 5
 REVOKED_KEY = f"{KEY_PREFIX}revoked"
 EVENTS_CHANNEL = f"{KEY_PREFIX}events"
 
@@ -51,7 +59,8 @@ end
 """
 
 # KEYS[1] = rt:<presented digest>, KEYS[2] = rt:<new digest>
-# ARGV: prefix, now, grace seconds, new digest, revoked-until
+# ARGV: prefix, now, grace seconds, new digest, revoked-until, token retention past session end,
+#       most grace refreshes per token
 # NOTE: the session keys are derived inside the script, which is fine on a single
 # Redis or behind Sentinel but would not hash to one slot on Redis Cluster.
 _ROTATE_LUA = _REVOKE_LUA + """
@@ -64,12 +73,17 @@ end
 local session_key = prefix .. 'sess:' .. sid
 local expires_at = redis.call('HGET', session_key, 'expires_at')
 if not expires_at then
+    local token_exp = tonumber(redis.call('HGET', KEYS[1], 'exp'))
+    if token_exp and now >= token_exp then
+        return {'expired'}
+    end
     return {'invalid'}
 end
 
 local outcome = 'rotated'
 if rotated_at and rotated_at ~= '' then
-    if now - tonumber(rotated_at) > grace then
+    local grace_uses = redis.call('HINCRBY', KEYS[1], 'grace_uses', 1)
+    if now - tonumber(rotated_at) > grace or grace_uses > tonumber(ARGV[7]) then
         revoke(prefix, sid, uid, ARGV[5], ARGV[2])
         return {'reuse_detected', sid, uid}
     end
@@ -78,8 +92,8 @@ else
     redis.call('HSET', KEYS[1], 'rotated_at', ARGV[2])
 end
 
-redis.call('HSET', KEYS[2], 'sid', sid, 'uid', uid, 'rotated_at', '')
-redis.call('EXPIREAT', KEYS[2], expires_at)
+redis.call('HSET', KEYS[2], 'sid', sid, 'uid', uid, 'exp', expires_at, 'rotated_at', '')
+redis.call('EXPIREAT', KEYS[2], tonumber(expires_at) + ARGV[6])
 redis.call('SADD', session_key .. ':tokens', ARGV[4])
 redis.call('HSET', session_key, 'last_used_at', ARGV[2])
 return {outcome, sid, uid}
@@ -113,6 +127,7 @@ class RefreshOutcome(StrEnum):
     ROTATED = "rotated"
     GRACE = "grace"
     REUSE_DETECTED = "reuse_detected"
+    EXPIRED = "expired"
     INVALID = "invalid"
 
 
@@ -175,8 +190,9 @@ class SessionStore:
             "user_agent": user_agent[:256], "ip": ip,
         })
         pipe.expireat(session_key, expires_at)
-        pipe.hset(f"{KEY_PREFIX}rt:{token_digest}", mapping={"sid": session_id, "uid": user_id, "rotated_at": ""})
-        pipe.expireat(f"{KEY_PREFIX}rt:{token_digest}", expires_at)
+        pipe.hset(f"{KEY_PREFIX}rt:{token_digest}",
+                  mapping={"sid": session_id, "uid": user_id, "exp": expires_at, "rotated_at": ""})
+        pipe.expireat(f"{KEY_PREFIX}rt:{token_digest}", expires_at + TOKEN_RETENTION_SECONDS)
         pipe.sadd(f"{session_key}:tokens", token_digest)
         pipe.expireat(f"{session_key}:tokens", expires_at)
         pipe.zadd(user_key, {session_id: expires_at})
@@ -198,12 +214,13 @@ class SessionStore:
         new_digest = digest(new_token)
         result = self._rotate(
             keys=[f"{KEY_PREFIX}rt:{digest(refresh_token)}", f"{KEY_PREFIX}rt:{new_digest}"],
-            args=[KEY_PREFIX, repr(now), repr(self._grace_seconds), new_digest, self._revoked_until(now)],
+            args=[KEY_PREFIX, repr(now), repr(self._grace_seconds), new_digest, self._revoked_until(now),
+                  TOKEN_RETENTION_SECONDS, MAX_GRACE_REFRESHES],
         )
         outcome = RefreshOutcome(result[0])
         if outcome is RefreshOutcome.REUSE_DETECTED:
             self._on_revoked(result[1], self._revoked_until(now))
-        if outcome in (RefreshOutcome.INVALID, RefreshOutcome.REUSE_DETECTED):
+        if outcome is not RefreshOutcome.ROTATED and outcome is not RefreshOutcome.GRACE:
             return Rotation(outcome, *result[1:3])
 
         return Rotation(outcome, result[1], result[2], new_token)

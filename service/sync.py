@@ -1,8 +1,8 @@
 """Keeps each worker's AccessState in step with Redis through pub/sub.
 
 The listener runs in a background thread, which is a greenlet under gunicorn's gevent
-worker. It subscribes first and loads the revoked set second, so a revocation made
-in between is seen through one path or the other. After any connection error it marks
+worker. It subscribes first and reloads each target's state second (revoked sessions,
+IP bans), so a change made in between is seen through one path or the other. After any connection error it marks
 the state as not synced, retries with backoff, and resynchronises on the new
 subscription.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from typing import Any, Protocol
 
 import redis
 import structlog
@@ -44,13 +45,46 @@ def create_listener_client(settings: Settings) -> redis.Redis:
     )
 
 
-class EventListener:
-    """Subscribe to the events channel and apply each message to an AccessState."""
+class SyncTarget(Protocol):
+    """Per-worker state that the listener keeps in step with Redis."""
 
-    def __init__(self, client: redis.Redis, sessions: SessionStore, state: AccessState) -> None:
-        self._client = client
+    synced: bool
+
+    def resync(self) -> None:
+        """Reload everything from Redis; called after every (re)subscription."""
+
+    def apply_event(self, event: dict[str, Any]) -> bool:
+        """Apply one message; return False when it is not for this target."""
+
+
+class AccessStateSync:
+    """Binds the revoked-session set in Redis to a worker's AccessState."""
+
+    def __init__(self, sessions: SessionStore, state: AccessState) -> None:
         self._sessions = sessions
         self._state = state
+
+    @property
+    def synced(self) -> bool:
+        return self._state.synced
+
+    @synced.setter
+    def synced(self, value: bool) -> None:
+        self._state.synced = value
+
+    def resync(self) -> None:
+        self._state.resync(self._sessions.revoked_sessions())
+
+    def apply_event(self, event: dict[str, Any]) -> bool:
+        return self._state.apply_event(event)
+
+
+class EventListener:
+    """Subscribe to the events channel and apply each message to every target."""
+
+    def __init__(self, client: redis.Redis, targets: list[SyncTarget]) -> None:
+        self._client = client
+        self._targets = targets
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="gatehouse-events", daemon=True)
 
@@ -69,17 +103,17 @@ class EventListener:
                 self._listen()
                 return
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-                if self._state.synced:
+                if self._synced():
                     # The last attempt worked for a while: this is a new outage.
                     backoff, outage_logged = 0.2, False
-                self._state.synced = False
+                self._mark_unsynced()
                 if not outage_logged:
                     log.warning("sync_listener_disconnected", error=str(exc)[:200])
                     outage_logged = True
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF_SECONDS)
             except Exception:  # a bug here must not end the listener for good
-                self._state.synced = False
+                self._mark_unsynced()
                 log.exception("sync_listener_failed")
                 self._stopping.wait(_MAX_BACKOFF_SECONDS)
 
@@ -88,7 +122,8 @@ class EventListener:
         try:
             pubsub.subscribe(EVENTS_CHANNEL)
             self._wait_for_confirmation(pubsub)
-            self._state.resync(self._sessions.revoked_sessions())
+            for target in self._targets:
+                target.resync()
             while not self._stopping.is_set():
                 message = pubsub.get_message(timeout=1.0)
                 if message is None or message.get("type") != "message":
@@ -98,10 +133,17 @@ class EventListener:
                 except (TypeError, ValueError):
                     log.warning("sync_event_unreadable")
                     continue
-                if isinstance(event, dict):
-                    self._state.apply_event(event)
+                if not isinstance(event, dict) or not any(target.apply_event(event) for target in self._targets):
+                    log.warning("sync_event_ignored", kind=str(event.get("kind") if isinstance(event, dict) else "")[:64])
         finally:
             pubsub.close()
+
+    def _synced(self) -> bool:
+        return all(target.synced for target in self._targets)
+
+    def _mark_unsynced(self) -> None:
+        for target in self._targets:
+            target.synced = False
 
     @staticmethod
     def _wait_for_confirmation(pubsub: redis.client.PubSub) -> None:
