@@ -23,9 +23,6 @@ from service.redis_store import KEY_PREFIX
 
 log = structlog.get_logger("gatehouse.jobs")
 
-# The metric label vocabulary: every job that records a result.
-JOB_NAMES = ("tokens_purge", "backup_create", "backup_verify", "backup_restore")
-
 EXIT_SUCCEEDED = 0
 EXIT_FAILED = 1
 # sysexits.h EX_TEMPFAIL: another run holds the lock; running again later is the fix.
