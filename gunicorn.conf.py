@@ -110,6 +110,7 @@ def on_starting(server):
 
     enable_faulthandler()
     install_shutdown_handlers(server, _settings.shutdown_drain_seconds)
+    _attach_log_file()
 
     metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     # Files left by an earlier master would be summed into this run's counters.
@@ -128,6 +129,20 @@ def on_starting(server):
     if check.returncode != 0:
         server.log.error("startup_check_failed", extra={"returncode": check.returncode})
         sys.exit(3)
+
+
+def on_reload(server):
+    """Master, on SIGHUP after the logger was set up again: put the log file handler back."""
+    _attach_log_file()
+
+
+def _attach_log_file():
+    """Send gunicorn's own records to GATEHOUSE_LOG_FILE too, when one is configured."""
+    import logging
+
+    from service import log_file
+
+    log_file.attach(_settings, logging.getLogger("gunicorn.error"), logging.getLogger("gunicorn.access"))
 
 
 def post_fork(server, worker):

@@ -7,6 +7,8 @@ numbered lines.
 
 from __future__ import annotations
 
+import os
+
 import structlog
 from flask import Blueprint, Response, jsonify, request
 from gevent import monkey, sleep
@@ -37,7 +39,7 @@ def log_lines() -> Response:
     """Log lines numbered first..first+count-1, one event each."""
     first, count = int(request.args["first"]), int(request.args["count"])
     for number in range(first, first + count):
-        log.info("numbered_line", number=number)
+        log.info("numbered_line", number=number, pid=os.getpid())
     return jsonify(logged=count)
 
 

@@ -1,0 +1,50 @@
+"""The optional log file: the same JSON lines as stdout, rotated by size and time, archives gzipped.
+
+concurrent-log-handler's ConcurrentTimedRotatingFileHandler does the work: the
+gunicorn master and every worker write the one file, and its lock file serialises
+writes and rotations across processes. It notices a fork and reopens its lock, so a
+handler created in the master stays safe in the workers that inherit it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from concurrent_log_handler import ConcurrentTimedRotatingFileHandler
+
+from service.config import Settings
+from service.logs import json_formatter
+
+# Set on our handlers so that attaching again (a second create_app, a reload) replaces them.
+_MARK = "_gatehouse_log_file"
+
+
+def build_handler(settings: Settings) -> logging.Handler | None:
+    """Return a rotating file handler for GATEHOUSE_LOG_FILE, or None when no file is configured."""
+    if settings.log_file is None:
+        return None
+
+    handler = ConcurrentTimedRotatingFileHandler(
+        str(settings.log_file),
+        when=settings.log_file_rotate_when,
+        interval=settings.log_file_rotate_interval,
+        backupCount=settings.log_file_backups,
+        maxBytes=settings.log_file_max_bytes,
+        use_gzip=True,
+        utc=True,
+        encoding="utf-8",
+    )
+    handler.setFormatter(json_formatter())
+    setattr(handler, _MARK, True)
+    return handler
+
+
+def attach(settings: Settings, *loggers: logging.Logger) -> None:
+    """Add one log file handler to each logger, replacing any added before; no-op without a file."""
+    handler = build_handler(settings)
+    for logger in loggers:
+        for old in [existing for existing in logger.handlers if getattr(existing, _MARK, False)]:
+            logger.removeHandler(old)
+            old.close()
+        if handler is not None:
+            logger.addHandler(handler)
