@@ -9,8 +9,7 @@ handler created in the master stays safe in the workers that inherit it.
 from __future__ import annotations
 
 import logging
-
-from concurrent_log_handler import ConcurrentTimedRotatingFileHandler
+import sys
 
 from service.config import Settings
 from service.logs import json_formatter
@@ -19,12 +18,32 @@ from service.logs import json_formatter
 _MARK = "_gatehouse_log_file"
 
 
+def _handler_class() -> type[logging.Handler]:
+    """Import the handler class without letting its lock library import redis.
+
+    portalocker, which concurrent-log-handler locks with, imports redis when it is
+    installed, for a Redis lock this service does not use. The gunicorn master must
+    not import redis before it forks: gevent patches sockets in the workers only after
+    the fork. A None entry in sys.modules makes that one import fail, and portalocker
+    goes on without its Redis lock.
+    """
+    blocked = "redis" not in sys.modules
+    if blocked:
+        sys.modules["redis"] = None  # type: ignore[assignment]
+    try:
+        from concurrent_log_handler import ConcurrentTimedRotatingFileHandler
+    finally:
+        if blocked and sys.modules.get("redis", False) is None:
+            del sys.modules["redis"]
+    return ConcurrentTimedRotatingFileHandler
+
+
 def build_handler(settings: Settings) -> logging.Handler | None:
     """Return a rotating file handler for GATEHOUSE_LOG_FILE, or None when no file is configured."""
     if settings.log_file is None:
         return None
 
-    handler = ConcurrentTimedRotatingFileHandler(
+    handler = _handler_class()(
         str(settings.log_file),
         when=settings.log_file_rotate_when,
         interval=settings.log_file_rotate_interval,

@@ -75,6 +75,8 @@ def test_numbered_lines_survive_rotation(tmp_path):
     assert log_file.stat().st_size <= MAX_BYTES + 4096
     # The master's own lines go to the same file.
     assert any(record.get("event") == "master_exited" for record in records)
+    # Loading the handler in the master imported nothing that gevent must patch first.
+    assert "MonkeyPatchWarning" not in server.output()
 
 
 def test_rotation_keeps_backup_count(tmp_path):
