@@ -150,6 +150,7 @@ def post_fork(server, worker):
     from service.lifecycle.crash import enable_faulthandler
 
     enable_faulthandler()
+    worker.hold_early_signals(server)
     server.log.info("worker_started", extra={"worker_pid": worker.pid})
 
 

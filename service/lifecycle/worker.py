@@ -20,6 +20,8 @@ Differences from gunicorn.workers.ggevent.GeventWorker:
 
 from __future__ import annotations
 
+import os
+import queue
 import signal
 import time
 from functools import partial
@@ -34,6 +36,8 @@ from gunicorn.workers.ggevent import GeventWorker
 from service.lifecycle import state
 
 POLL_SECONDS = 0.1
+# Signals that start or speed up a stop: the master's shutdown notice, SIGTERM, SIGQUIT.
+_SHUTDOWN_SIGNALS = (signal.SIGUSR2, signal.SIGTERM, signal.SIGQUIT)
 # How long a kept-alive connection may stay idle once shutdown has begun. A client that
 # sends its next request within this time is still served, with "Connection: close".
 SHUTDOWN_IDLE_SECONDS = 1.0
@@ -95,11 +99,32 @@ class GatehouseWorker(GeventWorker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._idle_waits: dict[Any, _IdleWait] = {}
+        self._early_signals: list[int] = []
+
+    def hold_early_signals(self, arbiter: Any) -> None:
+        """Keep the shutdown signals that reach a booting worker, to act on them once it can.
+
+        Called from post_fork. Until init_signals, after gevent's patching, the worker has
+        the master's handlers, which only queue the signal in this process's copy of the
+        master's queue: a worker forked just as a shutdown begins would miss its SIGTERM
+        and keep the master waiting for the whole graceful timeout.
+        """
+        for number in _SHUTDOWN_SIGNALS:
+            signal.signal(number, lambda number, _frame: self._early_signals.append(number))
+        while True:
+            try:
+                number = arbiter.SIG_QUEUE.get_nowait()
+            except queue.Empty:
+                break
+            if number in _SHUTDOWN_SIGNALS:
+                self._early_signals.append(number)
 
     def init_signals(self) -> None:
         super().init_signals()
         signal.signal(signal.SIGUSR2, self.handle_shutdown_notice)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for number in self._early_signals:
+            os.kill(os.getpid(), number)
 
     def handle_shutdown_notice(self, _sig: int, _frame: Any) -> None:
         state.begin_shutdown()

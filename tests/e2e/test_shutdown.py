@@ -9,6 +9,7 @@ response cut short, a closed connection after the request was sent) is a failure
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 import time
@@ -211,3 +212,33 @@ def test_reload_under_load_drops_nothing(server):
     assert server.process.poll() is None
     assert requests.get(f"{server.url}/ready", timeout=5).status_code == 200
     assert "shutdown_started" not in server.output()
+
+
+def test_shutdown_reaches_booting_worker(tmp_path):
+    # No drain delay: the SIGTERM reaches the workers a moment after the signal.
+    server = Gunicorn(tmp_path, env={"GATEHOUSE_GRACEFUL_TIMEOUT": str(GRACEFUL_TIMEOUT)})
+    server.start()
+    try:
+        server.wait_ready()
+        signalled, returncode = kill_worker_then_stop(server)
+    finally:
+        server.stop()
+
+    assert returncode == 0
+    # Well below the graceful timeout the master would otherwise wait for the booting worker.
+    assert time.monotonic() - signalled < 4
+
+
+def kill_worker_then_stop(server: Gunicorn) -> tuple[float, int]:
+    """Kill a worker and send SIGTERM as soon as its replacement is forked; return when and the exit code."""
+    victim = min(server.worker_pids())
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while victim in server.worker_pids() or len(server.worker_pids()) < 2:
+        assert time.monotonic() < deadline, "the killed worker was not replaced"
+        time.sleep(0.005)
+
+    # The replacement is still importing the app: its own signal handlers are not installed yet.
+    signalled = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    return signalled, server.wait_exit(timeout=GRACEFUL_TIMEOUT + 5)
