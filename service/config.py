@@ -139,6 +139,15 @@ class Settings(BaseSettings):
     purge_batch_size: int = Field(
         500, ge=10, le=10_000, description="keys examined per Redis round trip by `gatehouse tokens purge`, 10-10000"
     )
+    backup_dir: Path | None = Field(
+        None, description="directory that holds one subdirectory per backup; required by the backup commands"
+    )
+    backup_keep: int = Field(7, ge=1, le=1000, description="newest backups kept by `gatehouse backup create`, 1-1000")
+
+    @field_validator("backup_dir", mode="before")
+    @classmethod
+    def _empty_backup_dir(cls, value: Any) -> Any:
+        return None if value == "" else value
 
     @field_validator("log_file", mode="before")
     @classmethod
