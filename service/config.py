@@ -115,7 +115,7 @@ class Settings(BaseSettings):
     # Process lifecycle, log file and maintenance jobs
     shutdown_drain_seconds: float = Field(
         0.0, ge=0, le=300,
-        description="seconds workers keep serving after SIGTERM or SIGINT while /ready answers 503, 0-300",
+        description="seconds workers keep serving after SIGTERM or SIGINT while /ready returns 503, 0-300",
     )
     log_file: Path | None = Field(
         None, description="path of a JSON log file written besides stdout, rotated and gzip-archived; unset for none"
@@ -140,7 +140,7 @@ class Settings(BaseSettings):
         500, ge=10, le=10_000, description="keys examined per Redis round trip by `gatehouse tokens purge`, 10-10000"
     )
     backup_dir: Path | None = Field(
-        None, description="directory that holds one subdirectory per backup; required by the backup commands"
+        None, description="directory that contains one subdirectory per backup; required by the backup commands"
     )
     backup_keep: int = Field(7, ge=1, le=1000, description="newest backups kept by `gatehouse backup create`, 1-1000")
 

@@ -26,7 +26,7 @@ def health() -> Response:
            responses={200: Readiness, 503: Readiness}, tags=("operations",), uses_dependencies=False)
 def ready() -> Response:
     if state.shutting_down():
-        # Checked before the dependencies: a stopping process is not ready whatever they say.
+        # Checked before the dependencies: a stopping process is not ready, whatever their checks report.
         body = Readiness(status="not_ready", checks={
             "shutdown": CheckResult(ok=False, latency_ms=0.0, error="shutting down")})
         return json_response(body, 503, headers={"Retry-After": "1"})

@@ -14,7 +14,7 @@ def enable_faulthandler() -> None:
     """Print the Python stack of every thread to stderr on SIGSEGV, SIGFPE, SIGABRT, SIGBUS and SIGILL.
 
     A fatal signal leaves no chance to log through Python, so faulthandler writes
-    plain text straight to the file descriptor; it is the one non-JSON output.
+    plain text straight to the file descriptor. It is the one output that is not JSON.
     """
     if not faulthandler.is_enabled():
         faulthandler.enable(file=sys.stderr, all_threads=True)
@@ -24,8 +24,8 @@ def log_greenlet_stacks(worker_pid: int, reason: str) -> None:
     """Log the stack of every greenlet and thread of this worker as one event.
 
     Runs inside the signal handler of a worker that the master is about to kill,
-    usually because its event loop stopped turning; the stack of the greenlet that
-    blocked it is the one to read.
+    usually because its event loop stopped turning. The stack of the greenlet that
+    blocked the loop shows the cause.
     """
     from gevent.util import format_run_info
 

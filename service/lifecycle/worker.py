@@ -8,7 +8,8 @@ Differences from gunicorn.workers.ggevent.GeventWorker:
 - SIGTERM alone (a reload or a scale-down replacing this worker) leaves /ready as it
   is, since the other workers go on serving.
 - On SIGTERM the worker first accepts the connections already queued in the
-  listening socket, then closes it, so the last process to close it resets nobody.
+  listening socket, then closes it. The kernel resets connections that are still
+  queued when the last process closes the socket.
 - Requests in flight finish and are answered with "Connection: close", also those that
   started before the stop. A kept-alive
   connection waiting for its next request is closed once it has been idle for
@@ -47,9 +48,9 @@ EXIT_MARGIN_SECONDS = 1.0
 
 
 class _IdleWait:
-    """The wait for the next request on a connection; the worker can end it early.
+    """Wait for the next request on a connection, which the worker can end early.
 
-    Ending it behaves exactly like the keep-alive timeout: gunicorn sees no request
+    Ending it behaves exactly like the keep-alive timeout: gunicorn gets no request
     and closes the connection.
     """
 
@@ -80,9 +81,9 @@ class _IdleWait:
 
 
 class _ListenerAddress:
-    """Stands in for the listening socket in gunicorn's connection handler.
+    """Address of a listening socket, passed to gunicorn's connection handler in its place.
 
-    The handler only asks the listener for its address, and a connection accepted
+    The handler only calls getsockname() on the listener, and a connection accepted
     during shutdown may be handled after the listener is closed.
     """
 
@@ -104,10 +105,10 @@ class GatehouseWorker(GeventWorker):
     def hold_early_signals(self, arbiter: Any) -> None:
         """Keep the shutdown signals that reach a booting worker, to act on them once it can.
 
-        Called from post_fork. Until init_signals, after gevent's patching, the worker has
-        the master's handlers, which only queue the signal in this process's copy of the
-        master's queue: a worker forked just as a shutdown begins would miss its SIGTERM
-        and keep the master waiting for the whole graceful timeout.
+        Called from post_fork. Until init_signals runs, after gevent's patching, the worker
+        has the master's handlers, which only put the signal in this process's copy of the
+        master's queue. Without this, a worker forked just as a shutdown begins would miss
+        its SIGTERM and keep the master waiting for the whole graceful timeout.
         """
         for number in _SHUTDOWN_SIGNALS:
             signal.signal(number, lambda number, _frame: self._early_signals.append(number))

@@ -46,7 +46,7 @@ CANARY_SESSION_KEY = f"{KEY_PREFIX}backup:canary_session"
 
 def require_backup_dir(settings: Settings) -> Path:
     if settings.backup_dir is None:
-        raise BackupFailed("GATEHOUSE_BACKUP_DIR is not set: set it to the directory that holds the backups")
+        raise BackupFailed("GATEHOUSE_BACKUP_DIR is not set: set it to an existing directory for the backups")
     if not settings.backup_dir.is_dir():
         raise BackupFailed(f"GATEHOUSE_BACKUP_DIR {settings.backup_dir} is not a directory: create it first")
     return settings.backup_dir
@@ -75,7 +75,7 @@ def create_backup(settings: Settings, client: redis.Redis) -> dict[str, Any]:
         _snapshot_redis(settings, work / RDB_NAME)
         manifest = _manifest(settings, client, work, created, canary)
         dumps.write_manifest(work, manifest)
-        # The files hold password hashes and sessions: owner only, also when copied elsewhere.
+        # The files contain password hashes and sessions: owner only, also when copied elsewhere.
         for path in work.iterdir():
             path.chmod(0o600)
         work.rename(final)

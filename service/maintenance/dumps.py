@@ -38,7 +38,7 @@ _CREATE = re.compile(r"^CREATE TABLE `((?:[^`]|``)+)` \(")
 
 
 class BackupFailed(JobFailed):
-    """A backup could not be made, read or restored; the message says which step and why."""
+    """A backup could not be made, read or restored; the message names the step and the cause."""
 
 
 def run(command: list[str], *, env: dict[str, str] | None = None, stdin: Path | None = None,
@@ -177,8 +177,8 @@ def count_keys(client: redis.Redis, batch_size: int = 1000) -> dict[str, dict[st
 def expected_key_range(entry: dict[str, Any], loaded_at: float, counted_at: float) -> tuple[int, int]:
     """Return how many keys of one prefix may be left after loading at loaded_at and counting until counted_at.
 
-    A key whose expiry bucket ends before the load is surely gone; one whose bucket
-    starts after the count surely remains; keys in between may be either.
+    A key whose expiry bucket ends before the load is gone, and one whose bucket
+    starts after the count remains. Keys in the buckets in between may be either.
     """
     low = high = entry["persistent"]
     for bucket, count in entry["expiring"].items():

@@ -1,4 +1,4 @@
-"""What every maintenance job shares: one run at a time, a logged result, and a record in Redis.
+"""Shared parts of every maintenance job: one run at a time, a logged result, a record in Redis.
 
 Records (all under the gh: prefix):
     job:<name>        hash  last_success_at, last_failure_at (Unix seconds), last_duration_seconds,

@@ -96,13 +96,13 @@ class ScratchRedis:
                 raise ScratchServerFailed(f"scratch redis-server exited with {self._process.returncode}:\n"
                                           f"{_log_tail(self._log)}")
             try:
-                # A server still loading the RDB answers LOADING, a ResponseError.
+                # A server still loading the RDB returns a LOADING error (ResponseError).
                 if self.client().ping():
                     return self
             except (redis.ConnectionError, redis.ResponseError, FileNotFoundError):
                 pass
             if time.monotonic() > deadline:
-                raise ScratchServerFailed(f"scratch redis-server did not answer within {timeout} s:\n"
+                raise ScratchServerFailed(f"scratch redis-server did not respond to PING within {timeout} s:\n"
                                           f"{_log_tail(self._log)}")
             time.sleep(0.05)
 

@@ -25,14 +25,14 @@ def log_events(output: str) -> list[dict]:
     return [json.loads(line) for line in output.splitlines() if line.startswith("{")]
 
 
-def wait_for_replacement(server: Gunicorn, gone: int, timeout: float = 30.0) -> set[int]:
-    """Wait until worker `gone` has exited and the master runs two workers again; return their pids."""
+def wait_for_replacement(server: Gunicorn, exited_pid: int, timeout: float = 30.0) -> set[int]:
+    """Wait until worker exited_pid has exited and the master runs two workers again; return their pids."""
     deadline = time.monotonic() + timeout
     while True:
         pids = server.worker_pids()
-        if gone not in pids and len(pids) == 2:
+        if exited_pid not in pids and len(pids) == 2:
             return pids
-        assert time.monotonic() < deadline, f"worker {gone} not replaced within {timeout} s: {pids}"
+        assert time.monotonic() < deadline, f"worker {exited_pid} not replaced within {timeout} s: {pids}"
         time.sleep(0.1)
 
 
@@ -145,7 +145,7 @@ def test_stopped_redis_gives_503_health_stays(tmp_path):
         try:
             gunicorn.wait_ready()
             body = {"refresh_token": "not-a-real-refresh-token"}
-            # Warm both workers' pools and script caches while Redis still answers.
+            # Warm both workers' pools and script caches while Redis still responds.
             for _ in range(4):
                 warm = requests.post(f"{gunicorn.url}/v1/auth/refresh", json=body, timeout=10,
                                      headers={"Connection": "close"})
