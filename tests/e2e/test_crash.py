@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -19,6 +20,7 @@ pytestmark = pytest.mark.e2e
 # The smallest GATEHOUSE_TIMEOUT allowed; the master notices a silent worker within about a second more.
 WORKER_TIMEOUT = 5
 REDIS_SOCKET_TIMEOUT = 1.0
+MYSQL_TIMEOUT = 1.0
 
 
 def log_events(output: str) -> list[dict]:
@@ -53,6 +55,28 @@ def scrape_when_workers(url: str, count: int, timeout: float = 20.0) -> dict[str
         assert time.monotonic() < deadline, f"gatehouse_workers is {samples.get('gatehouse_workers')}, not {count}"
         time.sleep(0.1)
     return samples
+
+
+def timed_with_health_probes(url: str, request) -> tuple[requests.Response, float, list[int]]:
+    """Send request() while probing /health every 50 ms; return its response, its duration and the probe statuses."""
+    health: list[int] = []
+    stop_probing = threading.Event()
+
+    def probe() -> None:
+        while not stop_probing.is_set():
+            health.append(requests.get(f"{url}/health", timeout=5).status_code)
+            stop_probing.wait(0.05)
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    try:
+        started = time.monotonic()
+        response = request()
+        elapsed = time.monotonic() - started
+    finally:
+        stop_probing.set()
+        prober.join(timeout=10)
+    return response, elapsed, health
 
 
 def request_total(samples: dict[str, float]) -> float:
@@ -153,21 +177,8 @@ def test_stopped_redis_gives_503_health_stays(tmp_path):
 
             os.kill(scratch.pid(), signal.SIGSTOP)
             try:
-                health: list[int] = []
-                stop_probing = threading.Event()
-
-                def probe() -> None:
-                    while not stop_probing.is_set():
-                        health.append(requests.get(f"{gunicorn.url}/health", timeout=5).status_code)
-                        stop_probing.wait(0.05)
-
-                prober = threading.Thread(target=probe)
-                prober.start()
-                started = time.monotonic()
-                response = requests.post(f"{gunicorn.url}/v1/auth/refresh", json=body, timeout=30)
-                elapsed = time.monotonic() - started
-                stop_probing.set()
-                prober.join(timeout=10)
+                response, elapsed, health = timed_with_health_probes(gunicorn.url, lambda: requests.post(
+                    f"{gunicorn.url}/v1/auth/refresh", json=body, timeout=30))
             finally:
                 os.kill(scratch.pid(), signal.SIGCONT)
         finally:
@@ -176,6 +187,46 @@ def test_stopped_redis_gives_503_health_stays(tmp_path):
     assert response.status_code == 503
     assert response.json()["code"] == "redis_unavailable"
     assert response.headers["Retry-After"] == "1"
+    print(f"refresh with Redis stopped: 503 after {elapsed:.2f} s")
     assert REDIS_SOCKET_TIMEOUT * 0.8 <= elapsed < REDIS_SOCKET_TIMEOUT + 1.0
+    assert len(health) >= 5
+    assert set(health) == {200}
+
+
+def mariadb_pid() -> int:
+    """Return the pid of the test MariaDB, which `make test` started."""
+    state_dir = Path(os.environ["GATEHOUSE_STATE_DIR"])
+    return int((state_dir / "mariadb" / "mariadbd.pid").read_text().strip())
+
+
+def test_stopped_mysql_gives_503_health_stays(tmp_path):
+    gunicorn = Gunicorn(tmp_path, env={
+        "GATEHOUSE_MYSQL_CONNECT_TIMEOUT": str(MYSQL_TIMEOUT),
+        "GATEHOUSE_MYSQL_READ_TIMEOUT": str(MYSQL_TIMEOUT),
+        "GATEHOUSE_MYSQL_WRITE_TIMEOUT": str(MYSQL_TIMEOUT),
+    })
+    gunicorn.start()
+    try:
+        gunicorn.wait_ready()
+        body = {"email": "nobody@example.com", "password": "correct horse battery staple"}
+        for _ in range(4):
+            warm = requests.post(f"{gunicorn.url}/v1/auth/login", json=body, timeout=10, headers={"Connection": "close"})
+            assert warm.status_code == 401
+
+        server_pid = mariadb_pid()
+        os.kill(server_pid, signal.SIGSTOP)
+        try:
+            response, elapsed, health = timed_with_health_probes(gunicorn.url, lambda: requests.post(
+                f"{gunicorn.url}/v1/auth/login", json=body, timeout=60))
+        finally:
+            os.kill(server_pid, signal.SIGCONT)
+    finally:
+        gunicorn.stop()
+
+    assert response.status_code == 503
+    assert response.json()["code"] == "database_unavailable"
+    # The pool's ping on checkout times out, then one reconnect does: two timeouts, plus slack.
+    print(f"login with MariaDB stopped: 503 after {elapsed:.2f} s")
+    assert elapsed < 2 * MYSQL_TIMEOUT + 1.5
     assert len(health) >= 5
     assert set(health) == {200}
