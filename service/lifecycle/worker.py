@@ -11,10 +11,9 @@ Differences from gunicorn.workers.ggevent.GeventWorker:
   listening socket, then closes it. The kernel resets connections that are still
   queued when the last process closes the socket.
 - Requests in flight finish and are answered with "Connection: close", also those that
-  started before the stop. A kept-alive
-  connection waiting for its next request is closed once it has been idle for
-  SHUTDOWN_IDLE_SECONDS, so the worker exits as soon as it is idle instead of after
-  the keep-alive timeout.
+  started before the stop. A kept-alive connection waiting for its next request is
+  closed once it has been idle for SHUTDOWN_IDLE_SECONDS, so the worker exits as soon
+  as it is idle instead of after the keep-alive timeout.
 - The main loop checks every POLL_SECONDS instead of every second, so the worker
   reacts to a signal and exits without a second's lag.
 """
@@ -111,7 +110,7 @@ class GatehouseWorker(GeventWorker):
         its SIGTERM and keep the master waiting for the whole graceful timeout.
         """
         for number in _SHUTDOWN_SIGNALS:
-            signal.signal(number, lambda number, _frame: self._early_signals.append(number))
+            signal.signal(number, lambda received, _frame: self._early_signals.append(received))
         while True:
             try:
                 number = arbiter.SIG_QUEUE.get_nowait()
