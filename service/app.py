@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -9,7 +10,7 @@ import structlog
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from service import api, ban_guard, database, errors, metrics, redis_store, request_log
+from service import api, ban_guard, database, errors, log_file, metrics, redis_store, request_log
 from service.blacklist import BanList, Blacklist, BanPolicy, parse_networks
 from service.config import Settings, load_settings
 from service.context import EXTENSION_KEY, Services
@@ -32,6 +33,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     """
     settings = load_settings(overrides)
     configure_logging(settings.log_level)
+    log_file.attach(settings, logging.getLogger())
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes

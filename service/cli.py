@@ -222,6 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check", help="run the start-up checks (keys, MySQL and schema, Redis) and exit")
     check.set_defaults(handler=_check)
+
+    from service.maintenance.commands import add_commands
+
+    add_commands(commands)
     return parser
 
 

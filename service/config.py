@@ -141,6 +141,54 @@ class Settings(BaseSettings):
         30.0, gt=0, le=600, description="seconds the start-up checks keep retrying MySQL and Redis"
     )
 
+    # Process lifecycle, log file and maintenance jobs
+    shutdown_drain_seconds: float = Field(
+        0.0, ge=0, le=300,
+        description="seconds workers keep serving after SIGTERM or SIGINT while /ready returns 503, 0-300",
+    )
+    log_file: Path | None = Field(
+        None, description="path of a JSON log file written besides stdout, rotated and gzip-archived; unset for none"
+    )
+    log_file_max_bytes: int = Field(
+        104_857_600, ge=1024, le=10_737_418_240,
+        description="size in bytes at which the log file is rotated, 1024-10737418240",
+    )
+    log_file_rotate_when: Literal["S", "M", "H", "D", "midnight"] = Field(
+        "midnight", description="time-based rotation unit of the log file: S, M, H, D or midnight"
+    )
+    log_file_rotate_interval: int = Field(
+        1, ge=1, le=1000, description="number of rotate-when units between time-based rotations, 1-1000"
+    )
+    log_file_backups: int = Field(
+        14, ge=1, le=10_000, description="gzip archives of the log file kept after rotation, 1-10000"
+    )
+    job_lock_seconds: int = Field(
+        3600, ge=10, le=86_400, description="seconds a maintenance job's Redis lock lives if its holder dies, 10-86400"
+    )
+    purge_batch_size: int = Field(
+        500, ge=10, le=10_000, description="keys examined per Redis round trip by `gatehouse tokens purge`, 10-10000"
+    )
+    backup_dir: Path | None = Field(
+        None, description="directory that contains one subdirectory per backup; required by the backup commands"
+    )
+    backup_keep: int = Field(7, ge=1, le=1000, description="newest backups kept by `gatehouse backup create`, 1-1000")
+
+    @field_validator("backup_dir", mode="before")
+    @classmethod
+    def _empty_backup_dir(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @field_validator("log_file", mode="before")
+    @classmethod
+    def _check_log_file(cls, value: Any) -> Any:
+        if value in ("", None):
+            return None
+
+        path = Path(value)
+        if not path.parent.is_dir():
+            raise ValueError(f"directory {path.parent} does not exist")
+        return path
+
     @field_validator("bind")
     @classmethod
     def _check_bind(cls, value: str) -> str:

@@ -43,7 +43,9 @@ def free_port() -> int:
 class Gunicorn:
     """A real gunicorn master started with the project's gunicorn.conf.py."""
 
-    def __init__(self, tmp_path: Path, env: dict[str, str] | None = None, workers: int = 2) -> None:
+    def __init__(self, tmp_path: Path, env: dict[str, str] | None = None, workers: int = 2,
+                 app: str = "wsgi:app") -> None:
+        self.app = app
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp_path / f"gunicorn-{self.port}.log"
@@ -59,7 +61,7 @@ class Gunicorn:
     def start(self) -> subprocess.Popen:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", self.app],
             cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
         )
         return self.process
@@ -89,6 +91,12 @@ class Gunicorn:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+    def worker_pids(self) -> set[int]:
+        """Return the pids of the master's live children, read from /proc."""
+        assert self.process is not None
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        return {int(pid) for pid in children.read_text().split()} if children.exists() else set()
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
