@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from flask import Flask
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 from prometheus_flask_exporter import NO_PREFIX, PrometheusMetrics
 from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics
 
@@ -22,6 +22,15 @@ LOGOUTS = Counter("gatehouse_logouts_total", "Sessions ended by their owner.")
 
 LOGIN_RESULTS = ("success", "invalid_credentials", "disabled")
 REFRESH_OUTCOMES = ("rotated", "grace", "reuse_detected", "invalid")
+
+# Abuse protection. `route` is the route template; `limit` names the control that answered 429.
+RATE_LIMIT_HITS = Counter("gatehouse_rate_limit_hits_total", "Requests answered 429 by route and limit.",
+                          ["route", "limit"])
+RATE_LIMIT_FALLBACKS = Counter("gatehouse_rate_limit_fallbacks_total",
+                               "Times a worker moved its rate-limit counters to memory because Redis failed.")
+RATE_LIMIT_MEMORY_FALLBACK = Gauge("gatehouse_rate_limit_memory_fallback",
+                                   "Workers whose rate-limit counters are in memory because Redis failed.",
+                                   multiprocess_mode="livesum")
 
 
 def _initialize_labels() -> None:

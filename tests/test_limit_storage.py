@@ -1,0 +1,104 @@
+"""The rate-limit storage falls back to memory when Redis fails, and returns to Redis when it recovers."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import redis
+from limits import parse
+from limits.strategies import MovingWindowRateLimiter
+
+from service import metrics
+from service.limit_storage import FailoverStorage
+from service.logs import configure_logging
+from tests.helpers import free_port
+
+
+def unreachable_redis_url() -> str:
+    # Nothing listens on a port that was free a moment ago, so every connection is refused.
+    return f"redis://:some-password@127.0.0.1:{free_port()}/0"
+
+
+def log_events(text: str, event: str) -> list[dict]:
+    records = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    return [record for record in records if record.get("event") == event]
+
+
+@pytest.fixture(autouse=True)
+def json_logs():
+    # Storage tests that create no app still need the service's JSON log format.
+    configure_logging("info")
+
+
+@pytest.fixture
+def unreachable_storage():
+    storage = FailoverStorage(redis_url=unreachable_redis_url(), pool_size=2, pool_wait_seconds=0.5,
+                              connect_timeout=0.5, socket_timeout=0.5, retry_seconds=60)
+    yield storage
+    storage.close()
+
+
+def test_limits_apply_from_memory_when_redis_refuses(unreachable_storage):
+    limiter = MovingWindowRateLimiter(unreachable_storage)
+    item = parse("3/minute")
+
+    results = [limiter.hit(item, "client") for _ in range(4)]
+
+    assert results == [True, True, True, False]
+    assert unreachable_storage.using_memory
+
+
+def test_outage_logged_and_counted_once(unreachable_storage, capsys):
+    limiter = MovingWindowRateLimiter(unreachable_storage)
+    fallbacks_before = metrics.RATE_LIMIT_FALLBACKS._value.get()
+
+    for _ in range(20):
+        limiter.hit(parse("100/minute"), "client")
+
+    warnings = log_events(capsys.readouterr().out, "rate_limit_redis_failed")
+    assert len(warnings) == 1
+    assert warnings[0]["level"] == "warning"
+    assert "some-password" not in json.dumps(warnings[0])
+    assert metrics.RATE_LIMIT_FALLBACKS._value.get() == fallbacks_before + 1
+
+
+def test_memory_used_until_retry_interval(unreachable_storage, settings, capsys):
+    limiter = MovingWindowRateLimiter(unreachable_storage)
+    limiter.hit(parse("3/minute"), "client")
+
+    # The retry interval (60 s) has not passed, so no call reaches Redis and none logs again.
+    for _ in range(5):
+        limiter.hit(parse("3/minute"), "client")
+
+    assert len(log_events(capsys.readouterr().out, "rate_limit_redis_failed")) == 1
+    assert limiter.get_window_stats(parse("3/minute"), "client").remaining == 0
+
+
+def test_storage_recovers_after_redis_pause(settings, capsys):
+    url = settings.redis_url.get_secret_value()
+    storage = FailoverStorage(redis_url=url, pool_size=2, pool_wait_seconds=0.5, connect_timeout=0.5,
+                              socket_timeout=0.2, retry_seconds=0.2)
+    limiter = MovingWindowRateLimiter(storage)
+    item = parse("100/minute")
+    try:
+        limiter.hit(item, "client")
+        # Every command waits until the pause ends, so the storage's 0.2 s timeout expires.
+        redis.Redis.from_url(url).client_pause(700, all=True)
+        limiter.hit(item, "client")
+        assert storage.using_memory
+
+        deadline = time.monotonic() + 5
+        while storage.using_memory and time.monotonic() < deadline:
+            time.sleep(0.1)
+            limiter.hit(item, "client")
+
+        assert not storage.using_memory
+        output = capsys.readouterr().out
+        assert len(log_events(output, "rate_limit_redis_failed")) == 1
+        assert len(log_events(output, "rate_limit_redis_recovered")) == 1
+        # Back in Redis: the hit before the pause is still counted there.
+        assert limiter.get_window_stats(item, "client").remaining < 99
+    finally:
+        storage.close()
