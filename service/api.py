@@ -13,12 +13,14 @@ from pydantic.json_schema import models_json_schema
 
 from service.bearer import authenticate_request
 from service.errors import InvalidJson, InvalidRequest, UnsupportedMediaType
+from service.limits import EXEMPT_ROUTES
 from service.schemas import ProblemDetails
 
 _ERROR_TITLES = {
     400: "Invalid request body or field", 401: "Missing, invalid or revoked credentials",
     403: "Forbidden", 404: "Not found", 409: "Conflict", 413: "Request body too large",
-    415: "Content-Type is not application/json", 503: "A dependency is unavailable; retry after Retry-After",
+    415: "Content-Type is not application/json", 429: "Rate limit exceeded; retry after Retry-After",
+    503: "A dependency is unavailable; retry after Retry-After",
 }
 
 
@@ -119,7 +121,7 @@ def openapi_document(app: Flask, *, version: str) -> dict[str, Any]:
                                 ref_template="#/components/schemas/{model}")
     paths: dict[str, dict[str, Any]] = {}
     for path, method, spec in operations:
-        paths.setdefault(path, {})[method] = _operation_object(spec)
+        paths.setdefault(path, {})[method] = _operation_object(spec, rate_limited=path not in EXEMPT_ROUTES)
 
     return {
         "openapi": "3.1.0",
@@ -137,14 +139,14 @@ def _ref(model: type[BaseModel]) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{model.__name__}"}
 
 
-def _operation_object(spec: Operation) -> dict[str, Any]:
+def _operation_object(spec: Operation, *, rate_limited: bool) -> dict[str, Any]:
     responses: dict[str, Any] = {}
     for status, model in spec.responses.items():
         entry: dict[str, Any] = {"description": spec.summary}
         if model is not None:
             entry["content"] = {"application/json": {"schema": _ref(model)}}
         responses[str(status)] = entry
-    for status in spec.errors:
+    for status in spec.errors + ((429,) if rate_limited else ()):
         if status in spec.responses:
             continue
         responses[str(status)] = {

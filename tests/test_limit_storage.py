@@ -1,4 +1,4 @@
-"""The rate-limit storage falls back to memory when Redis fails, and returns to Redis when it recovers."""
+"""The rate-limit storage falls back to memory when Redis fails, and the app never fails because of it."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from limits import parse
 from limits.strategies import MovingWindowRateLimiter
 
 from service import metrics
+from service.app import close_app, create_app
 from service.limit_storage import FailoverStorage
+from service.limits import limit_storage
 from service.logs import configure_logging
 from tests.helpers import free_port
 
@@ -102,3 +104,22 @@ def test_storage_recovers_after_redis_pause(settings, capsys):
         assert limiter.get_window_stats(item, "client").remaining < 99
     finally:
         storage.close()
+
+
+def test_app_answers_normally_without_redis(capsys):
+    app = create_app({"redis_url": unreachable_redis_url(), "rate_limit_default": "3/minute"})
+    try:
+        client = app.test_client()
+        jwks = [client.get("/.well-known/jwks.json") for _ in range(4)]
+        register = client.post("/v1/auth/register", json={"email": "alice@example.com",
+                                                           "password": "correct horse battery staple"})
+
+        assert [response.status_code for response in jwks] == [200, 200, 200, 429]
+        assert int(jwks[-1].headers["Retry-After"]) >= 1
+        assert jwks[0].headers["X-RateLimit-Remaining"] == "2"
+        # Registration needs only MySQL, so it succeeds while Redis is gone.
+        assert register.status_code == 201
+        assert limit_storage(app).using_memory
+        assert len(log_events(capsys.readouterr().out, "rate_limit_redis_failed")) == 1
+    finally:
+        close_app(app)
