@@ -7,6 +7,7 @@ import structlog
 from service import metrics, users
 from service.context import Services
 from service.errors import AccountDisabled, InvalidCredentials, InvalidRefreshToken
+from service.login_guard import LoginGuard
 from service.schemas import TokenPair
 from service.sessions import RefreshOutcome
 from service.tokens.access import issue_access_token
@@ -20,11 +21,14 @@ def _token_pair(svc: Services, user_id: str, session_id: str, refresh_token: str
                      refresh_token=refresh_token)
 
 
-def login(svc: Services, email: str, password: str, *, user_agent: str, ip: str) -> TokenPair:
-    """Check credentials and start a session."""
+def login(svc: Services, email: str, password: str, *, user_agent: str, ip: str, guard: LoginGuard) -> TokenPair:
+    """Check credentials and start a session, unless the guard refuses the attempt first."""
+    # Before the password check, so a refused attempt costs no argon2 work.
+    attempt = guard.admit(email, ip)
     try:
         user = users.authenticate(svc.database, svc.passwords, email, password)
     except InvalidCredentials:
+        guard.record_failure(attempt)
         metrics.LOGINS.labels(result="invalid_credentials").inc()
         log.warning("login_failed", reason="invalid_credentials", client_ip=ip)
         raise
@@ -33,6 +37,7 @@ def login(svc: Services, email: str, password: str, *, user_agent: str, ip: str)
         log.warning("login_failed", reason="disabled", client_ip=ip)
         raise
 
+    guard.record_success(attempt)
     session_id, refresh_token = svc.sessions.create(user.id, user_agent=user_agent, ip=ip)
     metrics.LOGINS.labels(result="success").inc()
     structlog.contextvars.bind_contextvars(user_id=user.id)

@@ -8,6 +8,7 @@ from service import auth, metrics, users
 from service.api import json_response, operation
 from service.bearer import current_claims
 from service.context import services
+from service.login_guard import login_guard
 from service.schemas import LoginRequest, RefreshRequest, RegisterRequest, TokenPair, UserCreated
 
 blueprint = Blueprint("auth", __name__, url_prefix="/v1/auth")
@@ -31,7 +32,7 @@ def register(body: RegisterRequest) -> Response:
            errors=(401, 403), tags=("auth",))
 def login(body: LoginRequest) -> Response:
     pair = auth.login(services(), body.email, body.password,
-                      user_agent=request.user_agent.string, ip=request.remote_addr or "")
+                      user_agent=request.user_agent.string, ip=request.remote_addr or "", guard=login_guard())
     return json_response(pair, headers=NO_STORE)
 
 
