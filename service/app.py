@@ -9,7 +9,7 @@ import structlog
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from service import database, errors, limits, login_guard, metrics, redis_store, request_log
+from service import database, errors, limits, login_guard, metrics, payload, redis_store, request_log
 from service.config import Settings, load_settings
 from service.context import EXTENSION_KEY, Services
 from service.logs import configure_logging
@@ -39,8 +39,10 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     request_log.init_app(app)
     errors.init_app(app)
     metrics.init_app(app)
+    # Rate limits before payload limits: a flooding client gets 429 without its body being read.
     limits.init_app(app, settings)
     login_guard.init_app(app, settings)
+    payload.init_app(app, settings)
     _init_services(app, settings)
     _register_blueprints(app)
     log.info("app_created", pid=os.getpid(), gevent_patched=_gevent_patched())
