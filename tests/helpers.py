@@ -71,7 +71,8 @@ class Gunicorn:
             try:
                 if requests.get(self.url + "/ready", timeout=1).status_code == 200:
                     return
-            except requests.ConnectionError:
+            # The socket accepts connections while the workers still boot, so a read can time out.
+            except (requests.ConnectionError, requests.Timeout):
                 pass
             time.sleep(0.1)
         raise AssertionError(f"gunicorn not ready after {timeout} s:\n{self.output()}")
