@@ -23,7 +23,7 @@ PORT ?= 8000
 # Extra arguments for pytest in `make test`, such as PYTEST_ARGS='-k refresh -x'.
 PYTEST_ARGS ?=
 
-.PHONY: help venv lock run test stop clean-state \
+.PHONY: help venv lock run test test-deep stop clean-state \
 	$(addprefix services-,$(PROFILES)) $(addprefix keys-,$(PROFILES)) $(addprefix migrate-,$(PROFILES))
 
 help:
@@ -31,6 +31,7 @@ help:
 	printf '  %-14s %s\n' \
 	  run "serve the app with gunicorn on 127.0.0.1:$(PORT) (PORT=N changes the port) with the dev services" \
 	  test "run pytest against the test services (PYTEST_ARGS='...' adds arguments)" \
+	  test-deep "run the schemathesis tests with 1,000 examples per API operation" \
 	  venv "create .venv and install the package with its test extra, pinned by constraints.txt" \
 	  lock "regenerate constraints.txt from a fresh resolve of pyproject.toml" \
 	  services-dev "start the dev MariaDB and Redis (ports 3307 and 6380 unless overridden)" \
@@ -99,6 +100,12 @@ test: venv services-test keys-test migrate-test
 	. $(STATE)/test/gatehouse.env
 	cd $(ROOT)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# The schemathesis run of `make test` with 1,000 examples per operation instead of 15.
+test-deep: venv services-test keys-test migrate-test
+	. $(STATE)/test/gatehouse.env
+	cd $(ROOT)
+	GATEHOUSE_FUZZ_EXAMPLES=1000 $(VENV)/bin/pytest -p no:cacheprovider tests/test_schemathesis.py $(PYTEST_ARGS)
 
 stop:
 	$(SERVICES) stop dev

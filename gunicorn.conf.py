@@ -110,7 +110,9 @@ def on_starting(server):
 
     server.log.info("master_starting", extra={"pid": os.getpid(), "settings": _settings.summary()})
     try:
-        check = subprocess.run([sys.executable, "-m", "service.cli", "check"],
+        # Without the metrics directory, the check process leaves no metric files behind.
+        check_env = {name: value for name, value in os.environ.items() if name != "PROMETHEUS_MULTIPROC_DIR"}
+        check = subprocess.run([sys.executable, "-m", "service.cli", "check"], env=check_env,
                                timeout=_settings.startup_timeout_seconds + 30, check=False)
     except subprocess.TimeoutExpired:
         server.log.error("startup_check_failed", extra={"error": "start-up checks timed out"})

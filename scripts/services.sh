@@ -5,7 +5,8 @@
 # Usage: scripts/services.sh start|stop|status PROFILE
 #
 #   start   Install the Debian packages mariadb-server, mariadb-client,
-#           redis-server and redis-tools (redis-cli) with apt-get when their
+#           redis-server, redis-tools (redis-cli) and prometheus (with promtool,
+#           for the tests) with apt-get when their
 #           programs are missing, start MariaDB and Redis for PROFILE (or
 #           reuse the running ones), create the database and user
 #           "gatehouse", and write .state/PROFILE/gatehouse.env.
@@ -254,9 +255,11 @@ require_unchanged_config() {
 
 install_packages_if_missing() {
     local program missing=()
-    local -a packages=(mariadb-server mariadb-client redis-server redis-tools)
+    # prometheus brings promtool too: the test suite checks the alert rules with it and
+    # scrapes a running service with a real Prometheus.
+    local -a packages=(mariadb-server mariadb-client redis-server redis-tools prometheus)
 
-    for program in mariadbd mariadb-install-db mariadb mariadb-admin redis-server redis-cli; do
+    for program in mariadbd mariadb-install-db mariadb mariadb-admin redis-server redis-cli prometheus promtool; do
         command -v "$program" >/dev/null || missing+=("$program")
     done
     ((${#missing[@]} == 0)) && return 0

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from flask import Flask, Response, g, jsonify, request
+from flask import Flask, Response, jsonify, make_response, request
 from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
+from werkzeug.routing import BaseConverter
 
-from service.bearer import authenticate_request
+from service.bearer import authenticate_request, require_roles
 from service.errors import InvalidJson, InvalidRequest, UnsupportedMediaType
 from service.limits import EXEMPT_ROUTES
 from service.schemas import ProblemDetails
+
+_MAX_FIELD_ERRORS = 10
+_MAX_FIELD_NAME = 64
 
 _ERROR_TITLES = {
     400: "Invalid request body or field", 401: "Missing, invalid or revoked credentials",
@@ -31,28 +36,44 @@ class Operation:
     responses: dict[int, type[BaseModel] | None] = field(default_factory=dict)
     errors: tuple[int, ...] = ()
     bearer: bool = False
+    roles: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
+    query: type[BaseModel] | None = None
 
 
 def operation(summary: str, *, request_model: type[BaseModel] | None = None,
+              query_model: type[BaseModel] | None = None,
               responses: dict[int, type[BaseModel] | None], errors: tuple[int, ...] = (),
-              bearer: bool = False, tags: tuple[str, ...] = ()) -> Callable:
-    """Declare a route's body, responses and authentication.
+              bearer: bool = False, roles: tuple[str, ...] = (), tags: tuple[str, ...] = (),
+              uses_dependencies: bool = True) -> Callable:
+    """Declare a route's body, query, responses, authentication and required roles.
 
-    With bearer=True the access token is checked first (401 before any body error),
-    and its claims are in g.claims. The validated body arrives as the `body` argument.
+    With bearer=True (implied by roles) the access token is checked first, so a 401
+    or 403 comes before any body error; the caller is then current_principal(). The
+    validated body arrives as the `body` argument, the query string as `query`.
+    uses_dependencies=False documents a route that never answers 503.
     """
-    extra_errors = ((400, 413, 415) if request_model else ()) + ((401,) if bearer else ()) + (503,)
-    spec = Operation(summary, request_model, responses, tuple(sorted(set(errors + extra_errors))), bearer, tags)
+    bearer = bearer or bool(roles)
+    extra_errors = (((400, 413, 415) if request_model else ()) + ((400,) if query_model else ())
+                    + ((401,) if bearer else ()) + ((403,) if roles else ()) + ((503,) if uses_dependencies else ()))
+    spec = Operation(summary, request_model, responses, tuple(sorted(set(errors + extra_errors))), bearer,
+                     roles, tags, query_model)
 
     def decorator(view: Callable) -> Callable:
         @functools.wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             if bearer:
-                g.claims = authenticate_request()
+                principal = authenticate_request()
+                require_roles(principal, roles)
+            if query_model is not None:
+                kwargs["query"] = parse_query(query_model)
             if request_model is not None:
                 kwargs["body"] = parse_body(request_model)
-            return view(*args, **kwargs)
+            response = make_response(view(*args, **kwargs))
+            if bearer:
+                # Answers to an authenticated caller are personal: no shared or browser cache.
+                response.headers.setdefault("Cache-Control", "no-store")
+            return response
 
         wrapper.openapi_operation = spec  # type: ignore[attr-defined]
         return wrapper
@@ -72,14 +93,37 @@ def parse_body(model: type[BaseModel]) -> Any:
         raise _problem_for(exc) from None
 
 
+def parse_query(model: type[BaseModel]) -> Any:
+    """Validate the query string against a model; raise a Problem naming the failing parameter."""
+    try:
+        return model.model_validate(request.args.to_dict())
+    except ValidationError as exc:
+        raise _problem_for(exc) from None
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    """Join a pydantic error location into a field path, leaving out union-member tags."""
+    parts = []
+    for part in loc:
+        if isinstance(part, str) and ("[" in part or "(" in part):
+            break
+        parts.append(str(part))
+    return ".".join(parts)[:_MAX_FIELD_NAME]
+
+
 def _problem_for(exc: ValidationError) -> InvalidRequest | InvalidJson:
     errors = exc.errors(include_url=False, include_input=False, include_context=False)
     if errors[0]["type"] == "json_invalid":
         return InvalidJson("The body is not valid JSON.")
 
     field_errors = []
-    for error in errors:
-        location = ".".join(str(part) for part in error["loc"])
+    seen: set[str] = set()
+    # A body full of unknown fields must not come back as a larger error document.
+    for error in errors[:_MAX_FIELD_ERRORS]:
+        location = _field_path(error["loc"])
+        if location in seen:
+            continue  # one entry per field, even when each member of a union failed
+        seen.add(location)
         if error["type"] == "extra_forbidden":
             message = "unknown field"
         elif error["type"] == "model_type" or not location:
@@ -99,6 +143,33 @@ def json_response(model: BaseModel, status: int = 200, headers: dict[str, str] |
     if headers:
         response.headers.update(headers)
     return response
+
+
+class IdConverter(BaseConverter):
+    """User and session ids: 32 lower-case hex digits; anything else is 404 before any query."""
+
+    regex = "[0-9a-f]{32}"
+    pattern = "^[0-9a-f]{32}$"
+
+
+class RoleNameConverter(BaseConverter):
+    regex = "[a-z][a-z0-9_.-]{0,63}"
+    pattern = "^[a-z][a-z0-9_.-]{0,63}$"
+
+
+class AddressConverter(BaseConverter):
+    """An IPv4 or IPv6 address in a path; validated by the view."""
+
+    regex = "[0-9A-Fa-f.:]{2,45}"
+    pattern = "^[0-9A-Fa-f.:]{2,45}$"
+
+
+CONVERTERS = {"id": IdConverter, "role": RoleNameConverter, "address": AddressConverter}
+
+
+def register_converters(app: Flask) -> None:
+    """Make the path converters available to every route."""
+    app.url_map.converters.update(CONVERTERS)
 
 
 def openapi_document(app: Flask, *, version: str) -> dict[str, Any]:
@@ -121,7 +192,9 @@ def openapi_document(app: Flask, *, version: str) -> dict[str, Any]:
                                 ref_template="#/components/schemas/{model}")
     paths: dict[str, dict[str, Any]] = {}
     for path, method, spec in operations:
-        paths.setdefault(path, {})[method] = _operation_object(spec, rate_limited=path not in EXEMPT_ROUTES)
+        parameters = re.findall(r"{(?:([^}:]+):)?([^}]+)}", path)
+        paths.setdefault(re.sub(r"{(?:[^}:]+:)?([^}]+)}", r"{\1}", path), {})[method] = _operation_object(
+            spec, parameters, rate_limited=path not in EXEMPT_ROUTES)
 
     return {
         "openapi": "3.1.0",
@@ -139,7 +212,15 @@ def _ref(model: type[BaseModel]) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{model.__name__}"}
 
 
-def _operation_object(spec: Operation, *, rate_limited: bool) -> dict[str, Any]:
+def _path_parameter(converter: str, name: str) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string"}
+    pattern = getattr(CONVERTERS.get(converter), "pattern", None)
+    if pattern:
+        schema["pattern"] = pattern
+    return {"name": name, "in": "path", "required": True, "schema": schema}
+
+
+def _operation_object(spec: Operation, path_parameters: list[tuple[str, str]], *, rate_limited: bool) -> dict[str, Any]:
     responses: dict[str, Any] = {}
     for status, model in spec.responses.items():
         entry: dict[str, Any] = {"description": spec.summary}
@@ -155,6 +236,16 @@ def _operation_object(spec: Operation, *, rate_limited: bool) -> dict[str, Any]:
         }
 
     result: dict[str, Any] = {"summary": spec.summary, "tags": list(spec.tags), "responses": responses}
+    parameters = [_path_parameter(converter, name) for converter, name in path_parameters]
+    if spec.query is not None:
+        schema = spec.query.model_json_schema()
+        for name, prop in schema.get("properties", {}).items():
+            parameters.append({"name": name, "in": "query", "required": name in schema.get("required", []),
+                               "schema": prop})
+    if parameters:
+        result["parameters"] = parameters
+    if spec.roles:
+        result["description"] = "Requires the role(s): " + ", ".join(spec.roles) + "."
     if spec.request is not None:
         result["requestBody"] = {"required": True,
                                  "content": {"application/json": {"schema": _ref(spec.request)}}}

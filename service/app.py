@@ -9,13 +9,17 @@ import structlog
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from service import database, errors, limits, login_guard, metrics, payload, redis_store, request_log
+from service import api, ban_guard, database, errors, limits, login_guard, metrics, payload, redis_store, request_log
+from service.blacklist import BanList, Blacklist, BanPolicy, parse_networks
 from service.config import Settings, load_settings
 from service.context import EXTENSION_KEY, Services
 from service.logs import configure_logging
+from service.method_guard import MethodGuard
 from service.passwords import Passwords
 from service.readiness import ReadinessProbe
+from service.access_state import AccessState
 from service.sessions import SessionStore
+from service.sync import AccessStateSync, EventListener, create_listener_client
 from service.tokens.keys import KeyRing
 
 log = structlog.get_logger(__name__)
@@ -36,7 +40,11 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         # The client address is the one the last trusted proxy saw; earlier entries are client-supplied.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxy_count)  # type: ignore[method-assign]
 
+    app.wsgi_app = MethodGuard(app.wsgi_app)  # type: ignore[method-assign]
+    api.register_converters(app)
     request_log.init_app(app)
+    # Before every other hook, so a banned address is refused before any work is done for it.
+    ban_guard.init_app(app)
     errors.init_app(app)
     metrics.init_app(app)
     # Rate limits before payload limits: a flooding client gets 429 without its body being read.
@@ -62,26 +70,79 @@ def _gevent_patched() -> bool:
 def _init_services(app: Flask, settings: Settings) -> None:
     db = database.init_app(app, settings)
     client = redis_store.init_app(app, settings)
+    access = AccessState(
+        claims_max_entries=settings.claims_cache_max_entries,
+        user_max_entries=settings.user_cache_max_entries,
+        user_ttl_seconds=settings.user_cache_seconds,
+    )
+    sessions = SessionStore(
+        client,
+        session_ttl=settings.session_ttl_seconds,
+        grace_seconds=settings.refresh_grace_seconds,
+        revoked_ttl=settings.access_token_ttl_seconds + settings.jwt_leeway_seconds + 60,
+        on_revoked=access.mark_revoked,
+    )
+    blacklist = Blacklist(client, ban_policy(settings))
+    bans = BanList(blacklist)
+    listener = EventListener(create_listener_client(settings), [AccessStateSync(sessions, access), bans])
     app.extensions[EXTENSION_KEY] = Services(
         settings=settings,
         database=db,
         redis=client,
         passwords=Passwords(settings),
         keys=KeyRing.load(settings.keys_dir, settings.jwt_algorithm),
-        sessions=SessionStore(
-            client,
-            session_ttl=settings.session_ttl_seconds,
-            grace_seconds=settings.refresh_grace_seconds,
-            revoked_ttl=settings.access_token_ttl_seconds + settings.jwt_leeway_seconds + 60,
-        ),
+        sessions=sessions,
         readiness=ReadinessProbe(db, client, settings.ready_cache_seconds),
+        access=access,
+        listener=listener,
+        blacklist=blacklist,
+        bans=bans,
+    )
+    # Started here, in the worker after fork: a thread started before fork would not survive it.
+    listener.start()
+    metrics.register_scrape_collector(app, metrics.ScrapeCollector(
+        dependency_checks=lambda: _dependency_checks(app.extensions[EXTENSION_KEY]),
+        job_records=lambda: _job_records(app.extensions[EXTENSION_KEY]),
+        banned_addresses=lambda: app.extensions[EXTENSION_KEY].blacklist.count(),
+    ))
+
+
+def ban_policy(settings: Settings) -> BanPolicy:
+    return BanPolicy(
+        window_seconds=settings.ban_window_seconds,
+        failed_logins=settings.ban_failed_logins,
+        distinct_accounts=settings.ban_distinct_accounts,
+        rate_limit_hits=settings.ban_rate_limit_hits,
+        base_seconds=settings.ban_base_seconds,
+        multiplier=settings.ban_multiplier,
+        max_seconds=settings.ban_max_seconds,
+        offence_decay_seconds=settings.ban_offence_decay_seconds,
+        allowlist=parse_networks(settings.ban_allowlist),
     )
 
 
-def _register_blueprints(app: Flask) -> None:
-    from service.blueprints import auth, health, users
+def _dependency_checks(svc: Services) -> dict[str, tuple[bool, float]]:
+    """Return the readiness probe's per-dependency result, reused for up to a second."""
+    report = svc.readiness.report()
+    return {name: (check.ok, check.latency_ms / 1000) for name, check in report.checks.items()}
 
-    for module in (health, auth, users):
+
+def _job_records(svc: Services) -> dict[str, tuple[float | None, float | None]]:
+    """Read each maintenance job's last success and failure times from Redis."""
+    pipe = svc.redis.pipeline(transaction=False)
+    for job in metrics.MAINTENANCE_JOBS:
+        pipe.hmget(f"{redis_store.KEY_PREFIX}job:{job}", "last_success_at", "last_failure_at")
+    records = {}
+    for job, (success, failure) in zip(metrics.MAINTENANCE_JOBS, pipe.execute(), strict=True):
+        records[job] = (float(success) if success else None, float(failure) if failure else None)
+    return records
+
+
+def _register_blueprints(app: Flask) -> None:
+    from service.blueprints import admin, auth, health, users
+    from service.blueprints import metrics as metrics_blueprint
+
+    for module in (health, metrics_blueprint, auth, users, admin):
         app.register_blueprint(module.blueprint)
 
 
@@ -91,6 +152,7 @@ def close_app(app: Flask) -> None:
     if svc is None:
         return
 
+    svc.listener.stop()
     svc.database.close()
     redis_store.close_client(svc.redis)
     limits.close(app)

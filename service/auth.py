@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
+import redis
 import structlog
 
 from service import metrics, users
+from service.bearer import load_user
 from service.context import Services
-from service.errors import AccountDisabled, InvalidCredentials, InvalidRefreshToken
+from service.errors import AccountDisabled, InvalidCredentials, InvalidCurrentPassword, InvalidRefreshToken, NotFound
 from service.login_guard import LoginGuard
 from service.schemas import TokenPair
 from service.sessions import RefreshOutcome
@@ -21,6 +25,21 @@ def _token_pair(svc: Services, user_id: str, session_id: str, refresh_token: str
                      refresh_token=refresh_token)
 
 
+def record_failed_login(svc: Services, ip: str, email: str) -> None:
+    """Count a failed login toward an automatic ban; best effort, so the caller still gets its 401."""
+    if not svc.settings.ban_enabled:
+        return
+
+    try:
+        ban = svc.blacklist.record_failed_login(ip, email)
+    except redis.RedisError as exc:
+        log.warning("abuse_record_failed", error=str(exc)[:200])
+        return
+    if ban is not None:
+        metrics.BANS.labels(cause=ban.cause).inc()
+        svc.bans.apply_event({"kind": "ip_banned", "ip": ip, "until": time.time() + ban.seconds})
+
+
 def login(svc: Services, email: str, password: str, *, user_agent: str, ip: str, guard: LoginGuard) -> TokenPair:
     """Check credentials and start a session, unless the guard refuses the attempt first."""
     # Before the password check, so a refused attempt costs no argon2 work.
@@ -31,6 +50,7 @@ def login(svc: Services, email: str, password: str, *, user_agent: str, ip: str,
         guard.record_failure(attempt)
         metrics.LOGINS.labels(result="invalid_credentials").inc()
         log.warning("login_failed", reason="invalid_credentials", client_ip=ip)
+        record_failed_login(svc, ip, email)
         raise
     except AccountDisabled:
         metrics.LOGINS.labels(result="disabled").inc()
@@ -47,7 +67,12 @@ def login(svc: Services, email: str, password: str, *, user_agent: str, ip: str,
 
 def refresh(svc: Services, refresh_token: str, *, ip: str) -> TokenPair:
     """Rotate a refresh token and issue a new pair for the same session."""
-    rotation = svc.sessions.rotate(refresh_token)
+    try:
+        rotation = svc.sessions.rotate(refresh_token)
+    except redis.RedisError:
+        # Counted here and answered by the Redis failure policy (503).
+        metrics.ROTATION_ERRORS.inc()
+        raise
     metrics.REFRESHES.labels(outcome=rotation.outcome.value).inc()
 
     if rotation.outcome is RefreshOutcome.REUSE_DETECTED:
@@ -55,11 +80,23 @@ def refresh(svc: Services, refresh_token: str, *, ip: str) -> TokenPair:
         log.error("refresh_token_reused", session_id=rotation.session_id, user_id=rotation.user_id, client_ip=ip)
         raise InvalidRefreshToken("Refresh token was already used; the session has been revoked.")
 
+    if rotation.outcome is RefreshOutcome.EXPIRED:
+        log.info("refresh_rejected", reason="expired", client_ip=ip)
+        raise InvalidRefreshToken("The session of this refresh token has expired; log in again.")
+
     if rotation.outcome is RefreshOutcome.INVALID:
-        log.info("refresh_rejected", client_ip=ip)
+        log.info("refresh_rejected", reason="invalid", client_ip=ip)
         raise InvalidRefreshToken()
 
     assert rotation.user_id and rotation.session_id and rotation.refresh_token
+    user = load_user(svc, rotation.user_id)
+    if user is None or user.status != users.STATUS_ACTIVE:
+        # The account was disabled or deleted without ending its sessions (for example
+        # directly in the database): end this one now instead of issuing tokens.
+        svc.sessions.revoke(rotation.session_id)
+        log.warning("refresh_rejected", reason="account_inactive", user_id=rotation.user_id, client_ip=ip)
+        raise InvalidRefreshToken()
+
     structlog.contextvars.bind_contextvars(user_id=rotation.user_id)
     if rotation.outcome is RefreshOutcome.GRACE:
         log.info("refresh_within_grace", session_id=rotation.session_id)
@@ -71,3 +108,29 @@ def logout(svc: Services, session_id: str) -> None:
     svc.sessions.revoke(session_id)
     metrics.LOGOUTS.inc()
     log.info("logged_out", session_id=session_id)
+
+
+def logout_all(svc: Services, user_id: str) -> int:
+    """End every session of the user, this one included."""
+    ended = svc.sessions.revoke_user(user_id)
+    log.info("logged_out_everywhere", sessions_ended=ended)
+    return ended
+
+
+def end_session(svc: Services, user_id: str, session_id: str) -> None:
+    """End one of the caller's own sessions; raise NotFound for any other id."""
+    if not svc.sessions.revoke(session_id, user_id=user_id):
+        raise NotFound("No such session.", field="session_id")
+    log.info("session_ended", session_id=session_id)
+
+
+def change_password(svc: Services, user_id: str, session_id: str, current: str, new: str) -> int:
+    """Replace the password after checking the current one; end every other session."""
+    if not users.verify_password(svc.database, svc.passwords, user_id, current):
+        log.warning("password_change_rejected", reason="invalid_current_password")
+        raise InvalidCurrentPassword("The current password is wrong.", field="current_password")
+
+    users.set_password(svc.database, svc.passwords, user_id, new)
+    ended = svc.sessions.revoke_user(user_id, keep=session_id)
+    log.info("password_changed", other_sessions_ended=ended)
+    return ended

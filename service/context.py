@@ -7,11 +7,14 @@ from dataclasses import dataclass
 import redis
 from flask import current_app
 
+from service.access_state import AccessState
+from service.blacklist import Blacklist, BanList
 from service.config import Settings
 from service.database import Database
 from service.passwords import Passwords
 from service.readiness import ReadinessProbe
 from service.sessions import SessionStore
+from service.sync import EventListener
 from service.tokens.keys import KeyRing
 
 EXTENSION_KEY = "gatehouse"
@@ -26,6 +29,10 @@ class Services:
     keys: KeyRing
     sessions: SessionStore
     readiness: ReadinessProbe
+    access: AccessState
+    listener: EventListener
+    blacklist: Blacklist
+    bans: BanList
 
 
 def services() -> Services:

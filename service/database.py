@@ -15,6 +15,7 @@ from flask import Flask
 
 from service.config import Settings
 from service.errors import DatabaseUnavailable
+from service.metrics import POOL_IN_USE, POOL_MAX
 
 log = structlog.get_logger(__name__)
 
@@ -66,6 +67,7 @@ class Database:
         # semaphore bounds the wait. Under gevent the semaphore is gevent's.
         self._slots = threading.BoundedSemaphore(self.size)
         self._in_use = 0
+        POOL_MAX.labels(pool="mysql").set(self.size)
         self._pool = PooledDB(
             creator=pymysql,
             mincached=0,
@@ -94,6 +96,7 @@ class Database:
             raise DatabaseUnavailable("No database connection became free in time.")
 
         self._in_use += 1
+        POOL_IN_USE.labels(pool="mysql").inc()
         try:
             try:
                 connection = self._pool.connection()
@@ -105,6 +108,7 @@ class Database:
                 connection.close()
         finally:
             self._in_use -= 1
+            POOL_IN_USE.labels(pool="mysql").dec()
             self._slots.release()
 
     @contextmanager

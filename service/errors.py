@@ -62,6 +62,33 @@ class EmailTaken(Problem):
     status, code, title = 409, "email_taken", "Email already registered"
 
 
+class MissingRole(Problem):
+    status, code, title = 403, "missing_role", "Role required"
+
+
+class IpBanned(Problem):
+    """The client address is banned; Retry-After tells when a temporary ban ends."""
+
+    status, code, title = 403, "ip_banned", "Client address banned"
+
+    def __init__(self, retry_after: int | None) -> None:
+        detail = ("This address is banned for abuse." if retry_after is None
+                  else f"This address is banned for abuse for another {retry_after} seconds.")
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
+
+
+class Conflict(Problem):
+    status, code, title = 409, "conflict", "Conflict with the current state"
+
+
+class InvalidCurrentPassword(Problem):
+    status, code, title = 403, "invalid_current_password", "Current password is wrong"
+
+
 class AccountDisabled(Problem):
     status, code, title = 403, "account_disabled", "Account disabled"
 
@@ -157,7 +184,7 @@ def problem_response(problem: Problem) -> Response:
         body["field"] = problem.field
     if problem.errors:
         body["errors"] = problem.errors
-    response = Response(json.dumps(body), status=problem.status, mimetype=PROBLEM_MEDIA_TYPE)
+    response = Response(json.dumps(body) + "\n", status=problem.status, mimetype=PROBLEM_MEDIA_TYPE)
     response.headers.update(problem.headers())
     g.error_code = problem.code
     return response

@@ -1,27 +1,50 @@
-"""Prometheus metrics: HTTP metrics from prometheus-flask-exporter and the domain counters.
+"""Prometheus metrics: HTTP metrics from prometheus-flask-exporter, domain counters and gauges.
 
 In gunicorn, PROMETHEUS_MULTIPROC_DIR is set before any worker imports
 prometheus_client, so every worker writes its samples to files in that directory
-and /metrics on any worker aggregates all of them.
+and /metrics on any worker aggregates all of them. Values that are facts about the
+shared servers (dependency health, job records, build info) are not stored per
+worker: the worker serving the scrape computes them (see ScrapeCollector).
 """
 
 from __future__ import annotations
 
 import os
+import platform
+from collections.abc import Callable, Iterable
+from importlib.metadata import version
 
 from flask import Flask
-from prometheus_client import Counter, Gauge
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, multiprocess
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
 from prometheus_flask_exporter import NO_PREFIX, PrometheusMetrics
-from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics
+from prometheus_flask_exporter.multiprocess import GunicornPrometheusMetrics
 
 # Label values come from fixed vocabularies; never a user id, email, token or address.
 LOGINS = Counter("gatehouse_logins_total", "Login attempts by result.", ["result"])
 REFRESHES = Counter("gatehouse_refreshes_total", "Refresh-token exchanges by outcome.", ["outcome"])
+ROTATION_ERRORS = Counter("gatehouse_token_rotation_errors_total",
+                          "Refresh-token rotations that failed on a Redis error.")
 REGISTRATIONS = Counter("gatehouse_registrations_total", "Accounts registered.")
 LOGOUTS = Counter("gatehouse_logouts_total", "Sessions ended by their owner.")
+BANS = Counter("gatehouse_ip_bans_total", "Client addresses banned, by cause.", ["cause"])
+UNBANS = Counter("gatehouse_ip_unbans_total", "Bans lifted by an administrator.", ["cause"])
+
+# Per-worker gauges. "livesum" adds up the values of live workers only: pool usage and
+# capacity are per process, and a dead worker's connections are gone with it.
+IN_FLIGHT = Gauge("gatehouse_http_requests_in_flight", "Requests being served.", multiprocess_mode="livesum")
+POOL_IN_USE = Gauge("gatehouse_pool_connections_in_use", "Pooled connections lent to requests.", ["pool"],
+                    multiprocess_mode="livesum")
+POOL_MAX = Gauge("gatehouse_pool_connections_max", "Pool capacity.", ["pool"], multiprocess_mode="livesum")
 
 LOGIN_RESULTS = ("success", "invalid_credentials", "disabled")
-REFRESH_OUTCOMES = ("rotated", "grace", "reuse_detected", "invalid")
+REFRESH_OUTCOMES = ("rotated", "grace", "reuse_detected", "expired", "invalid")
+POOLS = ("mysql", "redis")
+BAN_CAUSES = ("failed_logins", "credential_stuffing", "rate_limit", "manual")
+# Jobs whose last success and failure are exported; each records them in Redis under gh:job:<name>.
+MAINTENANCE_JOBS = ("tokens_purge", "backup_create", "backup_verify")
 
 # Abuse protection. `route` is the route template; `limit` names the control that answered 429.
 RATE_LIMIT_HITS = Counter("gatehouse_rate_limit_hits_total", "Requests answered 429 by route and limit.",
@@ -39,21 +62,110 @@ def _initialize_labels() -> None:
         LOGINS.labels(result=result)
     for outcome in REFRESH_OUTCOMES:
         REFRESHES.labels(outcome=outcome)
+    for pool in POOLS:
+        POOL_IN_USE.labels(pool=pool)
+    for cause in BAN_CAUSES:
+        BANS.labels(cause=cause)
+    UNBANS.labels(cause="manual")
 
 
-def init_app(app: Flask) -> PrometheusMetrics:
-    """Export HTTP metrics grouped by route template and serve /metrics."""
+class ScrapeCollector(Collector):
+    """Gauges computed when /metrics is scraped, by the worker that serves the scrape."""
+
+    def __init__(self, dependency_checks: Callable[[], dict[str, tuple[bool, float]]],
+                 job_records: Callable[[], dict[str, tuple[float | None, float | None]]],
+                 banned_addresses: Callable[[], int]) -> None:
+        self._dependency_checks = dependency_checks
+        self._job_records = job_records
+        self._banned_addresses = banned_addresses
+
+    def collect(self) -> Iterable[Metric]:
+        build = GaugeMetricFamily("gatehouse_build_info", "Version of the running service.",
+                                  labels=["version", "python"])
+        build.add_metric([version("gatehouse"), platform.python_version()], 1)
+        yield build
+
+        up = GaugeMetricFamily("gatehouse_dependency_up", "1 when the dependency passed its check.",
+                               labels=["dependency"])
+        latency = GaugeMetricFamily("gatehouse_dependency_check_duration_seconds",
+                                    "Duration of the last dependency check.", labels=["dependency"])
+        for name, (ok, seconds) in self._dependency_checks().items():
+            up.add_metric([name], 1 if ok else 0)
+            latency.add_metric([name], seconds)
+        yield up
+        yield latency
+
+        success = GaugeMetricFamily("gatehouse_job_last_success_timestamp_seconds",
+                                    "Unix time of the job's last success (0: never).", labels=["job"])
+        failure = GaugeMetricFamily("gatehouse_job_last_failure_timestamp_seconds",
+                                    "Unix time of the job's last failure (0: never).", labels=["job"])
+        try:
+            records = self._job_records()
+        except Exception:  # Redis down: the job gauges are left out, dependency_up says why
+            records = {}
+        for job, (last_success, last_failure) in records.items():
+            success.add_metric([job], last_success or 0)
+            failure.add_metric([job], last_failure or 0)
+        yield success
+        yield failure
+
+        try:
+            banned = self._banned_addresses()
+        except Exception:  # Redis down: left out, as above
+            return
+        yield GaugeMetricFamily("gatehouse_blacklisted_ips", "Client addresses banned right now.", value=banned)
+
+
+def _track_in_flight(app: Flask) -> None:
+    @app.before_request
+    def _request_started() -> None:
+        IN_FLIGHT.inc()
+
+    @app.teardown_request
+    def _request_finished(_exc: BaseException | None) -> None:
+        IN_FLIGHT.dec()
+
+
+def _multiprocess() -> bool:
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+def init_app(app: Flask) -> None:
+    """Record HTTP metrics per route template; /metrics itself is served by the metrics blueprint."""
     options = {
         "defaults_prefix": NO_PREFIX,
         # url_rule is the route template (/v1/auth/sessions/<id>), never the raw path.
         "group_by": "url_rule",
         "excluded_paths": ["^/metrics$"],
     }
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        metrics: PrometheusMetrics = GunicornInternalPrometheusMetrics(app, **options)
+    # Neither variant registers an endpoint here: the exporter's own endpoint builds a
+    # new registry per scrape, which would drop the scrape-time gauges, and it fails
+    # with 500 on a `name[]` filter in multiprocess mode.
+    if _multiprocess():
+        GunicornPrometheusMetrics(app, **options)
     else:
         # Single process (flask run, a debugger): the default registry holds everything.
-        metrics = PrometheusMetrics(app, **options)
+        PrometheusMetrics(app, path=None, **options)
     _initialize_labels()
-    app.extensions["gatehouse.metrics"] = metrics
-    return metrics
+    _track_in_flight(app)
+
+
+def register_scrape_collector(app: Flask, collector: ScrapeCollector) -> None:
+    """Keep the collector whose gauges are computed at scrape time."""
+    app.extensions["gatehouse.scrape_collector"] = collector
+
+
+def render(app: Flask, accept_header: str | None) -> tuple[bytes, str]:
+    """Render every metric of every live worker, plus the scrape-time gauges."""
+    encoder, content_type = choose_encoder(accept_header or "")
+    scrape_registry = CollectorRegistry()
+    collector = app.extensions.get("gatehouse.scrape_collector")
+    if collector is not None:
+        scrape_registry.register(collector)
+
+    if _multiprocess():
+        multiprocess.MultiProcessCollector(scrape_registry)
+        return encoder(scrape_registry), content_type
+
+    return encoder(REGISTRY) + encoder(scrape_registry), content_type
+

@@ -16,6 +16,10 @@ from service.migrate import MIGRATION_TABLE, expected_versions
 log = structlog.get_logger(__name__)
 
 
+class SchemaBehind(Exception):
+    """The database lacks migrations that this version of the code ships."""
+
+
 @dataclass(frozen=True)
 class Check:
     ok: bool
@@ -34,7 +38,11 @@ def _timed(check: Callable[[], None]) -> Check:
     try:
         check()
     except Exception as exc:  # every failure is a "not ready" answer, never a 500
-        return Check(False, round((time.perf_counter() - started) * 1000, 2), type(exc).__name__ + ": " + str(exc)[:200])
+        # /ready is public, so the body names only the kind of failure; addresses and
+        # server messages go to the log.
+        log.warning("readiness_check_failed", check=check.__name__.removeprefix("_check_"), error=str(exc)[:300])
+        public = str(exc) if isinstance(exc, SchemaBehind) else type(exc).__name__
+        return Check(False, round((time.perf_counter() - started) * 1000, 2), public)
 
     return Check(True, round((time.perf_counter() - started) * 1000, 2))
 
@@ -76,7 +84,7 @@ class ReadinessProbe:
             applied = {row["migration_id"] for row in cursor.fetchall()}
         missing = self._expected - applied
         if missing:
-            raise RuntimeError(f"schema out of date, pending migrations: {', '.join(sorted(missing))}")
+            raise SchemaBehind(f"schema out of date, pending migrations: {', '.join(sorted(missing))}")
 
     def _check_redis(self) -> None:
         self._redis.ping()

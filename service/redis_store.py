@@ -2,16 +2,32 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import redis
 import structlog
 from flask import Flask
 
 from service.config import Settings
+from service.metrics import POOL_IN_USE, POOL_MAX
 
 log = structlog.get_logger(__name__)
 
 # Every key the service writes starts with this, so the database can be shared with other tools.
 KEY_PREFIX = "gh:"
+
+
+class TrackedBlockingConnectionPool(redis.BlockingConnectionPool):
+    """A BlockingConnectionPool that counts lent connections in the pool gauges."""
+
+    def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        connection = super().get_connection(*args, **kwargs)
+        POOL_IN_USE.labels(pool="redis").inc()
+        return connection
+
+    def release(self, connection: Any) -> None:
+        POOL_IN_USE.labels(pool="redis").dec()
+        super().release(connection)
 
 
 def create_client(settings: Settings) -> redis.Redis:
@@ -20,7 +36,7 @@ def create_client(settings: Settings) -> redis.Redis:
     When every connection is busy, a caller waits up to redis_pool_wait_seconds and
     then gets redis.ConnectionError, which the error handler turns into a 503.
     """
-    pool = redis.BlockingConnectionPool.from_url(
+    pool = TrackedBlockingConnectionPool.from_url(
         settings.redis_url.get_secret_value(),
         max_connections=settings.redis_pool_size,
         timeout=settings.redis_pool_wait_seconds,
@@ -29,6 +45,7 @@ def create_client(settings: Settings) -> redis.Redis:
         health_check_interval=30,
         decode_responses=True,
     )
+    POOL_MAX.labels(pool="redis").set(settings.redis_pool_size)
     return redis.Redis(connection_pool=pool)
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import datetime
+from ipaddress import IPv4Address, IPv6Address
 from typing import Annotated, Any, Literal
 
 from email_validator import EmailNotValidError, validate_email
@@ -11,26 +13,37 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 # Longer passwords are rejected before hashing, so a huge body cannot buy argon2 time.
 PASSWORD_MIN_LENGTH = 8
 PASSWORD_MAX_LENGTH = 256
-EMAIL_MAX_LENGTH = 320
+# RFC 5321 limits a forward path to 256 octets, so an address to 254 characters.
+EMAIL_MAX_LENGTH = 254
 
 
 def normalize_email(value: str) -> str:
-    """Validate the syntax and return the address trimmed and lower-cased.
+    """Validate the syntax and return the address in its one stored form.
 
-    The whole address is lower-cased, so Alice@Example.com and alice@example.com are
-    one account. Deliverability is not checked: that needs DNS and proves nothing.
+    The local part is NFC-normalized (by email-validator) and lower-cased, and the
+    domain is lower-cased in its ASCII (IDNA) form, so Alice@Example.com and
+    alice@example.com are one account, and so are a Unicode domain and its xn--
+    spelling. Emails are compared byte for byte after this. Deliverability is not
+    checked: that needs DNS and proves nothing.
     """
     try:
         result = validate_email(value.strip(), check_deliverability=False)
     except EmailNotValidError as exc:
         raise ValueError(str(exc)) from None
 
-    return result.normalized.lower()
+    return f"{result.local_part.lower()}@{result.ascii_domain.lower()}"
+
+
+def normalize_password(value: str) -> str:
+    """Return the password in Unicode NFKC form, so the same characters typed on another
+    keyboard or system hash alike (NIST SP 800-63B, section 5.1.1.2)."""
+    return unicodedata.normalize("NFKC", value)
 
 
 EmailAddress = Annotated[
     str,
-    Field(min_length=3, max_length=EMAIL_MAX_LENGTH, examples=["alice@example.com"]),
+    Field(min_length=3, max_length=EMAIL_MAX_LENGTH, examples=["alice@example.com"],
+          json_schema_extra={"format": "email"}),
     AfterValidator(normalize_email),
 ]
 
@@ -41,14 +54,20 @@ class RequestBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+NewPassword = Annotated[
+    str, Field(min_length=PASSWORD_MIN_LENGTH, max_length=PASSWORD_MAX_LENGTH), AfterValidator(normalize_password)
+]
+ExistingPassword = Annotated[str, Field(min_length=1, max_length=PASSWORD_MAX_LENGTH), AfterValidator(normalize_password)]
+
+
 class RegisterRequest(RequestBody):
     email: EmailAddress
-    password: str = Field(min_length=PASSWORD_MIN_LENGTH, max_length=PASSWORD_MAX_LENGTH)
+    password: NewPassword
 
 
 class LoginRequest(RequestBody):
     email: EmailAddress
-    password: str = Field(min_length=1, max_length=PASSWORD_MAX_LENGTH)
+    password: ExistingPassword
 
 
 class RefreshRequest(RequestBody):
@@ -113,3 +132,114 @@ class Readiness(BaseModel):
 
 class Jwks(BaseModel):
     keys: list[dict[str, Any]]
+
+
+class QueryParameters(BaseModel):
+    """Query strings arrive as text, so numbers are converted; unknown parameters are rejected."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ChangePasswordRequest(RequestBody):
+    current_password: ExistingPassword
+    new_password: NewPassword
+
+
+class Session(BaseModel):
+    id: str
+    created_at: datetime
+    last_used_at: datetime
+    expires_at: datetime
+    user_agent: str
+    ip: str
+    current: bool = Field(False, description="true for the session of the token making the request")
+
+
+class SessionList(BaseModel):
+    sessions: list[Session]
+
+
+class SessionsEnded(BaseModel):
+    sessions_ended: int
+
+
+class AdminUser(BaseModel):
+    id: str
+    email: str
+    status: Literal["active", "disabled"]
+    created_at: datetime
+    roles: list[str]
+
+
+class AdminUserDetail(AdminUser):
+    sessions: list[Session]
+
+
+class UserPage(BaseModel):
+    items: list[AdminUser]
+    next_cursor: str | None = Field(
+        description="the last email of this page: pass it as `cursor` for the next page; null on the last page"
+    )
+
+
+class UserSearch(QueryParameters):
+    query: str | None = Field(None, max_length=320, description="substring of the email, case-insensitive")
+    status: Literal["active", "disabled"] | None = None
+    limit: int = Field(50, ge=1, le=200)
+    cursor: str | None = Field(None, max_length=EMAIL_MAX_LENGTH,
+                               description="list only users whose email sorts after this one")
+
+
+class Role(BaseModel):
+    name: str
+    description: str
+
+
+class RoleList(BaseModel):
+    roles: list[Role]
+
+
+class CreateRoleRequest(RequestBody):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_.-]{0,63}$", description="lower-case letters, digits, _ . -")
+    description: str = Field("", max_length=255)
+
+
+class AuditQuery(QueryParameters):
+    limit: int = Field(100, ge=1, le=1000)
+
+
+class AuditEntry(BaseModel):
+    id: int
+    created_at: datetime
+    actor_id: str | None
+    action: str
+    target_type: str
+    target_id: str
+    detail: str
+    client_ip: str
+
+
+class AuditLog(BaseModel):
+    entries: list[AuditEntry]
+
+
+class BanOut(BaseModel):
+    ip: str
+    cause: Literal["failed_logins", "credential_stuffing", "rate_limit", "manual"]
+    reason: str
+    created_at: datetime
+    expires_at: datetime | None = Field(description="null for a permanent ban")
+    offences: int = Field(description="bans of this address within the offence-history window, this one included")
+    actor: str = Field(description="id of the administrator for a manual ban; empty for automatic ones")
+
+
+class BanList(BaseModel):
+    bans: list[BanOut]
+
+
+class CreateBanRequest(RequestBody):
+    ip: IPv4Address | IPv6Address = Field(examples=["203.0.113.7"])
+    reason: str = Field(min_length=1, max_length=255)
+    # Lax: JSON Schema counts 90.0 as an integer, so the API accepts it too.
+    duration_seconds: int | None = Field(None, ge=60, le=31_536_000, strict=False,
+                                         description="omit or null for a permanent ban")

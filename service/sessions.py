@@ -1,13 +1,15 @@
 """Sessions and their refresh tokens in Redis, with atomic rotation and reuse detection.
 
 Keys (all under the gh: prefix):
-    rt:<sha256>          hash  sid, uid, rotated_at ("" while current); expires with the session
+    rt:<sha256>          hash  sid, uid, exp (session end), rotated_at ("" while current); kept one
+                               day past the session's end, so a late refresh reads as expired
     sess:<sid>           hash  uid, created_at, last_used_at, expires_at, user_agent, ip
     sess:<sid>:tokens    set   digests of every refresh token the session issued
     user:<uid>:sessions  zset  session ids scored by expires_at
-    revoked:<sid>        str   present while access tokens of an ended session may still be live
+    revoked              zset  ended session ids scored by the time their last access token expires
 
-Raw refresh tokens are never stored: only their SHA-256 digests.
+Raw refresh tokens are never stored: only their SHA-256 digests. Every revocation
+is published on the events channel (see service.sync) after it is stored.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import hashlib
 import secrets
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -25,11 +28,21 @@ from service.redis_store import KEY_PREFIX
 
 # 32 random bytes: 256 bits, URL-safe base64 without padding (43 characters).
 REFRESH_TOKEN_BYTES = 32
+# Refresh-token records outlive their session by this much, so that presenting one
+# soon after the session ended is reported as expired rather than unknown.
+TOKEN_RETENTION_SECONDS = 86400
+# A spent token may be presented again this many times within the grace interval
+# (concurrent tabs, retried requests); one more is treated as reuse, so a thief who
+# replays it quickly cannot mint tokens without limit.
+MAX_GRACE_REFRESHES = 5
+REVOKED_KEY = f"{KEY_PREFIX}revoked"
+EVENTS_CHANNEL = f"{KEY_PREFIX}events"
 
-# Deletes a session, its tokens and index entry, and marks it revoked for the
-# lifetime of its access tokens. Shared by the rotate and revoke scripts.
+# revoke() deletes a session, its tokens and its index entry, records it in the
+# revoked set until its access tokens have expired, and publishes the fact.
+# revoked_until drops entries whose tokens have all expired, so the set stays small.
 _REVOKE_LUA = """
-local function revoke(prefix, sid, uid, revoked_ttl)
+local function revoke(prefix, sid, uid, revoked_until, now)
     local tokens_key = prefix .. 'sess:' .. sid .. ':tokens'
     for _, digest in ipairs(redis.call('SMEMBERS', tokens_key)) do
         redis.call('DEL', prefix .. 'rt:' .. digest)
@@ -38,12 +51,16 @@ local function revoke(prefix, sid, uid, revoked_ttl)
     if uid then
         redis.call('ZREM', prefix .. 'user:' .. uid .. ':sessions', sid)
     end
-    redis.call('SET', prefix .. 'revoked:' .. sid, '1', 'EX', revoked_ttl)
+    redis.call('ZREMRANGEBYSCORE', prefix .. 'revoked', '-inf', now)
+    redis.call('ZADD', prefix .. 'revoked', revoked_until, sid)
+    redis.call('PUBLISH', prefix .. 'events',
+               cjson.encode({kind = 'session_revoked', sid = sid, ['until'] = tonumber(revoked_until)}))
 end
 """
 
 # KEYS[1] = rt:<presented digest>, KEYS[2] = rt:<new digest>
-# ARGV: prefix, now, grace seconds, new digest, revoked ttl
+# ARGV: prefix, now, grace seconds, new digest, revoked-until, token retention past session end,
+#       most grace refreshes per token
 # NOTE: the session keys are derived inside the script, which is fine on a single
 # Redis or behind Sentinel but would not hash to one slot on Redis Cluster.
 _ROTATE_LUA = _REVOKE_LUA + """
@@ -56,13 +73,18 @@ end
 local session_key = prefix .. 'sess:' .. sid
 local expires_at = redis.call('HGET', session_key, 'expires_at')
 if not expires_at then
+    local token_exp = tonumber(redis.call('HGET', KEYS[1], 'exp'))
+    if token_exp and now >= token_exp then
+        return {'expired'}
+    end
     return {'invalid'}
 end
 
 local outcome = 'rotated'
 if rotated_at and rotated_at ~= '' then
-    if now - tonumber(rotated_at) > grace then
-        revoke(prefix, sid, uid, tonumber(ARGV[5]))
+    local grace_uses = redis.call('HINCRBY', KEYS[1], 'grace_uses', 1)
+    if now - tonumber(rotated_at) > grace or grace_uses > tonumber(ARGV[7]) then
+        revoke(prefix, sid, uid, ARGV[5], ARGV[2])
         return {'reuse_detected', sid, uid}
     end
     outcome = 'grace'
@@ -70,19 +92,34 @@ else
     redis.call('HSET', KEYS[1], 'rotated_at', ARGV[2])
 end
 
-redis.call('HSET', KEYS[2], 'sid', sid, 'uid', uid, 'rotated_at', '')
-redis.call('EXPIREAT', KEYS[2], expires_at)
+redis.call('HSET', KEYS[2], 'sid', sid, 'uid', uid, 'exp', expires_at, 'rotated_at', '')
+redis.call('EXPIREAT', KEYS[2], tonumber(expires_at) + ARGV[6])
 redis.call('SADD', session_key .. ':tokens', ARGV[4])
 redis.call('HSET', session_key, 'last_used_at', ARGV[2])
 return {outcome, sid, uid}
 """
 
-# ARGV: prefix, sid, revoked ttl
+# ARGV: prefix, sid, revoked-until, now, expected uid ("" for any)
 _REVOKE_SESSION_LUA = _REVOKE_LUA + """
 local uid = redis.call('HGET', ARGV[1] .. 'sess:' .. ARGV[2], 'uid')
-revoke(ARGV[1], ARGV[2], uid, tonumber(ARGV[3]))
-if uid then return 1 end
-return 0
+if not uid or (ARGV[5] ~= '' and uid ~= ARGV[5]) then
+    return 0
+end
+revoke(ARGV[1], ARGV[2], uid, ARGV[3], ARGV[4])
+return 1
+"""
+
+# ARGV: prefix, uid, revoked-until, now, session id to keep ("" for none)
+_REVOKE_USER_LUA = _REVOKE_LUA + """
+local index = ARGV[1] .. 'user:' .. ARGV[2] .. ':sessions'
+local revoked = {}
+for _, sid in ipairs(redis.call('ZRANGE', index, 0, -1)) do
+    if sid ~= ARGV[5] then
+        revoke(ARGV[1], sid, ARGV[2], ARGV[3], ARGV[4])
+        table.insert(revoked, sid)
+    end
+end
+return revoked
 """
 
 
@@ -90,6 +127,7 @@ class RefreshOutcome(StrEnum):
     ROTATED = "rotated"
     GRACE = "grace"
     REUSE_DETECTED = "reuse_detected"
+    EXPIRED = "expired"
     INVALID = "invalid"
 
 
@@ -101,6 +139,16 @@ class Rotation:
     refresh_token: str | None = None
 
 
+@dataclass(frozen=True)
+class SessionInfo:
+    id: str
+    created_at: float
+    last_used_at: float
+    expires_at: int
+    user_agent: str
+    ip: str
+
+
 def new_refresh_token() -> str:
     return secrets.token_urlsafe(REFRESH_TOKEN_BYTES)
 
@@ -110,17 +158,21 @@ def digest(refresh_token: str) -> str:
 
 
 class SessionStore:
-    """Create, rotate and revoke sessions; every change is atomic in Redis."""
+    """Create, rotate, list and revoke sessions; every change is atomic in Redis."""
 
     def __init__(self, client: redis.Redis, *, session_ttl: int, grace_seconds: float,
-                 revoked_ttl: int) -> None:
+                 revoked_ttl: int, on_revoked: Callable[[str, float], None] | None = None) -> None:
         self._redis = client
+        # Applies a revocation to this worker's memory at once; other workers learn it
+        # from the events channel a moment later.
+        self._on_revoked = on_revoked or (lambda _session_id, _until: None)
         self._session_ttl = session_ttl
         self._grace_seconds = grace_seconds
         # Long enough to outlive every access token issued for a revoked session.
         self._revoked_ttl = revoked_ttl
         self._rotate = client.register_script(_ROTATE_LUA)
         self._revoke = client.register_script(_REVOKE_SESSION_LUA)
+        self._revoke_user = client.register_script(_REVOKE_USER_LUA)
 
     def create(self, user_id: str, *, user_agent: str, ip: str, now: float | None = None) -> tuple[str, str]:
         """Start a session; return its id and first refresh token."""
@@ -138,8 +190,9 @@ class SessionStore:
             "user_agent": user_agent[:256], "ip": ip,
         })
         pipe.expireat(session_key, expires_at)
-        pipe.hset(f"{KEY_PREFIX}rt:{token_digest}", mapping={"sid": session_id, "uid": user_id, "rotated_at": ""})
-        pipe.expireat(f"{KEY_PREFIX}rt:{token_digest}", expires_at)
+        pipe.hset(f"{KEY_PREFIX}rt:{token_digest}",
+                  mapping={"sid": session_id, "uid": user_id, "exp": expires_at, "rotated_at": ""})
+        pipe.expireat(f"{KEY_PREFIX}rt:{token_digest}", expires_at + TOKEN_RETENTION_SECONDS)
         pipe.sadd(f"{session_key}:tokens", token_digest)
         pipe.expireat(f"{session_key}:tokens", expires_at)
         pipe.zadd(user_key, {session_id: expires_at})
@@ -161,17 +214,58 @@ class SessionStore:
         new_digest = digest(new_token)
         result = self._rotate(
             keys=[f"{KEY_PREFIX}rt:{digest(refresh_token)}", f"{KEY_PREFIX}rt:{new_digest}"],
-            args=[KEY_PREFIX, repr(now), repr(self._grace_seconds), new_digest, self._revoked_ttl],
+            args=[KEY_PREFIX, repr(now), repr(self._grace_seconds), new_digest, self._revoked_until(now),
+                  TOKEN_RETENTION_SECONDS, MAX_GRACE_REFRESHES],
         )
         outcome = RefreshOutcome(result[0])
-        if outcome in (RefreshOutcome.INVALID, RefreshOutcome.REUSE_DETECTED):
+        if outcome is RefreshOutcome.REUSE_DETECTED:
+            self._on_revoked(result[1], self._revoked_until(now))
+        if outcome is not RefreshOutcome.ROTATED and outcome is not RefreshOutcome.GRACE:
             return Rotation(outcome, *result[1:3])
 
         return Rotation(outcome, result[1], result[2], new_token)
 
-    def revoke(self, session_id: str) -> bool:
-        """End a session and all its tokens; return whether it still existed."""
-        return bool(self._revoke(keys=[], args=[KEY_PREFIX, session_id, self._revoked_ttl]))
+    def revoke(self, session_id: str, *, user_id: str | None = None) -> bool:
+        """End a session and all its tokens; return whether it existed (and belonged to user_id, if given)."""
+        now = time.time()
+        args = [KEY_PREFIX, session_id, self._revoked_until(now), repr(now), user_id or ""]
+        revoked = bool(self._revoke(keys=[], args=args))
+        if revoked:
+            self._on_revoked(session_id, self._revoked_until(now))
+        return revoked
 
-    def is_revoked(self, session_id: str) -> bool:
-        return bool(self._redis.exists(f"{KEY_PREFIX}revoked:{session_id}"))
+    def revoke_user(self, user_id: str, *, keep: str | None = None) -> int:
+        """End every session of a user except `keep`; return how many ended."""
+        now = time.time()
+        args = [KEY_PREFIX, user_id, self._revoked_until(now), repr(now), keep or ""]
+        revoked = self._revoke_user(keys=[], args=args)
+        for session_id in revoked:
+            self._on_revoked(session_id, self._revoked_until(now))
+        return len(revoked)
+
+    def list(self, user_id: str, now: float | None = None) -> list[SessionInfo]:
+        """Return the user's live sessions, newest first."""
+        now = now if now is not None else time.time()
+        session_ids = self._redis.zrangebyscore(f"{KEY_PREFIX}user:{user_id}:sessions", now, "+inf")
+        pipe = self._redis.pipeline(transaction=False)
+        for session_id in session_ids:
+            pipe.hgetall(f"{KEY_PREFIX}sess:{session_id}")
+        sessions = [
+            SessionInfo(session_id, float(fields["created_at"]), float(fields["last_used_at"]),
+                        int(fields["expires_at"]), fields.get("user_agent", ""), fields.get("ip", ""))
+            for session_id, fields in zip(session_ids, pipe.execute(), strict=True) if fields
+        ]
+        return sorted(sessions, key=lambda session: session.created_at, reverse=True)
+
+    def revoked_sessions(self, now: float | None = None) -> dict[str, float]:
+        """Return every revoked session id whose access tokens may still be live, with that deadline."""
+        now = now if now is not None else time.time()
+        return dict(self._redis.zrangebyscore(REVOKED_KEY, now, "+inf", withscores=True))
+
+    def is_revoked(self, session_id: str, now: float | None = None) -> bool:
+        """Ask Redis whether a session was revoked; the slow path when the in-memory set is not in sync."""
+        until = self._redis.zscore(REVOKED_KEY, session_id)
+        return until is not None and until > (now if now is not None else time.time())
+
+    def _revoked_until(self, now: float) -> int:
+        return int(now + self._revoked_ttl)

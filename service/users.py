@@ -104,3 +104,56 @@ def find_user(database: Database, user_id: str) -> User | None:
         roles = tuple(role["name"] for role in cursor.fetchall())
 
     return _user(row, roles)
+
+
+def verify_password(database: Database, passwords: Passwords, user_id: str, password: str) -> bool:
+    """Check a user's current password."""
+    with database.cursor() as cursor:
+        cursor.execute("SELECT password_hash FROM users WHERE id = %s", (user_id,))
+        row = cursor.fetchone()
+
+    return passwords.verify(row["password_hash"] if row else None, password) and row is not None
+
+
+def set_password(database: Database, passwords: Passwords, user_id: str, password: str) -> None:
+    new_hash = passwords.hash(password)
+    with database.cursor() as cursor:
+        cursor.execute(
+            "UPDATE users SET password_hash = %s, updated_at = %s WHERE id = %s",
+            (new_hash, datetime.now(UTC).replace(tzinfo=None), user_id),
+        )
+
+
+def set_status(database: Database, user_id: str, status: str) -> bool:
+    """Set a user's status; return whether the user exists."""
+    with database.cursor() as cursor:
+        cursor.execute(
+            "UPDATE users SET status = %s, updated_at = %s WHERE id = %s",
+            (status, datetime.now(UTC).replace(tzinfo=None), user_id),
+        )
+        cursor.execute("SELECT 1 FROM users WHERE id = %s", (user_id,))
+        return cursor.fetchone() is not None
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def search(database: Database, *, query: str | None, status: str | None, after_email: str | None,
+           limit: int) -> list[User]:
+    """Return up to `limit` users ordered by email, after `after_email` (keyset pagination)."""
+    conditions, args = [], []
+    if query:
+        conditions.append("email LIKE %s")
+        args.append(f"%{_escape_like(query.lower())}%")
+    if status:
+        conditions.append("status = %s")
+        args.append(status)
+    if after_email:
+        conditions.append("email > %s")
+        args.append(after_email)
+    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+    with database.cursor() as cursor:
+        cursor.execute(f"SELECT id, email, status, created_at FROM users{where} ORDER BY email LIMIT %s",
+                       (*args, limit))
+        return [_user(row) for row in cursor.fetchall()]

@@ -6,7 +6,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
 import pytest
@@ -15,7 +17,9 @@ if not os.environ.get("GATEHOUSE_MYSQL_PASSWORD") or not os.environ.get("GATEHOU
     pytest.exit("the test settings are not in the environment: run the suite with `make test`", returncode=4)
 
 # prometheus_client reads this when first imported, so it is set before the app is imported.
-os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="gatehouse-test-metrics-")
+_METRICS_DIR = tempfile.mkdtemp(prefix="gatehouse-test-metrics-")
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = _METRICS_DIR
+atexit.register(shutil.rmtree, _METRICS_DIR, ignore_errors=True)
 
 from service.app import create_app  # noqa: E402
 from service.config import Settings, load_settings  # noqa: E402
@@ -64,3 +68,14 @@ def tokens(client, user) -> dict:
     response = client.post("/v1/auth/login", json={"email": user["email"], "password": PASSWORD})
     assert response.status_code == 200, response.get_json()
     return response.get_json()
+
+
+@pytest.fixture
+def admin_tokens(client, settings) -> dict:
+    """A token pair of an administrator, made with `gatehouse users create --role admin`."""
+    from tests.helpers import create_user
+
+    user_id = create_user(settings, "root@example.com", PASSWORD, roles=("admin",))
+    response = client.post("/v1/auth/login", json={"email": "root@example.com", "password": PASSWORD})
+    assert response.status_code == 200, response.get_json()
+    return {**response.get_json(), "user_id": user_id}

@@ -18,8 +18,8 @@ from service.config import Settings
 from service.database import connect_args
 
 ROOT = Path(__file__).resolve().parent.parent
-# Tables in delete order (children first); roles keep their seeded rows.
-_TABLES = ("user_roles", "users")
+# Tables in delete order (children first); roles keep their seeded rows, test-made roles go below.
+_TABLES = ("user_roles", "users", "audit_log")
 
 
 def reset_state(settings: Settings) -> None:
@@ -28,6 +28,7 @@ def reset_state(settings: Settings) -> None:
         with connection.cursor() as cursor:
             for table in _TABLES:
                 cursor.execute(f"DELETE FROM {table}")
+            cursor.execute("DELETE FROM roles WHERE name <> 'admin'")
     finally:
         connection.close()
     redis.Redis.from_url(settings.redis_url.get_secret_value()).flushdb()
@@ -69,11 +70,10 @@ class Gunicorn:
             if self.process and self.process.poll() is not None:
                 raise AssertionError(f"gunicorn exited with {self.process.returncode}:\n{self.output()}")
             try:
-                if requests.get(self.url + "/ready", timeout=1).status_code == 200:
+                if requests.get(self.url + "/ready", timeout=2).status_code == 200:
                     return
-            # The socket accepts connections while the workers still boot, so a read can time out.
-            except (requests.ConnectionError, requests.Timeout):
-                pass
+            except requests.RequestException:
+                pass  # not listening yet, or too busy starting to reply in time
             time.sleep(0.1)
         raise AssertionError(f"gunicorn not ready after {timeout} s:\n{self.output()}")
 
@@ -115,3 +115,38 @@ def run_as_mysql_root(sql: str) -> str:
         raise RuntimeError(f"mariadb as root failed with exit code {result.returncode}: {result.stderr.strip()}")
 
     return result.stdout
+
+
+def create_user(settings: Settings, email: str, password: str, roles: tuple[str, ...] = ()) -> str:
+    """Create an account through the real `gatehouse users create` command; return its id."""
+    command = [sys.executable, "-m", "service.cli", "users", "create", "--email", email]
+    for role in roles:
+        command += ["--role", role]
+    result = subprocess.run(command, input=password + "\n", capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().splitlines()[-1]
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def stop_redis(settings: Settings) -> None:
+    """Stop the test Redis, saving its data first."""
+    client = redis.Redis.from_url(settings.redis_url.get_secret_value())
+    try:
+        client.shutdown(save=True)
+    except redis.ConnectionError:
+        pass  # the server closes the connection as it exits
+
+
+def start_services() -> None:
+    """Start the test MariaDB and Redis again (running ones are reused) through scripts/services.sh."""
+    profile = Path(os.environ["GATEHOUSE_STATE_DIR"]).name
+    subprocess.run([str(ROOT / "scripts" / "services.sh"), "start", profile], check=True, timeout=60,
+                   capture_output=True)
+
+
+def restart_redis(settings: Settings) -> None:
+    stop_redis(settings)
+    start_services()

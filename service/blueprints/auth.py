@@ -1,4 +1,4 @@
-"""/v1/auth: register, login, refresh, logout."""
+"""/v1/auth: register, login, refresh, logout, and the caller's sessions."""
 
 from __future__ import annotations
 
@@ -6,10 +6,19 @@ from flask import Blueprint, Response, request
 
 from service import auth, metrics, users
 from service.api import json_response, operation
-from service.bearer import current_claims
+from service.bearer import current_principal
+from service.blueprints.views import session_view
 from service.context import services
 from service.login_guard import login_guard
-from service.schemas import LoginRequest, RefreshRequest, RegisterRequest, TokenPair, UserCreated
+from service.schemas import (
+    LoginRequest,
+    RefreshRequest,
+    RegisterRequest,
+    SessionList,
+    SessionsEnded,
+    TokenPair,
+    UserCreated,
+)
 
 blueprint = Blueprint("auth", __name__, url_prefix="/v1/auth")
 
@@ -47,5 +56,31 @@ def refresh(body: RefreshRequest) -> Response:
 @blueprint.post("/logout")
 @operation("End the current session", responses={204: None}, bearer=True, tags=("auth",))
 def logout() -> Response:
-    auth.logout(services(), current_claims().session_id)
+    auth.logout(services(), current_principal().claims.session_id)
+    return Response(status=204, mimetype=None, content_type=None)
+
+
+@blueprint.post("/logout-all")
+@operation("End every session of the caller, this one included", responses={200: SessionsEnded}, bearer=True,
+           tags=("sessions",))
+def logout_all() -> Response:
+    ended = auth.logout_all(services(), current_principal().user.id)
+    return json_response(SessionsEnded(sessions_ended=ended))
+
+
+@blueprint.get("/sessions")
+@operation("The caller's active sessions, newest first", responses={200: SessionList}, bearer=True,
+           tags=("sessions",))
+def list_sessions() -> Response:
+    principal = current_principal()
+    sessions = services().sessions.list(principal.user.id)
+    return json_response(SessionList(sessions=[session_view(session, principal.claims.session_id)
+                                               for session in sessions]))
+
+
+@blueprint.delete("/sessions/<id:session_id>")
+@operation("End one of the caller's sessions", responses={204: None}, errors=(404,), bearer=True,
+           tags=("sessions",))
+def end_session(session_id: str) -> Response:
+    auth.end_session(services(), current_principal().user.id, session_id)
     return Response(status=204, mimetype=None, content_type=None)

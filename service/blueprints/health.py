@@ -15,14 +15,14 @@ blueprint = Blueprint("health", __name__)
 
 @blueprint.get("/health")
 @operation("Liveness: the process can serve; never checks dependencies", responses={200: Health},
-           tags=("operations",))
+           tags=("operations",), uses_dependencies=False)
 def health() -> Response:
     return json_response(Health(status="ok"))
 
 
 @blueprint.get("/ready")
 @operation("Readiness: MySQL, Redis and the schema version, cached briefly",
-           responses={200: Readiness, 503: Readiness}, tags=("operations",))
+           responses={200: Readiness, 503: Readiness}, tags=("operations",), uses_dependencies=False)
 def ready() -> Response:
     report = services().readiness.report()
     body = Readiness(
@@ -34,7 +34,8 @@ def ready() -> Response:
 
 
 @blueprint.get("/.well-known/jwks.json")
-@operation("Public keys that verify access tokens (RFC 7517)", responses={200: Jwks}, tags=("tokens",))
+@operation("Public keys that verify access tokens (RFC 7517)", responses={200: Jwks}, tags=("tokens",),
+           uses_dependencies=False)
 def jwks() -> Response:
     response = jsonify(services().keys.jwks())
     response.headers["Cache-Control"] = "public, max-age=300"

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from flask import Blueprint, Response
 
-from service import users
+from service import auth
 from service.api import json_response, operation
-from service.bearer import current_claims
+from service.bearer import current_principal
 from service.context import services
-from service.errors import InvalidToken
-from service.schemas import CurrentUser
+from service.schemas import ChangePasswordRequest, CurrentUser, SessionsEnded
 
 blueprint = Blueprint("users", __name__, url_prefix="/v1/users")
 
@@ -18,9 +17,16 @@ blueprint = Blueprint("users", __name__, url_prefix="/v1/users")
 @operation("The authenticated user and current roles", responses={200: CurrentUser}, bearer=True,
            tags=("users",))
 def me() -> Response:
-    user = users.find_user(services().database, current_claims().user_id)
-    if user is None or user.status != users.STATUS_ACTIVE:
-        raise InvalidToken("The account of this token no longer exists or is disabled.")
-
+    user = current_principal().user
     return json_response(CurrentUser(id=user.id, email=user.email, status=user.status,
                                      created_at=user.created_at, roles=list(user.roles)))
+
+
+@blueprint.post("/me/password")
+@operation("Change the password and end every other session", request_model=ChangePasswordRequest,
+           responses={200: SessionsEnded}, errors=(403,), bearer=True, tags=("users",))
+def change_password(body: ChangePasswordRequest) -> Response:
+    principal = current_principal()
+    ended = auth.change_password(services(), principal.user.id, principal.claims.session_id,
+                                 body.current_password, body.new_password)
+    return json_response(SessionsEnded(sessions_ended=ended))

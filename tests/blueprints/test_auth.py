@@ -197,3 +197,52 @@ def test_logout_requires_token(client):
     assert response.status_code == 401
     assert response.get_json()["code"] == "missing_token"
     assert response.headers["WWW-Authenticate"] == 'Bearer realm="gatehouse"'
+
+
+@pytest.mark.parametrize("change", ["UPDATE users SET status = 'disabled' WHERE id = %s",
+                                    "DELETE FROM users WHERE id = %s"], ids=["disabled", "deleted"])
+def test_refresh_refused_for_inactive_account(client, user, tokens, settings, change):
+    # The account changes behind the service's back, so no session was ended for it.
+    run_sql(settings, change, (user["id"],))
+    response = client.post("/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
+    assert response.status_code == 401
+    assert response.get_json()["code"] == "invalid_refresh_token"
+    assert client.get("/v1/users/me", headers={"Authorization": f"Bearer {tokens['access_token']}"}).status_code == 401
+
+
+@pytest.mark.parametrize("other", ["alicé@example.com", "\uff41lice@example.com", "alice@exämple.com",
+                                   "strasse@example.com"])
+def test_distinct_addresses_are_distinct_accounts(client, other):
+    first = "straße@example.com" if other == "strasse@example.com" else "alice@example.com"
+    assert client.post("/v1/auth/register", json={"email": first, "password": PASSWORD}).status_code == 201
+    response = client.post("/v1/auth/register", json={"email": other, "password": PASSWORD})
+    assert response.status_code == 201, response.get_json()
+    assert login(client, email=other).status_code == 200
+
+
+def test_look_alike_address_cannot_log_in(client, user):
+    assert login(client, email="ÁLICE@example.com").status_code == 401
+    assert login(client, email="alicé@example.com").status_code == 401
+
+
+def test_unicode_domain_and_punycode_are_one_account(client):
+    response = client.post("/v1/auth/register", json={"email": "bob@exämple.com", "password": PASSWORD})
+    assert response.status_code == 201
+    assert response.get_json()["email"] == "bob@xn--exmple-cua.com"
+    duplicate = client.post("/v1/auth/register", json={"email": "bob@xn--exmple-cua.com", "password": PASSWORD})
+    assert duplicate.status_code == 409
+
+
+def test_password_compared_after_unicode_normalization(client):
+    composed = "p\u00e4ssword and more"
+    decomposed = "pa\u0308ssword and more"
+    client.post("/v1/auth/register", json={"email": "carol@example.com", "password": composed})
+    assert login(client, email="carol@example.com", password=decomposed).status_code == 200
+
+
+def test_grace_refreshes_capped(client, tokens):
+    statuses = [client.post("/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]}).status_code
+                for _ in range(7)]
+    # The first use rotates, five more are grace refreshes, the seventh is reuse.
+    assert statuses == [200] * 6 + [401]
+    assert client.get("/v1/users/me", headers={"Authorization": f"Bearer {tokens['access_token']}"}).status_code == 401

@@ -71,3 +71,50 @@ def test_unexpected_error_gives_problem_and_logs_stack(capsys, app):
     assert logged["route"] == "/boom"
     assert "Traceback" in logged["exception"]
     assert "RuntimeError: kaboom" in logged["exception"]
+
+
+def test_unknown_method_rejected_before_routing(client):
+    response = client.open("/v1/users/me", method="BREW")
+    assert response.status_code == 405
+    assert response.mimetype == "application/problem+json"
+    assert response.get_json()["code"] == "method_not_allowed"
+    assert set(response.headers["Allow"].split(", ")) == {"GET", "HEAD", "OPTIONS"}
+
+
+def test_metrics_ignores_query_filters(client):
+    response = client.get("/metrics?name[]=gatehouse_logins_total")
+    assert response.status_code == 200
+    assert "gatehouse_build_info" in response.get_data(as_text=True)
+
+
+def test_unknown_methods_add_no_metric_series(client):
+    for index in range(5):
+        client.open("/health", method=f"X{index}")
+    assert "X3" not in client.get("/metrics").get_data(as_text=True)
+
+
+def test_authenticated_answers_not_cached(client, tokens):
+    response = client.get("/v1/users/me", headers={"Authorization": f"Bearer {tokens['access_token']}"})
+    assert response.headers["Cache-Control"] == "no-store"
+
+
+def test_field_errors_bounded(client):
+    body = {f"unknown_{index}_{'x' * 200}": 1 for index in range(50)}
+    response = client.post("/v1/auth/login", json=body)
+    assert response.status_code == 400
+    errors = response.get_json()["errors"]
+    assert len(errors) <= 10
+    assert all(len(error["field"]) <= 64 for error in errors)
+
+
+def test_problem_body_ends_with_newline(client):
+    assert client.get("/nowhere").get_data(as_text=True).endswith("}\n")
+
+
+def test_ready_failure_hides_addresses(app, client):
+    app.extensions["gatehouse"].readiness._redis = __import__("redis").Redis(host="127.0.0.1", port=1,
+                                                                             socket_connect_timeout=0.5)
+    body = client.get("/ready").get_json()
+    assert body["checks"]["redis"]["ok"] is False
+    assert "127.0.0.1" not in body["checks"]["redis"]["error"]
+    assert body["checks"]["redis"]["error"] == "ConnectionError"

@@ -1,0 +1,113 @@
+"""Administrative actions on users, roles and sessions; each one is audited and broadcast."""
+
+from __future__ import annotations
+
+from service import audit, metrics, roles, users
+from service.blacklist import PERMANENT_SCORE, AddressAllowlisted, Ban, normalize_ip
+from service.context import Services
+from service.errors import Conflict, InvalidRequest, NotFound
+from service.sessions import SessionInfo
+from service.sync import publish_user_changed
+
+
+def _user_changed(svc: Services, user_id: str) -> None:
+    """Drop the user from this worker's cache now and from every other worker's through the channel."""
+    svc.access.forget_user(user_id)
+    publish_user_changed(svc.redis, user_id)
+
+
+def _audit(svc: Services, actor_id: str, client_ip: str, action: str, target_type: str, target_id: str,
+           **detail: object) -> None:
+    audit.record(svc.database, actor_id=actor_id, action=action, target_type=target_type, target_id=target_id,
+                 client_ip=client_ip, detail=detail)
+
+
+def get_user(svc: Services, user_id: str) -> tuple[users.User, list[SessionInfo]]:
+    """Return a user with current roles and live sessions; raise NotFound."""
+    user = users.find_user(svc.database, user_id)
+    if user is None:
+        raise NotFound("No such user.", field="user_id")
+    return user, svc.sessions.list(user_id)
+
+
+def set_status(svc: Services, actor_id: str, client_ip: str, user_id: str, status: str) -> users.User:
+    """Disable or enable an account; disabling ends all its sessions at once."""
+    if user_id == actor_id and status == users.STATUS_DISABLED:
+        raise Conflict("Administrators cannot disable their own account.", field="user_id")
+    if not users.set_status(svc.database, user_id, status):
+        raise NotFound("No such user.", field="user_id")
+
+    ended = svc.sessions.revoke_user(user_id) if status == users.STATUS_DISABLED else 0
+    _user_changed(svc, user_id)
+    action = "user_disabled" if status == users.STATUS_DISABLED else "user_enabled"
+    _audit(svc, actor_id, client_ip, action, "user", user_id, sessions_ended=ended)
+    user, _ = get_user(svc, user_id)
+    return user
+
+
+def grant_role(svc: Services, actor_id: str, client_ip: str, user_id: str, role: str) -> users.User:
+    changed = roles.grant(svc.database, user_id, role)
+    _user_changed(svc, user_id)
+    _audit(svc, actor_id, client_ip, "role_granted", "user", user_id, role=role, changed=changed)
+    user, _ = get_user(svc, user_id)
+    return user
+
+
+def revoke_role(svc: Services, actor_id: str, client_ip: str, user_id: str, role: str) -> users.User:
+    if user_id == actor_id and role == roles.ADMIN:
+        raise Conflict("Administrators cannot revoke their own admin role.", field="role")
+    changed = roles.revoke(svc.database, user_id, role)
+    _user_changed(svc, user_id)
+    _audit(svc, actor_id, client_ip, "role_revoked", "user", user_id, role=role, changed=changed)
+    user, _ = get_user(svc, user_id)
+    return user
+
+
+def create_role(svc: Services, actor_id: str, client_ip: str, name: str, description: str) -> roles.Role:
+    role = roles.create_role(svc.database, name, description)
+    _audit(svc, actor_id, client_ip, "role_created", "role", name)
+    return role
+
+
+def revoke_session(svc: Services, actor_id: str, client_ip: str, user_id: str, session_id: str) -> None:
+    if not svc.sessions.revoke(session_id, user_id=user_id):
+        raise NotFound("No such session for this user.", field="session_id")
+    _audit(svc, actor_id, client_ip, "session_revoked", "session", session_id, user_id=user_id)
+
+
+def revoke_all_sessions(svc: Services, actor_id: str, client_ip: str, user_id: str) -> int:
+    get_user(svc, user_id)
+    ended = svc.sessions.revoke_user(user_id)
+    _audit(svc, actor_id, client_ip, "sessions_revoked", "user", user_id, sessions_ended=ended)
+    return ended
+
+
+def ban_address(svc: Services, actor_id: str, client_ip: str, ip: str, reason: str, seconds: int | None) -> Ban:
+    """Ban an address by hand; raise InvalidRequest for a bad address and Conflict for an allowlisted one."""
+    try:
+        address = normalize_ip(ip)
+    except ValueError:
+        raise InvalidRequest(f"ip: {ip!r} is not an IP address", field="ip") from None
+    try:
+        ban = svc.blacklist.ban(address, reason=reason, seconds=seconds, actor=actor_id)
+    except AddressAllowlisted:
+        raise Conflict(f"{address} is in an allowlisted network and cannot be banned.", field="ip") from None
+
+    svc.bans.apply_event({"kind": "ip_banned", "ip": address, "until": ban.expires_at or PERMANENT_SCORE})
+    metrics.BANS.labels(cause="manual").inc()
+    _audit(svc, actor_id, client_ip, "ip_banned", "ip", address, reason=reason, seconds=seconds)
+    return ban
+
+
+def unban_address(svc: Services, actor_id: str, client_ip: str, ip: str) -> None:
+    """Lift a ban; raise NotFound when the address is not banned."""
+    try:
+        address = normalize_ip(ip)
+    except ValueError:
+        raise NotFound("No ban for this address.", field="ip") from None
+    if not svc.blacklist.unban(address, actor=actor_id):
+        raise NotFound("No ban for this address.", field="ip")
+
+    svc.bans.apply_event({"kind": "ip_unbanned", "ip": address})
+    metrics.UNBANS.labels(cause="manual").inc()
+    _audit(svc, actor_id, client_ip, "ip_unbanned", "ip", address)

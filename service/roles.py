@@ -1,0 +1,72 @@
+"""Roles in MySQL: the catalogue and the grants to users."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import pymysql
+
+from service.database import Database
+from service.errors import Conflict, NotFound
+
+ADMIN = "admin"
+_DUPLICATE_ENTRY = 1062
+
+
+@dataclass(frozen=True)
+class Role:
+    name: str
+    description: str
+
+
+def list_roles(database: Database) -> list[Role]:
+    with database.cursor() as cursor:
+        cursor.execute("SELECT name, description FROM roles ORDER BY name")
+        return [Role(row["name"], row["description"]) for row in cursor.fetchall()]
+
+
+def create_role(database: Database, name: str, description: str) -> Role:
+    """Add a role; raise Conflict when the name exists."""
+    try:
+        with database.cursor() as cursor:
+            cursor.execute("INSERT INTO roles (name, description, created_at) VALUES (%s, %s, %s)",
+                           (name, description, datetime.now(UTC).replace(tzinfo=None)))
+    except pymysql.err.IntegrityError as exc:
+        if exc.args and exc.args[0] == _DUPLICATE_ENTRY:
+            raise Conflict(f"The role {name} already exists.", field="name") from None
+        raise
+    return Role(name, description)
+
+
+def _role_id(cursor: object, name: str) -> int:
+    cursor.execute("SELECT id FROM roles WHERE name = %s", (name,))  # type: ignore[attr-defined]
+    row = cursor.fetchone()  # type: ignore[attr-defined]
+    if row is None:
+        raise NotFound(f"No role named {name}.", field="role")
+    return row["id"]
+
+
+def _require_user(cursor: object, user_id: str) -> None:
+    cursor.execute("SELECT 1 FROM users WHERE id = %s", (user_id,))  # type: ignore[attr-defined]
+    if cursor.fetchone() is None:  # type: ignore[attr-defined]
+        raise NotFound("No such user.", field="user_id")
+
+
+def grant(database: Database, user_id: str, role: str) -> bool:
+    """Grant a role; return False when the user already had it."""
+    with database.cursor() as cursor:
+        _require_user(cursor, user_id)
+        role_id = _role_id(cursor, role)
+        cursor.execute("INSERT IGNORE INTO user_roles (user_id, role_id, granted_at) VALUES (%s, %s, %s)",
+                       (user_id, role_id, datetime.now(UTC).replace(tzinfo=None)))
+        return cursor.rowcount == 1
+
+
+def revoke(database: Database, user_id: str, role: str) -> bool:
+    """Revoke a role; return False when the user did not have it."""
+    with database.cursor() as cursor:
+        _require_user(cursor, user_id)
+        role_id = _role_id(cursor, role)
+        cursor.execute("DELETE FROM user_roles WHERE user_id = %s AND role_id = %s", (user_id, role_id))
+        return cursor.rowcount == 1

@@ -1,0 +1,188 @@
+"""The alert rules: rendered through the chart, checked by promtool, each alert unit-tested.
+
+Every alert has one bad case, where it must fire, and one normal case, where it must stay
+silent. promtool compares the labels and the annotations of each firing alert.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.helpers import ROOT
+
+CHART = ROOT / "helm" / "gatehouse"
+PROMTOOL = shutil.which("promtool")
+
+pytestmark = pytest.mark.skipif(PROMTOOL is None, reason="promtool missing: `make test` installs it")
+
+
+@dataclass(frozen=True)
+class Case:
+    alert: str
+    bad: dict[str, str]
+    normal: dict[str, str]
+    eval_time: str
+    interval: str = "1m"
+
+
+CASES = [
+    Case("GatehouseLoginFailureRateHigh",
+         bad={'gatehouse_logins_total{result="invalid_credentials"}': "0+120x40",
+              'gatehouse_logins_total{result="success"}': "0+60x40"},
+         normal={'gatehouse_logins_total{result="invalid_credentials"}': "0+6x40",
+                 'gatehouse_logins_total{result="success"}': "0+120x40"},
+         eval_time="30m"),
+    Case("GatehouseRefreshTokenReuse",
+         bad={'gatehouse_refreshes_total{outcome="reuse_detected"}': "0 0 0 1 1 1 1 1 1 1"},
+         normal={'gatehouse_refreshes_total{outcome="reuse_detected"}': "0x10"},
+         eval_time="6m"),
+    Case("GatehouseTokenRotationErrors",
+         bad={"gatehouse_token_rotation_errors_total": "0+1x20"},
+         normal={"gatehouse_token_rotation_errors_total": "0x20"},
+         eval_time="10m"),
+    Case("GatehouseRedisUnavailable",
+         bad={'gatehouse_dependency_up{dependency="redis", instance="a"}': "1 1 0 0 0 0 0",
+              'gatehouse_dependency_up{dependency="redis", instance="b"}': "1x7"},
+         normal={'gatehouse_dependency_up{dependency="redis", instance="a"}': "1x7"},
+         eval_time="5m"),
+    Case("GatehouseMySQLUnavailable",
+         bad={'gatehouse_dependency_up{dependency="mysql"}': "1 1 0 0 0 0 0"},
+         normal={'gatehouse_dependency_up{dependency="mysql"}': "1x7"},
+         eval_time="5m"),
+    Case("GatehouseServerErrorRatioHigh",
+         bad={'http_request_duration_seconds_count{status="500"}': "0+60x20",
+              'http_request_duration_seconds_count{status="200"}': "0+60x20"},
+         normal={'http_request_duration_seconds_count{status="500"}': "0+1x20",
+                 'http_request_duration_seconds_count{status="200"}': "0+600x20"},
+         eval_time="15m"),
+    Case("GatehouseLatencyP99High",
+         bad={'http_request_duration_seconds_bucket{url_rule="/v1/auth/login", le="0.1"}': "0+10x30",
+              'http_request_duration_seconds_bucket{url_rule="/v1/auth/login", le="1"}': "0+100x30",
+              'http_request_duration_seconds_bucket{url_rule="/v1/auth/login", le="+Inf"}': "0+100x30"},
+         normal={'http_request_duration_seconds_bucket{url_rule="/v1/auth/login", le="0.1"}': "0+100x30",
+                 'http_request_duration_seconds_bucket{url_rule="/v1/auth/login", le="1"}': "0+100x30",
+                 'http_request_duration_seconds_bucket{url_rule="/v1/auth/login", le="+Inf"}': "0+100x30",
+                 # Slow probes do not count.
+                 'http_request_duration_seconds_bucket{url_rule="/ready", le="0.1"}': "0x30",
+                 'http_request_duration_seconds_bucket{url_rule="/ready", le="+Inf"}': "0+100x30"},
+         eval_time="20m"),
+    Case("GatehouseRateLimitHitsSurging",
+         bad={'gatehouse_rate_limit_hits_total{route="/v1/auth/login"}': "0+600x30"},
+         normal={'gatehouse_rate_limit_hits_total{route="/v1/auth/login"}': "0+6x30"},
+         eval_time="20m"),
+    Case("GatehouseBanRateSurging",
+         bad={'gatehouse_ip_bans_total{cause="failed_logins"}': "0+5x30"},
+         normal={'gatehouse_ip_bans_total{cause="failed_logins"}': "0+0.1x30"},
+         eval_time="20m"),
+    Case("GatehouseTokenPurgeStale",
+         bad={'gatehouse_job_last_success_timestamp_seconds{job="tokens_purge"}': "0x300"},
+         normal={'gatehouse_job_last_success_timestamp_seconds{job="tokens_purge"}': "0+60x300"},
+         eval_time="4h"),
+    Case("GatehouseTokenPurgeFailing",
+         bad={'gatehouse_job_last_success_timestamp_seconds{job="tokens_purge"}': "100x20",
+              'gatehouse_job_last_failure_timestamp_seconds{job="tokens_purge"}': "200x20"},
+         normal={'gatehouse_job_last_success_timestamp_seconds{job="tokens_purge"}': "300x20",
+                 'gatehouse_job_last_failure_timestamp_seconds{job="tokens_purge"}': "200x20"},
+         eval_time="10m"),
+    Case("GatehouseBackupVerificationStale",
+         bad={'gatehouse_job_last_success_timestamp_seconds{job="backup_verify"}': "0x700"},
+         normal={'gatehouse_job_last_success_timestamp_seconds{job="backup_verify"}': "0+240x700"},
+         eval_time="40h", interval="4m"),
+    Case("GatehouseBackupVerificationFailing",
+         bad={'gatehouse_job_last_success_timestamp_seconds{job="backup_verify"}': "100x20",
+              'gatehouse_job_last_failure_timestamp_seconds{job="backup_verify"}': "200x20"},
+         normal={'gatehouse_job_last_success_timestamp_seconds{job="backup_verify"}': "300x20",
+                 'gatehouse_job_last_failure_timestamp_seconds{job="backup_verify"}': "200x20"},
+         eval_time="10m"),
+]
+
+
+def render_rules(values: dict | None = None) -> dict:
+    """Render the chart's PrometheusRule and return its spec: the groups promtool reads."""
+    import helm_python
+
+    chart = helm_python.Chart.load(str(CHART))
+    rendered = chart.render({"prometheusRule": {"enabled": True}, **(values or {})}, name="gatehouse",
+                            namespace="monitoring")
+    return yaml.safe_load(rendered["gatehouse/templates/prometheusrule.yaml"])["spec"]
+
+
+@pytest.fixture(scope="module")
+def rules_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("rules") / "rules.yaml"
+    path.write_text(yaml.safe_dump(render_rules()))
+    return path
+
+
+def rules_by_name(spec: dict) -> dict[str, dict]:
+    return {rule["alert"]: rule for group in spec["groups"] for rule in group["rules"]}
+
+
+def test_rules_pass_promtool_check(rules_file):
+    result = subprocess.run([PROMTOOL, "check", "rules", str(rules_file)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_alert_documented_and_labelled():
+    runbooks = (ROOT / "docs" / "runbooks.md").read_text().lower()
+    for name, rule in rules_by_name(render_rules()).items():
+        assert rule["labels"]["severity"] in ("warning", "critical"), name
+        assert rule["annotations"]["summary"], name
+        assert rule["annotations"]["description"], name
+        assert rule["annotations"]["runbook_url"].endswith(f"#{name.lower()}"), name
+        assert f"## {name.lower()}" in runbooks, name
+        assert rule["for"], name
+
+
+def test_every_alert_has_a_case():
+    assert {case.alert for case in CASES} == set(rules_by_name(render_rules()))
+
+
+def test_thresholds_come_from_values():
+    spec = render_rules({"alerts": {"serverErrorRatio": 0.2, "runbookBaseUrl": "https://runbooks.test/gatehouse"}})
+    rule = rules_by_name(spec)["GatehouseServerErrorRatioHigh"]
+    assert "> 0.2" in rule["expr"]
+    assert rule["annotations"]["summary"].startswith("More than 20%")
+    assert rule["annotations"]["runbook_url"].startswith("https://runbooks.test/gatehouse#")
+
+
+def promtool_test(case: Case, rule: dict) -> dict:
+    def unit(series: dict[str, str], firing: bool) -> dict:
+        expected = [{"exp_labels": {"severity": rule["labels"]["severity"]},
+                     "exp_annotations": rule["annotations"]}] if firing else []
+        return {
+            "interval": case.interval,
+            "input_series": [{"series": name, "values": values} for name, values in series.items()],
+            "alert_rule_test": [{"eval_time": case.eval_time, "alertname": case.alert, "exp_alerts": expected}],
+        }
+
+    return {"tests": [unit(case.bad, True), unit(case.normal, False)]}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.alert for case in CASES])
+def test_alert_fires_on_bad_and_not_on_normal(case, rules_file, tmp_path):
+    rule = rules_by_name(yaml.safe_load(rules_file.read_text()))[case.alert]
+    test_file = tmp_path / "test.yaml"
+    test_file.write_text(yaml.safe_dump({"rule_files": [str(rules_file)], "evaluation_interval": "1m",
+                                         **promtool_test(case, rule)}))
+    result = subprocess.run([PROMTOOL, "test", "rules", str(test_file)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dashboard_configmap_carries_dashboard():
+    import json
+
+    import helm_python
+
+    chart = helm_python.Chart.load(str(CHART))
+    rendered = chart.render({"grafanaDashboard": {"enabled": True}}, name="gatehouse", namespace="monitoring")
+    config_map = yaml.safe_load(rendered["gatehouse/templates/dashboard-configmap.yaml"])
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads(config_map["data"]["gatehouse.json"])
+    assert dashboard == json.loads((CHART / "files" / "dashboards" / "gatehouse.json").read_text())

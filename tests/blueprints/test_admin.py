@@ -1,0 +1,225 @@
+"""/v1/admin on the real MariaDB and Redis: role checks, every action, and its audit row."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.app import create_app
+from tests.conftest import PASSWORD
+from tests.helpers import bearer
+
+
+def register(client, email: str) -> str:
+    response = client.post("/v1/auth/register", json={"email": email, "password": PASSWORD})
+    assert response.status_code == 201
+    return response.get_json()["id"]
+
+
+def login(client, email: str) -> dict:
+    response = client.post("/v1/auth/login", json={"email": email, "password": PASSWORD})
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()
+
+
+def audit_actions(client, admin_tokens) -> list[tuple[str, str]]:
+    entries = client.get("/v1/admin/audit", headers=bearer(admin_tokens["access_token"])).get_json()["entries"]
+    return [(entry["action"], entry["target_id"]) for entry in entries]
+
+
+def test_every_admin_route_requires_admin_role(app):
+    admin_rules = [rule for rule in app.url_map.iter_rules() if rule.rule.startswith("/v1/admin")]
+    assert len(admin_rules) >= 10
+    for rule in admin_rules:
+        spec = app.view_functions[rule.endpoint].openapi_operation
+        assert spec.roles == ("admin",), rule.rule
+
+
+def test_non_admin_gets_403(client, tokens):
+    response = client.get("/v1/admin/users", headers=bearer(tokens["access_token"]))
+    assert response.status_code == 403
+    assert response.get_json()["code"] == "missing_role"
+
+
+def test_admin_route_without_token_gets_401(client):
+    response = client.get("/v1/admin/users")
+    assert response.status_code == 401
+    assert response.get_json()["code"] == "missing_token"
+
+
+def test_list_users_paginates_and_searches(client, admin_tokens):
+    for index in range(5):
+        register(client, f"user{index}@example.com")
+    headers = bearer(admin_tokens["access_token"])
+
+    first = client.get("/v1/admin/users?limit=2", headers=headers).get_json()
+    assert [item["email"] for item in first["items"]] == ["root@example.com", "user0@example.com"]
+    assert first["items"][0]["roles"] == ["admin"]
+    second = client.get(f"/v1/admin/users?limit=2&cursor={first['next_cursor']}", headers=headers).get_json()
+    assert [item["email"] for item in second["items"]] == ["user1@example.com", "user2@example.com"]
+    last = client.get(f"/v1/admin/users?limit=2&cursor={second['next_cursor']}", headers=headers).get_json()
+    assert [item["email"] for item in last["items"]] == ["user3@example.com", "user4@example.com"]
+    assert last["next_cursor"] is None
+
+    found = client.get("/v1/admin/users?query=USER3", headers=headers).get_json()["items"]
+    assert [item["email"] for item in found] == ["user3@example.com"]
+    wildcard = client.get("/v1/admin/users?query=%25", headers=headers).get_json()["items"]
+    assert wildcard == []
+
+
+@pytest.mark.parametrize("query", ["limit=0", "limit=abc", "status=gone", "unknown=1"])
+def test_list_users_rejects_bad_query(client, admin_tokens, query):
+    response = client.get(f"/v1/admin/users?{query}", headers=bearer(admin_tokens["access_token"]))
+    assert response.status_code == 400
+    assert response.get_json()["field"]
+
+
+def test_get_user_shows_roles_and_sessions(client, admin_tokens):
+    user_id = register(client, "bob@example.com")
+    login(client, "bob@example.com")
+    response = client.get(f"/v1/admin/users/{user_id}", headers=bearer(admin_tokens["access_token"]))
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["email"] == "bob@example.com"
+    assert body["roles"] == []
+    assert len(body["sessions"]) == 1
+
+
+def test_unknown_user_gets_404(client, admin_tokens):
+    response = client.get("/v1/admin/users/nobody", headers=bearer(admin_tokens["access_token"]))
+    assert response.status_code == 404
+    assert response.get_json()["code"] == "not_found"
+
+
+def test_disable_ends_sessions_and_login(client, admin_tokens):
+    user_id = register(client, "bob@example.com")
+    bob = login(client, "bob@example.com")
+    headers = bearer(admin_tokens["access_token"])
+
+    response = client.post(f"/v1/admin/users/{user_id}/disable", headers=headers)
+    assert response.status_code == 200
+    assert response.get_json()["status"] == "disabled"
+    assert client.get("/v1/users/me", headers=bearer(bob["access_token"])).status_code == 401
+    assert client.post("/v1/auth/refresh", json={"refresh_token": bob["refresh_token"]}).status_code == 401
+    assert client.post("/v1/auth/login", json={"email": "bob@example.com", "password": PASSWORD}).status_code == 403
+
+    assert client.post(f"/v1/admin/users/{user_id}/enable", headers=headers).status_code == 200
+    assert client.post("/v1/auth/login", json={"email": "bob@example.com", "password": PASSWORD}).status_code == 200
+    actions = audit_actions(client, admin_tokens)
+    assert ("user_disabled", user_id) in actions
+    assert ("user_enabled", user_id) in actions
+
+
+def test_grant_and_revoke_role_apply_at_once(client, admin_tokens):
+    user_id = register(client, "bob@example.com")
+    bob = login(client, "bob@example.com")
+    headers = bearer(admin_tokens["access_token"])
+    # Warm the cached user of bob before the change.
+    assert client.get("/v1/admin/users", headers=bearer(bob["access_token"])).status_code == 403
+
+    assert client.put(f"/v1/admin/users/{user_id}/roles/admin", headers=headers).get_json()["roles"] == ["admin"]
+    assert client.get("/v1/admin/users", headers=bearer(bob["access_token"])).status_code == 200
+
+    assert client.delete(f"/v1/admin/users/{user_id}/roles/admin", headers=headers).get_json()["roles"] == []
+    assert client.get("/v1/admin/users", headers=bearer(bob["access_token"])).status_code == 403
+    actions = audit_actions(client, admin_tokens)
+    assert ("role_granted", user_id) in actions
+    assert ("role_revoked", user_id) in actions
+
+
+def test_grant_unknown_role_gets_404(client, admin_tokens):
+    user_id = register(client, "bob@example.com")
+    response = client.put(f"/v1/admin/users/{user_id}/roles/wizard", headers=bearer(admin_tokens["access_token"]))
+    assert response.status_code == 404
+    assert response.get_json()["field"] == "role"
+
+
+def test_admin_cannot_lock_self_out(client, admin_tokens):
+    headers = bearer(admin_tokens["access_token"])
+    own_id = admin_tokens["user_id"]
+    assert client.post(f"/v1/admin/users/{own_id}/disable", headers=headers).status_code == 409
+    assert client.delete(f"/v1/admin/users/{own_id}/roles/admin", headers=headers).status_code == 409
+
+
+def test_create_role_then_grant(client, admin_tokens):
+    headers = bearer(admin_tokens["access_token"])
+    created = client.post("/v1/admin/roles", json={"name": "auditor", "description": "Reads the audit log"},
+                          headers=headers)
+    assert created.status_code == 201
+    duplicate = client.post("/v1/admin/roles", json={"name": "auditor"}, headers=headers)
+    assert duplicate.status_code == 409
+    bad_name = client.post("/v1/admin/roles", json={"name": "Bad Name"}, headers=headers)
+    assert bad_name.status_code == 400
+    names = [role["name"] for role in client.get("/v1/admin/roles", headers=headers).get_json()["roles"]]
+    assert names == ["admin", "auditor"]
+    assert ("role_created", "auditor") in audit_actions(client, admin_tokens)
+
+
+def test_revoke_user_sessions(client, admin_tokens):
+    user_id = register(client, "bob@example.com")
+    first = login(client, "bob@example.com")
+    second = login(client, "bob@example.com")
+    headers = bearer(admin_tokens["access_token"])
+    sessions = client.get(f"/v1/admin/users/{user_id}/sessions", headers=headers).get_json()["sessions"]
+    assert len(sessions) == 2
+
+    one = sessions[0]["id"]
+    assert client.delete(f"/v1/admin/users/{user_id}/sessions/{one}", headers=headers).status_code == 204
+    assert client.delete(f"/v1/admin/users/{user_id}/sessions/{one}", headers=headers).status_code == 404
+    remaining = client.get(f"/v1/admin/users/{user_id}/sessions", headers=headers).get_json()["sessions"]
+    assert [session["id"] for session in remaining] != [one]
+    assert len(remaining) == 1
+
+    ended = client.delete(f"/v1/admin/users/{user_id}/sessions", headers=headers).get_json()
+    assert ended == {"sessions_ended": 1}
+    for pair in (first, second):
+        assert client.get("/v1/users/me", headers=bearer(pair["access_token"])).status_code == 401
+    actions = audit_actions(client, admin_tokens)
+    assert ("session_revoked", one) in actions
+    assert ("sessions_revoked", user_id) in actions
+
+
+def test_admin_session_of_other_user_gets_404(client, admin_tokens):
+    bob_id = register(client, "bob@example.com")
+    register(client, "carol@example.com")
+    carol = login(client, "carol@example.com")
+    carol_session = client.get("/v1/auth/sessions", headers=bearer(carol["access_token"])).get_json()["sessions"][0]
+    response = client.delete(f"/v1/admin/users/{bob_id}/sessions/{carol_session['id']}",
+                             headers=bearer(admin_tokens["access_token"]))
+    assert response.status_code == 404
+    assert client.get("/v1/users/me", headers=bearer(carol["access_token"])).status_code == 200
+
+
+def test_audit_row_records_actor_and_ip(client, admin_tokens, settings):
+    user_id = register(client, "bob@example.com")
+    client.post(f"/v1/admin/users/{user_id}/disable", headers=bearer(admin_tokens["access_token"]),
+                environ_base={"REMOTE_ADDR": "192.0.2.7"})
+    entries = client.get("/v1/admin/audit", headers=bearer(admin_tokens["access_token"])).get_json()["entries"]
+    [entry] = [entry for entry in entries if entry["action"] == "user_disabled"]
+    assert entry["actor_id"] == admin_tokens["user_id"]
+    assert entry["target_type"] == "user"
+    assert entry["client_ip"] == "192.0.2.7"
+
+
+def test_cli_grant_is_audited(client, admin_tokens):
+    actions = audit_actions(client, admin_tokens)
+    assert ("role_granted", admin_tokens["user_id"]) in actions
+
+
+def test_role_change_reaches_other_app(client, admin_tokens, settings):
+    # A second app in this process stands for another worker: it learns the change from pub/sub.
+    other = create_app()
+    other_client = other.test_client()
+    user_id = register(client, "bob@example.com")
+    bob = login(client, "bob@example.com")
+    assert other_client.get("/v1/admin/users", headers=bearer(bob["access_token"])).status_code == 403
+
+    client.put(f"/v1/admin/users/{user_id}/roles/admin", headers=bearer(admin_tokens["access_token"]))
+
+    import time
+
+    deadline = time.monotonic() + 1.0
+    status = 403
+    while time.monotonic() < deadline and status != 200:
+        status = other_client.get("/v1/admin/users", headers=bearer(bob["access_token"])).status_code
+        time.sleep(0.05)
+    assert status == 200
