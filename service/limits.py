@@ -2,7 +2,8 @@
 
 Every route gets GATEHOUSE_RATE_LIMIT_DEFAULT unless ROUTE_LIMIT_SETTINGS names a
 setting of its own, and the probes and /metrics are exempt. Each route counts
-separately, in a moving window, in Redis shared by every worker and replica.
+separately, in a moving window: in Redis, shared by every worker and replica, except
+on routes that require a bearer token, which count in each worker's memory.
 limit_storage describes what happens while Redis fails.
 """
 
@@ -14,8 +15,8 @@ import math
 import time
 
 import structlog
-from flask import Flask, Response, request
-from flask_limiter import Limiter, RateLimitExceeded
+from flask import Flask, Response, current_app, request
+from flask_limiter import Limiter, RateLimitExceeded, RequestLimit
 
 from service import metrics
 from service.config import Settings
@@ -81,17 +82,23 @@ def _is_exempt() -> bool:
     return _route() in EXEMPT_ROUTES
 
 
+def _requires_bearer_token() -> bool:
+    view = current_app.view_functions.get(request.endpoint or "")
+    operation = getattr(view, "openapi_operation", None)
+    return bool(getattr(operation, "bearer", False))
+
+
 def init_app(app: Flask, settings: Settings) -> Limiter:
     """Attach flask-limiter with the configured limits, the rate-limit headers and the 429 handler."""
 
     def route_limit() -> str:
         return getattr(settings, ROUTE_LIMIT_SETTINGS.get(_route() or "", "rate_limit_default"))
 
-    limiter = Limiter(
+    # Both limiters check one default limit whose value depends on the route. Default
+    # limits are counted per route, and flask-limiter checks them before the view runs.
+    shared = Limiter(
         _client_key,
         app=app,
-        # One default limit whose value depends on the route. Default limits are
-        # counted per route, and flask-limiter checks them before the view runs.
         default_limits=[route_limit],
         strategy="moving-window",
         storage_uri=f"{STORAGE_SCHEME}://",
@@ -107,12 +114,28 @@ def init_app(app: Flask, settings: Settings) -> Limiter:
         # truncates to whole seconds and is 0 just before the window frees a request.
         headers_enabled=False,
     )
-    limiter.request_filter(_is_exempt)
+    # Routes that require an access token count in this worker's memory, so a warm
+    # authenticated request makes no Redis call. Their limit guards the worker's
+    # capacity, not a secret, and an invalid token costs one signature check.
+    # NOTE: with W workers and R replicas, such a route allows up to W x R times its limit.
+    local = Limiter(
+        _client_key,
+        app=app,
+        default_limits=[route_limit],
+        strategy="moving-window",
+        storage_uri="memory://",
+        headers_enabled=False,
+    )
+    shared.request_filter(lambda: _is_exempt() or _requires_bearer_token())
+    local.request_filter(lambda: _is_exempt() or not _requires_bearer_token())
     # flask-limiter logs each breach at info as free text; the rate_limited event below replaces it.
     logging.getLogger("flask-limiter").setLevel(logging.WARNING)
 
+    def current_limit() -> RequestLimit | None:
+        return shared.current_limit or local.current_limit
+
     def add_headers(response: Response) -> Response:
-        current = limiter.current_limit
+        current = current_limit()
         if current is None:
             return response
 
@@ -123,7 +146,7 @@ def init_app(app: Flask, settings: Settings) -> Limiter:
         return response
 
     def handle_exceeded(_exc: RateLimitExceeded) -> Response:
-        current = limiter.current_limit
+        current = current_limit()
         retry_after = seconds_until(current.window.reset_time) if current is not None else 1
         return handle_rate_limited(RateLimited(
             f"Too many requests from this address; retry after {retry_after} s.",
@@ -133,8 +156,8 @@ def init_app(app: Flask, settings: Settings) -> Limiter:
     app.after_request(add_headers)
     app.register_error_handler(RateLimitExceeded, handle_exceeded)
     app.register_error_handler(RateLimited, handle_rate_limited)
-    app.extensions[LIMITER_KEY] = limiter
-    return limiter
+    app.extensions[LIMITER_KEY] = shared
+    return shared
 
 
 def handle_rate_limited(problem: RateLimited) -> Response:

@@ -12,6 +12,7 @@ from service import metrics
 from service.app import close_app, create_app
 from service.limit_storage import RATE_LIMIT_KEY_PREFIX
 from service.limits import client_network, limit_storage
+from tests.conftest import PASSWORD
 
 LOGIN_LIMIT = 3
 
@@ -150,6 +151,20 @@ def test_counting_survives_script_flush(limited_app, settings):
     # redis-py reloads the Lua scripts on NOSCRIPT, as after a Redis restart.
     assert second.headers["X-RateLimit-Remaining"] == str(LOGIN_LIMIT - 2)
     assert not limit_storage(limited_app).using_memory
+
+
+def test_bearer_routes_count_in_memory(limited_app, settings):
+    client = limited_app.test_client()
+    client.post("/v1/auth/register", json={"email": "alice@example.com", "password": PASSWORD})
+    token = client.post("/v1/auth/login", json={"email": "alice@example.com", "password": PASSWORD}).get_json()
+    headers = {"Authorization": f"Bearer {token['access_token']}"}
+
+    statuses = [client.get("/v1/users/me", headers=headers).status_code for _ in range(5)]
+
+    assert statuses == [200, 200, 200, 200, 429]
+    # Counted in this worker's memory, so the authenticated hot path makes no Redis call.
+    keys = redis.Redis.from_url(settings.redis_url.get_secret_value()).keys(f"{RATE_LIMIT_KEY_PREFIX}:*")
+    assert [key for key in keys if b"users.me" in key] == []
 
 
 def test_openapi_lists_429_except_exempt(client):
