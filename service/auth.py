@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import redis
 import structlog
@@ -11,10 +12,14 @@ from service import metrics, users
 from service.bearer import load_user
 from service.context import Services
 from service.errors import AccountDisabled, InvalidCredentials, InvalidCurrentPassword, InvalidRefreshToken, NotFound
-from service.login_guard import LoginGuard
 from service.schemas import TokenPair
 from service.sessions import RefreshOutcome
 from service.tokens.access import issue_access_token
+
+if TYPE_CHECKING:
+    # Only for annotations: service.limits imports this module, and login_guard imports service.limits.
+    from service.blacklist import AutomaticBan
+    from service.login_guard import LoginGuard
 
 log = structlog.get_logger(__name__)
 
@@ -35,6 +40,23 @@ def record_failed_login(svc: Services, ip: str, email: str) -> None:
     except redis.RedisError as exc:
         log.warning("abuse_record_failed", error=str(exc)[:200])
         return
+    _apply_ban(svc, ip, ban)
+
+
+def record_rate_limit_hit(svc: Services, ip: str) -> None:
+    """Count a 429 toward an automatic ban; best effort, so the caller still gets its 429."""
+    if not svc.settings.ban_enabled:
+        return
+
+    try:
+        ban = svc.blacklist.record_rate_limit_hit(ip)
+    except redis.RedisError as exc:
+        log.warning("abuse_record_failed", error=str(exc)[:200])
+        return
+    _apply_ban(svc, ip, ban)
+
+
+def _apply_ban(svc: Services, ip: str, ban: AutomaticBan | None) -> None:
     if ban is not None:
         metrics.BANS.labels(cause=ban.cause).inc()
         svc.bans.apply_event({"kind": "ip_banned", "ip": ip, "until": time.time() + ban.seconds})

@@ -18,8 +18,9 @@ import structlog
 from flask import Flask, Response, current_app, request
 from flask_limiter import Limiter, RateLimitExceeded, RequestLimit
 
-from service import metrics
+from service import auth, metrics
 from service.config import Settings
+from service.context import EXTENSION_KEY
 from service.errors import RateLimited, problem_response
 from service.limit_storage import STORAGE_SCHEME, FailoverStorage
 
@@ -161,9 +162,17 @@ def init_app(app: Flask, settings: Settings) -> Limiter:
 
 
 def handle_rate_limited(problem: RateLimited) -> Response:
-    """Log and count a 429, then render it. The log context already contains the route and client ip."""
+    """Log and count a 429, count it toward a ban, then render it.
+
+    The log context already contains the route and client ip.
+    """
     metrics.RATE_LIMIT_HITS.labels(route=_route() or "unmatched", limit=problem.limit).inc()
     log.warning("rate_limited", limit=problem.limit, retry_after=problem.retry_after)
+    svc = current_app.extensions.get(EXTENSION_KEY)
+    # While the limits run from memory Redis is down, so recording would only fail,
+    # with a warning per 429; the outage itself is logged once.
+    if svc is not None and not limit_storage(current_app).using_memory:
+        auth.record_rate_limit_hit(svc, request.remote_addr or "")
     return problem_response(problem)
 
 

@@ -130,6 +130,24 @@ def test_hit_logged_and_counted(limited_app, capsys):
     assert counter._value.get() == hits_before + 1
 
 
+def test_rate_limit_hits_ban_address(settings):
+    app = create_app({"rate_limit_default": "1/minute", "ban_rate_limit_hits": 5})
+    try:
+        client = app.test_client()
+        address = {"REMOTE_ADDR": "192.0.2.77"}
+        statuses = [client.get("/.well-known/jwks.json", environ_base=address).status_code for _ in range(6)]
+        banned = client.get("/.well-known/jwks.json", environ_base=address)
+
+        # The fifth 429 reaches the ban threshold.
+        assert statuses == [200, 429, 429, 429, 429, 429]
+        assert banned.status_code == 403
+        assert banned.get_json()["code"] == "ip_banned"
+        [ban] = app.extensions["gatehouse"].blacklist.list()
+        assert ban.cause == "rate_limit"
+    finally:
+        close_app(app)
+
+
 def test_counters_live_in_redis(limited_app, settings):
     client = limited_app.test_client()
     failed_login(client)
