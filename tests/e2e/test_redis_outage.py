@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -20,9 +19,8 @@ import pytest
 import redis
 import requests
 
-from service.config import load_settings
 from service.limit_storage import RATE_LIMIT_KEY_PREFIX
-from tests.helpers import ROOT, Gunicorn
+from tests.helpers import Gunicorn, start_services
 
 pytestmark = pytest.mark.e2e
 
@@ -54,13 +52,7 @@ def stop_test_redis() -> None:
 
 
 def start_test_redis() -> None:
-    """Start the test Redis again with scripts/services.sh, on the ports this run's settings name."""
-    settings = load_settings()
-    # services.sh reads the ports from these variables; the caller of `make test` may not have set them.
-    env = {**os.environ, "GATEHOUSE_TEST_MYSQL_PORT": str(settings.mysql_port),
-           "GATEHOUSE_TEST_REDIS_PORT": str(redis_client().connection_pool.connection_kwargs["port"])}
-    subprocess.run([str(ROOT / "scripts" / "services.sh"), "start", "test"], check=True, timeout=120, env=env,
-                   stdout=subprocess.DEVNULL)
+    start_services()
     assert redis_answers()
 
 
