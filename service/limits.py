@@ -22,7 +22,7 @@ from service import auth, metrics
 from service.config import Settings
 from service.context import EXTENSION_KEY
 from service.errors import RateLimited, problem_response
-from service.limit_storage import STORAGE_SCHEME, FailoverStorage
+from service.limit_storage import MEMORY_STORAGE_SCHEME, STORAGE_SCHEME, FailoverStorage
 
 log = structlog.get_logger(__name__)
 
@@ -124,7 +124,7 @@ def init_app(app: Flask, settings: Settings) -> Limiter:
         app=app,
         default_limits=[route_limit],
         strategy="moving-window",
-        storage_uri="memory://",
+        storage_uri=f"{MEMORY_STORAGE_SCHEME}://",
         headers_enabled=False,
     )
     shared.request_filter(lambda: _is_exempt() or _requires_bearer_token())

@@ -12,7 +12,7 @@ from limits.strategies import MovingWindowRateLimiter
 
 from service import metrics
 from service.app import close_app, create_app
-from service.limit_storage import FailoverStorage
+from service.limit_storage import BoundedMemoryStorage, FailoverStorage
 from service.limits import limit_storage
 from service.logs import configure_logging
 from tests.helpers import free_port
@@ -127,3 +127,60 @@ def test_app_answers_normally_without_redis(capsys):
         assert log_events(output, "abuse_record_failed") == []
     finally:
         close_app(app)
+
+
+def test_memory_window_admits_after_expiry():
+    limiter = MovingWindowRateLimiter(BoundedMemoryStorage())
+    item = parse("2/1second")
+
+    first = [limiter.hit(item, "client") for _ in range(3)]
+    stats = limiter.get_window_stats(item, "client")
+    checked_at = time.time()
+    time.sleep(1.05)
+    later = limiter.hit(item, "client")
+
+    assert first == [True, True, False]
+    assert stats.remaining == 0
+    assert checked_at < stats.reset_time <= checked_at + 1
+    assert later is True
+
+
+def test_memory_keys_bounded():
+    storage = BoundedMemoryStorage(max_keys=100)
+    limiter = MovingWindowRateLimiter(storage)
+    item = parse("1/minute")
+
+    for n in range(1000):
+        limiter.hit(item, f"client{n}")
+
+    # The oldest keys were forgotten, so their next request counts from zero.
+    assert len(storage._windows) == 100
+    assert limiter.hit(item, "client0") is True
+    assert limiter.hit(item, "client999") is False
+
+
+def test_memory_counter_expires_from_first_increment():
+    storage = BoundedMemoryStorage()
+
+    values = [storage.incr("key", 1), storage.incr("key", 1)]
+    time.sleep(1.05)
+
+    assert values == [1, 2]
+    assert storage.get("key") == 0
+    assert storage.incr("key", 1) == 1
+
+
+def test_memory_cost_independent_of_key_count():
+    storage = BoundedMemoryStorage()
+    limiter = MovingWindowRateLimiter(storage)
+    item = parse("600/minute")
+    for n in range(30_000):
+        limiter.hit(item, f"client{n}")
+
+    started = time.perf_counter()
+    for _ in range(1000):
+        limiter.hit(item, "one-more")
+    elapsed = time.perf_counter() - started
+
+    # No background scan over the 30000 keys: a thousand hits stay far below a second.
+    assert elapsed < 0.5
