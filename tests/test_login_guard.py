@@ -19,7 +19,7 @@ OWNER = "198.51.100.10"
 ATTACKER = "203.0.113.66"
 EMAIL = "alice@example.com"
 ACCOUNT_LIMIT = 4
-# High enough that the per-address login limit never answers in these tests.
+# High enough that the per-address login limit never returns 429 in these tests.
 NO_ADDRESS_LIMIT = "1000/minute"
 
 
@@ -44,13 +44,13 @@ def make_client():
 
 @pytest.fixture
 def account_limited(make_client):
-    """Only the account rate limit can answer 429: the delay needs 100 failures."""
+    """Only the account rate limit can return 429, because the delay needs 100 failures."""
     return make_client(rate_limit_login_account=f"{ACCOUNT_LIMIT}/minute", login_delay_after_failures=100)
 
 
 @pytest.fixture
 def delayed(make_client):
-    """Only the login delay can answer 429: from the second failure on, 1 s, then 2 s."""
+    """Only the login delay can return 429: from the second failure on, 1 s, then 2 s."""
     return make_client(rate_limit_login_account="1000/minute", login_delay_after_failures=2,
                        login_delay_base_seconds=1, login_delay_max_seconds=2)
 
@@ -113,7 +113,7 @@ def test_delay_refuses_without_checking_password(delayed):
     refused = login(delayed, ATTACKER)
 
     # The third attempt used the one admission the 1 s delay allows. The right password
-    # is refused too, so a 429 tells a guesser nothing about it.
+    # is refused too, so a 429 reveals nothing about it to a guesser.
     assert statuses == [401, 401, 401]
     assert refused.status_code == 429
     assert refused.get_json()["code"] == "rate_limited"

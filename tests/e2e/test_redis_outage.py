@@ -44,7 +44,7 @@ def stop_test_redis() -> None:
     """Stop the test Redis with SIGTERM (it saves its data first) and wait until it is gone."""
     pid_file = Path(os.environ["GATEHOUSE_STATE_DIR"]) / "redis" / "redis-server.pid"
     os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
-    # Redis removes its pid file on a clean exit; a zombie could still answer kill -0.
+    # Redis removes its pid file on a clean exit, while a zombie process would still pass kill -0.
     deadline = time.monotonic() + 30
     while (pid_file.exists() or redis_answers()) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -133,7 +133,7 @@ def test_limits_survive_redis_restart(server, redis_restarted_afterwards):
         # Each worker notices Redis is back on its first request after the retry interval.
         deadline = time.monotonic() + 15
         probe = 0
-        while len({r["pid"] for r in log_records(server, "rate_limit_redis_recovered")}) < 2:
+        while len({record["pid"] for record in log_records(server, "rate_limit_redis_recovered")}) < 2:
             assert time.monotonic() < deadline, "the workers did not return to Redis within 15 s"
             probe += 1
             jwks(server.url, f"192.0.2.{probe % 250}")
@@ -143,7 +143,7 @@ def test_limits_survive_redis_restart(server, redis_restarted_afterwards):
         traffic.stopping.set()
         traffic.join(timeout=30)
 
-    # Nothing but normal answers during the whole run: no 500, no 503.
+    # Only normal responses during the whole run: no 500, no 503.
     assert set(traffic.statuses) <= {200, 429}, traffic.statuses
     assert traffic.statuses[200] <= 2 * LIMIT + LIMIT
 
