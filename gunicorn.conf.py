@@ -60,8 +60,8 @@ keepalive = _settings.keepalive
 preload_app = False
 
 #
-# Request limits (gunicorn answers 414 for the request line and 431 for headers on its
-# own, in HTML; the body limits are the app's, see service/payload.py)
+# Request limits (gunicorn itself returns 414 for the request line and 431 for headers,
+# in HTML; the body limits are the app's, see service/payload.py)
 #
 #   limit_request_line - longest request line in bytes; 0-8190.
 limit_request_line = 4094

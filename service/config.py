@@ -203,7 +203,7 @@ class Settings(BaseSettings):
         1, ge=1, le=60, description="first login delay in seconds, doubled after each further failure, 1-60"
     )
     login_delay_max_seconds: int = Field(
-        300, ge=1, le=3600, description="longest login delay in seconds, 1-3600"
+        300, ge=1, le=3600, description="maximum login delay in seconds, 1-3600"
     )
     login_failure_window_seconds: int = Field(
         3600, ge=60, le=86400, description="seconds a failed login counts towards the delay, 60-86400"

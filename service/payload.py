@@ -23,11 +23,11 @@ from service.errors import PayloadTooLarge
 log = structlog.get_logger(__name__)
 
 AUTH_PATH_PREFIX = "/v1/auth/"
-# After a response to a request whose body was not read to its end (413, or a 429
-# before the body was read), up to this much more of the body is read and discarded,
-# so that the client can finish sending and read the response. A client still
-# sending after that is cut off: the connection is shut down. Otherwise gunicorn
-# (27.0, gevent worker) would read the rest for keep-alive, however long it is.
+# Some responses leave the body unread (a 413, or a 429 before the body was read).
+# Then up to this much more of the body is read and discarded, so that the client
+# can finish sending and read the response. A client still sending after that is cut
+# off: the connection is shut down. Otherwise gunicorn (27.0, gevent worker) would
+# read the rest for keep-alive, however long it is.
 DRAIN_SECONDS = 1.0
 DRAIN_MAX_BYTES = 1024 * 1024
 _DRAIN_STEP = 64 * 1024
