@@ -151,8 +151,13 @@ def stop_redis(settings: Settings) -> None:
 def start_services() -> None:
     """Start the test MariaDB and Redis again (running ones are reused) through scripts/services.sh."""
     profile = Path(os.environ["GATEHOUSE_STATE_DIR"]).name
+    # services.sh takes the ports from GATEHOUSE_<PROFILE>_*_PORT, which pytest run outside
+    # `make test` may lack. Passing the ports of this run's settings keeps a restart on them.
+    redis_port = redis.Redis.from_url(os.environ["GATEHOUSE_REDIS_URL"]).connection_pool.connection_kwargs["port"]
+    env = {**os.environ, f"GATEHOUSE_{profile.upper()}_MYSQL_PORT": os.environ["GATEHOUSE_MYSQL_PORT"],
+           f"GATEHOUSE_{profile.upper()}_REDIS_PORT": str(redis_port)}
     subprocess.run([str(ROOT / "scripts" / "services.sh"), "start", profile], check=True, timeout=60,
-                   capture_output=True)
+                   capture_output=True, env=env)
 
 
 def restart_redis(settings: Settings) -> None:

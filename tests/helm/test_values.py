@@ -27,7 +27,9 @@ CHART_OWNED = {"bind", "keys_dir", "mysql_password", "redis_url"}
 CHART_DEFAULTS = {"mysqlHost": ""}
 LINT_WARNING = 2
 # Valid non-default values of config strings that have a format.
-OTHER_STRINGS = {"banAllowlist": "10.0.0.0/8,fd00::/8"}
+OTHER_STRINGS = {"banAllowlist": "10.0.0.0/8,fd00::/8", "rateLimitDefault": "500/minute",
+                 "rateLimitLogin": "10/minute;100/hour", "rateLimitLoginAccount": "5/minute",
+                 "rateLimitRefresh": "30/minute", "rateLimitRegister": "5/minute;20/hour"}
 
 
 def leaf_paths(node: Any, prefix: str = "") -> list[str]:
