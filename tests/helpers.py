@@ -40,6 +40,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# Limits far above any test's traffic: the tests that exercise rate limits and the login
+# delay pass their own values, the others must not trip over the defaults.
+RELAXED_LIMITS = {
+    "GATEHOUSE_RATE_LIMIT_DEFAULT": "1000000/minute",
+    "GATEHOUSE_RATE_LIMIT_LOGIN": "1000000/minute",
+    "GATEHOUSE_RATE_LIMIT_LOGIN_ACCOUNT": "1000000/minute",
+    "GATEHOUSE_RATE_LIMIT_REGISTER": "1000000/minute",
+    "GATEHOUSE_RATE_LIMIT_REFRESH": "1000000/minute",
+    "GATEHOUSE_LOGIN_DELAY_AFTER_FAILURES": "100",
+}
+
+
 class Gunicorn:
     """A real gunicorn master started with the project's gunicorn.conf.py."""
 
@@ -54,6 +66,7 @@ class Gunicorn:
             "GATEHOUSE_BIND": f"127.0.0.1:{self.port}",
             "GATEHOUSE_WORKERS": str(workers),
             "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / f"metrics-{self.port}"),
+            **RELAXED_LIMITS,
             **(env or {}),
         }
         self.process: subprocess.Popen | None = None

@@ -29,6 +29,12 @@ def server(tmp_path_factory):
     gunicorn = Gunicorn(tmp_path_factory.mktemp("gunicorn"), env={
         "GATEHOUSE_TRUSTED_PROXY_COUNT": "1",
         "GATEHOUSE_RATE_LIMIT_DEFAULT": f"{DEFAULT_LIMIT}/{DEFAULT_PERIOD}second",
+        # The service's defaults, stated because the test helper relaxes every limit otherwise.
+        "GATEHOUSE_RATE_LIMIT_LOGIN": "20/minute;200/hour",
+        "GATEHOUSE_RATE_LIMIT_LOGIN_ACCOUNT": "10/minute;60/hour",
+        "GATEHOUSE_RATE_LIMIT_REGISTER": "10/minute;50/hour",
+        "GATEHOUSE_RATE_LIMIT_REFRESH": "60/minute",
+        "GATEHOUSE_LOGIN_DELAY_AFTER_FAILURES": "5",
         # Failed logins and 429s would otherwise ban the test clients before the limits show.
         "GATEHOUSE_BAN_ENABLED": "false",
     })

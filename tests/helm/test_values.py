@@ -22,7 +22,8 @@ SCHEMA = json.loads((CHART_DIR / "values.schema.json").read_text())
 DOCUMENTED = re.findall(r"^\s*## @param (\S+) \S", VALUES_TEXT, flags=re.MULTILINE)
 
 # Settings the chart sets itself or takes from the Secret, so config.* leaves them out.
-CHART_OWNED = {"bind", "keys_dir", "mysql_password", "redis_url"}
+# backup_dir: set on the backup Jobs only, to where the backup claim is mounted.
+CHART_OWNED = {"bind", "keys_dir", "mysql_password", "redis_url", "backup_dir"}
 # config.* defaults that differ from the service's on purpose: 127.0.0.1 means nothing in a pod.
 CHART_DEFAULTS = {"mysqlHost": ""}
 LINT_WARNING = 2
