@@ -22,8 +22,11 @@ PYTHON ?= python3
 PORT ?= 8000
 # Extra arguments for pytest in `make test`, such as PYTEST_ARGS='-k refresh -x'.
 PYTEST_ARGS ?=
+# Optional dependency groups of pyproject.toml that .venv gets: the test tools,
+# and the offline chart and Dockerfile checks (Helm's SDK, Kubernetes schemas).
+EXTRAS := test,deploy
 
-.PHONY: help venv lock run test stop clean-state \
+.PHONY: help venv lock run test test-deep stop clean-state \
 	$(addprefix services-,$(PROFILES)) $(addprefix keys-,$(PROFILES)) $(addprefix migrate-,$(PROFILES))
 
 help:
@@ -31,7 +34,8 @@ help:
 	printf '  %-14s %s\n' \
 	  run "serve the app with gunicorn on 127.0.0.1:$(PORT) (PORT=N changes the port) with the dev services" \
 	  test "run pytest against the test services (PYTEST_ARGS='...' adds arguments)" \
-	  venv "create .venv and install the package with its test extra, pinned by constraints.txt" \
+	  test-deep "run the schemathesis tests with 1,000 examples per API operation" \
+	  venv "create .venv and install the package with its test and deploy extras, pinned by constraints.txt" \
 	  lock "regenerate constraints.txt from a fresh resolve of pyproject.toml" \
 	  services-dev "start the dev MariaDB and Redis (ports 3307 and 6380 unless overridden)" \
 	  services-test "start the test MariaDB and Redis (ports 3308 and 6381 unless overridden)" \
@@ -53,9 +57,9 @@ $(VENV)/.installed: $(ROOT)/pyproject.toml $(wildcard $(ROOT)/constraints.txt)
 	cd $(ROOT)
 	[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
 	if [ -f constraints.txt ]; then
-	  $(VENV)/bin/pip install -c constraints.txt -e '.[test]'
+	  $(VENV)/bin/pip install -c constraints.txt -e '.[$(EXTRAS)]'
 	else
-	  $(VENV)/bin/pip install -e '.[test]'
+	  $(VENV)/bin/pip install -e '.[$(EXTRAS)]'
 	  $(VENV)/bin/pip freeze --exclude-editable > constraints.txt.tmp
 	  mv constraints.txt.tmp constraints.txt
 	fi
@@ -68,7 +72,7 @@ lock:
 	lock_dir=$$(mktemp -d)
 	trap 'rm -rf "$$lock_dir"' EXIT
 	$(PYTHON) -m venv "$$lock_dir/venv"
-	"$$lock_dir/venv/bin/pip" install -e '.[test]'
+	"$$lock_dir/venv/bin/pip" install -e '.[$(EXTRAS)]'
 	"$$lock_dir/venv/bin/pip" freeze --exclude-editable > constraints.txt.tmp
 	mv constraints.txt.tmp constraints.txt
 
@@ -99,6 +103,12 @@ test: venv services-test keys-test migrate-test
 	. $(STATE)/test/gatehouse.env
 	cd $(ROOT)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# The schemathesis run of `make test` with 1,000 examples per operation instead of 15.
+test-deep: venv services-test keys-test migrate-test
+	. $(STATE)/test/gatehouse.env
+	cd $(ROOT)
+	GATEHOUSE_FUZZ_EXAMPLES=1000 $(VENV)/bin/pytest -p no:cacheprovider tests/test_schemathesis.py $(PYTEST_ARGS)
 
 stop:
 	$(SERVICES) stop dev

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from service import audit, roles, users
+from service import audit, metrics, roles, users
+from service.blacklist import PERMANENT_SCORE, AddressAllowlisted, Ban, normalize_ip
 from service.context import Services
-from service.errors import Conflict, NotFound
+from service.errors import Conflict, InvalidRequest, NotFound
 from service.sessions import SessionInfo
 from service.sync import publish_user_changed
 
@@ -79,3 +80,34 @@ def revoke_all_sessions(svc: Services, actor_id: str, client_ip: str, user_id: s
     ended = svc.sessions.revoke_user(user_id)
     _audit(svc, actor_id, client_ip, "sessions_revoked", "user", user_id, sessions_ended=ended)
     return ended
+
+
+def ban_address(svc: Services, actor_id: str, client_ip: str, ip: str, reason: str, seconds: int | None) -> Ban:
+    """Ban an address by hand; raise InvalidRequest for a bad address and Conflict for an allowlisted one."""
+    try:
+        address = normalize_ip(ip)
+    except ValueError:
+        raise InvalidRequest(f"ip: {ip!r} is not an IP address", field="ip") from None
+    try:
+        ban = svc.blacklist.ban(address, reason=reason, seconds=seconds, actor=actor_id)
+    except AddressAllowlisted:
+        raise Conflict(f"{address} is in an allowlisted network and cannot be banned.", field="ip") from None
+
+    svc.bans.apply_event({"kind": "ip_banned", "ip": address, "until": ban.expires_at or PERMANENT_SCORE})
+    metrics.BANS.labels(cause="manual").inc()
+    _audit(svc, actor_id, client_ip, "ip_banned", "ip", address, reason=reason, seconds=seconds)
+    return ban
+
+
+def unban_address(svc: Services, actor_id: str, client_ip: str, ip: str) -> None:
+    """Lift a ban; raise NotFound when the address is not banned."""
+    try:
+        address = normalize_ip(ip)
+    except ValueError:
+        raise NotFound("No ban for this address.", field="ip") from None
+    if not svc.blacklist.unban(address, actor=actor_id):
+        raise NotFound("No ban for this address.", field="ip")
+
+    svc.bans.apply_event({"kind": "ip_unbanned", "ip": address})
+    metrics.UNBANS.labels(cause="manual").inc()
+    _audit(svc, actor_id, client_ip, "ip_unbanned", "ip", address)

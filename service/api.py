@@ -11,6 +11,7 @@ from typing import Any
 from flask import Flask, Response, jsonify, make_response, request
 from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
+from werkzeug.routing import BaseConverter
 
 from service.bearer import authenticate_request, require_roles
 from service.errors import InvalidJson, InvalidRequest, UnsupportedMediaType
@@ -98,15 +99,29 @@ def parse_query(model: type[BaseModel]) -> Any:
         raise _problem_for(exc) from None
 
 
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    """Join a pydantic error location into a field path, leaving out union-member tags."""
+    parts = []
+    for part in loc:
+        if isinstance(part, str) and ("[" in part or "(" in part):
+            break
+        parts.append(str(part))
+    return ".".join(parts)[:_MAX_FIELD_NAME]
+
+
 def _problem_for(exc: ValidationError) -> InvalidRequest | InvalidJson:
     errors = exc.errors(include_url=False, include_input=False, include_context=False)
     if errors[0]["type"] == "json_invalid":
         return InvalidJson("The body is not valid JSON.")
 
     field_errors = []
+    seen: set[str] = set()
     # A body full of unknown fields must not come back as a larger error document.
     for error in errors[:_MAX_FIELD_ERRORS]:
-        location = ".".join(str(part) for part in error["loc"])[:_MAX_FIELD_NAME]
+        location = _field_path(error["loc"])
+        if location in seen:
+            continue  # one entry per field, even when each member of a union failed
+        seen.add(location)
         if error["type"] == "extra_forbidden":
             message = "unknown field"
         elif error["type"] == "model_type" or not location:
@@ -126,6 +141,33 @@ def json_response(model: BaseModel, status: int = 200, headers: dict[str, str] |
     if headers:
         response.headers.update(headers)
     return response
+
+
+class IdConverter(BaseConverter):
+    """User and session ids: 32 lower-case hex digits; anything else is 404 before any query."""
+
+    regex = "[0-9a-f]{32}"
+    pattern = "^[0-9a-f]{32}$"
+
+
+class RoleNameConverter(BaseConverter):
+    regex = "[a-z][a-z0-9_.-]{0,63}"
+    pattern = "^[a-z][a-z0-9_.-]{0,63}$"
+
+
+class AddressConverter(BaseConverter):
+    """An IPv4 or IPv6 address in a path; validated by the view."""
+
+    regex = "[0-9A-Fa-f.:]{2,45}"
+    pattern = "^[0-9A-Fa-f.:]{2,45}$"
+
+
+CONVERTERS = {"id": IdConverter, "role": RoleNameConverter, "address": AddressConverter}
+
+
+def register_converters(app: Flask) -> None:
+    """Make the path converters available to every route."""
+    app.url_map.converters.update(CONVERTERS)
 
 
 def openapi_document(app: Flask, *, version: str) -> dict[str, Any]:
@@ -148,7 +190,7 @@ def openapi_document(app: Flask, *, version: str) -> dict[str, Any]:
                                 ref_template="#/components/schemas/{model}")
     paths: dict[str, dict[str, Any]] = {}
     for path, method, spec in operations:
-        parameters = re.findall(r"{(?:[^}:]+:)?([^}]+)}", path)
+        parameters = re.findall(r"{(?:([^}:]+):)?([^}]+)}", path)
         paths.setdefault(re.sub(r"{(?:[^}:]+:)?([^}]+)}", r"{\1}", path), {})[method] = _operation_object(spec, parameters)
 
     return {
@@ -167,7 +209,15 @@ def _ref(model: type[BaseModel]) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{model.__name__}"}
 
 
-def _operation_object(spec: Operation, path_parameters: list[str]) -> dict[str, Any]:
+def _path_parameter(converter: str, name: str) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string"}
+    pattern = getattr(CONVERTERS.get(converter), "pattern", None)
+    if pattern:
+        schema["pattern"] = pattern
+    return {"name": name, "in": "path", "required": True, "schema": schema}
+
+
+def _operation_object(spec: Operation, path_parameters: list[tuple[str, str]]) -> dict[str, Any]:
     responses: dict[str, Any] = {}
     for status, model in spec.responses.items():
         entry: dict[str, Any] = {"description": spec.summary}
@@ -183,8 +233,7 @@ def _operation_object(spec: Operation, path_parameters: list[str]) -> dict[str, 
         }
 
     result: dict[str, Any] = {"summary": spec.summary, "tags": list(spec.tags), "responses": responses}
-    parameters = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-                  for name in path_parameters]
+    parameters = [_path_parameter(converter, name) for converter, name in path_parameters]
     if spec.query is not None:
         schema = spec.query.model_json_schema()
         for name, prop in schema.get("properties", {}).items():

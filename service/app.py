@@ -10,7 +10,8 @@ import structlog
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from service import database, errors, log_file, metrics, redis_store, request_log
+from service import api, ban_guard, database, errors, log_file, metrics, redis_store, request_log
+from service.blacklist import BanList, Blacklist, BanPolicy, parse_networks
 from service.config import Settings, load_settings
 from service.context import EXTENSION_KEY, Services
 from service.logs import configure_logging
@@ -42,7 +43,10 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxy_count)  # type: ignore[method-assign]
 
     app.wsgi_app = MethodGuard(app.wsgi_app)  # type: ignore[method-assign]
+    api.register_converters(app)
     request_log.init_app(app)
+    # Before every other hook, so a banned address is refused before any work is done for it.
+    ban_guard.init_app(app)
     errors.init_app(app)
     metrics.init_app(app)
     _init_services(app, settings)
@@ -76,7 +80,9 @@ def _init_services(app: Flask, settings: Settings) -> None:
         revoked_ttl=settings.access_token_ttl_seconds + settings.jwt_leeway_seconds + 60,
         on_revoked=access.mark_revoked,
     )
-    listener = EventListener(create_listener_client(settings), [AccessStateSync(sessions, access)])
+    blacklist = Blacklist(client, ban_policy(settings))
+    bans = BanList(blacklist)
+    listener = EventListener(create_listener_client(settings), [AccessStateSync(sessions, access), bans])
     app.extensions[EXTENSION_KEY] = Services(
         settings=settings,
         database=db,
@@ -87,13 +93,30 @@ def _init_services(app: Flask, settings: Settings) -> None:
         readiness=ReadinessProbe(db, client, settings.ready_cache_seconds),
         access=access,
         listener=listener,
+        blacklist=blacklist,
+        bans=bans,
     )
     # Started here, in the worker after fork: a thread started before fork would not survive it.
     listener.start()
     metrics.register_scrape_collector(app, metrics.ScrapeCollector(
         dependency_checks=lambda: _dependency_checks(app.extensions[EXTENSION_KEY]),
         job_records=lambda: _job_records(app.extensions[EXTENSION_KEY]),
+        banned_addresses=lambda: app.extensions[EXTENSION_KEY].blacklist.count(),
     ))
+
+
+def ban_policy(settings: Settings) -> BanPolicy:
+    return BanPolicy(
+        window_seconds=settings.ban_window_seconds,
+        failed_logins=settings.ban_failed_logins,
+        distinct_accounts=settings.ban_distinct_accounts,
+        rate_limit_hits=settings.ban_rate_limit_hits,
+        base_seconds=settings.ban_base_seconds,
+        multiplier=settings.ban_multiplier,
+        max_seconds=settings.ban_max_seconds,
+        offence_decay_seconds=settings.ban_offence_decay_seconds,
+        allowlist=parse_networks(settings.ban_allowlist),
+    )
 
 
 def _dependency_checks(svc: Services) -> dict[str, tuple[bool, float]]:

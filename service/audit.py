@@ -40,4 +40,6 @@ def entries(database: Database, *, target_type: str | None = None, target_id: st
     args.append(limit)
     with database.cursor() as cursor:
         cursor.execute(sql, args)
-        return list(cursor.fetchall())
+        rows = list(cursor.fetchall())
+    # DATETIME columns hold UTC without a zone; give the values theirs back.
+    return [{**row, "created_at": row["created_at"].replace(tzinfo=UTC)} for row in rows]

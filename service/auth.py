@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import redis
 import structlog
 
@@ -22,6 +24,21 @@ def _token_pair(svc: Services, user_id: str, session_id: str, refresh_token: str
                      refresh_token=refresh_token)
 
 
+def record_failed_login(svc: Services, ip: str, email: str) -> None:
+    """Count a failed login toward an automatic ban; best effort, so the caller still gets its 401."""
+    if not svc.settings.ban_enabled:
+        return
+
+    try:
+        ban = svc.blacklist.record_failed_login(ip, email)
+    except redis.RedisError as exc:
+        log.warning("abuse_record_failed", error=str(exc)[:200])
+        return
+    if ban is not None:
+        metrics.BANS.labels(cause=ban.cause).inc()
+        svc.bans.apply_event({"kind": "ip_banned", "ip": ip, "until": time.time() + ban.seconds})
+
+
 def login(svc: Services, email: str, password: str, *, user_agent: str, ip: str) -> TokenPair:
     """Check credentials and start a session."""
     try:
@@ -29,6 +46,7 @@ def login(svc: Services, email: str, password: str, *, user_agent: str, ip: str)
     except InvalidCredentials:
         metrics.LOGINS.labels(result="invalid_credentials").inc()
         log.warning("login_failed", reason="invalid_credentials", client_ip=ip)
+        record_failed_login(svc, ip, email)
         raise
     except AccountDisabled:
         metrics.LOGINS.labels(result="disabled").inc()

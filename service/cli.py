@@ -114,6 +114,74 @@ def _users_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _blacklist():  # type: ignore[no-untyped-def]
+    from service.app import ban_policy
+    from service.blacklist import Blacklist
+    from service.redis_store import create_client
+
+    settings = load_settings()
+    return settings, Blacklist(create_client(settings), ban_policy(settings))
+
+
+def _blacklist_list(_args: argparse.Namespace) -> int:
+    import json
+
+    _, blacklist = _blacklist()
+    for ban in blacklist.list():
+        print(json.dumps({"ip": ban.ip, "cause": ban.cause, "reason": ban.reason, "offences": ban.offences,
+                          "expires_at": ban.expires_at, "actor": ban.actor}))
+    return 0
+
+
+def _blacklist_ban(args: argparse.Namespace) -> int:
+    from service import audit
+    from service.blacklist import AddressAllowlisted, normalize_ip
+    from service.database import Database
+
+    settings, blacklist = _blacklist()
+    try:
+        address = normalize_ip(args.ip)
+        blacklist.ban(address, reason=args.reason, seconds=args.seconds, actor="cli")
+    except ValueError:
+        print(f"gatehouse: {args.ip!r} is not an IP address", file=sys.stderr)
+        return 2
+    except AddressAllowlisted:
+        print(f"gatehouse: {args.ip} is in GATEHOUSE_BAN_ALLOWLIST and cannot be banned", file=sys.stderr)
+        return 2
+
+    database = Database(settings)
+    try:
+        audit.record(database, actor_id=None, action="ip_banned", target_type="ip", target_id=address, client_ip="",
+                     detail={"reason": args.reason, "seconds": args.seconds, "via": "cli"})
+    finally:
+        database.close()
+    return 0
+
+
+def _blacklist_unban(args: argparse.Namespace) -> int:
+    from service import audit
+    from service.blacklist import normalize_ip
+    from service.database import Database
+
+    settings, blacklist = _blacklist()
+    try:
+        address = normalize_ip(args.ip)
+    except ValueError:
+        print(f"gatehouse: {args.ip!r} is not an IP address", file=sys.stderr)
+        return 2
+    if not blacklist.unban(address, actor="cli"):
+        print(f"gatehouse: {address} is not banned", file=sys.stderr)
+        return 1
+
+    database = Database(settings)
+    try:
+        audit.record(database, actor_id=None, action="ip_unbanned", target_type="ip", target_id=address,
+                     client_ip="", detail={"via": "cli"})
+    finally:
+        database.close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gatehouse", description="Gatehouse authentication service tools.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -138,6 +206,19 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--email", required=True, help="email address of the new account")
     create.add_argument("--role", action="append", default=[], help="role to grant, repeatable (e.g. admin)")
     create.set_defaults(handler=_users_create)
+
+    blacklist = commands.add_parser("blacklist", help="list, add and lift IP bans")
+    blacklist_commands = blacklist.add_subparsers(dest="blacklist_command", required=True)
+    blacklist_commands.add_parser("list", help="print every live ban as a JSON line").set_defaults(
+        handler=_blacklist_list)
+    ban = blacklist_commands.add_parser("ban", help="ban an address")
+    ban.add_argument("ip", help="IPv4 or IPv6 address")
+    ban.add_argument("--reason", required=True, help="why, for the audit trail")
+    ban.add_argument("--seconds", type=int, default=None, help="ban length in seconds (default: permanent)")
+    ban.set_defaults(handler=_blacklist_ban)
+    unban = blacklist_commands.add_parser("unban", help="lift a ban")
+    unban.add_argument("ip", help="IPv4 or IPv6 address")
+    unban.set_defaults(handler=_blacklist_unban)
 
     check = commands.add_parser("check", help="run the start-up checks (keys, MySQL and schema, Redis) and exit")
     check.set_defaults(handler=_check)

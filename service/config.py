@@ -106,6 +106,35 @@ class Settings(BaseSettings):
         60.0, ge=0.5, le=3600, description="seconds a cached user and roles are reused without a change event, 0.5-3600"
     )
 
+    # IP bans
+    ban_enabled: bool = Field(True, description="true or false: ban addresses automatically after abuse")
+    ban_window_seconds: int = Field(
+        300, ge=10, le=86400, description="seconds over which failed logins and rate-limit hits are counted, 10-86400"
+    )
+    ban_failed_logins: int = Field(
+        20, ge=3, le=10_000, description="failed logins from one address within the window that ban it, 3-10000"
+    )
+    ban_distinct_accounts: int = Field(
+        10, ge=2, le=10_000,
+        description="distinct accounts one address fails against within the window that ban it, 2-10000",
+    )
+    ban_rate_limit_hits: int = Field(
+        50, ge=5, le=100_000, description="429 answers to one address within the window that ban it, 5-100000"
+    )
+    ban_base_seconds: int = Field(900, ge=10, le=604_800, description="length of a first ban in seconds, 10-604800")
+    ban_multiplier: float = Field(4.0, ge=1, le=100, description="factor by which each repeat ban grows, 1-100")
+    ban_max_seconds: int = Field(
+        604_800, ge=60, le=31_536_000, description="longest automatic ban in seconds, 60-31536000"
+    )
+    ban_offence_decay_seconds: int = Field(
+        2_592_000, ge=3600, le=31_536_000,
+        description="seconds without a ban after which an address's offence history is forgotten, 3600-31536000",
+    )
+    ban_allowlist: str = Field(
+        "127.0.0.0/8,::1/128",
+        description="comma-separated networks (CIDR) that are never banned, such as probes and ingress",
+    )
+
     # Probes and start-up
     ready_cache_seconds: float = Field(1.0, ge=0, le=30, description="seconds a /ready result is reused, 0-30")
     startup_timeout_seconds: float = Field(
@@ -167,6 +196,19 @@ class Settings(BaseSettings):
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError("expected host:port, for example 127.0.0.1:8000")
 
+        return value
+
+    @field_validator("ban_allowlist")
+    @classmethod
+    def _check_allowlist(cls, value: str) -> str:
+        import ipaddress
+
+        for part in value.split(","):
+            if part.strip():
+                try:
+                    ipaddress.ip_network(part.strip(), strict=False)
+                except ValueError:
+                    raise ValueError(f"{part.strip()!r} is not a network such as 10.0.0.0/8") from None
         return value
 
     @field_validator("keys_dir")

@@ -8,6 +8,7 @@ import redis
 from flask import current_app
 
 from service.access_state import AccessState
+from service.blacklist import Blacklist, BanList
 from service.config import Settings
 from service.database import Database
 from service.passwords import Passwords
@@ -30,6 +31,8 @@ class Services:
     readiness: ReadinessProbe
     access: AccessState
     listener: EventListener
+    blacklist: Blacklist
+    bans: BanList
 
 
 def services() -> Services:

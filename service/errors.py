@@ -66,6 +66,21 @@ class MissingRole(Problem):
     status, code, title = 403, "missing_role", "Role required"
 
 
+class IpBanned(Problem):
+    """The client address is banned; Retry-After tells when a temporary ban ends."""
+
+    status, code, title = 403, "ip_banned", "Client address banned"
+
+    def __init__(self, retry_after: int | None) -> None:
+        detail = ("This address is banned for abuse." if retry_after is None
+                  else f"This address is banned for abuse for another {retry_after} seconds.")
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
+
+
 class Conflict(Problem):
     status, code, title = 409, "conflict", "Conflict with the current state"
 

@@ -29,6 +29,8 @@ ROTATION_ERRORS = Counter("gatehouse_token_rotation_errors_total",
                           "Refresh-token rotations that failed on a Redis error.")
 REGISTRATIONS = Counter("gatehouse_registrations_total", "Accounts registered.")
 LOGOUTS = Counter("gatehouse_logouts_total", "Sessions ended by their owner.")
+BANS = Counter("gatehouse_ip_bans_total", "Client addresses banned, by cause.", ["cause"])
+UNBANS = Counter("gatehouse_ip_unbans_total", "Bans lifted by an administrator.", ["cause"])
 
 # Per-worker gauges. "livesum" adds up the values of live workers only: pool usage and
 # capacity are per process, and a dead worker's connections are gone with it.
@@ -40,6 +42,7 @@ POOL_MAX = Gauge("gatehouse_pool_connections_max", "Pool capacity.", ["pool"], m
 LOGIN_RESULTS = ("success", "invalid_credentials", "disabled")
 REFRESH_OUTCOMES = ("rotated", "grace", "reuse_detected", "expired", "invalid")
 POOLS = ("mysql", "redis")
+BAN_CAUSES = ("failed_logins", "credential_stuffing", "rate_limit", "manual")
 # Jobs whose last success and failure are exported; each records them in Redis under gh:job:<name>.
 MAINTENANCE_JOBS = ("tokens_purge", "backup_create", "backup_verify")
 
@@ -52,15 +55,20 @@ def _initialize_labels() -> None:
         REFRESHES.labels(outcome=outcome)
     for pool in POOLS:
         POOL_IN_USE.labels(pool=pool)
+    for cause in BAN_CAUSES:
+        BANS.labels(cause=cause)
+    UNBANS.labels(cause="manual")
 
 
 class ScrapeCollector(Collector):
     """Gauges computed when /metrics is scraped, by the worker that serves the scrape."""
 
     def __init__(self, dependency_checks: Callable[[], dict[str, tuple[bool, float]]],
-                 job_records: Callable[[], dict[str, tuple[float | None, float | None]]]) -> None:
+                 job_records: Callable[[], dict[str, tuple[float | None, float | None]]],
+                 banned_addresses: Callable[[], int]) -> None:
         self._dependency_checks = dependency_checks
         self._job_records = job_records
+        self._banned_addresses = banned_addresses
 
     def collect(self) -> Iterable[Metric]:
         build = GaugeMetricFamily("gatehouse_build_info", "Version of the running service.",
@@ -91,6 +99,12 @@ class ScrapeCollector(Collector):
             failure.add_metric([job], last_failure or 0)
         yield success
         yield failure
+
+        try:
+            banned = self._banned_addresses()
+        except Exception:  # Redis down: left out, as above
+            return
+        yield GaugeMetricFamily("gatehouse_blacklisted_ips", "Client addresses banned right now.", value=banned)
 
 
 def _track_in_flight(app: Flask) -> None:

@@ -9,6 +9,8 @@ import uuid
 import structlog
 from flask import Flask, Response, g, request
 
+from service.method_guard import ORIGINAL_METHOD_KEY
+
 log = structlog.get_logger("gatehouse.request")
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -25,7 +27,7 @@ def _start_request() -> None:
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(
         request_id=g.request_id,
-        method=request.method,
+        method=request.environ.get(ORIGINAL_METHOD_KEY, request.method),
         route=request.url_rule.rule if request.url_rule else None,
         client_ip=request.remote_addr,
     )

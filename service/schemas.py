@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import unicodedata
 from datetime import datetime
+from ipaddress import IPv4Address, IPv6Address
 from typing import Annotated, Any, Literal
 
 from email_validator import EmailNotValidError, validate_email
@@ -41,7 +42,8 @@ def normalize_password(value: str) -> str:
 
 EmailAddress = Annotated[
     str,
-    Field(min_length=3, max_length=EMAIL_MAX_LENGTH, examples=["alice@example.com"]),
+    Field(min_length=3, max_length=EMAIL_MAX_LENGTH, examples=["alice@example.com"],
+          json_schema_extra={"format": "email"}),
     AfterValidator(normalize_email),
 ]
 
@@ -175,14 +177,17 @@ class AdminUserDetail(AdminUser):
 
 class UserPage(BaseModel):
     items: list[AdminUser]
-    next_cursor: str | None = Field(description="pass as `cursor` for the next page; null on the last page")
+    next_cursor: str | None = Field(
+        description="the last email of this page: pass it as `cursor` for the next page; null on the last page"
+    )
 
 
 class UserSearch(QueryParameters):
     query: str | None = Field(None, max_length=320, description="substring of the email, case-insensitive")
     status: Literal["active", "disabled"] | None = None
     limit: int = Field(50, ge=1, le=200)
-    cursor: str | None = Field(None, max_length=600)
+    cursor: str | None = Field(None, max_length=EMAIL_MAX_LENGTH,
+                               description="list only users whose email sorts after this one")
 
 
 class Role(BaseModel):
@@ -216,3 +221,25 @@ class AuditEntry(BaseModel):
 
 class AuditLog(BaseModel):
     entries: list[AuditEntry]
+
+
+class BanOut(BaseModel):
+    ip: str
+    cause: Literal["failed_logins", "credential_stuffing", "rate_limit", "manual"]
+    reason: str
+    created_at: datetime
+    expires_at: datetime | None = Field(description="null for a permanent ban")
+    offences: int = Field(description="bans of this address within the offence-history window, this one included")
+    actor: str = Field(description="id of the administrator for a manual ban; empty for automatic ones")
+
+
+class BanList(BaseModel):
+    bans: list[BanOut]
+
+
+class CreateBanRequest(RequestBody):
+    ip: IPv4Address | IPv6Address = Field(examples=["203.0.113.7"])
+    reason: str = Field(min_length=1, max_length=255)
+    # Lax: JSON Schema counts 90.0 as an integer, so the API accepts it too.
+    duration_seconds: int | None = Field(None, ge=60, le=31_536_000, strict=False,
+                                         description="omit or null for a permanent ban")

@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
+from datetime import UTC, datetime
 
 from flask import Blueprint, Response, request
 
 from service import admin, audit, roles, users
 from service.api import json_response, operation
 from service.bearer import current_principal
+from service.blacklist import Ban
 from service.blueprints.views import admin_user_view, session_view
 from service.context import services
-from service.errors import InvalidRequest
 from service.schemas import (
     AdminUser,
     AdminUserDetail,
     AuditEntry,
     AuditLog,
     AuditQuery,
+    BanList,
+    BanOut,
+    CreateBanRequest,
     CreateRoleRequest,
     Role,
     RoleList,
@@ -37,33 +39,19 @@ def _actor() -> tuple[str, str]:
     return current_principal().user.id, request.remote_addr or ""
 
 
-def _decode_cursor(cursor: str | None) -> str | None:
-    if cursor is None:
-        return None
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        return base64.b64decode(padded, altchars=b"-_", validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise InvalidRequest("cursor: not a cursor returned by this API", field="cursor") from None
-
-
-def _encode_cursor(email: str) -> str:
-    return base64.urlsafe_b64encode(email.encode()).rstrip(b"=").decode()
-
-
 @blueprint.get("/users")
 @operation("List and search users by email, in pages", query_model=UserSearch, responses={200: UserPage},
            roles=ADMIN_ONLY, tags=TAGS)
 def list_users(query: UserSearch) -> Response:
     found = users.search(services().database, query=query.query, status=query.status,
-                         after_email=_decode_cursor(query.cursor), limit=query.limit + 1)
+                         after_email=query.cursor, limit=query.limit + 1)
     page, more = found[:query.limit], len(found) > query.limit
     with_roles = [users.find_user(services().database, user.id) or user for user in page]
-    next_cursor = _encode_cursor(page[-1].email) if more else None
+    next_cursor = page[-1].email if more else None
     return json_response(UserPage(items=[admin_user_view(user) for user in with_roles], next_cursor=next_cursor))
 
 
-@blueprint.get("/users/<string:user_id>")
+@blueprint.get("/users/<id:user_id>")
 @operation("One user with roles and active sessions", responses={200: AdminUserDetail}, errors=(404,),
            roles=ADMIN_ONLY, tags=TAGS)
 def get_user(user_id: str) -> Response:
@@ -73,46 +61,46 @@ def get_user(user_id: str) -> Response:
     return json_response(detail)
 
 
-@blueprint.post("/users/<string:user_id>/disable")
+@blueprint.post("/users/<id:user_id>/disable")
 @operation("Disable a user and end all their sessions", responses={200: AdminUser}, errors=(404, 409),
            roles=ADMIN_ONLY, tags=TAGS)
 def disable_user(user_id: str) -> Response:
     return json_response(admin_user_view(admin.set_status(services(), *_actor(), user_id, users.STATUS_DISABLED)))
 
 
-@blueprint.post("/users/<string:user_id>/enable")
+@blueprint.post("/users/<id:user_id>/enable")
 @operation("Enable a disabled user", responses={200: AdminUser}, errors=(404,), roles=ADMIN_ONLY, tags=TAGS)
 def enable_user(user_id: str) -> Response:
     return json_response(admin_user_view(admin.set_status(services(), *_actor(), user_id, users.STATUS_ACTIVE)))
 
 
-@blueprint.put("/users/<string:user_id>/roles/<string:role>")
+@blueprint.put("/users/<id:user_id>/roles/<role:role>")
 @operation("Grant a role", responses={200: AdminUser}, errors=(404,), roles=ADMIN_ONLY, tags=TAGS)
 def grant_role(user_id: str, role: str) -> Response:
     return json_response(admin_user_view(admin.grant_role(services(), *_actor(), user_id, role)))
 
 
-@blueprint.delete("/users/<string:user_id>/roles/<string:role>")
+@blueprint.delete("/users/<id:user_id>/roles/<role:role>")
 @operation("Revoke a role", responses={200: AdminUser}, errors=(404, 409), roles=ADMIN_ONLY, tags=TAGS)
 def revoke_role(user_id: str, role: str) -> Response:
     return json_response(admin_user_view(admin.revoke_role(services(), *_actor(), user_id, role)))
 
 
-@blueprint.get("/users/<string:user_id>/sessions")
+@blueprint.get("/users/<id:user_id>/sessions")
 @operation("A user's active sessions", responses={200: SessionList}, errors=(404,), roles=ADMIN_ONLY, tags=TAGS)
 def list_user_sessions(user_id: str) -> Response:
     _, sessions = admin.get_user(services(), user_id)
     return json_response(SessionList(sessions=[session_view(session) for session in sessions]))
 
 
-@blueprint.delete("/users/<string:user_id>/sessions/<string:session_id>")
+@blueprint.delete("/users/<id:user_id>/sessions/<id:session_id>")
 @operation("End one session of a user", responses={204: None}, errors=(404,), roles=ADMIN_ONLY, tags=TAGS)
 def revoke_user_session(user_id: str, session_id: str) -> Response:
     admin.revoke_session(services(), *_actor(), user_id, session_id)
     return Response(status=204, mimetype=None, content_type=None)
 
 
-@blueprint.delete("/users/<string:user_id>/sessions")
+@blueprint.delete("/users/<id:user_id>/sessions")
 @operation("End every session of a user", responses={200: SessionsEnded}, errors=(404,), roles=ADMIN_ONLY,
            tags=TAGS)
 def revoke_user_sessions(user_id: str) -> Response:
@@ -140,3 +128,30 @@ def create_role(body: CreateRoleRequest) -> Response:
 def audit_log(query: AuditQuery) -> Response:
     rows = audit.entries(services().database, limit=query.limit)
     return json_response(AuditLog(entries=[AuditEntry(**row) for row in rows]))
+
+
+def _ban_view(ban: Ban) -> BanOut:
+    return BanOut(ip=ban.ip, cause=ban.cause, reason=ban.reason, created_at=datetime.fromtimestamp(ban.created_at, UTC),
+                  expires_at=datetime.fromtimestamp(ban.expires_at, UTC) if ban.expires_at else None,
+                  offences=ban.offences, actor=ban.actor)
+
+
+@blueprint.get("/bans")
+@operation("Every banned client address", responses={200: BanList}, roles=ADMIN_ONLY, tags=TAGS)
+def list_bans() -> Response:
+    return json_response(BanList(bans=[_ban_view(ban) for ban in services().blacklist.list()]))
+
+
+@blueprint.post("/bans")
+@operation("Ban a client address, for a time or permanently", request_model=CreateBanRequest,
+           responses={201: BanOut}, errors=(409,), roles=ADMIN_ONLY, tags=TAGS)
+def create_ban(body: CreateBanRequest) -> Response:
+    ban = admin.ban_address(services(), *_actor(), str(body.ip), body.reason, body.duration_seconds)
+    return json_response(_ban_view(ban), 201)
+
+
+@blueprint.delete("/bans/<address:ip>")
+@operation("Lift a ban", responses={204: None}, errors=(404,), roles=ADMIN_ONLY, tags=TAGS)
+def delete_ban(ip: str) -> Response:
+    admin.unban_address(services(), *_actor(), ip)
+    return Response(status=204, mimetype=None, content_type=None)

@@ -77,7 +77,7 @@ def list_sessions() -> Response:
                                                for session in sessions]))
 
 
-@blueprint.delete("/sessions/<string:session_id>")
+@blueprint.delete("/sessions/<id:session_id>")
 @operation("End one of the caller's sessions", responses={204: None}, errors=(404,), bearer=True,
            tags=("sessions",))
 def end_session(session_id: str) -> Response:

@@ -66,7 +66,7 @@ def test_list_users_paginates_and_searches(client, admin_tokens):
     assert wildcard == []
 
 
-@pytest.mark.parametrize("query", ["limit=0", "limit=abc", "status=gone", "cursor=%%%", "unknown=1"])
+@pytest.mark.parametrize("query", ["limit=0", "limit=abc", "status=gone", "unknown=1"])
 def test_list_users_rejects_bad_query(client, admin_tokens, query):
     response = client.get(f"/v1/admin/users?{query}", headers=bearer(admin_tokens["access_token"]))
     assert response.status_code == 400

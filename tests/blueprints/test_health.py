@@ -75,9 +75,10 @@ def test_unexpected_error_gives_problem_and_logs_stack(capsys, app):
 
 def test_unknown_method_rejected_before_routing(client):
     response = client.open("/v1/users/me", method="BREW")
-    assert response.status_code == 501
+    assert response.status_code == 405
     assert response.mimetype == "application/problem+json"
-    assert response.get_json()["code"] == "method_not_implemented"
+    assert response.get_json()["code"] == "method_not_allowed"
+    assert set(response.headers["Allow"].split(", ")) == {"GET", "HEAD", "OPTIONS"}
 
 
 def test_metrics_ignores_query_filters(client):

@@ -1,0 +1,295 @@
+{{/* Chart name or nameOverride, cut to 63 characters, the limit of a label value. */}}
+{{- define "gatehouse.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Prefix of every object name: fullnameOverride, or the release name with the chart name unless it already contains it. */}}
+{{- define "gatehouse.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Value of the helm.sh/chart label: chart name and version. */}}
+{{- define "gatehouse.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Labels that select the pods of this release. Each workload adds its component. */}}
+{{- define "gatehouse.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "gatehouse.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* Labels of every object: the selector labels, versions, and commonLabels. */}}
+{{- define "gatehouse.labels" -}}
+{{ include "gatehouse.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: gatehouse
+helm.sh/chart: {{ include "gatehouse.chart" . }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Metadata annotations from commonAnnotations, as a block for `with`. */}}
+{{- define "gatehouse.annotations" -}}
+{{- with .Values.commonAnnotations }}
+{{- toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Name of the ServiceAccount the pods use. */}}
+{{- define "gatehouse.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "gatehouse.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Image reference: registry/repository, then @digest or :tag (appVersion when the tag is empty). */}}
+{{- define "gatehouse.image" -}}
+{{- $repository := .Values.image.repository -}}
+{{- if .Values.image.registry -}}
+{{- $repository = printf "%s/%s" .Values.image.registry .Values.image.repository -}}
+{{- end -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" $repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Name of the Secret with mysql-password, redis-url and the *.pem signing keys. */}}
+{{- define "gatehouse.secretName" -}}
+{{- default (include "gatehouse.fullname" .) .Values.secret.existingSecret -}}
+{{- end -}}
+
+{{/* Name of the PersistentVolumeClaim that holds the backups. */}}
+{{- define "gatehouse.backupClaimName" -}}
+{{- default (printf "%s-backups" (include "gatehouse.fullname" .)) .Values.cronJobs.backup.persistence.existingClaim -}}
+{{- end -}}
+
+{{/* Container port: the port of GATEHOUSE_BIND. */}}
+{{- define "gatehouse.httpPort" -}}
+{{- .Values.containerPorts.http | int -}}
+{{- end -}}
+
+{{/* Where the signing keys are mounted: GATEHOUSE_KEYS_DIR. */}}
+{{- define "gatehouse.keysDir" -}}
+/etc/gatehouse/keys
+{{- end -}}
+
+{{/*
+A value as an environment variable string. YAML and JSON numbers arrive as
+floats, which would print 2592000 as 2.592e+06: whole numbers print as
+integers, everything else as it is.
+*/}}
+{{- define "gatehouse.envValue" -}}
+{{- if and (kindIs "float64" .) (eq . (float64 (int64 .))) -}}
+{{- int64 . -}}
+{{- else -}}
+{{- . -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+ConfigMap data: each config value as GATEHOUSE_<NAME> (config.mysqlPoolSize
+becomes GATEHOUSE_MYSQL_POOL_SIZE), the two settings the chart owns, then
+extraEnv. Shared by the ConfigMap and its copy for the migration hook.
+*/}}
+{{- define "gatehouse.configData" -}}
+GATEHOUSE_BIND: {{ printf "0.0.0.0:%s" (include "gatehouse.httpPort" .) | quote }}
+GATEHOUSE_KEYS_DIR: {{ include "gatehouse.keysDir" . | quote }}
+{{- range $name, $value := .Values.config }}
+{{ printf "GATEHOUSE_%s" ($name | snakecase | upper) }}: {{ include "gatehouse.envValue" $value | quote }}
+{{- end }}
+{{- range $name, $value := .Values.extraEnv }}
+{{ $name }}: {{ include "gatehouse.envValue" $value | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* Secret data created from the secret.* values. Shared by the Secret and its copy for the migration hook. */}}
+{{- define "gatehouse.secretData" -}}
+mysql-password: {{ .Values.secret.mysqlPassword | b64enc | quote }}
+redis-url: {{ .Values.secret.redisUrl | b64enc | quote }}
+{{- range $file, $pem := .Values.secret.signingKeys }}
+{{ $file }}: {{ $pem | b64enc | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* Environment of every Gatehouse container: the two secrets by reference, then extraEnvVars. */}}
+{{- define "gatehouse.secretEnv" -}}
+- name: GATEHOUSE_MYSQL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ .secretName }}
+      key: mysql-password
+- name: GATEHOUSE_REDIS_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .secretName }}
+      key: redis-url
+{{- with .root.Values.extraEnvVars }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/*
+Pod spec of a Job that runs one `gatehouse` command, for the migration hook
+and the CronJobs. Takes a dict: root (the chart context), component,
+serviceAccountName, configMapName, secretName, resources, activeDeadlineSeconds, backoffLimit,
+containerName and args (the command line after `gatehouse`), optionally
+initContainerName and initArgs (a command that runs first, as an init
+container), and backups (true mounts the backup claim).
+*/}}
+{{- define "gatehouse.jobTemplate" -}}
+{{- $root := .root -}}
+backoffLimit: {{ .backoffLimit }}
+activeDeadlineSeconds: {{ .activeDeadlineSeconds }}
+template:
+  metadata:
+    labels:
+      {{- include "gatehouse.labels" $root | nindent 6 }}
+      app.kubernetes.io/component: {{ .component }}
+  spec:
+    restartPolicy: Never
+    serviceAccountName: {{ .serviceAccountName }}
+    automountServiceAccountToken: {{ $root.Values.serviceAccount.automountServiceAccountToken }}
+    enableServiceLinks: false
+    {{- with $root.Values.image.pullSecrets }}
+    imagePullSecrets:
+      {{- range . }}
+      - name: {{ . }}
+      {{- end }}
+    {{- end }}
+    securityContext:
+      {{- toYaml $root.Values.podSecurityContext | nindent 6 }}
+    {{- with $root.Values.nodeSelector }}
+    nodeSelector:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+    {{- with $root.Values.tolerations }}
+    tolerations:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+    {{- $container := dict "root" $root "configMapName" .configMapName "secretName" .secretName "resources" .resources "backups" .backups }}
+    {{- if .initArgs }}
+    initContainers:
+      {{- include "gatehouse.jobContainer" (merge (dict "name" .initContainerName "args" .initArgs) $container) | nindent 6 }}
+    {{- end }}
+    containers:
+      {{- include "gatehouse.jobContainer" (merge (dict "name" .containerName "args" .args) $container) | nindent 6 }}
+    volumes:
+      - name: keys
+        secret:
+          secretName: {{ .secretName }}
+          defaultMode: 0440
+      - name: tmp
+        emptyDir: {}
+      {{- if .backups }}
+      - name: backups
+        persistentVolumeClaim:
+          claimName: {{ include "gatehouse.backupClaimName" $root }}
+      {{- end }}
+{{- end -}}
+
+{{/* One container of a Job pod running `gatehouse <args>`. gatehouse.jobTemplate describes the dict it takes. */}}
+{{- define "gatehouse.jobContainer" -}}
+- name: {{ .name }}
+  image: {{ include "gatehouse.image" .root }}
+  imagePullPolicy: {{ .root.Values.image.pullPolicy }}
+  command:
+    - gatehouse
+    {{- range .args }}
+    - {{ . | quote }}
+    {{- end }}
+  envFrom:
+    - configMapRef:
+        name: {{ .configMapName }}
+  env:
+    {{- include "gatehouse.secretEnv" . | nindent 4 }}
+  resources:
+    {{- toYaml .resources | nindent 4 }}
+  securityContext:
+    {{- toYaml .root.Values.containerSecurityContext | nindent 4 }}
+  volumeMounts:
+    - name: keys
+      mountPath: {{ include "gatehouse.keysDir" .root }}
+      readOnly: true
+    - name: tmp
+      mountPath: /tmp
+    {{- if .backups }}
+    - name: backups
+      mountPath: {{ include "gatehouse.backupDir" .root }}
+    {{- end }}
+{{- end -}}
+
+{{/* Where the backup claim is mounted in the backup Job. */}}
+{{- define "gatehouse.backupDir" -}}
+/var/backups/gatehouse
+{{- end -}}
+
+{{/*
+Check values that depend on each other, which values.schema.json cannot
+express, and fail rendering with the value paths and the fix.
+*/}}
+{{- define "gatehouse.validateValues" -}}
+{{- $messages := list -}}
+{{- $messages = append $messages (include "gatehouse.validateValues.gracePeriod" .) -}}
+{{- $messages = append $messages (include "gatehouse.validateValues.startupProbe" .) -}}
+{{- $messages = append $messages (include "gatehouse.validateValues.pdb" .) -}}
+{{- $messages = without $messages "" -}}
+{{- if $messages -}}
+{{- printf "\nVALUES VALIDATION:\n%s" (join "\n" $messages) | fail -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+terminationGracePeriodSeconds must cover the preStop pause plus gunicorn's
+graceful timeout: the kubelet counts the grace period from the start of the
+preStop hook, and a pod killed before gunicorn's graceful timeout ends cuts off
+the requests it is still draining.
+*/}}
+{{- define "gatehouse.validateValues.gracePeriod" -}}
+{{- $grace := int .Values.terminationGracePeriodSeconds -}}
+{{- $pause := int .Values.lifecycle.preStopSleepSeconds -}}
+{{- $drain := int .Values.config.gracefulTimeout -}}
+{{- if le $grace (add $pause $drain) -}}
+gatehouse: terminationGracePeriodSeconds
+    terminationGracePeriodSeconds ({{ $grace }}) must be greater than lifecycle.preStopSleepSeconds ({{ $pause }}) + config.gracefulTimeout ({{ $drain }}) = {{ add $pause $drain }}, or in-flight requests are cut off at shutdown. Set terminationGracePeriodSeconds to at least {{ add $pause $drain 1 }}, or lower one of the other two.
+{{- end -}}
+{{- end -}}
+
+{{/*
+The master runs the start-up checks before it binds the port, retrying MySQL
+and Redis for up to config.startupTimeoutSeconds. A startup probe that gives
+up sooner restarts pods that would have come up.
+*/}}
+{{- define "gatehouse.validateValues.startupProbe" -}}
+{{- if .Values.startupProbe.enabled -}}
+{{- $budget := add .Values.startupProbe.initialDelaySeconds (mul .Values.startupProbe.periodSeconds .Values.startupProbe.failureThreshold) -}}
+{{- $checks := ceil .Values.config.startupTimeoutSeconds | int -}}
+{{- if le (int $budget) $checks -}}
+gatehouse: startupProbe
+    startupProbe allows {{ $budget }} seconds (initialDelaySeconds + periodSeconds x failureThreshold), but the start-up checks may take config.startupTimeoutSeconds ({{ .Values.config.startupTimeoutSeconds }}). Raise startupProbe.failureThreshold or periodSeconds, or lower config.startupTimeoutSeconds.
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* A PodDisruptionBudget takes minAvailable or maxUnavailable, not both. */}}
+{{- define "gatehouse.validateValues.pdb" -}}
+{{- if and .Values.pdb.enabled (ne (toString .Values.pdb.minAvailable) "") (ne (toString .Values.pdb.maxUnavailable) "") -}}
+gatehouse: pdb
+    pdb.minAvailable ({{ .Values.pdb.minAvailable }}) and pdb.maxUnavailable ({{ .Values.pdb.maxUnavailable }}) are both set, but a PodDisruptionBudget takes only one of them. Set the other to "".
+{{- end -}}
+{{- end -}}

@@ -1,0 +1,38 @@
+"""Refuse banned client addresses with 403 on every route but the probes and /metrics."""
+
+from __future__ import annotations
+
+import math
+import time
+
+from flask import Flask, current_app, request
+
+from service.blacklist import PERMANENT_SCORE
+from service.context import EXTENSION_KEY, Services
+from service.errors import IpBanned
+
+# Kubernetes probes and Prometheus must keep working whatever their source address.
+EXEMPT_PATHS = frozenset({"/health", "/ready", "/metrics"})
+
+
+def _check_ban() -> None:
+    if request.path in EXEMPT_PATHS:
+        return
+
+    svc: Services | None = current_app.extensions.get(EXTENSION_KEY)
+    if svc is None or not svc.settings.ban_enabled:
+        return
+
+    # NOTE: the check reads only this worker's memory. While the events listener is
+    # disconnected from Redis, bans made elsewhere in that time are not seen (fail open);
+    # every other route needs Redis then and answers 503 anyway.
+    until = svc.bans.banned_until(request.remote_addr or "")
+    if until is None:
+        return
+
+    retry_after = None if until >= PERMANENT_SCORE else max(1, math.ceil(until - time.time()))
+    raise IpBanned(retry_after)
+
+
+def init_app(app: Flask) -> None:
+    app.before_request(_check_ban)

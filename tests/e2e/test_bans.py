@@ -1,0 +1,75 @@
+"""IP bans through a real gunicorn with 2 workers behind one trusted proxy hop."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import requests
+
+from tests.conftest import PASSWORD
+from tests.helpers import Gunicorn, bearer, create_user
+
+pytestmark = pytest.mark.e2e
+
+PROBES = 16
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    gunicorn = Gunicorn(tmp_path_factory.mktemp("bans"), env={
+        "GATEHOUSE_TRUSTED_PROXY_COUNT": "1",
+        "GATEHOUSE_BAN_FAILED_LOGINS": "5",
+        "GATEHOUSE_BAN_ALLOWLIST": "198.51.100.0/24",
+    })
+    gunicorn.start()
+    try:
+        gunicorn.wait_ready()
+        yield gunicorn
+    finally:
+        gunicorn.stop()
+
+
+def as_client(ip: str) -> dict[str, str]:
+    """Headers of a request that the trusted proxy forwarded for `ip`, on a new connection."""
+    return {"X-Forwarded-For": ip, "Connection": "close"}
+
+
+def fail_logins(url: str, ip: str, count: int) -> list[int]:
+    return [requests.post(f"{url}/v1/auth/login", json={"email": "nobody@example.com", "password": "wrong password"},
+                          headers=as_client(ip), timeout=10).status_code for _ in range(count)]
+
+
+def probe(url: str, ip: str) -> list[int]:
+    return [requests.get(f"{url}/v1/users/me", headers=as_client(ip), timeout=10).status_code for _ in range(PROBES)]
+
+
+def test_ban_enforced_by_every_worker_and_lifted(server, settings):
+    assert fail_logins(server.url, "203.0.113.5", 5) == [401] * 5
+    assert probe(server.url, "203.0.113.5") == [403] * PROBES
+    assert probe(server.url, "203.0.113.6") == [401] * PROBES
+    assert requests.get(f"{server.url}/health", headers=as_client("203.0.113.5"), timeout=10).status_code == 200
+
+    create_user(settings, "root@example.com", PASSWORD, roles=("admin",))
+    admin = requests.post(f"{server.url}/v1/auth/login", json={"email": "root@example.com", "password": PASSWORD},
+                          headers=as_client("203.0.113.99"), timeout=10).json()
+    lifted = requests.delete(f"{server.url}/v1/admin/bans/203.0.113.5",
+                             headers={**bearer(admin["access_token"]), **as_client("203.0.113.99")}, timeout=10)
+    assert lifted.status_code == 204
+    time.sleep(1.0)
+
+    assert probe(server.url, "203.0.113.5") == [401] * PROBES
+
+
+def test_forged_first_entry_does_not_escape_ban(server):
+    assert fail_logins(server.url, "203.0.113.7", 5) == [401] * 5
+    # The client prepends its own entries; only the one the proxy added counts.
+    forged = [requests.get(f"{server.url}/v1/users/me", timeout=10,
+                           headers={"X-Forwarded-For": f"10.9.9.{index}, 203.0.113.7", "Connection": "close"}
+                           ).status_code for index in range(PROBES)]
+    assert forged == [403] * PROBES
+
+
+def test_allowlisted_network_never_banned(server):
+    assert fail_logins(server.url, "198.51.100.9", 12) == [401] * 12
+    assert probe(server.url, "198.51.100.9") == [401] * PROBES

@@ -1,0 +1,152 @@
+"""IP bans on the real Redis: thresholds, escalation, allowlist, manual bans and rotation."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from service.app import close_app, create_app
+from tests.conftest import PASSWORD
+from tests.helpers import bearer
+
+ATTACKER = "192.0.2.10"
+SETTINGS = {"ban_failed_logins": 3, "ban_distinct_accounts": 4, "ban_base_seconds": 60, "ban_multiplier": 4,
+            "ban_max_seconds": 600, "ban_allowlist": "198.51.100.0/24"}
+
+
+@pytest.fixture
+def ban_app():
+    app = create_app(SETTINGS)
+    yield app
+    close_app(app)
+
+
+def fail_login(client, ip: str, email: str = "alice@example.com"):
+    return client.post("/v1/auth/login", json={"email": email, "password": "wrong password"},
+                       environ_base={"REMOTE_ADDR": ip})
+
+
+def test_failed_logins_ban_address(ban_app, user):
+    client = ban_app.test_client()
+    assert [fail_login(client, ATTACKER).status_code for _ in range(3)] == [401, 401, 401]
+
+    refused = client.get("/v1/users/me", environ_base={"REMOTE_ADDR": ATTACKER})
+    assert refused.status_code == 403
+    assert refused.get_json()["code"] == "ip_banned"
+    assert 55 <= int(refused.headers["Retry-After"]) <= 60
+    assert client.get("/health", environ_base={"REMOTE_ADDR": ATTACKER}).status_code == 200
+    assert client.get("/metrics", environ_base={"REMOTE_ADDR": ATTACKER}).status_code == 200
+    other = client.post("/v1/auth/login", json={"email": "alice@example.com", "password": PASSWORD},
+                        environ_base={"REMOTE_ADDR": "192.0.2.11"})
+    assert other.status_code == 200
+
+
+def test_many_accounts_ban_as_stuffing(ban_app):
+    app = create_app({**SETTINGS, "ban_failed_logins": 100})
+    client = app.test_client()
+    statuses = [fail_login(client, ATTACKER, f"victim{index}@example.com").status_code for index in range(4)]
+    assert statuses == [401] * 4
+    [ban] = app.extensions["gatehouse"].blacklist.list()
+    assert ban.cause == "credential_stuffing"
+    assert fail_login(client, ATTACKER).status_code == 403
+    close_app(app)
+
+
+def test_repeat_offender_banned_longer(ban_app, user):
+    blacklist = ban_app.extensions["gatehouse"].blacklist
+    client = ban_app.test_client()
+    for _ in range(3):
+        fail_login(client, ATTACKER)
+    first = blacklist.get(ATTACKER)
+    assert first.offences == 1
+    assert first.expires_at - first.created_at == pytest.approx(60, abs=1)
+
+    blacklist.unban(ATTACKER, actor="test")
+    ban_app.extensions["gatehouse"].bans.apply_event({"kind": "ip_unbanned", "ip": ATTACKER})
+    for _ in range(3):
+        fail_login(client, ATTACKER)
+    second = blacklist.get(ATTACKER)
+    assert second.offences == 2
+    assert second.expires_at - second.created_at == pytest.approx(240, abs=1)
+
+
+def test_escalation_capped_at_maximum(ban_app):
+    blacklist = ban_app.extensions["gatehouse"].blacklist
+    for round_number in range(4):
+        blacklist.unban(ATTACKER, actor="test")
+        for _ in range(3):
+            blacklist.record_failed_login(ATTACKER, "alice@example.com")
+    ban = blacklist.get(ATTACKER)
+    assert ban.offences == 4
+    assert ban.expires_at - ban.created_at == pytest.approx(600, abs=1)
+
+
+def test_allowlisted_network_never_banned(ban_app, user):
+    client = ban_app.test_client()
+    statuses = [fail_login(client, "198.51.100.20").status_code for _ in range(10)]
+    assert statuses == [401] * 10
+    assert ban_app.extensions["gatehouse"].blacklist.list() == []
+
+
+def test_manual_ban_list_and_unban(ban_app, admin_tokens):
+    client = ban_app.test_client()
+    headers = bearer(admin_tokens["access_token"])
+    created = client.post("/v1/admin/bans", json={"ip": "2001:db8::0:1", "reason": "scanner"}, headers=headers)
+    assert created.status_code == 201
+    body = created.get_json()
+    assert body["ip"] == "2001:db8::1"
+    assert body["expires_at"] is None
+    assert body["actor"] == admin_tokens["user_id"]
+
+    listed = client.get("/v1/admin/bans", headers=headers).get_json()["bans"]
+    assert [ban["ip"] for ban in listed] == ["2001:db8::1"]
+    refused = client.get("/v1/users/me", environ_base={"REMOTE_ADDR": "2001:db8::1"})
+    assert refused.status_code == 403
+    assert "Retry-After" not in refused.headers
+
+    assert client.delete("/v1/admin/bans/2001:db8::1", headers=headers).status_code == 204
+    assert client.get("/v1/users/me", environ_base={"REMOTE_ADDR": "2001:db8::1"}).status_code == 401
+    assert client.delete("/v1/admin/bans/2001:db8::1", headers=headers).status_code == 404
+    actions = [entry["action"] for entry in client.get("/v1/admin/audit", headers=headers).get_json()["entries"]]
+    assert "ip_banned" in actions
+    assert "ip_unbanned" in actions
+
+
+@pytest.mark.parametrize(("ip", "status", "code"), [("not-an-ip", 400, "invalid_request"),
+                                                    ("198.51.100.7", 409, "conflict")])
+def test_manual_ban_rejects_bad_address(ban_app, admin_tokens, ip, status, code):
+    response = ban_app.test_client().post("/v1/admin/bans", json={"ip": ip, "reason": "x"},
+                                          headers=bearer(admin_tokens["access_token"]))
+    assert response.status_code == status
+    assert response.get_json()["code"] == code
+    assert response.get_json()["field"] == "ip"
+
+
+def test_rotate_drops_expired_and_is_idempotent(ban_app):
+    blacklist = ban_app.extensions["gatehouse"].blacklist
+    blacklist.ban("192.0.2.50", reason="short", seconds=60, actor="test")
+    blacklist.ban("192.0.2.51", reason="forever", seconds=None, actor="test")
+    later = time.time() + 120
+
+    first = blacklist.rotate(now=later)
+    second = blacklist.rotate(now=later)
+
+    assert first["expired_bans_removed"] == 1
+    assert first["live_bans"] == 1
+    assert second["expired_bans_removed"] == 0
+    assert [ban.ip for ban in blacklist.list(now=later)] == ["192.0.2.51"]
+
+
+def test_ban_reaches_other_worker(ban_app):
+    other = create_app(SETTINGS)
+    try:
+        ban_app.extensions["gatehouse"].blacklist.ban("192.0.2.60", reason="x", seconds=300, actor="test")
+        deadline = time.monotonic() + 1.0
+        status = None
+        while time.monotonic() < deadline and status != 403:
+            status = other.test_client().get("/v1/users/me", environ_base={"REMOTE_ADDR": "192.0.2.60"}).status_code
+            time.sleep(0.05)
+        assert status == 403
+    finally:
+        close_app(other)
