@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from limits import parse_many
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "GATEHOUSE_"
@@ -223,6 +224,67 @@ class Settings(BaseSettings):
         """Return the settings for the start-up log, with secrets redacted."""
         return {name: ("**redacted**" if isinstance(value, SecretStr) else str(value) if isinstance(value, Path) else value)
                 for name, value in self.model_dump().items()}
+
+    # Abuse protection: rate limits, login throttling and request body limits.
+    # Rate limits use the notation of the `limits` library: "20/minute;200/hour"
+    # means both at once. docs/abuse-protection.md explains each control.
+    rate_limit_default: str = Field(
+        "600/minute", description="requests per client address to each route without its own limit, e.g. 600/minute"
+    )
+    rate_limit_login: str = Field(
+        "20/minute;200/hour", description="login attempts per client address, e.g. 20/minute;200/hour"
+    )
+    rate_limit_login_account: str = Field(
+        "10/minute;60/hour", description="login attempts per account from addresses it never logged in from"
+    )
+    rate_limit_refresh: str = Field("60/minute", description="refresh requests per client address, e.g. 60/minute")
+    rate_limit_register: str = Field(
+        "10/minute;50/hour", description="registrations per client address, e.g. 10/minute;50/hour"
+    )
+    rate_limit_retry_seconds: float = Field(
+        2.0, gt=0, le=300, description="seconds between Redis retries while rate limits run from memory, up to 300"
+    )
+    login_delay_after_failures: int = Field(
+        5, ge=1, le=100, description="failed logins per account before each further attempt is delayed, 1-100"
+    )
+    login_delay_base_seconds: int = Field(
+        1, ge=1, le=60, description="first login delay in seconds, doubled after each further failure, 1-60"
+    )
+    login_delay_max_seconds: int = Field(
+        300, ge=1, le=3600, description="maximum login delay in seconds, 1-3600"
+    )
+    login_failure_window_seconds: int = Field(
+        3600, ge=60, le=86400, description="seconds a failed login counts towards the delay, 60-86400"
+    )
+    login_known_client_ttl_seconds: int = Field(
+        30 * 86400, ge=0, le=365 * 86400,
+        description="seconds an address stays known to an account after a successful login, 0-31536000",
+    )
+    max_auth_body_bytes: int = Field(
+        8192, ge=1024, le=1_048_576, description="largest request body in bytes on /v1/auth/ routes, 1024-1048576"
+    )
+
+    @field_validator("rate_limit_default", "rate_limit_login", "rate_limit_login_account", "rate_limit_refresh",
+                     "rate_limit_register")
+    @classmethod
+    def _check_rate_limit(cls, value: str) -> str:
+        try:
+            items = parse_many(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a rate limit") from None
+        if any(item.amount < 1 for item in items):
+            raise ValueError(f"{value!r} allows no request at all") from None
+
+        return value
+
+    @field_validator("login_delay_max_seconds")
+    @classmethod
+    def _check_delay_range(cls, value: int, info: ValidationInfo) -> int:
+        base = info.data.get("login_delay_base_seconds")
+        if base is not None and value < base:
+            raise ValueError(f"{value} is below GATEHOUSE_LOGIN_DELAY_BASE_SECONDS ({base})")
+
+        return value
 
 
 def load_settings(overrides: dict[str, Any] | None = None) -> Settings:

@@ -21,6 +21,9 @@ def server(tmp_path_factory):
         "GATEHOUSE_TRUSTED_PROXY_COUNT": "1",
         "GATEHOUSE_BAN_FAILED_LOGINS": "5",
         "GATEHOUSE_BAN_ALLOWLIST": "198.51.100.0/24",
+        # Out of reach, so repeated failed logins get 401 until the ban, not 429.
+        "GATEHOUSE_LOGIN_DELAY_AFTER_FAILURES": "100",
+        "GATEHOUSE_RATE_LIMIT_LOGIN_ACCOUNT": "1000/minute",
     })
     gunicorn.start()
     try:
