@@ -38,13 +38,16 @@ RUN python -m pip wheel --no-deps --wheel-dir /dist . \
 #
 FROM python:${PYTHON_VERSION}-slim-${DEBIAN_RELEASE} AS runtime
 
-# mariadb-client (mariadb-dump, mariadb) and redis-tools (redis-cli) are
-# used by the backup jobs, which run from this image. Their versions follow
-# the Debian release of the base image: Debian drops superseded package
-# versions from its archive, so an exact pin would break later builds.
+# mariadb-client (mariadb-dump, mariadb) and redis-tools (redis-cli,
+# redis-check-rdb) are used by the backup jobs, which run from this image;
+# mariadb-server and redis-server give `backup verify` the scratch servers it
+# loads a backup into. No server starts in the service's own containers.
+# Their versions follow the Debian release of the base image: Debian drops
+# superseded package versions from its archive, so an exact pin would break
+# later builds.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install --yes --no-install-recommends mariadb-client redis-tools \
+ && apt-get install --yes --no-install-recommends mariadb-client mariadb-server redis-tools redis-server \
  && rm -rf /var/lib/apt/lists/*
 
 # A fixed numeric id, so that Kubernetes can check runAsNonRoot without

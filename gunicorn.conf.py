@@ -37,9 +37,10 @@ backlog = 2048
 #       the servers' connection limits (MariaDB's max_connections is 151 by default).
 workers = _settings.workers
 
-#   worker_class - gevent: one greenlet per connection, so requests waiting on
-#       MySQL, Redis or the argon2 thread pool do not block each other.
-worker_class = "gevent"
+#   worker_class - gunicorn's gevent worker (one greenlet per connection, so requests
+#       waiting on MySQL, Redis or the argon2 thread pool do not block each other),
+#       extended with a shutdown that drops no request: see service/lifecycle/worker.py.
+worker_class = "service.lifecycle.worker.GatehouseWorker"
 
 #   worker_connections - concurrent connections per worker; 10-100000.
 worker_connections = _settings.worker_connections
@@ -49,6 +50,8 @@ worker_connections = _settings.worker_connections
 timeout = _settings.timeout
 
 #   graceful_timeout - seconds in-flight requests get to finish after SIGTERM; 1-600.
+#       It starts after the drain delay, so a shutdown takes at most
+#       GATEHOUSE_SHUTDOWN_DRAIN_SECONDS + graceful_timeout.
 graceful_timeout = _settings.graceful_timeout
 
 #   keepalive - seconds an idle keep-alive connection is held open; 0-300.
@@ -60,7 +63,8 @@ keepalive = _settings.keepalive
 preload_app = False
 
 #
-# Request limits (gunicorn returns 400 or 431 on its own when they are exceeded)
+# Request limits (gunicorn itself returns 414 for the request line and 431 for headers,
+# in HTML; the body limits are the app's, see service/payload.py)
 #
 #   limit_request_line - longest request line in bytes; 0-8190.
 limit_request_line = 4094
@@ -102,6 +106,13 @@ def on_starting(server):
     import shutil
     import subprocess
 
+    from service.lifecycle.crash import enable_faulthandler
+    from service.lifecycle.master import install_shutdown_handlers
+
+    enable_faulthandler()
+    install_shutdown_handlers(server, _settings.shutdown_drain_seconds)
+    _attach_log_file()
+
     metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     # Files left by an earlier master would be summed into this run's counters.
     shutil.rmtree(metrics_dir, ignore_errors=True)
@@ -121,9 +132,41 @@ def on_starting(server):
         sys.exit(3)
 
 
+def on_reload(server):
+    """Master, on SIGHUP after the logger was set up again: put the log file handler back."""
+    _attach_log_file()
+
+
+def _attach_log_file():
+    """Send gunicorn's own records to GATEHOUSE_LOG_FILE too, when one is configured."""
+    import logging
+
+    from service import log_file
+
+    log_file.attach(_settings, logging.getLogger("gunicorn.error"), logging.getLogger("gunicorn.access"))
+
+
 def post_fork(server, worker):
     """Worker, right after fork: the app (and its pools) is created next, when it loads."""
+    from service.lifecycle.crash import enable_faulthandler
+
+    enable_faulthandler()
+    worker.hold_early_signals(server)
     server.log.info("worker_started", extra={"worker_pid": worker.pid})
+
+
+def post_worker_init(worker):
+    """Worker, after the app loaded: count this worker in the gatehouse_workers gauge."""
+    from service.lifecycle.metrics import mark_worker_serving
+
+    mark_worker_serving()
+
+
+def worker_abort(worker):
+    """Worker, on SIGABRT (the master's timeout kill): log every greenlet's stack before exiting."""
+    from service.lifecycle.crash import log_greenlet_stacks
+
+    log_greenlet_stacks(worker.pid, reason="SIGABRT, usually the worker timeout")
 
 
 def worker_exit(server, worker):
@@ -132,7 +175,7 @@ def worker_exit(server, worker):
 
     from service.app import close_app
 
-    app = getattr(worker, "wsgi", None)
+    app = getattr(worker, "application", None)
     if app is not None:
         close_app(app)
     logging.shutdown()
@@ -146,5 +189,7 @@ def child_exit(server, worker):
 
 
 def on_exit(server):
-    """Master, last step before exit."""
-    server.log.info("master_exited", extra={"pid": os.getpid()})
+    """Master, last step before exit: log the exit and how long the shutdown took."""
+    from service.lifecycle.master import shutdown_seconds
+
+    server.log.info("master_exited", extra={"pid": os.getpid(), "shutdown_seconds": shutdown_seconds(server)})

@@ -15,6 +15,7 @@ from werkzeug.routing import BaseConverter
 
 from service.bearer import authenticate_request, require_roles
 from service.errors import InvalidJson, InvalidRequest, UnsupportedMediaType
+from service.limits import EXEMPT_ROUTES
 from service.schemas import ProblemDetails
 
 _MAX_FIELD_ERRORS = 10
@@ -23,7 +24,8 @@ _MAX_FIELD_NAME = 64
 _ERROR_TITLES = {
     400: "Invalid request body or field", 401: "Missing, invalid or revoked credentials",
     403: "Forbidden", 404: "Not found", 409: "Conflict", 413: "Request body too large",
-    415: "Content-Type is not application/json", 503: "A dependency is unavailable; retry after Retry-After",
+    415: "Content-Type is not application/json", 429: "Rate limit exceeded; retry after Retry-After",
+    503: "A dependency is unavailable; retry after Retry-After",
 }
 
 
@@ -191,7 +193,8 @@ def openapi_document(app: Flask, *, version: str) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for path, method, spec in operations:
         parameters = re.findall(r"{(?:([^}:]+):)?([^}]+)}", path)
-        paths.setdefault(re.sub(r"{(?:[^}:]+:)?([^}]+)}", r"{\1}", path), {})[method] = _operation_object(spec, parameters)
+        paths.setdefault(re.sub(r"{(?:[^}:]+:)?([^}]+)}", r"{\1}", path), {})[method] = _operation_object(
+            spec, parameters, rate_limited=path not in EXEMPT_ROUTES)
 
     return {
         "openapi": "3.1.0",
@@ -217,14 +220,14 @@ def _path_parameter(converter: str, name: str) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "schema": schema}
 
 
-def _operation_object(spec: Operation, path_parameters: list[tuple[str, str]]) -> dict[str, Any]:
+def _operation_object(spec: Operation, path_parameters: list[tuple[str, str]], *, rate_limited: bool) -> dict[str, Any]:
     responses: dict[str, Any] = {}
     for status, model in spec.responses.items():
         entry: dict[str, Any] = {"description": spec.summary}
         if model is not None:
             entry["content"] = {"application/json": {"schema": _ref(model)}}
         responses[str(status)] = entry
-    for status in spec.errors:
+    for status in spec.errors + ((429,) if rate_limited else ()):
         if status in spec.responses:
             continue
         responses[str(status)] = {

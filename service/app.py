@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -9,7 +10,7 @@ import structlog
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from service import api, ban_guard, database, errors, metrics, redis_store, request_log
+from service import api, ban_guard, database, errors, limits, log_file, login_guard, metrics, payload, redis_store, request_log
 from service.blacklist import BanList, Blacklist, BanPolicy, parse_networks
 from service.config import Settings, load_settings
 from service.context import EXTENSION_KEY, Services
@@ -32,6 +33,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     """
     settings = load_settings(overrides)
     configure_logging(settings.log_level)
+    log_file.attach(settings, logging.getLogger())
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
@@ -47,6 +49,10 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     ban_guard.init_app(app)
     errors.init_app(app)
     metrics.init_app(app)
+    # Rate limits before payload limits: a flooding client gets 429 without its body being read.
+    limits.init_app(app, settings)
+    login_guard.init_app(app, settings)
+    payload.init_app(app, settings)
     _init_services(app, settings)
     _register_blueprints(app)
     log.info("app_created", pid=os.getpid(), gevent_patched=_gevent_patched())
@@ -151,4 +157,5 @@ def close_app(app: Flask) -> None:
     svc.listener.stop()
     svc.database.close()
     redis_store.close_client(svc.redis)
+    limits.close(app)
     log.info("pools_closed")

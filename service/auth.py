@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import redis
 import structlog
@@ -14,6 +15,11 @@ from service.errors import AccountDisabled, InvalidCredentials, InvalidCurrentPa
 from service.schemas import TokenPair
 from service.sessions import RefreshOutcome
 from service.tokens.access import issue_access_token
+
+if TYPE_CHECKING:
+    # Only for annotations: service.limits imports this module, and login_guard imports service.limits.
+    from service.blacklist import AutomaticBan
+    from service.login_guard import LoginGuard
 
 log = structlog.get_logger(__name__)
 
@@ -34,16 +40,36 @@ def record_failed_login(svc: Services, ip: str, email: str) -> None:
     except redis.RedisError as exc:
         log.warning("abuse_record_failed", error=str(exc)[:200])
         return
+    _apply_ban(svc, ip, ban)
+
+
+def record_rate_limit_hit(svc: Services, ip: str) -> None:
+    """Count a 429 toward an automatic ban; best effort, so the caller still gets its 429."""
+    if not svc.settings.ban_enabled:
+        return
+
+    try:
+        ban = svc.blacklist.record_rate_limit_hit(ip)
+    except redis.RedisError as exc:
+        log.warning("abuse_record_failed", error=str(exc)[:200])
+        return
+    _apply_ban(svc, ip, ban)
+
+
+def _apply_ban(svc: Services, ip: str, ban: AutomaticBan | None) -> None:
     if ban is not None:
         metrics.BANS.labels(cause=ban.cause).inc()
         svc.bans.apply_event({"kind": "ip_banned", "ip": ip, "until": time.time() + ban.seconds})
 
 
-def login(svc: Services, email: str, password: str, *, user_agent: str, ip: str) -> TokenPair:
-    """Check credentials and start a session."""
+def login(svc: Services, email: str, password: str, *, user_agent: str, ip: str, guard: LoginGuard) -> TokenPair:
+    """Check credentials and start a session, unless the guard refuses the attempt first."""
+    # Before the password check, so a refused attempt costs no argon2 work.
+    attempt = guard.admit(email, ip)
     try:
         user = users.authenticate(svc.database, svc.passwords, email, password)
     except InvalidCredentials:
+        guard.record_failure(attempt)
         metrics.LOGINS.labels(result="invalid_credentials").inc()
         log.warning("login_failed", reason="invalid_credentials", client_ip=ip)
         record_failed_login(svc, ip, email)
@@ -53,6 +79,7 @@ def login(svc: Services, email: str, password: str, *, user_agent: str, ip: str)
         log.warning("login_failed", reason="disabled", client_ip=ip)
         raise
 
+    guard.record_success(attempt)
     session_id, refresh_token = svc.sessions.create(user.id, user_agent=user_agent, ip=ip)
     metrics.LOGINS.labels(result="success").inc()
     structlog.contextvars.bind_contextvars(user_id=user.id)

@@ -130,6 +130,7 @@ class Blacklist:
 
     def __init__(self, client: redis.Redis, policy: BanPolicy) -> None:
         self._redis = client
+        self.client = client
         self.policy = policy
         self._record_abuse = client.register_script(_RECORD_ABUSE_LUA)
 

@@ -182,6 +182,13 @@ def _blacklist_unban(args: argparse.Namespace) -> int:
     return 0
 
 
+def _blacklist_rotate(_args: argparse.Namespace) -> int:
+    from service.maintenance.jobs import run_job
+
+    settings, blacklist = _blacklist()
+    return run_job(blacklist.client, "blacklist_rotate", blacklist.rotate, lock_seconds=settings.job_lock_seconds)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gatehouse", description="Gatehouse authentication service tools.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -219,9 +226,16 @@ def build_parser() -> argparse.ArgumentParser:
     unban = blacklist_commands.add_parser("unban", help="lift a ban")
     unban.add_argument("ip", help="IPv4 or IPv6 address")
     unban.set_defaults(handler=_blacklist_unban)
+    blacklist_commands.add_parser(
+        "rotate", help="drop expired bans from the index; safe to run twice at once, records its result"
+    ).set_defaults(handler=_blacklist_rotate)
 
     check = commands.add_parser("check", help="run the start-up checks (keys, MySQL and schema, Redis) and exit")
     check.set_defaults(handler=_check)
+
+    from service.maintenance.commands import add_commands
+
+    add_commands(commands)
     return parser
 
 

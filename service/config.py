@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from limits import parse_many
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "GATEHOUSE_"
@@ -144,6 +145,54 @@ class Settings(BaseSettings):
         30.0, gt=0, le=600, description="seconds the start-up checks keep retrying MySQL and Redis"
     )
 
+    # Process lifecycle, log file and maintenance jobs
+    shutdown_drain_seconds: float = Field(
+        0.0, ge=0, le=300,
+        description="seconds workers keep serving after SIGTERM or SIGINT while /ready returns 503, 0-300",
+    )
+    log_file: Path | None = Field(
+        None, description="path of a JSON log file written besides stdout, rotated and gzip-archived; unset for none"
+    )
+    log_file_max_bytes: int = Field(
+        104_857_600, ge=1024, le=10_737_418_240,
+        description="size in bytes at which the log file is rotated, 1024-10737418240",
+    )
+    log_file_rotate_when: Literal["S", "M", "H", "D", "midnight"] = Field(
+        "midnight", description="time-based rotation unit of the log file: S, M, H, D or midnight"
+    )
+    log_file_rotate_interval: int = Field(
+        1, ge=1, le=1000, description="number of rotate-when units between time-based rotations, 1-1000"
+    )
+    log_file_backups: int = Field(
+        14, ge=1, le=10_000, description="gzip archives of the log file kept after rotation, 1-10000"
+    )
+    job_lock_seconds: int = Field(
+        3600, ge=10, le=86_400, description="seconds a maintenance job's Redis lock lives if its holder dies, 10-86400"
+    )
+    purge_batch_size: int = Field(
+        500, ge=10, le=10_000, description="keys examined per Redis round trip by `gatehouse tokens purge`, 10-10000"
+    )
+    backup_dir: Path | None = Field(
+        None, description="directory that contains one subdirectory per backup; required by the backup commands"
+    )
+    backup_keep: int = Field(7, ge=1, le=1000, description="newest backups kept by `gatehouse backup create`, 1-1000")
+
+    @field_validator("backup_dir", mode="before")
+    @classmethod
+    def _empty_backup_dir(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @field_validator("log_file", mode="before")
+    @classmethod
+    def _check_log_file(cls, value: Any) -> Any:
+        if value in ("", None):
+            return None
+
+        path = Path(value)
+        if not path.parent.is_dir():
+            raise ValueError(f"directory {path.parent} does not exist")
+        return path
+
     @field_validator("bind")
     @classmethod
     def _check_bind(cls, value: str) -> str:
@@ -178,6 +227,67 @@ class Settings(BaseSettings):
         """Return the settings for the start-up log, with secrets redacted."""
         return {name: ("**redacted**" if isinstance(value, SecretStr) else str(value) if isinstance(value, Path) else value)
                 for name, value in self.model_dump().items()}
+
+    # Abuse protection: rate limits, login throttling and request body limits.
+    # Rate limits use the notation of the `limits` library: "20/minute;200/hour"
+    # means both at once. docs/abuse-protection.md explains each control.
+    rate_limit_default: str = Field(
+        "600/minute", description="requests per client address to each route without its own limit, e.g. 600/minute"
+    )
+    rate_limit_login: str = Field(
+        "20/minute;200/hour", description="login attempts per client address, e.g. 20/minute;200/hour"
+    )
+    rate_limit_login_account: str = Field(
+        "10/minute;60/hour", description="login attempts per account from addresses it never logged in from"
+    )
+    rate_limit_refresh: str = Field("60/minute", description="refresh requests per client address, e.g. 60/minute")
+    rate_limit_register: str = Field(
+        "10/minute;50/hour", description="registrations per client address, e.g. 10/minute;50/hour"
+    )
+    rate_limit_retry_seconds: float = Field(
+        2.0, gt=0, le=300, description="seconds between Redis retries while rate limits run from memory, up to 300"
+    )
+    login_delay_after_failures: int = Field(
+        5, ge=1, le=100, description="failed logins per account before each further attempt is delayed, 1-100"
+    )
+    login_delay_base_seconds: int = Field(
+        1, ge=1, le=60, description="first login delay in seconds, doubled after each further failure, 1-60"
+    )
+    login_delay_max_seconds: int = Field(
+        300, ge=1, le=3600, description="maximum login delay in seconds, 1-3600"
+    )
+    login_failure_window_seconds: int = Field(
+        3600, ge=60, le=86400, description="seconds a failed login counts towards the delay, 60-86400"
+    )
+    login_known_client_ttl_seconds: int = Field(
+        30 * 86400, ge=0, le=365 * 86400,
+        description="seconds an address stays known to an account after a successful login, 0-31536000",
+    )
+    max_auth_body_bytes: int = Field(
+        8192, ge=1024, le=1_048_576, description="largest request body in bytes on /v1/auth/ routes, 1024-1048576"
+    )
+
+    @field_validator("rate_limit_default", "rate_limit_login", "rate_limit_login_account", "rate_limit_refresh",
+                     "rate_limit_register")
+    @classmethod
+    def _check_rate_limit(cls, value: str) -> str:
+        try:
+            items = parse_many(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a rate limit") from None
+        if any(item.amount < 1 for item in items):
+            raise ValueError(f"{value!r} allows no request at all") from None
+
+        return value
+
+    @field_validator("login_delay_max_seconds")
+    @classmethod
+    def _check_delay_range(cls, value: int, info: ValidationInfo) -> int:
+        base = info.data.get("login_delay_base_seconds")
+        if base is not None and value < base:
+            raise ValueError(f"{value} is below GATEHOUSE_LOGIN_DELAY_BASE_SECONDS ({base})")
+
+        return value
 
 
 def load_settings(overrides: dict[str, Any] | None = None) -> Settings:

@@ -130,6 +130,23 @@ class InvalidRefreshToken(Unauthorized):
     bearer_error = None
 
 
+class RateLimited(Problem):
+    """A 429 with Retry-After. `limit` names the control that rejected the request, as a metric label.
+
+    The names are a fixed set: client_ip (the per-route limits), account and login_delay (the login guard).
+    """
+
+    status, code, title = 429, "rate_limited", "Too many requests"
+
+    def __init__(self, detail: str, *, retry_after: int, limit: str) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+        self.limit = limit
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
 class DependencyUnavailable(Problem):
     """A 503 with Retry-After: a backing service failed or its pool had no free connection."""
 
@@ -203,7 +220,7 @@ def _handle_redis_failure(exc: Exception) -> Response:
 
 
 def _handle_unexpected(exc: Exception) -> Response:
-    log.error("unhandled_exception", exc_info=exc)
+    log.error("server_error", exc_info=exc)
     return problem_response(Problem("An unexpected error occurred; quote the request id when reporting it."))
 
 

@@ -44,7 +44,16 @@ REFRESH_OUTCOMES = ("rotated", "grace", "reuse_detected", "expired", "invalid")
 POOLS = ("mysql", "redis")
 BAN_CAUSES = ("failed_logins", "credential_stuffing", "rate_limit", "manual")
 # Jobs whose last success and failure are exported; each records them in Redis under gh:job:<name>.
-MAINTENANCE_JOBS = ("tokens_purge", "backup_create", "backup_verify")
+MAINTENANCE_JOBS = ("tokens_purge", "blacklist_rotate", "backup_create", "backup_verify")
+
+# Abuse protection. `route` is the route template, and `limit` names the control that returned 429.
+RATE_LIMIT_HITS = Counter("gatehouse_rate_limit_hits_total", "Requests answered 429 by route and limit.",
+                          ["route", "limit"])
+RATE_LIMIT_FALLBACKS = Counter("gatehouse_rate_limit_fallbacks_total",
+                               "Times a worker moved its rate-limit counters to memory because Redis failed.")
+RATE_LIMIT_MEMORY_FALLBACK = Gauge("gatehouse_rate_limit_memory_fallback",
+                                   "Workers whose rate-limit counters are in memory because Redis failed.",
+                                   multiprocess_mode="livesum")
 
 
 def _initialize_labels() -> None:

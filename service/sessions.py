@@ -269,3 +269,21 @@ class SessionStore:
 
     def _revoked_until(self, now: float) -> int:
         return int(now + self._revoked_ttl)
+
+
+# Key names for code outside this module that walks the keyspace, such as the purge
+# job. Passing "*" as the argument gives the SCAN pattern of that kind of key.
+def refresh_token_key(token_digest: str) -> str:
+    return f"{KEY_PREFIX}rt:{token_digest}"
+
+
+def session_key(session_id: str) -> str:
+    return f"{KEY_PREFIX}sess:{session_id}"
+
+
+def session_tokens_key(session_id: str) -> str:
+    return f"{KEY_PREFIX}sess:{session_id}:tokens"
+
+
+def user_sessions_key(user_id: str) -> str:
+    return f"{KEY_PREFIX}user:{user_id}:sessions"

@@ -40,10 +40,24 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# Limits far above any test's traffic: the tests that exercise rate limits and the login
+# delay pass their own values, the others must not trip over the defaults.
+RELAXED_LIMITS = {
+    "GATEHOUSE_RATE_LIMIT_DEFAULT": "1000000/minute",
+    "GATEHOUSE_RATE_LIMIT_LOGIN": "1000000/minute",
+    "GATEHOUSE_RATE_LIMIT_LOGIN_ACCOUNT": "1000000/minute",
+    "GATEHOUSE_RATE_LIMIT_REGISTER": "1000000/minute",
+    "GATEHOUSE_RATE_LIMIT_REFRESH": "1000000/minute",
+    "GATEHOUSE_LOGIN_DELAY_AFTER_FAILURES": "100",
+}
+
+
 class Gunicorn:
     """A real gunicorn master started with the project's gunicorn.conf.py."""
 
-    def __init__(self, tmp_path: Path, env: dict[str, str] | None = None, workers: int = 2) -> None:
+    def __init__(self, tmp_path: Path, env: dict[str, str] | None = None, workers: int = 2,
+                 app: str = "wsgi:app") -> None:
+        self.app = app
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp_path / f"gunicorn-{self.port}.log"
@@ -52,6 +66,7 @@ class Gunicorn:
             "GATEHOUSE_BIND": f"127.0.0.1:{self.port}",
             "GATEHOUSE_WORKERS": str(workers),
             "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / f"metrics-{self.port}"),
+            **RELAXED_LIMITS,
             **(env or {}),
         }
         self.process: subprocess.Popen | None = None
@@ -59,7 +74,7 @@ class Gunicorn:
     def start(self) -> subprocess.Popen:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", self.app],
             cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
         )
         return self.process
@@ -89,6 +104,12 @@ class Gunicorn:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+    def worker_pids(self) -> set[int]:
+        """Return the pids of the master's live children, read from /proc."""
+        assert self.process is not None
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        return {int(pid) for pid in children.read_text().split()} if children.exists() else set()
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -143,8 +164,13 @@ def stop_redis(settings: Settings) -> None:
 def start_services() -> None:
     """Start the test MariaDB and Redis again (running ones are reused) through scripts/services.sh."""
     profile = Path(os.environ["GATEHOUSE_STATE_DIR"]).name
+    # services.sh takes the ports from GATEHOUSE_<PROFILE>_*_PORT, which pytest run outside
+    # `make test` may lack. Passing the ports of this run's settings keeps a restart on them.
+    redis_port = redis.Redis.from_url(os.environ["GATEHOUSE_REDIS_URL"]).connection_pool.connection_kwargs["port"]
+    env = {**os.environ, f"GATEHOUSE_{profile.upper()}_MYSQL_PORT": os.environ["GATEHOUSE_MYSQL_PORT"],
+           f"GATEHOUSE_{profile.upper()}_REDIS_PORT": str(redis_port)}
     subprocess.run([str(ROOT / "scripts" / "services.sh"), "start", profile], check=True, timeout=60,
-                   capture_output=True)
+                   capture_output=True, env=env)
 
 
 def restart_redis(settings: Settings) -> None:

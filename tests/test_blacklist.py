@@ -11,8 +11,9 @@ from tests.conftest import PASSWORD
 from tests.helpers import bearer
 
 ATTACKER = "192.0.2.10"
+# The login delay is pushed out of reach, so repeated failed logins reach the ban thresholds.
 SETTINGS = {"ban_failed_logins": 3, "ban_distinct_accounts": 4, "ban_base_seconds": 60, "ban_multiplier": 4,
-            "ban_max_seconds": 600, "ban_allowlist": "198.51.100.0/24"}
+            "ban_max_seconds": 600, "ban_allowlist": "198.51.100.0/24", "login_delay_after_failures": 100}
 
 
 @pytest.fixture
@@ -150,3 +151,21 @@ def test_ban_reaches_other_worker(ban_app):
         assert status == 403
     finally:
         close_app(other)
+
+
+def test_rotate_command_records_success(ban_app, settings):
+    import subprocess
+    import sys
+
+    import redis
+
+    from tests.helpers import ROOT
+
+    ban_app.extensions["gatehouse"].blacklist.ban("192.0.2.70", reason="x", seconds=60, actor="test")
+    runs = [subprocess.run([sys.executable, "-m", "service.cli", "blacklist", "rotate"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=60) for _ in range(2)]
+    assert [run.returncode for run in runs] == [0, 0]
+    record = redis.Redis.from_url(settings.redis_url.get_secret_value(), decode_responses=True).hgetall(
+        "gh:job:blacklist_rotate")
+    assert float(record["last_success_at"]) > time.time() - 60
+    assert '"live_bans": 1' in record["last_result"]

@@ -9,6 +9,7 @@ from service.api import json_response, operation
 from service.bearer import current_principal
 from service.blueprints.views import session_view
 from service.context import services
+from service.login_guard import login_guard
 from service.schemas import (
     LoginRequest,
     RefreshRequest,
@@ -40,7 +41,7 @@ def register(body: RegisterRequest) -> Response:
            errors=(401, 403), tags=("auth",))
 def login(body: LoginRequest) -> Response:
     pair = auth.login(services(), body.email, body.password,
-                      user_agent=request.user_agent.string, ip=request.remote_addr or "")
+                      user_agent=request.user_agent.string, ip=request.remote_addr or "", guard=login_guard())
     return json_response(pair, headers=NO_STORE)
 
 

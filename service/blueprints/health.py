@@ -8,6 +8,7 @@ from flask import Blueprint, Response, current_app, jsonify
 
 from service.api import json_response, openapi_document, operation
 from service.context import services
+from service.lifecycle import state
 from service.schemas import CheckResult, Health, Jwks, Readiness
 
 blueprint = Blueprint("health", __name__)
@@ -24,6 +25,12 @@ def health() -> Response:
 @operation("Readiness: MySQL, Redis and the schema version, cached briefly",
            responses={200: Readiness, 503: Readiness}, tags=("operations",), uses_dependencies=False)
 def ready() -> Response:
+    if state.shutting_down():
+        # Checked before the dependencies: a stopping process is not ready, whatever their checks report.
+        body = Readiness(status="not_ready", checks={
+            "shutdown": CheckResult(ok=False, latency_ms=0.0, error="shutting down")})
+        return json_response(body, 503, headers={"Retry-After": "1"})
+
     report = services().readiness.report()
     body = Readiness(
         status="ready" if report.ready else "not_ready",

@@ -142,6 +142,9 @@ def test_final_stage_has_backup_clients():
     commands = " ".join(arguments for keyword, arguments in final_stage() if keyword == "RUN")
     assert "mariadb-client" in commands
     assert "redis-tools" in commands
+    # backup verify starts scratch servers from these.
+    assert "mariadb-server" in commands
+    assert "redis-server" in commands
 
 
 def test_image_installs_wheel_with_pinned_versions():

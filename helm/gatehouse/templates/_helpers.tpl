@@ -218,6 +218,10 @@ template:
         name: {{ .configMapName }}
   env:
     {{- include "gatehouse.secretEnv" . | nindent 4 }}
+    {{- if .backups }}
+    - name: GATEHOUSE_BACKUP_DIR
+      value: {{ include "gatehouse.backupDir" .root | quote }}
+    {{- end }}
   resources:
     {{- toYaml .resources | nindent 4 }}
   securityContext:

@@ -1,0 +1,62 @@
+"""The master's side of a graceful shutdown: announce it, wait the drain delay, then stop.
+
+gunicorn stops gracefully on SIGTERM but quickly on SIGINT, and has no drain delay.
+install_shutdown_handlers replaces both handlers on the arbiter so that either signal:
+
+1. sends SIGUSR2 to every worker, which turns /ready to 503 while it keeps serving;
+2. waits shutdown_drain_seconds, so load balancers and Kubernetes endpoints notice;
+3. hands over to gunicorn's graceful stop: close the listeners, SIGTERM the workers,
+   wait graceful_timeout, SIGKILL whatever is left.
+
+A SIGINT or SIGQUIT during the drain ends the drain early; during step 3 gunicorn
+itself turns either into a quick shutdown.
+"""
+
+from __future__ import annotations
+
+import queue
+import signal
+import time
+from typing import Any
+
+SHUTDOWN_STARTED_ATTRIBUTE = "gatehouse_shutdown_started"
+
+
+def install_shutdown_handlers(arbiter: Any, drain_seconds: float) -> None:
+    """Make SIGTERM and SIGINT start the same graceful shutdown on this gunicorn arbiter."""
+
+    def shutdown_on(signal_name: str):  # noqa: ANN202
+        def handle() -> None:
+            setattr(arbiter, SHUTDOWN_STARTED_ATTRIBUTE, time.monotonic())
+            arbiter.log.info("shutdown_started", extra={"signal": signal_name, "drain_seconds": drain_seconds})
+            arbiter.kill_workers(signal.SIGUSR2)
+            _drain(arbiter, drain_seconds)
+            # gunicorn's main loop turns StopIteration into halt(): the graceful stop.
+            raise StopIteration
+
+        return handle
+
+    # gunicorn looks the handlers up by name on the arbiter for each queued signal.
+    arbiter.handle_term = shutdown_on("SIGTERM")
+    arbiter.handle_int = shutdown_on("SIGINT")
+
+
+def _drain(arbiter: Any, drain_seconds: float) -> None:
+    """Wait drain_seconds while reaping exited workers; a SIGINT or SIGQUIT ends the wait."""
+    deadline = time.monotonic() + drain_seconds
+    while (remaining := deadline - time.monotonic()) > 0:
+        try:
+            sig = arbiter.SIG_QUEUE.get(timeout=min(remaining, 0.1))
+        except queue.Empty:
+            continue
+        if sig in (signal.SIGINT, signal.SIGQUIT):
+            arbiter.log.info("drain_ended_early", extra={"signal": signal.Signals(sig).name})
+            return
+        if sig == signal.SIGCHLD:
+            arbiter.reap_workers()
+
+
+def shutdown_seconds(arbiter: Any) -> float | None:
+    """Return the seconds since the shutdown began, or None when none did."""
+    started = getattr(arbiter, SHUTDOWN_STARTED_ATTRIBUTE, None)
+    return None if started is None else round(time.monotonic() - started, 3)

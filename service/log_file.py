@@ -1,0 +1,87 @@
+"""The optional log file: the same JSON lines as stdout, rotated by size and time, archives gzipped.
+
+concurrent-log-handler's ConcurrentTimedRotatingFileHandler does the work: the
+gunicorn master and every worker write the one file, and its lock file serialises
+writes and rotations across processes. It notices a fork and reopens its lock, so a
+handler created in the master stays safe in the workers that inherit it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from service.config import Settings
+from service.logs import json_formatter
+
+# Set on our handlers so that attaching again (a second create_app, a reload) replaces them.
+_MARK = "_gatehouse_log_file"
+
+
+def _handler_class() -> type[logging.Handler]:
+    """Import the handler class without letting its lock library import redis.
+
+    portalocker, which concurrent-log-handler locks with, imports redis when it is
+    installed, for a Redis lock this service does not use. The gunicorn master must
+    not import redis before it forks: gevent patches sockets in the workers only after
+    the fork. A None entry in sys.modules makes that one import fail, and portalocker
+    goes on without its Redis lock.
+    """
+    blocked = "redis" not in sys.modules
+    if blocked:
+        sys.modules["redis"] = None  # type: ignore[assignment]
+    try:
+        from concurrent_log_handler import ConcurrentTimedRotatingFileHandler
+    finally:
+        if blocked and sys.modules.get("redis", False) is None:
+            del sys.modules["redis"]
+
+    class NewestArchivesKept(ConcurrentTimedRotatingFileHandler):  # type: ignore[misc,valid-type]
+        """Keep the newest archives by modification time.
+
+        concurrent-log-handler 0.9 names size rotations within one period with the lowest
+        free counter (.1 after .1 was deleted) and deletes by (period, counter), so the
+        newest archive could be the next one deleted. Archives are written once, at
+        rotation, so their modification time orders them.
+        """
+
+        def getFilesToDelete(self) -> list[str]:  # noqa: N802 - the library's method name
+            directory, base = os.path.split(self.baseFilename)
+            archives = [os.path.join(directory, name) for name in os.listdir(directory)
+                        if name.startswith(base + ".") and name != base]
+            archives.sort(key=os.path.getmtime)
+            return archives[:max(0, len(archives) - self.backupCount)]
+
+    return NewestArchivesKept
+
+
+def build_handler(settings: Settings) -> logging.Handler | None:
+    """Return a rotating file handler for GATEHOUSE_LOG_FILE, or None when no file is configured."""
+    if settings.log_file is None:
+        return None
+
+    handler = _handler_class()(
+        str(settings.log_file),
+        when=settings.log_file_rotate_when,
+        interval=settings.log_file_rotate_interval,
+        backupCount=settings.log_file_backups,
+        maxBytes=settings.log_file_max_bytes,
+        use_gzip=True,
+        utc=True,
+        encoding="utf-8",
+    )
+    handler.setFormatter(json_formatter())
+    setattr(handler, _MARK, True)
+    return handler
+
+
+def attach(settings: Settings, *loggers: logging.Logger) -> None:
+    """Add one log file handler to each logger, replacing any added before; no-op without a file."""
+    handler = build_handler(settings)
+    for logger in loggers:
+        for old in [existing for existing in logger.handlers if getattr(existing, _MARK, False)]:
+            logger.removeHandler(old)
+            old.close()
+        if handler is not None:
+            logger.addHandler(handler)

@@ -1,0 +1,169 @@
+"""Per-account login protection that slows down guessing without locking out the account's owner.
+
+Two controls apply to an account, keyed by a digest of the normalized email. They
+apply to unregistered emails the same way, so a 429 reveals nothing about whether
+an account exists.
+
+- The account rate limit (GATEHOUSE_RATE_LIMIT_LOGIN_ACCOUNT) counts every attempt
+  and caps bursts, including parallel attempts that all arrive before a failure
+  has been recorded.
+- The login delay: after GATEHOUSE_LOGIN_DELAY_AFTER_FAILURES failures within
+  GATEHOUSE_LOGIN_FAILURE_WINDOW_SECONDS, an attempt is only admitted once the
+  delay has passed since the previous admitted one. The delay starts at
+  GATEHOUSE_LOGIN_DELAY_BASE_SECONDS and doubles with each further failure, up to
+  GATEHOUSE_LOGIN_DELAY_MAX_SECONDS. Attempts that come too early get 429 and no
+  password check, so a guess costs time however many addresses send them.
+
+Neither control locks an account: both expire on their own. A client address
+that logged in to the account successfully within
+GATEHOUSE_LOGIN_KNOWN_CLIENT_TTL_SECONDS is known to it. The account rate limit
+skips known addresses, and their failures count and delay separately from
+everyone else's. So an attacker who floods an account from other addresses slows
+down only the other addresses, not its owner on a known one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+
+from flask import Flask, current_app
+from limits import parse_many
+from limits.strategies import MovingWindowRateLimiter
+
+from service.config import Settings
+from service.errors import RateLimited
+from service.limit_storage import FailoverStorage
+from service.limits import client_network, limit_storage, seconds_until
+
+# Namespace of the account rate limit in the limits library's key format.
+_ACCOUNT_LIMIT_NAMESPACE = "login-account"
+
+
+def account_key(email: str) -> str:
+    """Return the key of an account: a digest of its normalized email, so no address appears in Redis keys."""
+    return hashlib.sha256(email.encode()).hexdigest()[:32]
+
+
+def delay_seconds(failures: int, settings: Settings) -> int:
+    """Return the wait between admitted attempts after this many recent failures; 0 below the threshold."""
+    if failures < settings.login_delay_after_failures:
+        return 0
+
+    # 2**12 s exceeds the largest GATEHOUSE_LOGIN_DELAY_MAX_SECONDS (3600), so the cap bounds the arithmetic only.
+    doublings = min(failures - settings.login_delay_after_failures, 12)
+    return min(settings.login_delay_base_seconds * 2 ** doublings, settings.login_delay_max_seconds)
+
+
+@dataclass(frozen=True)
+class LoginAttempt:
+    """An admitted attempt; pass it back to record_failure or record_success."""
+
+    account: str
+    client: str
+    known_client: bool
+
+    @property
+    def delay_key(self) -> str:
+        # A known address counts failures and waits out delays apart from every other address.
+        return f"{self.account}/{self.client}" if self.known_client else self.account
+
+
+class LoginGuard:
+    """Admit or reject login attempts per account, and record their outcome."""
+
+    def __init__(self, storage: FailoverStorage, settings: Settings) -> None:
+        self._storage = storage
+        self._limiter = MovingWindowRateLimiter(storage)
+        self._settings = settings
+        self._account_limits = parse_many(settings.rate_limit_login_account)
+        self._failure_window = settings.login_failure_window_seconds
+        self._known_client_ttl = settings.login_known_client_ttl_seconds
+        # Failures past this count no longer lengthen the delay, so none beyond it is stored.
+        base, maximum = settings.login_delay_base_seconds, settings.login_delay_max_seconds
+        doublings = math.ceil(math.log2(maximum / base)) if maximum > base else 0
+        self._failure_cap = settings.login_delay_after_failures + doublings + 1
+
+    def admit(self, email: str, client_address: str) -> LoginAttempt:
+        """Admit an attempt for a normalized email, or raise RateLimited with the seconds to wait."""
+        account = account_key(email)
+        client = client_network(client_address)
+        attempt = LoginAttempt(account, client, self._is_known(account, client))
+
+        if not attempt.known_client:
+            self._check_account_limit(account)
+        self._check_delay(attempt)
+        return attempt
+
+    def record_failure(self, attempt: LoginAttempt) -> None:
+        """Count a wrong password (or unknown email) towards the delay."""
+        self._storage.acquire_entry(self._failures_key(attempt), self._failure_cap, self._failure_window)
+
+    def record_success(self, attempt: LoginAttempt) -> None:
+        """Forget the failures behind this attempt and make its address known to the account."""
+        self._storage.clear(self._failures_key(attempt))
+        self._storage.clear(self._gate_key(attempt))
+        if self._known_client_ttl:
+            known = self._known_key(attempt.account, attempt.client)
+            # Cleared first, so the address stays known for the whole TTL after its latest login.
+            self._storage.clear(known)
+            self._storage.incr(known, self._known_client_ttl)
+
+    def _is_known(self, account: str, client: str) -> bool:
+        return self._known_client_ttl > 0 and self._storage.get(self._known_key(account, client)) > 0
+
+    def _check_account_limit(self, account: str) -> None:
+        for item in self._account_limits:
+            if self._limiter.hit(item, _ACCOUNT_LIMIT_NAMESPACE, account):
+                continue
+
+            reset_time, _ = self._limiter.get_window_stats(item, _ACCOUNT_LIMIT_NAMESPACE, account)
+            retry_after = seconds_until(reset_time)
+            raise RateLimited(f"Too many login attempts for this account; retry after {retry_after} s.",
+                              retry_after=retry_after, limit="account")
+
+    def _check_delay(self, attempt: LoginAttempt) -> None:
+        _, failures = self._storage.get_moving_window(self._failures_key(attempt), self._failure_cap,
+                                                      self._failure_window)
+        delay = delay_seconds(failures, self._settings)
+        if not delay:
+            return
+
+        # A moving window of one entry admits one attempt per `delay` seconds, atomically,
+        # so parallel attempts cannot all pass between two failures.
+        gate = self._gate_key(attempt)
+        if self._storage.acquire_entry(gate, 1, delay):
+            return
+
+        admitted_at, _ = self._storage.get_moving_window(gate, 1, delay)
+        retry_after = seconds_until(admitted_at + delay)
+        raise RateLimited(f"Too many failed logins for this account; retry after {retry_after} s.",
+                          retry_after=retry_after, limit="login_delay")
+
+    @staticmethod
+    def _failures_key(attempt: LoginAttempt) -> str:
+        return f"login/failures/{attempt.delay_key}"
+
+    @staticmethod
+    def _gate_key(attempt: LoginAttempt) -> str:
+        return f"login/gate/{attempt.delay_key}"
+
+    @staticmethod
+    def _known_key(account: str, client: str) -> str:
+        return f"login/known/{account}/{client}"
+
+
+_EXTENSION_KEY = "gatehouse.login_guard"
+
+
+def init_app(app: Flask, settings: Settings) -> LoginGuard:
+    """Create the app's login guard on the rate-limit storage, which must exist already."""
+    guard = LoginGuard(limit_storage(app), settings)
+    app.extensions[_EXTENSION_KEY] = guard
+    return guard
+
+
+def login_guard() -> LoginGuard:
+    """Return the login guard of the current app."""
+    return current_app.extensions[_EXTENSION_KEY]

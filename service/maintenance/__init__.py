@@ -1,0 +1,1 @@
+"""Maintenance jobs run from the `gatehouse` command: token purge and backups."""

@@ -1,0 +1,194 @@
+"""`gatehouse backup create`: a consistent MySQL dump and Redis snapshot with a manifest.
+
+A backup is a directory BACKUP_DIR/gatehouse-YYYYMMDDTHHMMSSZ holding:
+
+    mysql.sql      mariadb-dump --single-transaction of the database, one INSERT per row
+    redis.rdb      the RDB snapshot that redis-cli --rdb receives from the server
+    manifest.json  SHA-256 and size of both files, rows per table, keys per prefix with
+                   their expiry times by the hour, the canary, creation time, tool versions
+
+It is written under a .incomplete- name and renamed when the manifest is in place,
+so a directory with the final name is always complete.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import pymysql
+import redis
+import structlog
+
+from service.config import Settings
+from service.database import connect_args
+from service.maintenance import dumps
+from service.maintenance.dumps import DUMP_NAME, MANIFEST_FORMAT, MANIFEST_NAME, RDB_NAME, BackupFailed
+from service.maintenance.scratch import ScratchRedis, find_program
+from service.redis_store import KEY_PREFIX
+from service.sessions import SessionStore, session_key
+
+log = structlog.get_logger(__name__)
+
+BACKUP_PREFIX = "gatehouse-"
+INCOMPLETE_PREFIX = ".incomplete-"
+# The canary: a disabled user no one can log in as, and one session of it. Each backup
+# moves the user's updated_at and starts a new session, and verification reads both back.
+CANARY_USER_ID = "00000000000000000000backupcanary"
+CANARY_EMAIL = "backup-canary@gatehouse.invalid"
+CANARY_SESSION_KEY = f"{KEY_PREFIX}backup:canary_session"
+
+
+def require_backup_dir(settings: Settings) -> Path:
+    if settings.backup_dir is None:
+        raise BackupFailed("GATEHOUSE_BACKUP_DIR is not set: set it to an existing directory for the backups")
+    if not settings.backup_dir.is_dir():
+        raise BackupFailed(f"GATEHOUSE_BACKUP_DIR {settings.backup_dir} is not a directory: create it first")
+    return settings.backup_dir
+
+
+def complete_backups(backup_dir: Path) -> list[Path]:
+    """Return the complete backups in backup_dir, oldest first (their names sort by time)."""
+    return sorted(path for path in backup_dir.iterdir()
+                  if path.is_dir() and path.name.startswith(BACKUP_PREFIX) and (path / MANIFEST_NAME).is_file())
+
+
+def create_backup(settings: Settings, client: redis.Redis) -> dict[str, Any]:
+    """Write the canary, dump MySQL, snapshot Redis, write the manifest, apply retention."""
+    backup_dir = require_backup_dir(settings)
+    created = time.time()
+    final = backup_dir / (BACKUP_PREFIX + dumps.utc_stamp(created))
+    if final.exists():
+        raise BackupFailed(f"{final} already exists: backups are named by the second, wait a second and retry")
+
+    _remove_incomplete(backup_dir)
+    work = Path(tempfile.mkdtemp(prefix=INCOMPLETE_PREFIX, dir=backup_dir))
+    try:
+        canary = _write_canary(settings, client)
+        with dumps.mysql_defaults_file(settings) as defaults_file:
+            _dump_mysql(settings, defaults_file, work / DUMP_NAME)
+        _snapshot_redis(settings, work / RDB_NAME)
+        manifest = _manifest(settings, client, work, created, canary)
+        dumps.write_manifest(work, manifest)
+        # The files contain password hashes and sessions: owner only, also when copied elsewhere.
+        for path in work.iterdir():
+            path.chmod(0o600)
+        work.rename(final)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+
+    removed = _apply_retention(backup_dir, settings.backup_keep)
+    return {
+        "backup": str(final),
+        "tables": len(manifest["mysql"]["rows"]),
+        "rows": sum(manifest["mysql"]["rows"].values()),
+        "keys": sum(entry["keys"] for entry in manifest["redis"]["prefixes"].values()),
+        "bytes": sum(entry["bytes"] for entry in manifest["files"].values()),
+        "removed_backups": removed,
+    }
+
+
+def _write_canary(settings: Settings, client: redis.Redis) -> dict[str, Any]:
+    now = datetime.now(UTC).replace(tzinfo=None)
+    connection = pymysql.connect(**connect_args(settings))
+    try:
+        with connection.cursor() as cursor:
+            # status 'disabled' and a hash argon2 cannot parse: no password logs this user in.
+            cursor.execute(
+                "INSERT INTO users (id, email, password_hash, status, created_at, updated_at)"
+                " VALUES (%s, %s, '!backup-canary', 'disabled', %s, %s)"
+                " ON DUPLICATE KEY UPDATE updated_at = VALUES(updated_at)",
+                (CANARY_USER_ID, CANARY_EMAIL, now, now),
+            )
+    finally:
+        connection.close()
+
+    sessions = SessionStore(client, session_ttl=settings.session_ttl_seconds,
+                            grace_seconds=settings.refresh_grace_seconds,
+                            revoked_ttl=settings.access_token_ttl_seconds + settings.jwt_leeway_seconds + 60)
+    previous = client.get(CANARY_SESSION_KEY)
+    if previous:
+        sessions.revoke(previous)
+    session_id, _ = sessions.create(CANARY_USER_ID, user_agent="gatehouse-backup-canary", ip="")
+    client.set(CANARY_SESSION_KEY, session_id)
+    created_at = client.hget(session_key(session_id), "created_at")
+    return {"user_id": CANARY_USER_ID, "updated_at": now.isoformat(sep=" "),
+            "session_id": session_id, "session_created_at": created_at}
+
+
+def _dump_mysql(settings: Settings, defaults_file: Path, target: Path) -> None:
+    dumps.run([
+        dumps.dump_program(),
+        f"--defaults-file={defaults_file}",
+        # One consistent snapshot without locking the tables (InnoDB).
+        "--single-transaction",
+        # One INSERT per row: the manifest counts rows from the dump itself, so the
+        # counts always match the data, whatever was written during the dump.
+        "--skip-extended-insert", "--no-autocommit",
+        "--quick", "--hex-blob", "--triggers", "--routines", "--no-tablespaces",
+        settings.mysql_database,
+    ], stdout=target)
+
+
+def _snapshot_redis(settings: Settings, target: Path) -> None:
+    args, env = dumps.redis_cli_args(settings)
+    # The server forks and streams an RDB of its whole dataset, as it does for a replica.
+    dumps.run([find_program("redis-cli"), *args, "--rdb", str(target)], env=env)
+    if not target.is_file() or target.stat().st_size == 0:
+        raise BackupFailed(f"redis-cli --rdb wrote no data to {target}")
+
+
+def _manifest(settings: Settings, client: redis.Redis, work: Path, created: float,
+              canary: dict[str, Any]) -> dict[str, Any]:
+    # Counted in a copy loaded from the snapshot, so the counts are those of the snapshot.
+    with tempfile.TemporaryDirectory(prefix="gatehouse-scratch-") as scratch_dir, \
+            ScratchRedis(Path(scratch_dir), rdb=work / RDB_NAME) as scratch:
+        prefixes = dumps.count_keys(scratch.client(dumps.redis_db(settings)))
+
+    connection = pymysql.connect(**connect_args(settings))
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT VERSION() AS version")
+            mysql_version = cursor.fetchone()["version"]
+    finally:
+        connection.close()
+
+    return {
+        "format": MANIFEST_FORMAT,
+        "created_at": datetime.fromtimestamp(created, UTC).isoformat(),
+        "files": {name: {"sha256": dumps.sha256_of(work / name), "bytes": (work / name).stat().st_size}
+                  for name in (DUMP_NAME, RDB_NAME)},
+        "mysql": {"database": settings.mysql_database, "rows": dumps.count_dump_rows(work / DUMP_NAME)},
+        "redis": {"db": dumps.redis_db(settings), "prefixes": prefixes},
+        "canary": canary,
+        "versions": {
+            "gatehouse": version("gatehouse"),
+            "mysql_server": mysql_version,
+            "redis_server": client.info("server")["redis_version"],
+            "mysql_dump": dumps.tool_version(dumps.dump_program()),
+            "redis_cli": dumps.tool_version("redis-cli"),
+        },
+    }
+
+
+def _remove_incomplete(backup_dir: Path) -> None:
+    """Delete what an interrupted run left; the job's lock means none is running now."""
+    for path in backup_dir.iterdir():
+        if path.is_dir() and path.name.startswith(INCOMPLETE_PREFIX):
+            log.warning("incomplete_backup_removed", path=str(path))
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _apply_retention(backup_dir: Path, keep: int) -> list[str]:
+    """Delete the oldest complete backups beyond the newest `keep`; return their names."""
+    backups = complete_backups(backup_dir)
+    expired = backups[:-keep] if len(backups) > keep else []
+    for path in expired:
+        shutil.rmtree(path)
+    return [path.name for path in expired]

@@ -1,0 +1,98 @@
+"""The maintenance subcommands of `gatehouse`: tokens purge and backup create, verify and restore."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from service.config import load_settings
+from service.maintenance.jobs import run_job
+from service.redis_store import close_client, create_client
+
+
+def _tokens_purge(_args: argparse.Namespace) -> int:
+    from service.maintenance.purge import purge_expired
+
+    settings = load_settings()
+    client = create_client(settings)
+    try:
+        return run_job(client, "tokens_purge",
+                       lambda: purge_expired(client, batch_size=settings.purge_batch_size),
+                       lock_seconds=settings.job_lock_seconds)
+    finally:
+        close_client(client)
+
+
+def _backup_create(_args: argparse.Namespace) -> int:
+    from service.maintenance.backup import create_backup
+
+    settings = load_settings()
+    client = create_client(settings)
+    try:
+        return run_job(client, "backup_create", lambda: create_backup(settings, client),
+                       lock_seconds=settings.job_lock_seconds, lock_name="backup")
+    finally:
+        close_client(client)
+
+
+def _backup_verify(args: argparse.Namespace) -> int:
+    from service.maintenance.verify import verify_backup
+
+    if (args.path is None) == (not args.latest):
+        print("gatehouse: backup verify takes either PATH or --latest", file=sys.stderr)
+        return 2
+
+    settings = load_settings()
+    client = create_client(settings)
+    try:
+        return run_job(client, "backup_verify", lambda: verify_backup(settings, args.path),
+                       lock_seconds=settings.job_lock_seconds)
+    finally:
+        close_client(client)
+
+
+def _backup_restore(args: argparse.Namespace) -> int:
+    from service.maintenance.restore import restore_backup
+
+    if not args.yes:
+        print(f"gatehouse: restoring {args.path} replaces the database tables and the gh: keys in Redis "
+              "of the configured servers; run again with --yes to do it", file=sys.stderr)
+        return 2
+
+    settings = load_settings()
+    client = create_client(settings)
+    try:
+        return run_job(client, "backup_restore", lambda: restore_backup(settings, client, args.path),
+                       lock_seconds=settings.job_lock_seconds, lock_name="backup")
+    finally:
+        close_client(client)
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    """Add the maintenance subcommands to the `gatehouse` parser."""
+    tokens = commands.add_parser("tokens", help="maintain refresh tokens and sessions")
+    tokens_commands = tokens.add_subparsers(dest="tokens_command", required=True)
+    purge = tokens_commands.add_parser(
+        "purge", help="remove expired session index entries, sessions and refresh tokens from Redis"
+    )
+    purge.set_defaults(handler=_tokens_purge)
+
+    backup = commands.add_parser("backup", help="back up, verify and restore MySQL and Redis")
+    backup_commands = backup.add_subparsers(dest="backup_command", required=True)
+    create = backup_commands.add_parser(
+        "create", help="write a MySQL dump, a Redis snapshot and a manifest to a new directory in $GATEHOUSE_BACKUP_DIR"
+    )
+    create.set_defaults(handler=_backup_create)
+    verify = backup_commands.add_parser(
+        "verify", help="check a backup's checksums and load it into scratch servers to compare it with its manifest"
+    )
+    verify.add_argument("path", nargs="?", type=Path, help="backup directory to verify")
+    verify.add_argument("--latest", action="store_true", help="verify the newest backup in $GATEHOUSE_BACKUP_DIR")
+    verify.set_defaults(handler=_backup_verify)
+    restore = backup_commands.add_parser(
+        "restore", help="replace the configured database tables and Redis gh: keys with a backup's content"
+    )
+    restore.add_argument("path", type=Path, help="backup directory to restore")
+    restore.add_argument("--yes", action="store_true", help="confirm that the current data may be replaced")
+    restore.set_defaults(handler=_backup_restore)

@@ -1,0 +1,214 @@
+"""Building blocks of the backup commands: client programs, the manifest, checksums and key counts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+from redis.connection import parse_url
+
+from service.config import Settings
+from service.maintenance.jobs import JobFailed
+from service.maintenance.scratch import find_program
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = 1
+DUMP_NAME = "mysql.sql"
+RDB_NAME = "redis.rdb"
+# Expiry times are counted per hour, so the manifest stays small with millions of keys.
+EXPIRY_BUCKET_SECONDS = 3600
+# Client programs get this long before the backup is declared failed.
+COMMAND_TIMEOUT_SECONDS = 3600
+
+_INSERT = re.compile(r"^INSERT INTO `((?:[^`]|``)+)` VALUES ")
+_CREATE = re.compile(r"^CREATE TABLE `((?:[^`]|``)+)` \(")
+
+
+class BackupFailed(JobFailed):
+    """A backup could not be made, read or restored; the message names the step and the cause."""
+
+
+def run(command: list[str], *, env: dict[str, str] | None = None, stdin: Path | None = None,
+        stdout: Path | None = None) -> str:
+    """Run a client program; return its standard output, or raise BackupFailed with its error output."""
+    with (open(stdin, "rb") if stdin else open(os.devnull, "rb")) as input_file, \
+            (open(stdout, "wb") if stdout else tempfile.TemporaryFile()) as output_file:
+        try:
+            result = subprocess.run(command, stdin=input_file, stdout=output_file, stderr=subprocess.PIPE,
+                                    env={**os.environ, **(env or {})}, timeout=COMMAND_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            raise BackupFailed(f"{Path(command[0]).name} did not finish within {COMMAND_TIMEOUT_SECONDS} s") from None
+        if result.returncode != 0:
+            error = result.stderr.decode(errors="replace").strip()[-2000:]
+            raise BackupFailed(f"{Path(command[0]).name} exited with {result.returncode}: {error}")
+        if stdout:
+            return ""
+        output_file.seek(0)
+        return output_file.read().decode(errors="replace")
+
+
+def tool_version(program: str) -> str:
+    """Return the first line of `program --version`."""
+    return run([find_program(program), "--version"]).strip().splitlines()[0]
+
+
+def dump_program() -> str:
+    """Return mariadb-dump, or mysqldump where only MySQL's client is installed."""
+    return shutil.which("mariadb-dump") or find_program("mysqldump")
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@contextmanager
+def mysql_defaults_file(settings: Settings) -> Iterator[Path]:
+    """Yield a client option file with the connection settings, readable by the owner only.
+
+    The password goes into the file rather than the command line, where any user of the
+    machine could read it from the process list.
+    """
+    with tempfile.TemporaryDirectory(prefix="gatehouse-mysql-") as directory:
+        path = Path(directory) / "client.cnf"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as options:
+            options.write(
+                "[client]\n"
+                f"host={settings.mysql_host}\n"
+                f"port={settings.mysql_port}\n"
+                f"user={settings.mysql_user}\n"
+                f"password={settings.mysql_password.get_secret_value()}\n"
+                "protocol=TCP\n"
+            )
+        yield path
+
+
+def count_dump_rows(dump: Path) -> dict[str, int]:
+    """Count the rows of each table in a dump written with one INSERT per row."""
+    rows: Counter[str] = Counter()
+    with dump.open(encoding="utf-8", errors="replace") as lines:
+        for line in lines:
+            if created := _CREATE.match(line):
+                rows[created.group(1).replace("``", "`")] += 0
+            elif inserted := _INSERT.match(line):
+                rows[inserted.group(1).replace("``", "`")] += 1
+    return dict(sorted(rows.items()))
+
+
+def load_dump(defaults_file: Path, database: str, dump: Path) -> None:
+    """Run the statements of a dump against one database with the mariadb client."""
+    run([find_program("mariadb"), f"--defaults-file={defaults_file}", "--batch", database], stdin=dump)
+
+
+def redis_cli_args(settings: Settings) -> tuple[list[str], dict[str, str]]:
+    """Return redis-cli's connection arguments and the environment that carries the password."""
+    options = parse_url(settings.redis_url.get_secret_value())
+    if options.get("path"):
+        args = ["-s", options["path"]]
+    else:
+        args = ["-h", options.get("host", "127.0.0.1"), "-p", str(options.get("port", 6379))]
+    if options.get("username"):
+        args += ["--user", options["username"]]
+    # REDISCLI_AUTH keeps the password out of the process list.
+    env = {"REDISCLI_AUTH": options["password"]} if options.get("password") else {}
+    return args, env
+
+
+def redis_db(settings: Settings) -> int:
+    return int(parse_url(settings.redis_url.get_secret_value()).get("db", 0) or 0)
+
+
+def key_prefix(key: str) -> str:
+    """Return the first two colon-separated parts of a key: gh:sess:abc:tokens counts as gh:sess."""
+    return ":".join(key.split(":", 2)[:2])
+
+
+def count_keys(client: redis.Redis, batch_size: int = 1000) -> dict[str, dict[str, Any]]:
+    """Count the keys of a database per prefix, with their expiry times bucketed by the hour.
+
+    Returns {prefix: {"keys": n, "persistent": n, "expiring": {bucket_start: n}}}.
+    """
+    counts: dict[str, dict[str, Any]] = {}
+    batch: list[str] = []
+
+    def flush() -> None:
+        pipe = client.pipeline(transaction=False)
+        for key in batch:
+            pipe.pexpiretime(key)
+        for key, expire_ms in zip(batch, pipe.execute(), strict=True):
+            if expire_ms == -2:  # expired between SCAN and PEXPIRETIME
+                continue
+            entry = counts.setdefault(key_prefix(key), {"keys": 0, "persistent": 0, "expiring": Counter()})
+            entry["keys"] += 1
+            if expire_ms == -1:
+                entry["persistent"] += 1
+            else:
+                bucket = int(expire_ms // 1000 // EXPIRY_BUCKET_SECONDS * EXPIRY_BUCKET_SECONDS)
+                entry["expiring"][str(bucket)] += 1
+        batch.clear()
+
+    for key in client.scan_iter(count=batch_size):
+        batch.append(key)
+        if len(batch) >= batch_size:
+            flush()
+    if batch:
+        flush()
+    return {prefix: {**entry, "expiring": dict(sorted(entry["expiring"].items()))}
+            for prefix, entry in sorted(counts.items())}
+
+
+def expected_key_range(entry: dict[str, Any], loaded_at: float, counted_at: float) -> tuple[int, int]:
+    """Return how many keys of one prefix may be left after loading at loaded_at and counting until counted_at.
+
+    A key whose expiry bucket ends before the load is gone, and one whose bucket
+    starts after the count remains. Keys in the buckets in between may be either.
+    """
+    low = high = entry["persistent"]
+    for bucket, count in entry["expiring"].items():
+        start = int(bucket)
+        if start >= counted_at:
+            low += count
+        if start + EXPIRY_BUCKET_SECONDS > loaded_at:
+            high += count
+    return low, high
+
+
+def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
+    """Write manifest.json through a temporary file, so a crash never leaves half a manifest."""
+    partial = directory / (MANIFEST_NAME + ".partial")
+    partial.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    partial.replace(directory / MANIFEST_NAME)
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    path = directory / MANIFEST_NAME
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BackupFailed(f"{path} is missing: {directory} is not a complete backup") from None
+    except ValueError as exc:
+        raise BackupFailed(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise BackupFailed(f"{path} is not a Gatehouse backup manifest of format {MANIFEST_FORMAT}")
+    return manifest
+
+
+def utc_stamp(moment: float | None = None) -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(moment if moment is not None else time.time()))

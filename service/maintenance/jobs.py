@@ -1,0 +1,141 @@
+"""Shared parts of every maintenance job: one run at a time, a logged result, a record in Redis.
+
+Records (all under the gh: prefix):
+    job:<name>        hash  last_success_at, last_failure_at (Unix seconds), last_duration_seconds,
+                            last_result (JSON summary of the last success), last_error
+    lock:job:<lock>   str   held by the run in progress; expires after job_lock_seconds
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+import structlog
+from redis.exceptions import LockError
+from redis.lock import Lock
+
+from service.redis_store import KEY_PREFIX
+
+log = structlog.get_logger("gatehouse.jobs")
+
+EXIT_SUCCEEDED = 0
+EXIT_FAILED = 1
+# sysexits.h EX_TEMPFAIL: another run holds the lock; running again later is the fix.
+EXIT_LOCKED = 75
+
+
+class JobFailed(Exception):
+    """A job found a problem it reports as its result, such as a backup that does not verify."""
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    last_success_at: float | None
+    last_failure_at: float | None
+    last_duration_seconds: float | None
+    last_result: dict[str, Any] | None
+    last_error: str | None
+
+
+def record_key(name: str) -> str:
+    return f"{KEY_PREFIX}job:{name}"
+
+
+def lock_key(lock_name: str) -> str:
+    return f"{KEY_PREFIX}lock:job:{lock_name}"
+
+
+def read_record(client: redis.Redis, name: str) -> JobRecord:
+    """Return the last recorded outcome of a job; fields never recorded are None."""
+    fields = client.hgetall(record_key(name))
+
+    def number(field: str) -> float | None:
+        return float(fields[field]) if fields.get(field) else None
+
+    return JobRecord(
+        last_success_at=number("last_success_at"),
+        last_failure_at=number("last_failure_at"),
+        last_duration_seconds=number("last_duration_seconds"),
+        last_result=json.loads(fields["last_result"]) if fields.get("last_result") else None,
+        last_error=fields.get("last_error") or None,
+    )
+
+
+def run_job(client: redis.Redis, name: str, work: Callable[[], Mapping[str, Any]], *,
+            lock_seconds: int, lock_name: str | None = None) -> int:
+    """Run work under the job's Redis lock, log and record the outcome, and return the exit code.
+
+    A second run while the lock is held does nothing and returns EXIT_LOCKED. The lock
+    expires after lock_seconds, so a run that dies cannot block the job for longer.
+    """
+    lock = client.lock(lock_key(lock_name or name), timeout=lock_seconds, blocking=False)
+    try:
+        acquired = lock.acquire()
+    except redis.RedisError as exc:
+        log.error("job_failed", job=name, error=f"Redis unreachable, lock not taken: {exc}")
+        return EXIT_FAILED
+
+    if not acquired:
+        log.warning("job_skipped", job=name, reason="another run holds the lock", lock=lock_key(lock_name or name))
+        return EXIT_LOCKED
+
+    started = time.time()
+    try:
+        result = dict(work())
+    except JobFailed as exc:
+        return _record_failure(client, name, started, str(exc))
+    except Exception as exc:  # the job's boundary: any error is its failure, logged with the stack
+        log.exception("job_crashed", job=name)
+        return _record_failure(client, name, started, f"{type(exc).__name__}: {exc}")
+    finally:
+        _release(lock, name)
+
+    return _record_success(client, name, started, result)
+
+
+def _record_success(client: redis.Redis, name: str, started: float, result: dict[str, Any]) -> int:
+    finished = time.time()
+    duration = round(finished - started, 3)
+    log.info("job_succeeded", job=name, duration_seconds=duration, **result)
+    try:
+        client.hset(record_key(name), mapping={
+            "last_success_at": repr(finished),
+            "last_duration_seconds": repr(duration),
+            "last_result": json.dumps(result, default=str),
+        })
+    except redis.RedisError as exc:
+        # The work is done, but monitoring would not learn it: report a failure.
+        log.error("job_record_failed", job=name, error=str(exc))
+        return EXIT_FAILED
+
+    return EXIT_SUCCEEDED
+
+
+def _record_failure(client: redis.Redis, name: str, started: float, error: str) -> int:
+    finished = time.time()
+    duration = round(finished - started, 3)
+    log.error("job_failed", job=name, duration_seconds=duration, error=error)
+    try:
+        client.hset(record_key(name), mapping={
+            "last_failure_at": repr(finished),
+            "last_duration_seconds": repr(duration),
+            "last_error": error[:2000],
+        })
+    except redis.RedisError as exc:
+        log.error("job_record_failed", job=name, error=str(exc))
+    return EXIT_FAILED
+
+
+def _release(lock: Lock, name: str) -> None:
+    try:
+        lock.release()
+    except LockError:
+        # The lock expired during the run, so another run may have started meanwhile.
+        log.warning("job_lock_expired", job=name, hint="raise GATEHOUSE_JOB_LOCK_SECONDS above the job's duration")
+    except redis.RedisError as exc:
+        log.warning("job_lock_release_failed", job=name, error=str(exc))

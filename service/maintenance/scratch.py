@@ -1,0 +1,194 @@
+"""Throw-away MariaDB and Redis servers in a temporary directory, for backup verification.
+
+Both listen on a Unix socket only, so they need no free port and nothing outside
+the machine can reach them. They run as child processes and are stopped, and
+their data deleted, when the context ends.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import pymysql
+import pymysql.cursors
+import redis
+
+# Debian installs mariadbd and mariadb-install-db in /usr/sbin, often missing from PATH.
+_EXTRA_PATH = ("/usr/sbin", "/sbin", "/usr/local/sbin")
+
+
+class ScratchServerFailed(Exception):
+    """A scratch server could not be started; the message includes the end of its log."""
+
+
+def find_program(name: str) -> str:
+    """Return the path of a server or client program, or raise with the package that provides it."""
+    found = shutil.which(name) or shutil.which(name, path=os.pathsep.join(_EXTRA_PATH))
+    if found is None:
+        raise ScratchServerFailed(
+            f"{name} not found on PATH or in {', '.join(_EXTRA_PATH)}: install mariadb-server, "
+            "mariadb-client, redis-server and redis-tools"
+        )
+    return found
+
+
+def _log_tail(path: Path, lines: int = 15) -> str:
+    if not path.exists():
+        return "(no log written)"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _stop(process: subprocess.Popen | None, timeout: float) -> None:
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout)
+
+
+class ScratchRedis:
+    """A redis-server with no persistence, optionally loading an RDB file at start."""
+
+    def __init__(self, workdir: Path, rdb: Path | None = None) -> None:
+        self.dir = workdir / "redis"
+        self.socket = self.dir / "redis.sock"
+        self._rdb = rdb
+        self._log = self.dir / "redis.log"
+        self._process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}?db=0"
+
+    def client(self, db: int = 0) -> redis.Redis:
+        return redis.Redis(unix_socket_path=str(self.socket), db=db, decode_responses=True, socket_timeout=30)
+
+    def start(self, timeout: float = 30.0) -> Self:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if self._rdb is not None:
+            shutil.copyfile(self._rdb, self.dir / "dump.rdb")
+        config = self.dir / "redis.conf"
+        config.write_text(
+            "port 0\n"
+            f'unixsocket "{self.socket}"\n'
+            "unixsocketperm 700\n"
+            f'dir "{self.dir}"\n'
+            "dbfilename dump.rdb\n"
+            f'logfile "{self._log}"\n'
+            'save ""\n'
+            "appendonly no\n"
+            "daemonize no\n"
+        )
+        self._process = subprocess.Popen([find_program("redis-server"), str(config)],
+                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._process.poll() is not None:
+                raise ScratchServerFailed(f"scratch redis-server exited with {self._process.returncode}:\n"
+                                          f"{_log_tail(self._log)}")
+            try:
+                # A server still loading the RDB returns a LOADING error (ResponseError).
+                if self.client().ping():
+                    return self
+            except (redis.ConnectionError, redis.ResponseError, FileNotFoundError):
+                pass
+            if time.monotonic() > deadline:
+                raise ScratchServerFailed(f"scratch redis-server did not respond to PING within {timeout} s:\n"
+                                          f"{_log_tail(self._log)}")
+            time.sleep(0.05)
+
+    def pid(self) -> int:
+        assert self._process is not None
+        return self._process.pid
+
+    def stop(self) -> None:
+        _stop(self._process, timeout=30)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, _type: type[BaseException] | None, _value: BaseException | None,
+                 _traceback: TracebackType | None) -> None:
+        self.stop()
+
+
+class ScratchMariaDB:
+    """A mariadbd with a fresh data directory and a root account reachable through its socket."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.dir = workdir / "mariadb"
+        self.socket = self.dir / "mariadbd.sock"
+        self.defaults_file = self.dir / "my.cnf"
+        self._log = self.dir / "error.log"
+        self._process: subprocess.Popen | None = None
+
+    def connect(self, database: str | None = None) -> pymysql.Connection:
+        return pymysql.connect(unix_socket=str(self.socket), user="root", database=database, charset="utf8mb4",
+                               autocommit=True, cursorclass=pymysql.cursors.DictCursor)
+
+    def start(self, timeout: float = 60.0) -> Self:
+        data_dir = self.dir / "data"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        # user=root is required when the server runs as root; skip-networking keeps it off TCP.
+        server_user = "user=root\n" if os.geteuid() == 0 else ""
+        self.defaults_file.write_text(
+            "[mysqld]\n"
+            f"{server_user}"
+            f"datadir={data_dir}\n"
+            f"socket={self.socket}\n"
+            f"pid-file={self.dir / 'mariadbd.pid'}\n"
+            f"log-error={self._log}\n"
+            "skip-networking\n"
+            "skip-name-resolve\n"
+            "character-set-server=utf8mb4\n"
+            "collation-server=utf8mb4_unicode_ci\n"
+            "innodb_buffer_pool_size=32M\n"
+            "innodb_log_file_size=16M\n"
+            "[client]\n"
+            f"socket={self.socket}\n"
+            "user=root\n"
+        )
+        install = subprocess.run(
+            [find_program("mariadb-install-db"), f"--defaults-file={self.defaults_file}",
+             "--auth-root-authentication-method=normal", "--skip-test-db"],
+            capture_output=True, text=True, timeout=timeout,
+        )
+        if install.returncode != 0:
+            raise ScratchServerFailed(f"mariadb-install-db failed:\n{install.stderr[-2000:]}")
+
+        self._process = subprocess.Popen([find_program("mariadbd"), f"--defaults-file={self.defaults_file}"],
+                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._process.poll() is not None:
+                raise ScratchServerFailed(f"scratch mariadbd exited with {self._process.returncode}:\n"
+                                          f"{_log_tail(self._log)}")
+            try:
+                self.connect().close()
+                return self
+            except pymysql.err.OperationalError:
+                pass
+            if time.monotonic() > deadline:
+                raise ScratchServerFailed(f"scratch mariadbd did not accept connections within {timeout} s:\n"
+                                          f"{_log_tail(self._log)}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        _stop(self._process, timeout=60)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, _type: type[BaseException] | None, _value: BaseException | None,
+                 _traceback: TracebackType | None) -> None:
+        self.stop()

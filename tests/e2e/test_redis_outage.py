@@ -1,0 +1,168 @@
+"""Rate limits while the test Redis is stopped and started again under traffic, through gunicorn with 2 workers.
+
+The test stops the real test Redis with SIGTERM, which makes Redis save its data
+and exit, and starts it again with scripts/services.sh, as `make test` did. A
+fixture restarts it whatever happens, so later tests find it running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import redis
+import requests
+
+from service.limit_storage import RATE_LIMIT_KEY_PREFIX
+from tests.helpers import Gunicorn, start_services
+
+pytestmark = pytest.mark.e2e
+
+LIMIT = 10  # per minute, so nothing frees up during the test
+RETRY_SECONDS = 0.3
+PASSWORD = "correct horse battery staple"
+
+
+def redis_client() -> redis.Redis:
+    return redis.Redis.from_url(os.environ["GATEHOUSE_REDIS_URL"], socket_connect_timeout=1, socket_timeout=1)
+
+
+def redis_answers() -> bool:
+    try:
+        return bool(redis_client().ping())
+    except redis.RedisError:
+        return False
+
+
+def stop_test_redis() -> None:
+    """Stop the test Redis with SIGTERM (it saves its data first) and wait until it is gone."""
+    pid_file = Path(os.environ["GATEHOUSE_STATE_DIR"]) / "redis" / "redis-server.pid"
+    os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
+    # Redis removes its pid file on a clean exit, while a zombie process would still pass kill -0.
+    deadline = time.monotonic() + 30
+    while (pid_file.exists() or redis_answers()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not redis_answers(), "the test Redis still answers 30 s after SIGTERM"
+
+
+def start_test_redis() -> None:
+    start_services()
+    assert redis_answers()
+
+
+@pytest.fixture
+def redis_restarted_afterwards():
+    yield
+    if not redis_answers():
+        start_test_redis()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    gunicorn = Gunicorn(tmp_path_factory.mktemp("gunicorn"), env={
+        "GATEHOUSE_TRUSTED_PROXY_COUNT": "1",
+        "GATEHOUSE_RATE_LIMIT_DEFAULT": f"{LIMIT}/minute",
+        "GATEHOUSE_RATE_LIMIT_RETRY_SECONDS": str(RETRY_SECONDS),
+        # The traffic gets hundreds of 429s, which would otherwise ban its address.
+        "GATEHOUSE_BAN_ENABLED": "false",
+    })
+    gunicorn.start()
+    try:
+        gunicorn.wait_ready()
+        yield gunicorn
+    finally:
+        gunicorn.stop()
+
+
+def jwks(url: str, client_address: str) -> int:
+    # A new connection per request, so both workers serve each sequence.
+    headers = {"X-Forwarded-For": client_address, "Connection": "close"}
+    return requests.get(f"{url}/.well-known/jwks.json", headers=headers, timeout=10).status_code
+
+
+def log_records(server: Gunicorn, event: str) -> list[dict]:
+    lines = [json.loads(line) for line in server.output().splitlines() if line.startswith("{")]
+    return [line for line in lines if line.get("event") == event]
+
+
+class Traffic(threading.Thread):
+    """Requests from one client in a loop, at most `max_requests` and `max_seconds`, recording each status."""
+
+    def __init__(self, url: str, max_requests: int = 2000, max_seconds: float = 60) -> None:
+        super().__init__(name="traffic", daemon=True)
+        self.url = url
+        self.max_requests = max_requests
+        self.max_seconds = max_seconds
+        self.statuses: Counter[int | str] = Counter()
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        deadline = time.monotonic() + self.max_seconds
+        for _ in range(self.max_requests):
+            if self.stopping.is_set() or time.monotonic() > deadline:
+                return
+            try:
+                self.statuses[jwks(self.url, "203.0.113.1")] += 1
+            except requests.RequestException as exc:
+                self.statuses[type(exc).__name__] += 1
+            self.stopping.wait(0.01)
+
+
+def test_limits_survive_redis_restart(server, redis_restarted_afterwards):
+    traffic = Traffic(server.url)
+    traffic.start()
+    try:
+        time.sleep(0.5)
+        assert traffic.statuses[429] > 0, "the traffic never reached its limit before the outage"
+        traffic_keys = redis_client().keys(f"{RATE_LIMIT_KEY_PREFIX}:*203.0.113.1/*")
+        assert len(traffic_keys) == 1, traffic_keys
+
+        stop_test_redis()
+        outage = [jwks(server.url, "203.0.113.2") for _ in range(3 * LIMIT)]
+        register = requests.post(f"{server.url}/v1/auth/register",
+                                 json={"email": "outage@example.com", "password": PASSWORD},
+                                 headers={"X-Forwarded-For": "203.0.113.3"}, timeout=10)
+
+        start_test_redis()
+        # Each worker notices Redis is back on its first request after the retry interval.
+        deadline = time.monotonic() + 15
+        probe = 0
+        while len({record["pid"] for record in log_records(server, "rate_limit_redis_recovered")}) < 2:
+            assert time.monotonic() < deadline, "the workers did not return to Redis within 15 s"
+            probe += 1
+            jwks(server.url, f"192.0.2.{probe % 250}")
+            time.sleep(0.05)
+        after = [jwks(server.url, "203.0.113.4") for _ in range(2 * LIMIT)]
+    finally:
+        traffic.stopping.set()
+        traffic.join(timeout=30)
+
+    # Only normal responses during the whole run: no 500, no 503.
+    assert set(traffic.statuses) <= {200, 429}, traffic.statuses
+    assert traffic.statuses[200] <= 2 * LIMIT + LIMIT
+
+    # During the outage each worker counts in its own memory: at least the limit, at most twice.
+    assert set(outage) == {200, 429}
+    assert LIMIT <= outage.count(200) <= 2 * LIMIT
+    # Registration needs only MySQL, so it works without Redis.
+    assert register.status_code == 201
+
+    # One warning per worker per outage, however many requests ran into it.
+    failures = log_records(server, "rate_limit_redis_failed")
+    assert sorted(Counter(record["pid"] for record in failures).values()) == [1, 1]
+    assert all(record["level"] == "warning" for record in failures)
+
+    # Shared again: exactly the limit across both workers.
+    assert after == [200] * LIMIT + [429] * LIMIT
+
+    # The counter written before the outage was saved and came back with Redis.
+    assert redis_client().llen(traffic_keys[0]) == LIMIT
+    metrics = requests.get(f"{server.url}/metrics", timeout=10).text
+    assert "gatehouse_rate_limit_fallbacks_total 2.0" in metrics
+    assert "gatehouse_rate_limit_memory_fallback 0.0" in metrics

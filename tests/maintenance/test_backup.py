@@ -1,0 +1,224 @@
+"""backup create, verify and restore against the real test MariaDB and Redis, through the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pymysql
+import pytest
+
+from service.database import connect_args
+from service.maintenance.backup import CANARY_USER_ID
+from service.maintenance.dumps import DUMP_NAME, MANIFEST_NAME, RDB_NAME, sha256_of
+from service.maintenance.jobs import EXIT_LOCKED, lock_key, read_record
+from service.sessions import session_key, user_sessions_key
+from tests.helpers import ROOT
+
+PASSWORD = "correct horse battery staple"
+USERS = ("ann@example.com", "ben@example.com", "cid@example.com")
+
+
+def gatehouse(backup_dir: Path, *args: str, **env: str) -> tuple[int, list[dict], str]:
+    """Run `gatehouse ARGS` with the backup directory; return the exit code, the log events and stderr."""
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "GATEHOUSE_BACKUP_DIR": str(backup_dir), **env},
+    )
+    events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    return result.returncode, events, result.stderr
+
+
+def only_event(events: list[dict], name: str) -> dict:
+    matching = [event for event in events if event["event"] == name]
+    assert len(matching) == 1, events
+    return matching[0]
+
+
+def count_users(settings) -> int:
+    connection = pymysql.connect(**connect_args(settings))
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT COUNT(*) AS n FROM users")
+            return cursor.fetchone()["n"]
+    finally:
+        connection.close()
+
+
+@pytest.fixture
+def data(client) -> dict[str, str]:
+    """Three users, each logged in once; returns their ids by email."""
+    ids = {}
+    for email in USERS:
+        registered = client.post("/v1/auth/register", json={"email": email, "password": PASSWORD})
+        assert registered.status_code == 201
+        ids[email] = registered.get_json()["id"]
+        assert client.post("/v1/auth/login", json={"email": email, "password": PASSWORD}).status_code == 200
+    return ids
+
+
+@pytest.fixture
+def backup(tmp_path, data) -> Path:
+    """A backup of the data, made by `gatehouse backup create`."""
+    code, events, stderr = gatehouse(tmp_path, "backup", "create")
+    assert code == 0, (events, stderr)
+    return Path(only_event(events, "job_succeeded")["backup"])
+
+
+def edit_manifest(backup: Path, change) -> None:
+    manifest = json.loads((backup / MANIFEST_NAME).read_text())
+    change(manifest)
+    (backup / MANIFEST_NAME).write_text(json.dumps(manifest))
+
+
+def verify_error(backup: Path) -> str:
+    code, events, stderr = gatehouse(backup.parent, "backup", "verify", str(backup))
+    assert code == 1, (events, stderr)
+    return only_event(events, "job_failed")["error"]
+
+
+def test_create_writes_files_and_manifest(backup, redis_client):
+    manifest = json.loads((backup / MANIFEST_NAME).read_text())
+
+    for name in (DUMP_NAME, RDB_NAME):
+        assert manifest["files"][name]["sha256"] == sha256_of(backup / name)
+        assert (backup / name).stat().st_mode & 0o777 == 0o600
+    # Three users and the canary.
+    assert manifest["mysql"]["rows"]["users"] == len(USERS) + 1
+    assert manifest["mysql"]["rows"]["roles"] >= 1
+    # Three sessions and the canary's, each with its token set.
+    assert manifest["redis"]["prefixes"]["gh:sess"]["keys"] == 2 * (len(USERS) + 1)
+    assert manifest["redis"]["prefixes"]["gh:rt"]["keys"] == len(USERS) + 1
+    assert manifest["canary"]["user_id"] == CANARY_USER_ID
+    assert set(manifest["versions"]) == {"gatehouse", "mysql_server", "redis_server", "mysql_dump", "redis_cli"}
+    assert read_record(redis_client, "backup_create").last_success_at is not None
+    assert not redis_client.exists(lock_key("backup"))
+
+
+def test_verify_accepts_good_backup(backup, redis_client):
+    code, events, stderr = gatehouse(backup.parent, "backup", "verify", "--latest")
+
+    assert code == 0, (events, stderr)
+    assert only_event(events, "job_succeeded")["backup"] == str(backup)
+    assert read_record(redis_client, "backup_verify").last_success_at is not None
+
+
+def test_verify_rejects_truncated_dump(backup):
+    dump = backup / DUMP_NAME
+    dump.write_bytes(dump.read_bytes()[: dump.stat().st_size // 2])
+
+    error = verify_error(backup)
+
+    assert f"{DUMP_NAME} has {dump.stat().st_size} bytes" in error
+    # Loading what is left fails or loses rows; either way some table is reported.
+    assert "does not load" in error or "rows, the manifest says" in error or "is missing" in error
+
+
+def test_verify_counts_rows_of_truncated_dump(backup):
+    # Cut the dump after the second user's row, then make the checksums agree: only loading it can
+    # tell. The table's rows are one transaction in the dump, and the cut one never commits.
+    dump = backup / DUMP_NAME
+    lines = dump.read_text().splitlines(keepends=True)
+    user_rows = [index for index, line in enumerate(lines) if line.startswith("INSERT INTO `users`")]
+    dump.write_text("".join(lines[: user_rows[1] + 1]))
+
+    def fix_checksum(manifest: dict) -> None:
+        manifest["files"][DUMP_NAME] = {"sha256": sha256_of(dump), "bytes": dump.stat().st_size}
+
+    edit_manifest(backup, fix_checksum)
+
+    error = verify_error(backup)
+
+    assert "SHA-256" not in error
+    assert f"table users has 0 rows, the manifest says {len(USERS) + 1}" in error, error
+
+
+def test_verify_rejects_flipped_rdb_byte(backup):
+    rdb = backup / RDB_NAME
+    content = bytearray(rdb.read_bytes())
+    content[len(content) // 2] ^= 0xFF
+    rdb.write_bytes(bytes(content))
+
+    error = verify_error(backup)
+
+    assert f"{RDB_NAME} SHA-256 does not match the manifest" in error
+    assert "redis-check-rdb rejects" in error
+
+
+def test_verify_rejects_mismatched_manifest(backup):
+    def inflate(manifest: dict) -> None:
+        manifest["mysql"]["rows"]["users"] += 1
+        manifest["redis"]["prefixes"]["gh:rt"]["persistent"] += 5
+        manifest["redis"]["prefixes"]["gh:rt"]["keys"] += 5
+        manifest["canary"]["updated_at"] = "2000-01-01 00:00:00"
+
+    edit_manifest(backup, inflate)
+
+    error = verify_error(backup)
+
+    assert f"table users has {len(USERS) + 1} rows, the manifest says {len(USERS) + 2}" in error
+    assert f"Redis holds {len(USERS) + 1} keys under gh:rt, the manifest expects {len(USERS) + 6}" in error
+    assert "the canary user in MySQL does not match the manifest" in error
+
+
+def test_verify_without_backup_fails(tmp_path):
+    code, events, _ = gatehouse(tmp_path, "backup", "verify", "--latest")
+
+    assert code == 1
+    assert "no complete backup" in only_event(events, "job_failed")["error"]
+
+
+def test_restore_brings_back_data(backup, data, settings, redis_client):
+    ann = data[USERS[0]]
+    sessions_before = redis_client.zrange(user_sessions_key(ann), 0, -1)
+    connection = pymysql.connect(**connect_args(settings))
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("DELETE FROM users WHERE id = %s", (ann,))
+    finally:
+        connection.close()
+    redis_client.delete(user_sessions_key(ann), session_key(sessions_before[0]))
+    redis_client.set(lock_key("tokens_purge"), "held-by-a-live-run", ex=60)
+
+    refused, _, stderr = gatehouse(backup.parent, "backup", "restore", str(backup))
+    code, events, restore_stderr = gatehouse(backup.parent, "backup", "restore", str(backup), "--yes")
+
+    assert refused == 2
+    assert "--yes" in stderr
+    assert code == 0, (events, restore_stderr)
+    assert count_users(settings) == len(USERS) + 1
+    assert redis_client.zrange(user_sessions_key(ann), 0, -1) == sessions_before
+    assert redis_client.ttl(session_key(sessions_before[0])) > 0
+    assert redis_client.get(lock_key("tokens_purge")) == "held-by-a-live-run"
+    assert not redis_client.exists(lock_key("backup"))
+    assert only_event(events, "job_succeeded")["keys_restored"] >= 2 * (len(USERS) + 1)
+
+
+def test_retention_keeps_newest(tmp_path, data):
+    for stamp in ("20200101T000000Z", "20200102T000000Z"):
+        old = tmp_path / f"gatehouse-{stamp}"
+        old.mkdir()
+        (old / MANIFEST_NAME).write_text("{}")
+    leftover = tmp_path / ".incomplete-crashed"
+    leftover.mkdir()
+
+    code, events, stderr = gatehouse(tmp_path, "backup", "create", GATEHOUSE_BACKUP_KEEP="2")
+
+    assert code == 0, (events, stderr)
+    assert only_event(events, "job_succeeded")["removed_backups"] == ["gatehouse-20200101T000000Z"]
+    remaining = sorted(path.name for path in tmp_path.iterdir())
+    assert len(remaining) == 2
+    assert remaining[0] == "gatehouse-20200102T000000Z"
+
+
+def test_create_skips_while_backup_locked(tmp_path, redis_client):
+    redis_client.set(lock_key("backup"), "a-restore-in-progress", ex=60)
+
+    code, events, _ = gatehouse(tmp_path, "backup", "create")
+
+    assert code == EXIT_LOCKED
+    assert only_event(events, "job_skipped")["job"] == "backup_create"
+    assert list(tmp_path.iterdir()) == []
