@@ -63,7 +63,7 @@ def _sample_memory(server, samples: list, started: float, stop: threading.Event)
 
 
 def _reported_samples(results: SoakResults) -> list[tuple[float, list[int]]]:
-    """One sample per REPORTED_SAMPLE_SECONDS: the first one at or after each multiple."""
+    """Pick one sample per REPORTED_SAMPLE_SECONDS: the first one at or after each multiple."""
     reported, next_at = [], REPORTED_SAMPLE_SECONDS
     for seconds, sizes in results.samples:
         if seconds >= next_at:
@@ -91,7 +91,8 @@ def render(results: SoakResults) -> str:
             f"{results.warmup_seconds:g} s warm-up at the same rate; {run.requests:,} requests at "
             f"{run.rate:,.0f} req/s, p50 {run.latency_ms['p50']:.1f} ms, p99 {run.latency_ms['p99']:.1f} ms, "
             f"{run.error_count} errors, {run.errors['timeout']} timeouts; other processes kept "
-            f"{run.other_cores:.2f} cores busy on average.",
+            f"{run.other_cores:.2f} cores busy on average."
+            + (" The server could not keep the rate (overloaded)." if run.rate < 0.95 * results.rate else ""),
             "",
         ]
     lines += [
