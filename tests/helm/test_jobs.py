@@ -149,7 +149,7 @@ def test_backup_uses_existing_claim(value_sets):
     values = {**value_sets["existing-secret"],
               "cronJobs": {"backup": {"enabled": True, "persistence": {"existingClaim": "gatehouse-backups"}}}}
     result = render(values)
-    cronjob = result.one("CronJob")
+    cronjob = result.one("CronJob", "gh-gatehouse-backup")
     spec = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     claims = [volume["persistentVolumeClaim"]["claimName"] for volume in spec["volumes"]
               if "persistentVolumeClaim" in volume]
@@ -161,7 +161,7 @@ def test_backup_uses_existing_claim(value_sets):
 
 def test_backup_without_verify_only_creates(value_sets):
     values = {**value_sets["minimal"], "cronJobs": {"backup": {"enabled": True, "verify": False}}}
-    spec = render(values).one("CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    spec = render(values).one("CronJob", "gh-gatehouse-backup")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
 
     assert "initContainers" not in spec
     assert [c["command"] for c in spec["containers"]] == [["gatehouse", "backup", "create"]]
