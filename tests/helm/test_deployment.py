@@ -93,29 +93,38 @@ def test_grace_period_covers_pause_and_drain(rendered):
     spec = rendered["default"].one("Deployment")["spec"]["template"]["spec"]
     pause = int(spec["containers"][0]["lifecycle"]["preStop"]["exec"]["command"][1])
     config_map = rendered["default"].one("ConfigMap", "gh-gatehouse")
-    drain = int(config_map["data"]["GATEHOUSE_GRACEFUL_TIMEOUT"])
+    drain = float(config_map["data"]["GATEHOUSE_SHUTDOWN_DRAIN_SECONDS"])
+    graceful = int(config_map["data"]["GATEHOUSE_GRACEFUL_TIMEOUT"])
 
-    assert spec["terminationGracePeriodSeconds"] > pause + drain
+    assert spec["terminationGracePeriodSeconds"] > pause + drain + graceful
 
 
-@pytest.mark.parametrize(("grace", "pause", "drain"), [(35, 5, 30), (30, 5, 30), (20, 0, 30)])
-def test_grace_period_rule_fails_rendering(grace, pause, drain):
+@pytest.mark.parametrize(("grace", "pause", "drain", "graceful", "shown_drain", "least"), [
+    (35, 5, 0.0, 30, "0", 36),
+    (30, 5, 0.0, 30, "0", 36),
+    (20, 0, 0.0, 30, "0", 31),
+    (45, 5, 10.0, 30, "10", 46),
+    (38, 5, 2.5, 30, "2.5", 39),
+])
+def test_grace_period_rule_fails_rendering(grace, pause, drain, graceful, shown_drain, least):
     values = {"terminationGracePeriodSeconds": grace, "lifecycle": {"preStopSleepSeconds": pause},
-              "config": {"gracefulTimeout": drain}}
+              "config": {"shutdownDrainSeconds": drain, "gracefulTimeout": graceful}}
 
     with pytest.raises(helm_python.HelmRenderError) as failure:
         render(values)
 
     message = str(failure.value)
     assert f"terminationGracePeriodSeconds ({grace}) must be greater than" in message
-    assert f"lifecycle.preStopSleepSeconds ({pause}) + config.gracefulTimeout ({drain})" in message
-    assert f"at least {pause + drain + 1}" in message
+    assert (f"lifecycle.preStopSleepSeconds ({pause}) + config.shutdownDrainSeconds ({shown_drain}) "
+            f"+ config.gracefulTimeout ({graceful})") in message
+    assert f"at least {least}" in message
 
 
-def test_grace_period_one_second_more():
-    values = {"terminationGracePeriodSeconds": 36, "lifecycle": {"preStopSleepSeconds": 5},
-              "config": {"gracefulTimeout": 30}}
-    assert render(values).one("Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 36
+@pytest.mark.parametrize(("grace", "drain"), [(36, 0.0), (46, 10.0), (39, 2.5)])
+def test_grace_period_one_second_more(grace, drain):
+    values = {"terminationGracePeriodSeconds": grace, "lifecycle": {"preStopSleepSeconds": 5},
+              "config": {"shutdownDrainSeconds": drain, "gracefulTimeout": 30}}
+    assert render(values).one("Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == grace
 
 
 def test_short_startup_probe_fails_rendering():
