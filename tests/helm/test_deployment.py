@@ -168,15 +168,23 @@ def test_pods_hardened(rendered, value_set):
 
 @pytest.mark.parametrize("value_set", ["default", *VALUE_SETS])
 def test_writable_paths_are_volumes(rendered, value_set):
-    """With a read-only root, /tmp and the metrics directory must be emptyDir mounts."""
-    for owner, spec in pod_specs(rendered[value_set]):
+    """With a read-only root, /tmp, the metrics directory and the log file's directory are emptyDir mounts."""
+    result = rendered[value_set]
+    for owner, spec in pod_specs(result):
         volumes = {volume["name"]: volume for volume in spec["volumes"]}
         for container in containers(spec):
             mounts = {mount["mountPath"]: mount["name"] for mount in container["volumeMounts"]}
             environment = {item["name"]: item.get("value") for item in container["env"]}
+            for source in container["envFrom"]:
+                environment.update(result.one("ConfigMap", source["configMapRef"]["name"])["data"])
             writable = ["/tmp"]
             if "PROMETHEUS_MULTIPROC_DIR" in environment:
                 writable.append(environment["PROMETHEUS_MULTIPROC_DIR"])
+            if environment.get("GATEHOUSE_LOG_FILE"):
+                # config.py requires the directory itself to exist, so it must be the mount point.
+                log_dir = environment["GATEHOUSE_LOG_FILE"].rpartition("/")[0]
+                assert log_dir in mounts, f"{owner['metadata']['name']}: {log_dir} is not a mount point"
+                writable.append(log_dir)
             for path in writable:
                 mount = next((m for m in mounts if path == m or path.startswith(m.rstrip("/") + "/")), None)
                 assert mount is not None, f"{owner['metadata']['name']}: {path} is not on a volume"

@@ -122,6 +122,7 @@ def test_default_values_pass_schema():
     ("secret.signingKeys", {"signing.key": "PEM"}, "invalid propertyName 'signing.key'"),
     ("image.digest", "latest", "at '/image/digest': 'latest' does not match pattern"),
     ("autoscaling.minReplica", 2, "additional properties 'minReplica' not allowed"),
+    ("config.logFile", "logs/gatehouse.log", "at '/config/logFile': 'logs/gatehouse.log' does not match"),
     ("cronJobs.backup.schedule", "daily at 02:30", "at '/cronJobs/backup/schedule': 'daily at 02:30' does not match"),
 ])
 def test_schema_rejects_bad_value(path, value, complaint):

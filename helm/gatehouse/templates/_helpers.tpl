@@ -196,6 +196,10 @@ template:
           defaultMode: 0440
       - name: tmp
         emptyDir: {}
+      {{- if include "gatehouse.logDir" $root }}
+      - name: logs
+        emptyDir: {}
+      {{- end }}
       {{- if .backups }}
       - name: backups
         persistentVolumeClaim:
@@ -232,10 +236,28 @@ template:
       readOnly: true
     - name: tmp
       mountPath: /tmp
+    {{- with include "gatehouse.logDir" .root }}
+    - name: logs
+      mountPath: {{ . }}
+    {{- end }}
     {{- if .backups }}
     - name: backups
       mountPath: {{ include "gatehouse.backupDir" .root }}
     {{- end }}
+{{- end -}}
+
+{{/*
+Directory of config.logFile that needs a volume of its own: empty when there is
+no log file, or when it lies directly in /tmp, which is a volume already.
+config.py requires the directory to exist, so every pod that loads the settings
+mounts it, Jobs included.
+*/}}
+{{- define "gatehouse.logDir" -}}
+{{- with .Values.config.logFile -}}
+{{- if ne (dir .) "/tmp" -}}
+{{- dir . -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Where the backup claim is mounted in the backup Job. */}}
