@@ -6,7 +6,6 @@ import json
 import os
 import re
 import typing
-from pathlib import Path
 from typing import Any
 
 import annotated_types
@@ -23,14 +22,15 @@ SCHEMA = json.loads((CHART_DIR / "values.schema.json").read_text())
 DOCUMENTED = re.findall(r"^\s*## @param (\S+) \S", VALUES_TEXT, flags=re.MULTILINE)
 
 # Settings the chart sets itself or takes from the Secret, so config.* leaves them out.
-# backup_dir: set on the backup Jobs only, to where the backup claim is mounted.
-CHART_OWNED = {"bind", "keys_dir", "mysql_password", "redis_url", "backup_dir"}
-# config.* defaults that differ from the service's on purpose: 127.0.0.1 means nothing in a
-# pod, and an empty logFile is how an environment variable says "no log file" (None).
-CHART_DEFAULTS = {"mysqlHost": "", "logFile": ""}
+# backup_dir: set on the backup Jobs only, to where the backup claim is mounted. The log
+# file settings are left to extraEnv: pods log to stdout, which the cluster collects.
+CHART_OWNED = {"bind", "keys_dir", "mysql_password", "redis_url", "backup_dir", "log_file", "log_file_max_bytes",
+               "log_file_rotate_when", "log_file_rotate_interval", "log_file_backups"}
+# config.* defaults that differ from the service's on purpose: 127.0.0.1 means nothing in a pod.
+CHART_DEFAULTS = {"mysqlHost": ""}
 LINT_WARNING = 2
 # Valid non-default values of config strings that have a format.
-OTHER_STRINGS = {"banAllowlist": "10.0.0.0/8,fd00::/8", "logFile": "/tmp/gatehouse.log", "rateLimitDefault": "500/minute",
+OTHER_STRINGS = {"banAllowlist": "10.0.0.0/8,fd00::/8", "rateLimitDefault": "500/minute",
                  "rateLimitLogin": "10/minute;100/hour", "rateLimitLoginAccount": "5/minute",
                  "rateLimitRefresh": "30/minute", "rateLimitRegister": "5/minute;20/hour"}
 
@@ -122,7 +122,6 @@ def test_default_values_pass_schema():
     ("secret.signingKeys", {"signing.key": "PEM"}, "invalid propertyName 'signing.key'"),
     ("image.digest", "latest", "at '/image/digest': 'latest' does not match pattern"),
     ("autoscaling.minReplica", 2, "additional properties 'minReplica' not allowed"),
-    ("config.logFile", "logs/gatehouse.log", "at '/config/logFile': 'logs/gatehouse.log' does not match"),
     ("cronJobs.backup.schedule", "daily at 02:30", "at '/cronJobs/backup/schedule': 'daily at 02:30' does not match"),
 ])
 def test_schema_rejects_bad_value(path, value, complaint):
@@ -214,10 +213,8 @@ def test_config_values_reach_settings(value_sets, monkeypatch, tmp_path):
 
     settings = load_settings()
 
-    loaded = {key: getattr(settings, setting_name(key)) for key in changed}
-    # Paths arrive as pathlib objects.
-    loaded = {key: str(value) if isinstance(value, Path) else value for key, value in loaded.items()}
-    mismatched = {key: (value, loaded[key]) for key, value in changed.items() if loaded[key] != value}
+    mismatched = {key: (value, getattr(settings, setting_name(key))) for key, value in changed.items()
+                  if getattr(settings, setting_name(key)) != value}
     assert mismatched == {}
     assert settings.mysql_password.get_secret_value() == secret_entries["mysql-password"]
     assert settings.redis_url.get_secret_value() == secret_entries["redis-url"]

@@ -247,13 +247,13 @@ template:
 {{- end -}}
 
 {{/*
-Directory of config.logFile that needs a volume of its own: empty when there is
-no log file, or when it lies directly in /tmp, which is a volume already.
-config.py requires the directory to exist, so every pod that loads the settings
-mounts it, Jobs included.
+Directory of the log file (GATEHOUSE_LOG_FILE, set through extraEnv) that needs
+a volume of its own: empty when there is no log file, or when it lies directly
+in /tmp, which is a volume already. config.py requires the directory to exist,
+so every pod that loads the settings mounts it, Jobs included.
 */}}
 {{- define "gatehouse.logDir" -}}
-{{- with .Values.config.logFile -}}
+{{- with .Values.extraEnv.GATEHOUSE_LOG_FILE -}}
 {{- if ne (dir .) "/tmp" -}}
 {{- dir . -}}
 {{- end -}}
