@@ -184,7 +184,6 @@ def test_stopped_redis_gives_503_health_stays(tmp_path):
         finally:
             gunicorn.stop()
 
-    print(f"refresh with Redis stopped: 503 after {elapsed:.2f} s")
     assert response.status_code == 503
     assert response.json()["code"] == "redis_unavailable"
     assert response.headers["Retry-After"] == "1"
