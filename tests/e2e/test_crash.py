@@ -188,7 +188,9 @@ def test_stopped_redis_gives_503_health_stays(tmp_path):
     assert response.json()["code"] == "redis_unavailable"
     assert response.headers["Retry-After"] == "1"
     print(f"refresh with Redis stopped: 503 after {elapsed:.2f} s")
-    assert REDIS_SOCKET_TIMEOUT * 0.8 <= elapsed < REDIS_SOCKET_TIMEOUT + 1.0
+    # Two Redis calls wait out the timeout: the rate-limit check (which then falls back to
+    # memory) and the refresh itself.
+    assert REDIS_SOCKET_TIMEOUT * 0.8 <= elapsed < 2 * REDIS_SOCKET_TIMEOUT + 1.0
     assert len(health) >= 5
     assert set(health) == {200}
 

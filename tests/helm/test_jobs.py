@@ -145,11 +145,19 @@ def test_backup_claim_survives_uninstall(rendered):
     assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
 
 
+def backup_cronjob(result) -> dict:
+    """Return the one CronJob of the backup component; the purge CronJob is on by default too."""
+    matches = [cronjob for cronjob in result.of_kind("CronJob")
+               if cronjob["metadata"]["labels"]["app.kubernetes.io/component"] == "backup"]
+    assert len(matches) == 1, f"expected one backup CronJob, found {len(matches)}"
+    return matches[0]
+
+
 def test_backup_uses_existing_claim(value_sets):
     values = {**value_sets["existing-secret"],
               "cronJobs": {"backup": {"enabled": True, "persistence": {"existingClaim": "gatehouse-backups"}}}}
     result = render(values)
-    cronjob = result.one("CronJob", "gh-gatehouse-backup")
+    cronjob = backup_cronjob(result)
     spec = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     claims = [volume["persistentVolumeClaim"]["claimName"] for volume in spec["volumes"]
               if "persistentVolumeClaim" in volume]
@@ -161,7 +169,7 @@ def test_backup_uses_existing_claim(value_sets):
 
 def test_backup_without_verify_only_creates(value_sets):
     values = {**value_sets["minimal"], "cronJobs": {"backup": {"enabled": True, "verify": False}}}
-    spec = render(values).one("CronJob", "gh-gatehouse-backup")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    spec = backup_cronjob(render(values))["spec"]["jobTemplate"]["spec"]["template"]["spec"]
 
     assert "initContainers" not in spec
     assert [c["command"] for c in spec["containers"]] == [["gatehouse", "backup", "create"]]
