@@ -39,12 +39,14 @@ RUN python -m pip wheel --no-deps --wheel-dir /dist . \
 FROM python:${PYTHON_VERSION}-slim-${DEBIAN_RELEASE} AS runtime
 
 # The backup jobs run from this image: `backup create` calls mariadb-dump and
-# redis-cli (mariadb-client, redis-tools), and `backup verify` restores into
-# scratch servers, mariadbd from mariadb-server-core and redis-server. No
-# init system runs in the container, so the servers run only as children of
-# `backup verify`. The package versions follow
-# the Debian release of the base image: Debian drops superseded package
-# versions from its archive, so an exact pin would break later builds.
+# redis-cli (mariadb-client, redis-tools), and `backup verify` checks the RDB
+# file with redis-check-rdb and restores into scratch servers: mariadbd and
+# mariadb-install-db from mariadb-server-core, which lacks the full server
+# package's service scripts and cluster tools, and redis-server. No init
+# system runs in the container, so the servers run only as children of
+# `backup verify`. The package versions follow the Debian release of the base
+# image: Debian drops superseded package versions from its archive, so an
+# exact pin would break later builds.
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install --yes --no-install-recommends \
