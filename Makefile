@@ -1,7 +1,7 @@
 # Developer and CI entry points for Gatehouse. Every target does all of its own
-# set-up and can be run again. `make run` and `make test` can run side by side:
-# they use separate MariaDB and Redis instances (profiles dev and test, see
-# scripts/services.sh) with their state in .state/dev and .state/test.
+# set-up and can be run again. `make run`, `make test` and `make bench` can run
+# side by side: they use separate MariaDB and Redis instances (profiles dev, test
+# and bench, see scripts/services.sh) with their state in .state/PROFILE.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -14,7 +14,7 @@ ROOT := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))
 VENV := $(ROOT)/.venv
 STATE := $(ROOT)/.state
 SERVICES := $(ROOT)/scripts/services.sh
-PROFILES := dev test
+PROFILES := dev test bench
 
 # Interpreter that creates .venv.
 PYTHON ?= python3
@@ -22,11 +22,18 @@ PYTHON ?= python3
 PORT ?= 8000
 # Extra arguments for pytest in `make test`, such as PYTEST_ARGS='-k refresh -x'.
 PYTEST_ARGS ?=
+# `make bench`: seconds of each measured wrk run, and the first of the three TCP
+# ports on 127.0.0.1 that it uses (Gatehouse, the floor app, fastapi-users).
+BENCH_SECONDS ?= 15
+BENCH_PORT ?= 8730
+# `make soak`: length in seconds and request rate per second.
+SOAK_SECONDS ?= 600
+SOAK_RATE ?= 1000
 # Optional dependency groups of pyproject.toml that .venv gets: the test tools,
 # and the offline chart and Dockerfile checks (Helm's SDK, Kubernetes schemas).
 EXTRAS := test,deploy
 
-.PHONY: help venv lock run test test-deep stop clean-state \
+.PHONY: help venv lock run test test-deep bench soak stop clean-state \
 	$(addprefix services-,$(PROFILES)) $(addprefix keys-,$(PROFILES)) $(addprefix migrate-,$(PROFILES))
 
 help:
@@ -35,15 +42,20 @@ help:
 	  run "serve the app with gunicorn on 127.0.0.1:$(PORT) (PORT=N changes the port) with the dev services" \
 	  test "run pytest against the test services (PYTEST_ARGS='...' adds arguments)" \
 	  test-deep "run the schemathesis tests with 1,000 examples per API operation" \
+	  bench "measure Gatehouse, the floor app and fastapi-users with wrk; write docs/benchmarks.md" \
+	  soak "serve a steady mixed load for SOAK_SECONDS and report memory growth per worker" \
 	  venv "create .venv and install the package with its test and deploy extras, pinned by constraints.txt" \
 	  lock "regenerate constraints.txt from a fresh resolve of pyproject.toml" \
 	  services-dev "start the dev MariaDB and Redis (ports 3307 and 6380 unless overridden)" \
 	  services-test "start the test MariaDB and Redis (ports 3308 and 6381 unless overridden)" \
+	  services-bench "start the bench MariaDB and Redis (ports 3318 and 6393 unless overridden)" \
 	  keys-dev "generate a signing key for the dev profile unless one exists" \
 	  keys-test "generate a signing key for the test profile unless one exists" \
+	  keys-bench "generate a signing key for the bench profile unless one exists" \
 	  migrate-dev "apply database migrations to the dev database" \
 	  migrate-test "apply database migrations to the test database" \
-	  stop "stop the dev gunicorn and the dev and test services" \
+	  migrate-bench "apply database migrations to the bench database" \
+	  stop "stop the dev gunicorn and the dev, test and bench services" \
 	  clean-state "stop everything, then delete .state: all local data, passwords and keys"
 	echo
 	echo 'scripts/services.sh lists the environment variables that override the service ports.'
@@ -110,11 +122,27 @@ test-deep: venv services-test keys-test migrate-test
 	cd $(ROOT)
 	GATEHOUSE_FUZZ_EXAMPLES=1000 $(VENV)/bin/pytest -p no:cacheprovider tests/test_schemathesis.py $(PYTEST_ARGS)
 
+# The harness (bench/run.py) starts and stops every server it measures, and the
+# bench MariaDB and Redis are stopped afterwards, so nothing keeps running.
+bench: venv services-bench keys-bench migrate-bench
+	. $(STATE)/bench/gatehouse.env
+	cd $(ROOT)
+	trap '$(SERVICES) stop bench' EXIT
+	$(VENV)/bin/python -m bench.run --seconds $(BENCH_SECONDS) --port $(BENCH_PORT) --report docs/benchmarks.md
+
+soak: venv services-bench keys-bench migrate-bench
+	. $(STATE)/bench/gatehouse.env
+	cd $(ROOT)
+	trap '$(SERVICES) stop bench' EXIT
+	$(VENV)/bin/python -m bench.soak --seconds $(SOAK_SECONDS) --rate $(SOAK_RATE) --port $(BENCH_PORT) \
+	  --report docs/benchmarks.md
+
 stop:
 	$(SERVICES) stop dev
 	$(SERVICES) stop test
+	$(SERVICES) stop bench
 
 # Deletes the databases, Redis data, generated passwords and signing keys of
-# both profiles without asking: a reset for development machines.
+# every profile without asking: a reset for development machines.
 clean-state: stop
 	rm -rf $(STATE)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Start, stop or show the private MariaDB and Redis instances that Gatehouse
-# uses for development (profile "dev") and for the test suite (profile "test").
+# uses for development (profile "dev"), for the test suite (profile "test") and
+# for the load benchmarks (profile "bench").
 #
 # Usage: scripts/services.sh start|stop|status PROFILE
 #
@@ -28,6 +29,8 @@
 #   GATEHOUSE_DEV_REDIS_PORT    Redis TCP port of the dev profile (default 6380)
 #   GATEHOUSE_TEST_MYSQL_PORT   MariaDB TCP port of the test profile (default 3308)
 #   GATEHOUSE_TEST_REDIS_PORT   Redis TCP port of the test profile (default 6381)
+#   GATEHOUSE_BENCH_MYSQL_PORT  MariaDB TCP port of the bench profile (default 3318)
+#   GATEHOUSE_BENCH_REDIS_PORT  Redis TCP port of the bench profile (default 6393)
 #   GATEHOUSE_SERVICES_TIMEOUT  seconds to wait for a server to start or stop
 #                               before giving up (default 30)
 #
@@ -44,7 +47,7 @@ PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 script_name=scripts/services.sh
 
 usage() {
-    echo "usage: $script_name start|stop|status dev|test" >&2
+    echo "usage: $script_name start|stop|status dev|test|bench" >&2
     exit 2
 }
 
@@ -77,6 +80,10 @@ case $profile in
     test)
         mysql_port=${GATEHOUSE_TEST_MYSQL_PORT:-3308}
         redis_port=${GATEHOUSE_TEST_REDIS_PORT:-6381}
+        ;;
+    bench)
+        mysql_port=${GATEHOUSE_BENCH_MYSQL_PORT:-3318}
+        redis_port=${GATEHOUSE_BENCH_REDIS_PORT:-6393}
         ;;
     *) usage ;;
 esac

@@ -95,6 +95,9 @@ class Settings(BaseSettings):
         ARGON2_MIN_TIME_COST, ge=ARGON2_MIN_TIME_COST, le=20, description="argon2id passes, 2-20"
     )
     argon2_parallelism: int = Field(1, ge=1, le=16, description="argon2id lanes, 1-16")
+    argon2_threads: int = Field(
+        1, ge=1, le=64, description="threads per worker that compute argon2id hashes at the same time, 1-64"
+    )
 
     # Per-worker caches of the authenticated hot path
     claims_cache_max_entries: int = Field(

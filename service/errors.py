@@ -220,7 +220,7 @@ def _handle_redis_failure(exc: Exception) -> Response:
 
 
 def _handle_unexpected(exc: Exception) -> Response:
-    log.error("unhandled_exception", exc_info=exc)
+    log.error("server_error", exc_info=exc)
     return problem_response(Problem("An unexpected error occurred; quote the request id when reporting it."))
 
 

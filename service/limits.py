@@ -169,8 +169,8 @@ def handle_rate_limited(problem: RateLimited) -> Response:
     metrics.RATE_LIMIT_HITS.labels(route=_route() or "unmatched", limit=problem.limit).inc()
     log.warning("rate_limited", limit=problem.limit, retry_after=problem.retry_after)
     svc = current_app.extensions.get(EXTENSION_KEY)
-    # While the limits run from memory Redis is down, so recording would only fail,
-    # with a warning per 429; the outage itself is logged once.
+    # While the limits run from memory, Redis is down and recording would only fail
+    # with a warning per 429. The outage itself is logged once.
     if svc is not None and not limit_storage(current_app).using_memory:
         auth.record_rate_limit_hit(svc, request.remote_addr or "")
     return problem_response(problem)

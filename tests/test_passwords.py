@@ -58,3 +58,25 @@ def test_hashing_leaves_event_loop_running():
     assert result.returncode == 0, result.stderr
     ticks_during_hashing = int(result.stdout.strip().splitlines()[-1])
     assert ticks_during_hashing >= 5
+
+
+def test_concurrent_hashes_use_bounded_threads():
+    # Six greenlets hash at once; the worker may start no more threads than
+    # GATEHOUSE_ARGON2_THREADS, because each keeps its argon2 memory afterwards.
+    script = textwrap.dedent("""
+        from gevent import monkey
+        monkey.patch_all()
+        import gevent
+        from service.config import load_settings
+        from service.passwords import Passwords
+
+        passwords = Passwords(load_settings({"argon2_threads": 2}))
+        hashes = gevent.joinall([gevent.spawn(passwords.hash, "correct horse battery staple") for _ in range(6)])
+        assert all(greenlet.successful() for greenlet in hashes)
+        with open("/proc/self/status") as status:
+            print(next(line.split()[1] for line in status if line.startswith("Threads:")))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    os_threads = int(result.stdout.strip().splitlines()[-1])
+    assert os_threads <= 3

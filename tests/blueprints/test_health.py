@@ -66,7 +66,7 @@ def test_unexpected_error_gives_problem_and_logs_stack(capsys, app):
     assert body["request_id"] == response.headers["X-Request-ID"]
     assert "kaboom" not in body["detail"]
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
-    [logged] = [line for line in lines if line["event"] == "unhandled_exception"]
+    [logged] = [line for line in lines if line["event"] == "server_error"]
     assert logged["request_id"] == body["request_id"]
     assert logged["route"] == "/boom"
     assert "Traceback" in logged["exception"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import datetime
 
 import pytest
 import requests
@@ -76,3 +77,31 @@ def test_forged_first_entry_does_not_escape_ban(server):
 def test_allowlisted_network_never_banned(server):
     assert fail_logins(server.url, "198.51.100.9", 12) == [401] * 12
     assert probe(server.url, "198.51.100.9") == [401] * PROBES
+
+
+def test_second_offence_banned_longer(server, settings):
+    assert fail_logins(server.url, "203.0.113.8", 5) == [401] * 5
+    create_user(settings, "root2@example.com", PASSWORD, roles=("admin",))
+    admin = requests.post(f"{server.url}/v1/auth/login", json={"email": "root2@example.com", "password": PASSWORD},
+                          headers=as_client("203.0.113.98"), timeout=10).json()
+    headers = {**bearer(admin["access_token"]), **as_client("203.0.113.98")}
+
+    def ban_of(ip: str) -> dict:
+        bans = requests.get(f"{server.url}/v1/admin/bans", headers=headers, timeout=10).json()["bans"]
+        [ban] = [ban for ban in bans if ban["ip"] == ip]
+        return ban
+
+    first = ban_of("203.0.113.8")
+    assert requests.delete(f"{server.url}/v1/admin/bans/203.0.113.8", headers=headers, timeout=10).status_code == 204
+    time.sleep(1.0)
+    assert fail_logins(server.url, "203.0.113.8", 5) == [401] * 5
+    second = ban_of("203.0.113.8")
+
+    def length(ban: dict) -> float:
+        return datetime.fromisoformat(ban["expires_at"]).timestamp() - datetime.fromisoformat(ban["created_at"]).timestamp()
+
+    assert first["offences"] == 1
+    assert second["offences"] == 2
+    # Defaults: 900 s, then four times that.
+    assert length(first) == pytest.approx(900, abs=2)
+    assert length(second) == pytest.approx(3600, abs=2)
