@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from datetime import UTC, datetime
 
 from service.config import Settings
 from service.logs import json_formatter
@@ -56,6 +57,19 @@ def _handler_class() -> type[logging.Handler]:
     return NewestArchivesKept
 
 
+def _archive_name(default_name: str) -> str:
+    """Add the UTC time of day in microseconds to an archive name: NAME.YYYY-MM-DD.HHMMSSffffff.
+
+    The handler names every archive of one period NAME.YYYY-MM-DD, adding .1, .2 and so
+    on for further size rotations, and reuses the lowest free number once retention has
+    deleted its file. Retention deletes the lowest numbers first, so a reused number made
+    it delete the newest archive and keep older ones. A number that grows with the time of
+    rotation sorts archives in the order they were written.
+    """
+    now = datetime.now(UTC)
+    return f"{default_name}.{now:%H%M%S%f}"
+
+
 def build_handler(settings: Settings) -> logging.Handler | None:
     """Return a rotating file handler for GATEHOUSE_LOG_FILE, or None when no file is configured."""
     if settings.log_file is None:
@@ -71,6 +85,7 @@ def build_handler(settings: Settings) -> logging.Handler | None:
         utc=True,
         encoding="utf-8",
     )
+    handler.namer = _archive_name
     handler.setFormatter(json_formatter())
     setattr(handler, _MARK, True)
     return handler
