@@ -9,7 +9,6 @@ handler created in the master stays safe in the workers that inherit it.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from datetime import UTC, datetime
 
@@ -38,23 +37,7 @@ def _handler_class() -> type[logging.Handler]:
         if blocked and sys.modules.get("redis", False) is None:
             del sys.modules["redis"]
 
-    class NewestArchivesKept(ConcurrentTimedRotatingFileHandler):  # type: ignore[misc,valid-type]
-        """Keep the newest archives by modification time.
-
-        concurrent-log-handler 0.9 names size rotations within one period with the lowest
-        free counter (.1 after .1 was deleted) and deletes by (period, counter), so the
-        newest archive could be the next one deleted. Archives are written once, at
-        rotation, so their modification time orders them.
-        """
-
-        def getFilesToDelete(self) -> list[str]:  # noqa: N802 - the library's method name
-            directory, base = os.path.split(self.baseFilename)
-            archives = [os.path.join(directory, name) for name in os.listdir(directory)
-                        if name.startswith(base + ".") and name != base]
-            archives.sort(key=os.path.getmtime)
-            return archives[:max(0, len(archives) - self.backupCount)]
-
-    return NewestArchivesKept
+    return ConcurrentTimedRotatingFileHandler
 
 
 def _archive_name(default_name: str) -> str:
