@@ -38,16 +38,19 @@ RUN python -m pip wheel --no-deps --wheel-dir /dist . \
 #
 FROM python:${PYTHON_VERSION}-slim-${DEBIAN_RELEASE} AS runtime
 
-# mariadb-client (mariadb-dump, mariadb) and redis-tools (redis-cli,
-# redis-check-rdb) are used by the backup jobs, which run from this image;
-# mariadb-server and redis-server give `backup verify` the scratch servers it
-# loads a backup into. No server starts in the service's own containers.
-# Their versions follow the Debian release of the base image: Debian drops
-# superseded package versions from its archive, so an exact pin would break
-# later builds.
+# The backup jobs run from this image: `backup create` calls mariadb-dump and
+# redis-cli (mariadb-client, redis-tools), and `backup verify` checks the RDB
+# file with redis-check-rdb and restores into scratch servers: mariadbd and
+# mariadb-install-db from mariadb-server-core, which lacks the full server
+# package's service scripts and cluster tools, and redis-server. No init
+# system runs in the container, so the servers run only as children of
+# `backup verify`. The package versions follow the Debian release of the base
+# image: Debian drops superseded package versions from its archive, so an
+# exact pin would break later builds.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install --yes --no-install-recommends mariadb-client mariadb-server redis-tools redis-server \
+ && apt-get install --yes --no-install-recommends \
+      mariadb-client mariadb-server-core redis-server redis-tools \
  && rm -rf /var/lib/apt/lists/*
 
 # A fixed numeric id, so that Kubernetes can check runAsNonRoot without

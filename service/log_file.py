@@ -9,8 +9,8 @@ handler created in the master stays safe in the workers that inherit it.
 from __future__ import annotations
 
 import logging
-import os
 import sys
+from datetime import UTC, datetime
 
 from service.config import Settings
 from service.logs import json_formatter
@@ -37,23 +37,20 @@ def _handler_class() -> type[logging.Handler]:
         if blocked and sys.modules.get("redis", False) is None:
             del sys.modules["redis"]
 
-    class NewestArchivesKept(ConcurrentTimedRotatingFileHandler):  # type: ignore[misc,valid-type]
-        """Keep the newest archives by modification time.
+    return ConcurrentTimedRotatingFileHandler
 
-        concurrent-log-handler 0.9 names size rotations within one period with the lowest
-        free counter (.1 after .1 was deleted) and deletes by (period, counter), so the
-        newest archive could be the next one deleted. Archives are written once, at
-        rotation, so their modification time orders them.
-        """
 
-        def getFilesToDelete(self) -> list[str]:  # noqa: N802 - the library's method name
-            directory, base = os.path.split(self.baseFilename)
-            archives = [os.path.join(directory, name) for name in os.listdir(directory)
-                        if name.startswith(base + ".") and name != base]
-            archives.sort(key=os.path.getmtime)
-            return archives[:max(0, len(archives) - self.backupCount)]
+def _archive_name(default_name: str) -> str:
+    """Add the UTC time of day in microseconds to an archive name: NAME.YYYY-MM-DD.HHMMSSffffff.
 
-    return NewestArchivesKept
+    The handler names every archive of one period NAME.YYYY-MM-DD, adding .1, .2 and so
+    on for further size rotations, and reuses the lowest free number once retention has
+    deleted its file. Retention deletes the lowest numbers first, so a reused number made
+    it delete the newest archive and keep older ones. A number that grows with the time of
+    rotation sorts archives in the order they were written.
+    """
+    now = datetime.now(UTC)
+    return f"{default_name}.{now:%H%M%S%f}"
 
 
 def build_handler(settings: Settings) -> logging.Handler | None:
@@ -71,6 +68,7 @@ def build_handler(settings: Settings) -> logging.Handler | None:
         utc=True,
         encoding="utf-8",
     )
+    handler.namer = _archive_name
     handler.setFormatter(json_formatter())
     setattr(handler, _MARK, True)
     return handler

@@ -33,7 +33,7 @@ def test_attach_replaces_earlier_handler(tmp_path):
         log_file.attach(settings, logger)
         logger.warning("written_once")
 
-        file_handlers = [handler for handler in logger.handlers if handler.__class__.__name__.startswith("Concurrent")]
+        file_handlers = [handler for handler in logger.handlers if isinstance(handler, logging.FileHandler)]
         assert len(file_handlers) == 1
         assert (tmp_path / "gatehouse.log").read_text().count("written_once") == 1
     finally:

@@ -30,7 +30,7 @@ def log_file_server(tmp_path: Path, **settings: str) -> tuple[Gunicorn, Path]:
     return Gunicorn(tmp_path, env=env, workers=WORKERS, app="tests.e2e.hooks_app:app"), log_file
 
 
-def send_numbered_lines(url: str, total: int, per_request: int, deadline: float) -> None:
+def send_numbered_lines(url: str, total: int, per_request: int, deadline: float, concurrency: int = 8) -> None:
     def send(first: int) -> int:
         assert time.monotonic() < deadline, "sending the numbered lines took too long"
         # A new connection per request spreads the requests over all workers.
@@ -38,7 +38,7 @@ def send_numbered_lines(url: str, total: int, per_request: int, deadline: float)
                                  headers={"Connection": "close"})
         return response.status_code
 
-    with ThreadPoolExecutor(max_workers=8) as pool:
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
         statuses = list(pool.map(send, range(0, total, per_request)))
     assert statuses == [200] * (total // per_request)
 
@@ -84,7 +84,8 @@ def test_rotation_keeps_backup_count(tmp_path):
     server.start()
     try:
         server.wait_ready()
-        send_numbered_lines(server.url, 5_000, LINES_PER_REQUEST, deadline=time.monotonic() + 60)
+        # One request at a time, so the lines reach the file in order.
+        send_numbered_lines(server.url, 5_000, LINES_PER_REQUEST, deadline=time.monotonic() + 60, concurrency=1)
     finally:
         server.stop()
 
@@ -95,6 +96,8 @@ def test_rotation_keeps_backup_count(tmp_path):
     # The newest lines are kept, the oldest archives were deleted.
     assert 4_999 in numbers
     assert 0 not in numbers
+    # No newer archive was deleted in their place: every line after the oldest kept one is kept.
+    assert set(range(min(numbers), 5_000)) - numbers == set()
 
 
 def test_rotation_by_time(tmp_path):

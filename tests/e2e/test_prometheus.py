@@ -26,7 +26,9 @@ DASHBOARD = ROOT / "helm" / "gatehouse" / "files" / "dashboards" / "gatehouse.js
 @pytest.fixture(scope="module")
 def gatehouse(tmp_path_factory):
     # No grace interval, so a replayed refresh token counts as reuse at once.
-    server = Gunicorn(tmp_path_factory.mktemp("gatehouse"), env={"GATEHOUSE_REFRESH_GRACE_SECONDS": "0"})
+    # A tight registration limit, so one test can produce a 429 and its counter.
+    server = Gunicorn(tmp_path_factory.mktemp("gatehouse"), env={"GATEHOUSE_REFRESH_GRACE_SECONDS": "0",
+                                                                 "GATEHOUSE_RATE_LIMIT_REGISTER": "3/minute"})
     server.start()
     try:
         server.wait_ready()
@@ -130,6 +132,11 @@ def dashboard_metric_names() -> set[str]:
 
 
 def test_dashboard_queries_use_exposed_metrics(gatehouse):
+    # Labelled counters appear once they have a sample: make one rate-limited request.
+    statuses = [requests.post(f"{gatehouse.url}/v1/auth/register", timeout=10,
+                              json={"email": f"d{index}@example.com", "password": PASSWORD}).status_code
+                for index in range(5)]
+    assert 429 in statuses
     text = requests.get(f"{gatehouse.url}/metrics", timeout=10).text
     exposed = set()
     for family in text_string_to_metric_families(text):

@@ -93,29 +93,38 @@ def test_grace_period_covers_pause_and_drain(rendered):
     spec = rendered["default"].one("Deployment")["spec"]["template"]["spec"]
     pause = int(spec["containers"][0]["lifecycle"]["preStop"]["exec"]["command"][1])
     config_map = rendered["default"].one("ConfigMap", "gh-gatehouse")
-    drain = int(config_map["data"]["GATEHOUSE_GRACEFUL_TIMEOUT"])
+    drain = float(config_map["data"]["GATEHOUSE_SHUTDOWN_DRAIN_SECONDS"])
+    graceful = int(config_map["data"]["GATEHOUSE_GRACEFUL_TIMEOUT"])
 
-    assert spec["terminationGracePeriodSeconds"] > pause + drain
+    assert spec["terminationGracePeriodSeconds"] > pause + drain + graceful
 
 
-@pytest.mark.parametrize(("grace", "pause", "drain"), [(35, 5, 30), (30, 5, 30), (20, 0, 30)])
-def test_grace_period_rule_fails_rendering(grace, pause, drain):
+@pytest.mark.parametrize(("grace", "pause", "drain", "graceful", "shown_drain", "least"), [
+    (35, 5, 0.0, 30, "0", 36),
+    (30, 5, 0.0, 30, "0", 36),
+    (20, 0, 0.0, 30, "0", 31),
+    (45, 5, 10.0, 30, "10", 46),
+    (38, 5, 2.5, 30, "2.5", 39),
+])
+def test_grace_period_rule_fails_rendering(grace, pause, drain, graceful, shown_drain, least):
     values = {"terminationGracePeriodSeconds": grace, "lifecycle": {"preStopSleepSeconds": pause},
-              "config": {"gracefulTimeout": drain}}
+              "config": {"shutdownDrainSeconds": drain, "gracefulTimeout": graceful}}
 
     with pytest.raises(helm_python.HelmRenderError) as failure:
         render(values)
 
     message = str(failure.value)
     assert f"terminationGracePeriodSeconds ({grace}) must be greater than" in message
-    assert f"lifecycle.preStopSleepSeconds ({pause}) + config.gracefulTimeout ({drain})" in message
-    assert f"at least {pause + drain + 1}" in message
+    assert (f"lifecycle.preStopSleepSeconds ({pause}) + config.shutdownDrainSeconds ({shown_drain}) "
+            f"+ config.gracefulTimeout ({graceful})") in message
+    assert f"at least {least}" in message
 
 
-def test_grace_period_one_second_more():
-    values = {"terminationGracePeriodSeconds": 36, "lifecycle": {"preStopSleepSeconds": 5},
-              "config": {"gracefulTimeout": 30}}
-    assert render(values).one("Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 36
+@pytest.mark.parametrize(("grace", "drain"), [(36, 0.0), (46, 10.0), (39, 2.5)])
+def test_grace_period_one_second_more(grace, drain):
+    values = {"terminationGracePeriodSeconds": grace, "lifecycle": {"preStopSleepSeconds": 5},
+              "config": {"shutdownDrainSeconds": drain, "gracefulTimeout": 30}}
+    assert render(values).one("Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == grace
 
 
 def test_short_startup_probe_fails_rendering():
@@ -159,15 +168,23 @@ def test_pods_hardened(rendered, value_set):
 
 @pytest.mark.parametrize("value_set", ["default", *VALUE_SETS])
 def test_writable_paths_are_volumes(rendered, value_set):
-    """With a read-only root, /tmp and the metrics directory must be emptyDir mounts."""
-    for owner, spec in pod_specs(rendered[value_set]):
+    """With a read-only root, /tmp, the metrics directory and the log file's directory are emptyDir mounts."""
+    result = rendered[value_set]
+    for owner, spec in pod_specs(result):
         volumes = {volume["name"]: volume for volume in spec["volumes"]}
         for container in containers(spec):
             mounts = {mount["mountPath"]: mount["name"] for mount in container["volumeMounts"]}
             environment = {item["name"]: item.get("value") for item in container["env"]}
+            for source in container["envFrom"]:
+                environment.update(result.one("ConfigMap", source["configMapRef"]["name"])["data"])
             writable = ["/tmp"]
             if "PROMETHEUS_MULTIPROC_DIR" in environment:
                 writable.append(environment["PROMETHEUS_MULTIPROC_DIR"])
+            if environment.get("GATEHOUSE_LOG_FILE"):
+                # config.py requires the directory itself to exist, so it must be the mount point.
+                log_dir = environment["GATEHOUSE_LOG_FILE"].rpartition("/")[0]
+                assert log_dir in mounts, f"{owner['metadata']['name']}: {log_dir} is not a mount point"
+                writable.append(log_dir)
             for path in writable:
                 mount = next((m for m in mounts if path == m or path.startswith(m.rstrip("/") + "/")), None)
                 assert mount is not None, f"{owner['metadata']['name']}: {path} is not on a volume"

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -138,13 +140,45 @@ def test_final_stage_has_no_build_tools():
         assert tool not in commands
 
 
-def test_final_stage_has_backup_clients():
-    commands = " ".join(arguments for keyword, arguments in final_stage() if keyword == "RUN")
-    assert "mariadb-client" in commands
-    assert "redis-tools" in commands
-    # backup verify starts scratch servers from these.
-    assert "mariadb-server" in commands
-    assert "redis-server" in commands
+def apt_packages() -> set[str]:
+    """List the Debian packages that the final stage installs with apt-get."""
+    packages = set()
+    for keyword, arguments in final_stage():
+        if keyword != "RUN":
+            continue
+        for command in arguments.split("&&"):
+            words = shlex.split(command)
+            if words[:2] == ["apt-get", "install"]:
+                packages |= {word for word in words[2:] if not word.startswith("-")}
+    return packages
+
+
+def installed_with(packages: set[str]) -> set[str]:
+    """Return the packages with their direct dependencies, as this machine's dpkg records them."""
+    depends = subprocess.run(["dpkg-query", "--show", "--showformat=${Depends}\n", *sorted(packages)],
+                             capture_output=True, text=True, check=True).stdout
+    names = {re.split(r"[ (:]", part.strip())[0] for part in re.split(r"[,|]", depends) if part.strip()}
+    return packages | names
+
+
+def programs_called_by_service() -> set[str]:
+    """Find the external programs the service looks up on PATH, such as mariadb-dump."""
+    source = "\n".join(path.read_text() for path in (ROOT / "service").rglob("*.py"))
+    return set(re.findall(r'(?:find_program|shutil\.which)\("([a-z][a-z0-9-]*)"', source))
+
+
+def test_final_stage_has_backup_programs():
+    """Every program the backup commands call comes from a package the image installs."""
+    available = installed_with(apt_packages())
+    missing = {}
+    for program in sorted(programs_called_by_service()):
+        path = shutil.which(program) or shutil.which(program, path="/usr/sbin:/sbin")
+        assert path is not None, f"{program} is not installed here, so its Debian package is unknown"
+        owner = subprocess.run(["dpkg-query", "--search", path], capture_output=True, text=True, check=True)
+        package = owner.stdout.split(":")[0]
+        if package not in available:
+            missing[program] = package
+    assert missing == {}
 
 
 def test_image_installs_wheel_with_pinned_versions():

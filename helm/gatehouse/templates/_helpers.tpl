@@ -196,6 +196,10 @@ template:
           defaultMode: 0440
       - name: tmp
         emptyDir: {}
+      {{- if include "gatehouse.logDir" $root }}
+      - name: logs
+        emptyDir: {}
+      {{- end }}
       {{- if .backups }}
       - name: backups
         persistentVolumeClaim:
@@ -232,10 +236,28 @@ template:
       readOnly: true
     - name: tmp
       mountPath: /tmp
+    {{- with include "gatehouse.logDir" .root }}
+    - name: logs
+      mountPath: {{ . }}
+    {{- end }}
     {{- if .backups }}
     - name: backups
       mountPath: {{ include "gatehouse.backupDir" .root }}
     {{- end }}
+{{- end -}}
+
+{{/*
+Directory of the log file (GATEHOUSE_LOG_FILE, set through extraEnv) that needs
+a volume of its own: empty when there is no log file, or when it lies directly
+in /tmp, which is a volume already. config.py requires the directory to exist,
+so every pod that loads the settings mounts it, Jobs included.
+*/}}
+{{- define "gatehouse.logDir" -}}
+{{- with .Values.extraEnv.GATEHOUSE_LOG_FILE -}}
+{{- if ne (dir .) "/tmp" -}}
+{{- dir . -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Where the backup claim is mounted in the backup Job. */}}
@@ -259,18 +281,20 @@ express, and fail rendering with the value paths and the fix.
 {{- end -}}
 
 {{/*
-terminationGracePeriodSeconds must cover the preStop pause plus gunicorn's
-graceful timeout: the kubelet counts the grace period from the start of the
-preStop hook, and a pod killed before gunicorn's graceful timeout ends cuts off
-the requests it is still draining.
+terminationGracePeriodSeconds must cover the whole shutdown. The kubelet
+counts it from the start of the preStop hook; after the pause, gunicorn's
+workers keep serving for the drain delay and then get the graceful timeout to
+finish their requests. A pod killed sooner cuts off requests in flight.
 */}}
 {{- define "gatehouse.validateValues.gracePeriod" -}}
 {{- $grace := int .Values.terminationGracePeriodSeconds -}}
 {{- $pause := int .Values.lifecycle.preStopSleepSeconds -}}
-{{- $drain := int .Values.config.gracefulTimeout -}}
-{{- if le $grace (add $pause $drain) -}}
+{{- $drain := ceil .Values.config.shutdownDrainSeconds | int -}}
+{{- $graceful := int .Values.config.gracefulTimeout -}}
+{{- $shutdown := add $pause $drain $graceful -}}
+{{- if le $grace $shutdown -}}
 gatehouse: terminationGracePeriodSeconds
-    terminationGracePeriodSeconds ({{ $grace }}) must be greater than lifecycle.preStopSleepSeconds ({{ $pause }}) + config.gracefulTimeout ({{ $drain }}) = {{ add $pause $drain }}, or in-flight requests are cut off at shutdown. Set terminationGracePeriodSeconds to at least {{ add $pause $drain 1 }}, or lower one of the other two.
+    terminationGracePeriodSeconds ({{ $grace }}) must be greater than lifecycle.preStopSleepSeconds ({{ $pause }}) + config.shutdownDrainSeconds ({{ include "gatehouse.envValue" .Values.config.shutdownDrainSeconds }}) + config.gracefulTimeout ({{ $graceful }}) = {{ $shutdown }}, or in-flight requests are cut off at shutdown. Set terminationGracePeriodSeconds to at least {{ add $shutdown 1 }}, or lower one of the others.
 {{- end -}}
 {{- end -}}
 
