@@ -83,11 +83,13 @@ def _verdict(met: bool) -> str:
     return "met" if met else "**missed**"
 
 
-def _table_row(server: str, request: str, run: RunResult | None, floor_rate: float, with_ratio: bool) -> str:
+def _table_row(server: str, request: str, run: RunResult | None, floor_rate: float, with_ratio: bool,
+               load_note: str = "") -> str:
     if run is None:
         return f"| {server} | {request} | not measured | | | | | | | | | | |"
 
     load = f"fixed {_number(run.target_rate)}/s" if run.target_rate else f"saturation, {CONNECTIONS} conn."
+    load += load_note
     if run.target_rate and run.rate < RATE_REACHED_SHARE * run.target_rate:
         load += " (not reached: overloaded)"
     ratio = f"{_ratio(run.rate, floor_rate):.2f}" if with_ratio and not run.target_rate else ""
@@ -212,8 +214,10 @@ def render_results(results: Results) -> str:
         lines.append(_table_row(name, "GET / (small JSON)", results.floor.get(key), floor, with_ratio=True))
     for key, request in (("health", "GET /health"), ("ready", "GET /ready"), ("me", "GET /v1/users/me (warm)"),
                          ("refresh", "POST /v1/auth/refresh"), ("login", "POST /v1/auth/login")):
-        for suffix in ("", "-fixed"):
-            lines.append(_table_row("Gatehouse", request, results.gatehouse.get(key + suffix), floor, True))
+        for suffix, note in (("", ""), ("-fixed", ""), ("-half", ", half its own")):
+            run = results.gatehouse.get(key + suffix)
+            if run is not None or suffix != "-half":
+                lines.append(_table_row("Gatehouse", request, run, floor, True, note))
     for key, request in (("login", "POST /auth/jwt/login"), ("me", "GET /users/me")):
         lines.append(_table_row("fastapi-users", request, results.peer.get(key), floor, with_ratio=True))
 
@@ -222,7 +226,8 @@ def render_results(results: Results) -> str:
         f"Floor: {_number(floor)} req/s and {_number(results.floor_cpu_us_per_request)} µs of server CPU per "
         "request, the means of the first and last floor runs. \"vs floor\" is a saturation throughput divided "
         "by the floor's. Fixed-rate runs aim at half the first floor run's throughput (login: half the argon2 "
-        "limit). \"Other CPU\" estimates the cores that processes outside the benchmark kept busy during the run.",
+        "limit), and those marked \"half its own\" at half the endpoint's saturation throughput. \"Other "
+        "CPU\" estimates the cores that processes outside the benchmark kept busy during the run.",
         "",
         "Targets:",
         "",

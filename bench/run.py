@@ -344,9 +344,15 @@ class Harness:
 
         if endpoint.key != "refresh":
             self.warm_up(label, server, path, endpoint.script, env)
-            self.results.gatehouse[endpoint.key] = self.wrk(label, server, path, endpoint.script, env=env)
+            saturation = self.results.gatehouse[endpoint.key] = self.wrk(label, server, path, endpoint.script,
+                                                                         env=env)
             self.results.gatehouse[f"{endpoint.key}-fixed"] = self.wrk(f"{label}-fixed", server, path,
                                                                        endpoint.script, rate=fixed_rate, env=env)
+            if endpoint.key != "login":
+                # Half the floor can be more than the endpoint serves at all; half its own
+                # throughput gives the latency at a load that it carries.
+                self.results.gatehouse[f"{endpoint.key}-half"] = self.wrk(
+                    f"{label}-half", server, path, endpoint.script, rate=saturation.rate / 2, env=env)
             return
 
         # Every refresh request spends a token, so each run gets its own batch: the
@@ -361,6 +367,10 @@ class Harness:
                                       "fixed")
         self.results.gatehouse["refresh-fixed"] = self.wrk(f"{label}-fixed", server, path, endpoint.script,
                                                            rate=fixed_rate, env=fixed_env)
+        half_rate = self.results.gatehouse["refresh"].rate / 2
+        half_env = self.refresh_env(env, user_ids, fixtures.tokens_needed(half_rate, self.args.seconds, 1.05), "half")
+        self.results.gatehouse["refresh-half"] = self.wrk(f"{label}-half", server, path, endpoint.script,
+                                                          rate=half_rate, env=half_env)
 
     def measure_metrics_scrape(self) -> None:
         """Time sequential /metrics scrapes of a 4-worker Gatehouse after some mixed traffic."""

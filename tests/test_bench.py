@@ -59,3 +59,21 @@ def test_results_json_round_trip(tmp_path):
     text = render_results(loaded)
     assert "| Gatehouse | GET /v1/users/me (warm) | saturation, 50 conn. | 3,000 | 0.50 |" in text
     assert "fixed 3,000/s (not reached: overloaded) | 2,000 |" in text
+
+
+def test_half_rate_rows_only_when_measured(tmp_path):
+    from bench.report import render_results
+    from bench.run import Results
+
+    results = Results(started_at="2026-01-01 00:00 UTC", command="make bench", seconds=10, warmup_seconds=3,
+                      machine={"cpu": "test", "cores": "2", "memory": "1 GiB", "kernel": "6", "distribution": "d",
+                               "python": "3.11"},
+                      versions={}, load_1m_at_start=0.1, workers=2)
+    results.floor = {"before": _run("floor-before", 60_000)}
+    results.gatehouse = {"me": _run("me", 30_000), "me-half": _run("me-half", 15_000, target_rate=1_500)}
+
+    text = render_results(results)
+
+    assert "| Gatehouse | GET /v1/users/me (warm) | fixed 1,500/s, half its own | 1,500 |" in text
+    assert "GET /health | not measured" in text
+    assert "half its own | not measured" not in text
