@@ -108,8 +108,8 @@ def _status_line(results: Results) -> str:
                 f"processes used at most {worst_other:.2f} cores during any run.")
     return (f"**Disturbed run**: the 1-minute load average was {results.load_1m_at_start:.2f} at the start "
             f"(quiet means below 0.5), and other processes used up to {worst_other:.2f} cores during a run "
-            "(quiet means at most 0.10). Other work shared the 2 cores, so absolute numbers are low and "
-            "ratios are noisy: re-run `make bench` on an idle machine before relying on them.")
+            "(quiet means at most 0.10). Other work shared the cores: rows whose \"other CPU\" is above 0.10 "
+            "are low and noisy, and a re-run of `make bench` on an idle machine should confirm them.")
 
 
 def _targets(results: Results) -> list[str]:
