@@ -51,7 +51,7 @@ def operation(summary: str, *, request_model: type[BaseModel] | None = None,
     With bearer=True (implied by roles) the access token is checked first, so a 401
     or 403 comes before any body error; the caller is then current_principal(). The
     validated body arrives as the `body` argument, the query string as `query`.
-    uses_dependencies=False documents a route that never answers 503.
+    uses_dependencies=False documents a route that never returns 503.
     """
     bearer = bearer or bool(roles)
     extra_errors = (((400, 413, 415) if request_model else ()) + ((400,) if query_model else ())
@@ -71,7 +71,7 @@ def operation(summary: str, *, request_model: type[BaseModel] | None = None,
                 kwargs["body"] = parse_body(request_model)
             response = make_response(view(*args, **kwargs))
             if bearer:
-                # Answers to an authenticated caller are personal: no shared or browser cache.
+                # Responses to an authenticated caller are personal, so no shared or browser cache may keep them.
                 response.headers.setdefault("Cache-Control", "no-store")
             return response
 

@@ -70,8 +70,9 @@ def _gevent_patched() -> bool:
 
 
 def _init_services(app: Flask, settings: Settings) -> None:
-    db = database.init_app(app, settings)
-    client = redis_store.init_app(app, settings)
+    # Services is the one place the app keeps its pools; close_app closes them from there.
+    db = database.Database(settings)
+    client = redis_store.create_client(settings)
     access = AccessState(
         claims_max_entries=settings.claims_cache_max_entries,
         user_max_entries=settings.user_cache_max_entries,

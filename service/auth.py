@@ -92,7 +92,7 @@ def refresh(svc: Services, refresh_token: str, *, ip: str) -> TokenPair:
     try:
         rotation = svc.sessions.rotate(refresh_token)
     except redis.RedisError:
-        # Counted here and answered by the Redis failure policy (503).
+        # Counted here, then the Redis failure policy turns the error into a 503.
         metrics.ROTATION_ERRORS.inc()
         raise
     metrics.REFRESHES.labels(outcome=rotation.outcome.value).inc()
@@ -110,7 +110,10 @@ def refresh(svc: Services, refresh_token: str, *, ip: str) -> TokenPair:
         log.info("refresh_rejected", reason="invalid", client_ip=ip)
         raise InvalidRefreshToken()
 
-    assert rotation.user_id and rotation.session_id and rotation.refresh_token
+    # Rotated and grace outcomes always carry all three.
+    assert rotation.user_id is not None
+    assert rotation.session_id is not None
+    assert rotation.refresh_token is not None
     user = load_user(svc, rotation.user_id)
     if user is None or user.status != users.STATUS_ACTIVE:
         # The account was disabled or deleted without ending its sessions (for example

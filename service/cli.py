@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gatehouse: invalid configuration: {exc}", file=sys.stderr)
         return 2
     except (pymysql.err.OperationalError, pymysql.err.InterfaceError) as exc:
-        print(f"gatehouse: database unreachable or refused the login: {exc}", file=sys.stderr)
+        print(f"gatehouse: database connection failed (unreachable, or the login was rejected): {exc}", file=sys.stderr)
         return 1
 
 

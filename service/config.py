@@ -123,12 +123,12 @@ class Settings(BaseSettings):
         description="distinct accounts one address fails against within the window that ban it, 2-10000",
     )
     ban_rate_limit_hits: int = Field(
-        50, ge=5, le=100_000, description="429 answers to one address within the window that ban it, 5-100000"
+        50, ge=5, le=100_000, description="429 responses to one address within the window that ban it, 5-100000"
     )
     ban_base_seconds: int = Field(900, ge=10, le=604_800, description="length of a first ban in seconds, 10-604800")
     ban_multiplier: float = Field(4.0, ge=1, le=100, description="factor by which each repeat ban grows, 1-100")
     ban_max_seconds: int = Field(
-        604_800, ge=60, le=31_536_000, description="longest automatic ban in seconds, 60-31536000"
+        604_800, ge=60, le=31_536_000, description="maximum length of an automatic ban in seconds, 60-31536000"
     )
     ban_offence_decay_seconds: int = Field(
         2_592_000, ge=3600, le=31_536_000,
@@ -225,8 +225,14 @@ class Settings(BaseSettings):
 
     def summary(self) -> dict[str, Any]:
         """Return the settings for the start-up log, with secrets redacted."""
-        return {name: ("**redacted**" if isinstance(value, SecretStr) else str(value) if isinstance(value, Path) else value)
-                for name, value in self.model_dump().items()}
+        summary: dict[str, Any] = {}
+        for name, value in self.model_dump().items():
+            if isinstance(value, SecretStr):
+                value = "**redacted**"
+            elif isinstance(value, Path):
+                value = str(value)
+            summary[name] = value
+        return summary
 
     # Abuse protection: rate limits, login throttling and request body limits.
     # Rate limits use the notation of the `limits` library: "20/minute;200/hour"

@@ -138,9 +138,3 @@ class Database:
         except Exception as exc:  # teardown must not raise
             log.warning("db_pool_close_failed", error=repr(exc))
 
-
-def init_app(app: Flask, settings: Settings) -> Database:
-    """Create the pool for this process and keep it on the app."""
-    database = Database(settings)
-    app.extensions["gatehouse.db"] = database
-    return database

@@ -67,7 +67,7 @@ class MissingRole(Problem):
 
 
 class IpBanned(Problem):
-    """The client address is banned; Retry-After tells when a temporary ban ends."""
+    """The client address is banned. Retry-After gives the seconds until a temporary ban ends."""
 
     status, code, title = 403, "ip_banned", "Client address banned"
 

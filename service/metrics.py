@@ -57,7 +57,7 @@ RATE_LIMIT_MEMORY_FALLBACK = Gauge("gatehouse_rate_limit_memory_fallback",
 
 
 def _initialize_labels() -> None:
-    """Create every labelled series at zero, so rate() sees the first increment."""
+    """Create every labelled series at zero, so that rate() counts the first increment."""
     for result in LOGIN_RESULTS:
         LOGINS.labels(result=result)
     for outcome in REFRESH_OUTCOMES:
@@ -101,7 +101,7 @@ class ScrapeCollector(Collector):
                                     "Unix time of the job's last failure (0: never).", labels=["job"])
         try:
             records = self._job_records()
-        except Exception:  # Redis down: the job gauges are left out, dependency_up says why
+        except Exception:  # Redis down: the job gauges are left out, and gatehouse_dependency_up shows why
             records = {}
         for job, (last_success, last_failure) in records.items():
             success.add_metric([job], last_success or 0)
@@ -144,7 +144,7 @@ def init_app(app: Flask) -> None:
     if _multiprocess():
         GunicornPrometheusMetrics(app, **options)
     else:
-        # Single process (flask run, a debugger): the default registry holds everything.
+        # Single process (flask run, a debugger): the default registry contains everything.
         PrometheusMetrics(app, path=None, **options)
     _initialize_labels()
     _track_in_flight(app)

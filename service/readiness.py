@@ -37,7 +37,7 @@ def _timed(check: Callable[[], None]) -> Check:
     started = time.perf_counter()
     try:
         check()
-    except Exception as exc:  # every failure is a "not ready" answer, never a 500
+    except Exception as exc:  # every failure becomes a "not ready" result, never a 500
         # /ready is public, so the body names only the kind of failure; addresses and
         # server messages go to the log.
         log.warning("readiness_check_failed", check=check.__name__.removeprefix("_check_"), error=str(exc)[:300])

@@ -56,9 +56,3 @@ def close_client(client: redis.Redis) -> None:
     except Exception as exc:  # teardown must not raise
         log.warning("redis_pool_close_failed", error=repr(exc))
 
-
-def init_app(app: Flask, settings: Settings) -> redis.Redis:
-    """Create this process's Redis client and keep it on the app."""
-    client = create_client(settings)
-    app.extensions["gatehouse.redis"] = client
-    return client
