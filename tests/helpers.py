@@ -176,3 +176,41 @@ def start_services() -> None:
 def restart_redis(settings: Settings) -> None:
     stop_redis(settings)
     start_services()
+
+
+def mariadb_pid() -> int:
+    """Return the pid of the test MariaDB, which `make test` started."""
+    state_dir = Path(os.environ["GATEHOUSE_STATE_DIR"])
+    return int((state_dir / "mariadb" / "mariadbd.pid").read_text().strip())
+
+
+def mysql_answers(settings: Settings) -> bool:
+    try:
+        pymysql.connect(**{**connect_args(settings), "connect_timeout": 1}).close()
+    except pymysql.err.MySQLError:
+        return False
+    return True
+
+
+def stop_mysql(settings: Settings, timeout: float = 30.0) -> None:
+    """Stop the test MariaDB with SIGTERM and wait until it has exited.
+
+    MariaDB removes its pid file as it exits, and a zombie could still pass kill -0,
+    so the wait is for the pid file to go and the port to refuse connections.
+    """
+    pid_file = Path(os.environ["GATEHOUSE_STATE_DIR"]) / "mariadb" / "mariadbd.pid"
+    os.kill(mariadb_pid(), signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while pid_file.exists() or mysql_answers(settings):
+        assert time.monotonic() < deadline, f"the test MariaDB still runs {timeout} s after SIGTERM"
+        time.sleep(0.05)
+
+
+def scrape(url: str) -> dict[str, float]:
+    """Return every sample of /metrics by its name and labels."""
+    samples = {}
+    for line in requests.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    return samples

@@ -7,13 +7,12 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import requests
 
 from service.maintenance.scratch import ScratchRedis
-from tests.helpers import Gunicorn
+from tests.helpers import Gunicorn, mariadb_pid, scrape
 
 pytestmark = pytest.mark.e2e
 
@@ -36,16 +35,6 @@ def wait_for_replacement(server: Gunicorn, exited_pid: int, timeout: float = 30.
             return pids
         assert time.monotonic() < deadline, f"worker {exited_pid} not replaced within {timeout} s: {pids}"
         time.sleep(0.1)
-
-
-def scrape(url: str) -> dict[str, float]:
-    """Return every sample of /metrics by its name and labels."""
-    samples = {}
-    for line in requests.get(f"{url}/metrics", timeout=10).text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            samples[name] = float(value)
-    return samples
 
 
 def scrape_when_workers(url: str, count: int, timeout: float = 20.0) -> dict[str, float]:
@@ -193,12 +182,6 @@ def test_stopped_redis_gives_503_health_stays(tmp_path):
     assert REDIS_SOCKET_TIMEOUT * 0.8 <= elapsed < 2 * REDIS_SOCKET_TIMEOUT + 1.0
     assert len(health) >= 5
     assert set(health) == {200}
-
-
-def mariadb_pid() -> int:
-    """Return the pid of the test MariaDB, which `make test` started."""
-    state_dir = Path(os.environ["GATEHOUSE_STATE_DIR"])
-    return int((state_dir / "mariadb" / "mariadbd.pid").read_text().strip())
 
 
 def test_stopped_mysql_gives_503_health_stays(tmp_path):
