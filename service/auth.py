@@ -90,6 +90,13 @@ def login(svc: Services, email: str, password: str, *, user_agent: str, ip: str,
 def refresh(svc: Services, refresh_token: str, *, ip: str) -> TokenPair:
     """Rotate a refresh token and issue a new pair for the same session."""
     try:
+        owner = svc.sessions.find_token_owner(refresh_token)
+        # The account is checked before the token is spent. Checked after the rotation,
+        # a MySQL outage would turn each retry into a grace refresh and, after
+        # MAX_GRACE_REFRESHES of them, into reuse that revokes the session. A token
+        # without an owner is unknown, and the rotation reports it as invalid.
+        if owner is not None:
+            _require_active_account(svc, *owner, ip=ip)
         rotation = svc.sessions.rotate(refresh_token)
     except redis.RedisError:
         # Counted here, then the Redis failure policy turns the error into a 503.
@@ -114,18 +121,21 @@ def refresh(svc: Services, refresh_token: str, *, ip: str) -> TokenPair:
     assert rotation.user_id is not None
     assert rotation.session_id is not None
     assert rotation.refresh_token is not None
-    user = load_user(svc, rotation.user_id)
-    if user is None or user.status != users.STATUS_ACTIVE:
-        # The account was disabled or deleted without ending its sessions (for example
-        # directly in the database): end this one now instead of issuing tokens.
-        svc.sessions.revoke(rotation.session_id)
-        log.warning("refresh_rejected", reason="account_inactive", user_id=rotation.user_id, client_ip=ip)
-        raise InvalidRefreshToken()
-
     structlog.contextvars.bind_contextvars(user_id=rotation.user_id)
     if rotation.outcome is RefreshOutcome.GRACE:
         log.info("refresh_within_grace", session_id=rotation.session_id)
     return _token_pair(svc, rotation.user_id, rotation.session_id, rotation.refresh_token)
+
+
+def _require_active_account(svc: Services, session_id: str, user_id: str, *, ip: str) -> None:
+    """Raise InvalidRefreshToken, ending the session, unless the user exists and is active."""
+    user = load_user(svc, user_id)
+    if user is None or user.status != users.STATUS_ACTIVE:
+        # The account was disabled or deleted without ending its sessions (for example
+        # directly in the database): end this one now instead of issuing tokens.
+        svc.sessions.revoke(session_id)
+        log.warning("refresh_rejected", reason="account_inactive", user_id=user_id, client_ip=ip)
+        raise InvalidRefreshToken()
 
 
 def logout(svc: Services, session_id: str) -> None:

@@ -202,6 +202,14 @@ class SessionStore:
         pipe.execute()
         return session_id, refresh_token
 
+    def find_token_owner(self, refresh_token: str) -> tuple[str, str] | None:
+        """Return the session id and user id of a refresh token without spending it; None when unknown."""
+        session_id, user_id = self._redis.hmget(f"{KEY_PREFIX}rt:{digest(refresh_token)}", "sid", "uid")
+        if session_id is None or user_id is None:
+            return None
+
+        return session_id, user_id
+
     def rotate(self, refresh_token: str, now: float | None = None) -> Rotation:
         """Exchange a refresh token for a new one of the same session.
 

@@ -7,10 +7,14 @@ import time
 import argon2
 import pymysql
 import pytest
+import redis
 
-from service.app import create_app
+from service.app import close_app, create_app
 from service.database import connect_args
+from service.redis_store import KEY_PREFIX
+from service.sessions import MAX_GRACE_REFRESHES, digest
 from tests.conftest import PASSWORD
+from tests.helpers import free_port
 
 
 def login(client, email="alice@example.com", password=PASSWORD):
@@ -180,6 +184,24 @@ def test_refresh_within_grace_succeeds(client, tokens):
     assert second.status_code == 200
     for pair in (first.get_json(), second.get_json()):
         assert client.post("/v1/auth/refresh", json={"refresh_token": pair["refresh_token"]}).status_code == 200
+
+
+def test_refresh_without_mysql_keeps_token(client, tokens, settings):
+    # Nothing listens on this port, so every MySQL connection is refused at once.
+    app = create_app({"mysql_port": free_port(), "mysql_connect_timeout": 1.0})
+    unavailable = app.test_client()
+
+    # More attempts than the grace interval accepts: none of them may spend the token.
+    statuses = [unavailable.post("/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]}).status_code
+                for _ in range(MAX_GRACE_REFRESHES + 2)]
+    close_app(app)
+
+    assert statuses == [503] * (MAX_GRACE_REFRESHES + 2)
+    record = redis.Redis.from_url(settings.redis_url.get_secret_value(), decode_responses=True).hgetall(
+        f"{KEY_PREFIX}rt:{digest(tokens['refresh_token'])}")
+    assert record["rotated_at"] == ""
+    response = client.post("/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
+    assert response.status_code == 200
 
 
 def test_logout_ends_only_this_session(client, tokens):
