@@ -8,6 +8,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pymysql
@@ -71,6 +73,19 @@ class Gunicorn:
         }
         self.process: subprocess.Popen | None = None
 
+    def __enter__(self) -> Gunicorn:
+        """Start the master and wait until it is ready, stopping it again when it does not get ready."""
+        self.start()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
     def start(self) -> subprocess.Popen:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
@@ -115,6 +130,21 @@ class Gunicorn:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
+@contextmanager
+def running_replicas(tmp_path_factory, count: int, env: dict[str, str] | None = None) -> Iterator[list[Gunicorn]]:
+    """Start `count` gunicorn masters with the same settings, wait until each is ready, and stop them all afterwards."""
+    started = [Gunicorn(tmp_path_factory.mktemp(f"replica{index}"), env=env) for index in range(count)]
+    for gunicorn in started:
+        gunicorn.start()
+    try:
+        for gunicorn in started:
+            gunicorn.wait_ready()
+        yield started
+    finally:
+        for gunicorn in started:
+            gunicorn.stop()
+
+
 def run_as_mysql_root(sql: str) -> str:
     """Run SQL as the root account of the test MariaDB and return the client's tab-separated rows.
 
@@ -150,6 +180,38 @@ def create_user(settings: Settings, email: str, password: str, roles: tuple[str,
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+# Enough fresh connections that both workers of a gunicorn master serve some of them.
+PROBES = 16
+
+
+def probe_statuses(url: str, path: str, token: str | None = None, *, client_ip: str | None = None) -> list[int]:
+    """Send PROBES GET requests, each on a new connection so both workers serve some; return the statuses.
+
+    client_ip goes in X-Forwarded-For, which counts only when the server trusts one proxy hop.
+    """
+    headers = {"Connection": "close"}
+    if token is not None:
+        headers.update(bearer(token))
+    if client_ip is not None:
+        headers["X-Forwarded-For"] = client_ip
+    return [requests.get(f"{url}{path}", headers=headers, timeout=10).status_code for _ in range(PROBES)]
+
+
+def login(url: str, email: str, password: str, headers: dict[str, str] | None = None) -> dict:
+    """Log in through a running server and return the token pair."""
+    response = requests.post(f"{url}/v1/auth/login", json={"email": email, "password": password}, headers=headers,
+                             timeout=10)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def register(url: str, email: str, password: str) -> str:
+    """Register an account through a running server and return its id."""
+    response = requests.post(f"{url}/v1/auth/register", json={"email": email, "password": password}, timeout=10)
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
 
 
 def stop_redis(settings: Settings) -> None:

@@ -9,10 +9,5 @@ from tests.helpers import Gunicorn
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    gunicorn = Gunicorn(tmp_path_factory.mktemp("gunicorn"))
-    gunicorn.start()
-    try:
-        gunicorn.wait_ready()
+    with Gunicorn(tmp_path_factory.mktemp("gunicorn")) as gunicorn:
         yield gunicorn
-    finally:
-        gunicorn.stop()

@@ -110,18 +110,13 @@ def mysql_started_afterwards(settings):
 
 @pytest.fixture
 def server(tmp_path):
-    gunicorn = Gunicorn(tmp_path, env={
+    with Gunicorn(tmp_path, env={
         "GATEHOUSE_MYSQL_CONNECT_TIMEOUT": str(MYSQL_TIMEOUT),
         "GATEHOUSE_MYSQL_READ_TIMEOUT": str(MYSQL_TIMEOUT),
         "GATEHOUSE_MYSQL_WRITE_TIMEOUT": str(MYSQL_TIMEOUT),
         "GATEHOUSE_USER_CACHE_SECONDS": str(USER_CACHE_SECONDS),
-    })
-    gunicorn.start()
-    try:
-        gunicorn.wait_ready()
+    }) as gunicorn:
         yield gunicorn
-    finally:
-        gunicorn.stop()
 
 
 def sign_up(url: str, email: str) -> dict:

@@ -12,53 +12,35 @@ import pytest
 import redis
 import requests
 
+from tests import helpers
 from tests.conftest import PASSWORD
 from tests.helpers import (
-    Gunicorn,
+    PROBES,
     bearer,
     create_user,
+    probe_statuses,
     restart_redis,
     run_as_mysql_root,
+    running_replicas,
     start_services,
     stop_redis,
 )
 
 pytestmark = pytest.mark.e2e
 
-# Enough fresh connections that both workers of a replica serve some of them.
-PROBES = 16
-
 
 @pytest.fixture(scope="module")
 def replicas(tmp_path_factory):
-    started = [Gunicorn(tmp_path_factory.mktemp(f"replica{index}")) for index in range(2)]
-    for gunicorn in started:
-        gunicorn.start()
-    try:
-        for gunicorn in started:
-            gunicorn.wait_ready()
+    with running_replicas(tmp_path_factory, 2) as started:
         yield started
-    finally:
-        for gunicorn in started:
-            gunicorn.stop()
-
-
-def probe_statuses(url: str, path: str, token: str) -> list[int]:
-    """Send PROBES requests, each on a new connection so both workers answer some."""
-    return [requests.get(f"{url}{path}", headers={**bearer(token), "Connection": "close"}, timeout=10).status_code
-            for _ in range(PROBES)]
 
 
 def login(url: str, email: str) -> dict:
-    response = requests.post(f"{url}/v1/auth/login", json={"email": email, "password": PASSWORD}, timeout=10)
-    assert response.status_code == 200, response.text
-    return response.json()
+    return helpers.login(url, email, PASSWORD)
 
 
 def register(url: str, email: str) -> str:
-    response = requests.post(f"{url}/v1/auth/register", json={"email": email, "password": PASSWORD}, timeout=10)
-    assert response.status_code == 201, response.text
-    return response.json()["id"]
+    return helpers.register(url, email, PASSWORD)
 
 
 @pytest.fixture
