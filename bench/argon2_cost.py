@@ -1,0 +1,70 @@
+"""CPU time of one argon2id verification, alone and with one thread per core verifying at once.
+
+Usage: python -m bench.argon2_cost [--memory-kib N] [--time-cost N] [--parallelism N] [--samples N]
+
+The defaults are Gatehouse's default argon2 settings. A core verifies about
+1000 / (CPU ms per verification) passwords a second, which bounds logins per
+second per core before any other work of the request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import threading
+import time
+
+import argon2
+
+from service.config import ARGON2_MIN_MEMORY_KIB, ARGON2_MIN_TIME_COST
+
+PASSWORD = "correct horse battery staple"
+
+
+def verify_timed(hasher: argon2.PasswordHasher, stored: str, count: int, samples: list[float]) -> None:
+    """Verify `count` times, appending the CPU seconds (thread time) of each verification to samples."""
+    for _ in range(count):
+        started = time.thread_time()
+        hasher.verify(stored, PASSWORD)
+        samples.append(time.thread_time() - started)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.argon2_cost", description=__doc__.splitlines()[0])
+    parser.add_argument("--memory-kib", type=int, default=ARGON2_MIN_MEMORY_KIB, help="argon2id memory in KiB")
+    parser.add_argument("--time-cost", type=int, default=ARGON2_MIN_TIME_COST, help="argon2id passes")
+    parser.add_argument("--parallelism", type=int, default=1, help="argon2id lanes")
+    parser.add_argument("--samples", type=int, default=100, help="verifications per measurement")
+    args = parser.parse_args(argv)
+
+    hasher = argon2.PasswordHasher(time_cost=args.time_cost, memory_cost=args.memory_kib,
+                                   parallelism=args.parallelism, type=argon2.Type.ID)
+    stored = hasher.hash(PASSWORD)
+    # Warm-up: the first verifications also pay for allocating the argon2 memory.
+    verify_timed(hasher, stored, 5, [])
+
+    alone: list[float] = []
+    verify_timed(hasher, stored, args.samples, alone)
+
+    # argon2-cffi releases the GIL while hashing, so the threads verify in parallel and
+    # compete for caches and memory bandwidth as a busy server's workers do.
+    cores = os.cpu_count() or 1
+    together: list[float] = []
+    threads = [threading.Thread(target=verify_timed, args=(hasher, stored, max(1, args.samples // cores), together))
+               for _ in range(cores)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    print(f"argon2id m={args.memory_kib} KiB, t={args.time_cost}, p={args.parallelism};"
+          f" 1-minute load average {os.getloadavg()[0]:.2f} at the end")
+    for label, samples in (("alone", alone), (f"{cores} threads at once", together)):
+        median_ms = statistics.median(samples) * 1000
+        print(f"  {label}: median {median_ms:.1f} ms of CPU per verification over {len(samples)},"
+              f" so {1000 / median_ms:.0f} verifications per second per core")
+
+
+if __name__ == "__main__":
+    main()
