@@ -86,7 +86,7 @@ def _route() -> str | None:
 
 
 class RouteKind(enum.Enum):
-    """How a route is limited: not at all, in this worker's memory, or in Redis."""
+    """The counter a route uses: none, this worker's memory, or Redis."""
 
     EXEMPT = "exempt"
     WORKER = "worker"
@@ -94,7 +94,7 @@ class RouteKind(enum.Enum):
 
 
 def _route_kind(app: Flask, kinds: dict[str | None, RouteKind]) -> RouteKind:
-    """Classify the current request's route, remembering the answer per endpoint."""
+    """Classify the current request's route, caching the result per endpoint."""
     endpoint = request.endpoint
     kind = kinds.get(endpoint)
     if kind is None:
