@@ -136,7 +136,10 @@ def init_app(app: Flask) -> None:
         "defaults_prefix": NO_PREFIX,
         # url_rule is the route template (/v1/auth/sessions/<id>), never the raw path.
         "group_by": "url_rule",
-        "excluded_paths": ["^/metrics$"],
+        # Probes and scrapes are the platform's traffic, not clients': recording them
+        # would dilute the latency and error rates of client requests and cost each
+        # probe more than its own answer.
+        "excluded_paths": ["^/(?:metrics|health|ready)$"],
     }
     # Neither variant registers an endpoint here: the exporter's own endpoint builds a
     # new registry per scrape, which would drop the scrape-time gauges, and it fails

@@ -43,6 +43,10 @@ def _has_body() -> bool:
 
 
 def _read_body(settings: Settings) -> None:
+    if not _has_body():
+        # A request with neither Content-Length nor chunked encoding has no body (RFC 9112).
+        return
+
     limit = body_limit(settings, request.path)
     # werkzeug stops reading a chunked body at max_content_length without an error,
     # so a longer body would reach the JSON parser cut short. One byte of headroom

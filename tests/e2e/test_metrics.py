@@ -77,6 +77,17 @@ def test_http_metrics_use_route_templates(server):
     assert not any(route and session_id in route for route in routes)
 
 
+def test_probes_left_out_of_http_metrics(server):
+    for path in ("/health", "/ready", "/metrics", "/.well-known/jwks.json"):
+        assert requests.get(f"{server.url}{path}", timeout=10).status_code == 200
+
+    samples = scrape(server.url)
+
+    routes = {dict(labels).get("url_rule") for name, labels in samples if name == "http_request_duration_seconds_count"}
+    assert "/.well-known/jwks.json" in routes
+    assert routes.isdisjoint({"/health", "/ready", "/metrics"})
+
+
 def test_killed_worker_leaves_no_stale_gauges(server):
     before = scrape(server.url)
     victim = min(worker_pids(server.process.pid))
