@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import redis
 import structlog
 
+from service import redis_store
 from service.access_state import AccessState
 from service.config import Settings
 from service.sessions import EVENTS_CHANNEL, SessionStore
@@ -32,17 +33,25 @@ def publish_user_changed(client: redis.Redis, user_id: str) -> None:
 
 
 def create_listener_client(settings: Settings) -> redis.Redis:
-    """Build the listener's own connection, so it never takes a connection from the request pool.
+    """Build the listener's own connection to the master, so it never takes one from the request pool.
 
     The socket timeout is left unset because a subscriber waits for messages
-    indefinitely; a dead server shows up as a closed connection.
+    indefinitely; a dead server shows up as a closed connection. In sentinel mode
+    each reconnection asks the Sentinels for the master again. Sentinel closes the
+    pub/sub connections of a master that it demotes, so after a failover the
+    listener subscribes on the new master and resyncs.
     """
-    return redis.Redis.from_url(
-        settings.redis_url.get_secret_value(),
-        socket_connect_timeout=settings.redis_connect_timeout,
+    pool = redis_store.create_pool(
+        settings,
+        # The subscription holds one connection; the second covers a reconnection
+        # that starts before the pool has taken the broken one back.
+        max_connections=2,
+        timeout=settings.redis_connect_timeout,
+        socket_timeout=None,
         socket_keepalive=True,
         decode_responses=True,
     )
+    return redis.Redis(connection_pool=pool)
 
 
 class SyncTarget(Protocol):
