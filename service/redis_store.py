@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import redis
@@ -26,7 +27,34 @@ class SentinelBlockingConnectionPool(SentinelConnectionPool, redis.BlockingConne
     connection asks the Sentinels for the master's address, and a connection to a
     master that has since been demoted is dropped on its READONLY error or when it
     is released, so after a failover the pool refills with connections to the new master.
+
+    Sentinel demotes the old master only some seconds after it has promoted a
+    replica (about 10 s in the failover test), and until then the old master still
+    accepts writes that the new one never sees. So the pool also asks the Sentinels
+    for the master at most once per MASTER_CHECK_SECONDS when it lends a
+    connection. When the master has moved, redis-py disconnects the idle
+    connections and drops the busy ones as they come back.
     """
+
+    MASTER_CHECK_SECONDS = 1.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._next_master_check = 0.0
+
+    def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        now = time.monotonic()
+        if now >= self._next_master_check:
+            self._next_master_check = now + self.MASTER_CHECK_SECONDS
+            try:
+                self.get_master_address()
+            except redis.ConnectionError:
+                pass  # no master known: connecting raises MasterNotFoundError for the caller
+        return super().get_connection(*args, **kwargs)
+
+    def check_master_soon(self) -> None:
+        """Make the next get_connection ask the Sentinels for the master, however recent the last check."""
+        self._next_master_check = 0.0
 
 
 class _PoolGauges:
@@ -111,6 +139,30 @@ def create_client(settings: Settings) -> redis.Redis:
     )
     POOL_MAX.labels(pool="redis").set(settings.redis_pool_size)
     return redis.Redis(connection_pool=pool)
+
+
+def is_stale_master(client: redis.Redis, address: tuple[str, int] | None) -> bool:
+    """Tell whether the server at `address` is, or is about to be, no longer the master.
+
+    Every Sentinel is asked, because only the one leading a failover flags it as in
+    progress, and it does so before the others learn the new master's address.
+    Asking also moves the client's pool to a new master. Always False in
+    standalone mode, and when no Sentinel answers.
+    """
+    pool = client.connection_pool
+    if not isinstance(pool, SentinelBlockingConnectionPool) or address is None:
+        return False
+
+    for sentinel in pool.sentinel_manager.sentinels:
+        try:
+            state = sentinel.sentinel_master(pool.service_name)
+        except redis.RedisError:
+            continue
+        flags = state["flags"] if isinstance(state["flags"], set) else set(str(state["flags"]).split(","))
+        if "failover_in_progress" in flags or (state["ip"], int(state["port"])) != address:
+            pool.check_master_soon()
+            return True
+    return False
 
 
 def close_client(client: redis.Redis) -> None:

@@ -24,10 +24,13 @@ from enum import StrEnum
 from typing import Any
 
 import redis
+import structlog
 from redis.commands.core import Script
 
-from service import metrics
+from service import metrics, redis_store
 from service.redis_store import KEY_PREFIX
+
+log = structlog.get_logger(__name__)
 
 # 32 random bytes: 256 bits, URL-safe base64 without padding (43 characters).
 REFRESH_TOKEN_BYTES = 32
@@ -146,9 +149,9 @@ return revoked
 
 
 class WriteNotReplicated(redis.ConnectionError):
-    """Fewer replicas than required acknowledged a session write within the WAIT timeout.
+    """A session write went to a replaced master, and no replica acknowledged it within the WAIT timeout.
 
-    The write is on the master but may be lost in a failover. As a subclass of
+    The new master never sees the write. As a subclass of
     redis.ConnectionError it gets the Redis failure policy: 503 with Retry-After,
     and the client retries with the token it still holds.
     """
@@ -204,6 +207,7 @@ class SessionStore:
         # once that many replicas have it, so a failover cannot lose it (see _write).
         self._wait_replicas = wait_replicas
         self._wait_timeout_ms = max(1, round(wait_timeout_seconds * 1000))
+        self._unreplicated_since: float | None = None
         # Applies a revocation to this worker's memory at once; other workers learn it
         # from the events channel a moment later.
         self._on_revoked = on_revoked or (lambda _session_id, _until: None)
@@ -257,25 +261,44 @@ class SessionStore:
         return Rotation(outcome, result[1], result[2], new_token)
 
     def _write(self, script: Script, *, keys: list[str], args: list[object]) -> Any:
-        """Run a session-writing script; with wait_replicas, fail unless enough replicas acknowledge it.
+        """Run a session-writing script, then with wait_replicas wait until that many replicas have it.
 
-        WAIT counts the writes of its own connection, so the script and WAIT go
-        through one pipeline, which sends both on one connection. A shortfall
-        raises WriteNotReplicated before the client sees the new token: a token
-        that only the master holds would be unknown to the replica that a
-        failover promotes.
+        WAIT counts the writes of its own connection, so both commands run on one
+        connection held for the purpose. A shortfall has two causes. Either the
+        write went to a master that a failover has replaced (its replica was
+        promoted), and then the write is lost: WriteNotReplicated turns it into a
+        503 before the client sees a token that the new master lacks. Or replicas
+        are slow or absent, as for some seconds after a failover until Sentinel
+        attaches the old master to the new one: the write stands on the current
+        master, and the shortfall is logged and counted.
         """
         if not self._wait_replicas:
             return script(keys=keys, args=args)
 
-        pipe = self._redis.pipeline(transaction=False)
-        script(keys=keys, args=args, client=pipe)
-        pipe.execute_command("WAIT", self._wait_replicas, self._wait_timeout_ms)
-        result, acknowledged = pipe.execute()
-        if acknowledged < self._wait_replicas:
-            metrics.SESSION_WRITES_UNREPLICATED.inc()
+        client = redis.Redis(connection_pool=self._redis.connection_pool, single_connection_client=True)
+        try:
+            result = script(keys=keys, args=args, client=client)
+            acknowledged = client.execute_command("WAIT", self._wait_replicas, self._wait_timeout_ms)
+            address = (client.connection.host, client.connection.port) if client.connection else None
+        finally:
+            client.close()
+
+        if acknowledged >= self._wait_replicas:
+            if self._unreplicated_since is not None:
+                log.info("session_writes_replicated", after_seconds=round(time.monotonic() - self._unreplicated_since, 1))
+                self._unreplicated_since = None
+            return result
+
+        if redis_store.is_stale_master(self._redis, address):
+            metrics.SESSION_WRITES_UNREPLICATED.labels(result="refused").inc()
             raise WriteNotReplicated(acknowledged, self._wait_replicas)
 
+        metrics.SESSION_WRITES_UNREPLICATED.labels(result="accepted").inc()
+        if self._unreplicated_since is None:
+            # One line per streak, however many writes fall short in it.
+            self._unreplicated_since = time.monotonic()
+            log.warning("session_writes_unreplicated", acknowledged=acknowledged, required=self._wait_replicas,
+                        timeout_ms=self._wait_timeout_ms)
         return result
 
     def revoke(self, session_id: str, *, user_id: str | None = None) -> bool:

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import redis
 import structlog
+from redis.sentinel import SentinelConnectionPool
 
 from service import redis_store
 from service.access_state import AccessState
@@ -25,6 +26,8 @@ from service.sessions import EVENTS_CHANNEL, SessionStore
 log = structlog.get_logger(__name__)
 
 _MAX_BACKOFF_SECONDS = 5.0
+# In sentinel mode, how often the listener asks the Sentinels whether the master moved.
+MASTER_CHECK_SECONDS = 1.0
 
 
 def publish_user_changed(client: redis.Redis, user_id: str) -> None:
@@ -95,6 +98,7 @@ class EventListener:
         self._client = client
         self._targets = targets
         self._stopping = threading.Event()
+        self._next_master_check = 0.0
         self._thread = threading.Thread(target=self._run, name="gatehouse-events", daemon=True)
 
     def start(self) -> None:
@@ -134,6 +138,7 @@ class EventListener:
             for target in self._targets:
                 target.resync()
             while not self._stopping.is_set():
+                self._check_master(pubsub)
                 message = pubsub.get_message(timeout=1.0)
                 if message is None or message.get("type") != "message":
                     continue
@@ -146,6 +151,25 @@ class EventListener:
                     log.warning("sync_event_ignored", kind=str(event.get("kind") if isinstance(event, dict) else "")[:64])
         finally:
             pubsub.close()
+
+    def _check_master(self, pubsub: redis.client.PubSub) -> None:
+        """Raise redis.ConnectionError when the Sentinels name a master other than the subscribed one.
+
+        A demoted master keeps its subscribers for some seconds after the failover,
+        and they miss every event published on the new master meanwhile.
+        """
+        pool = self._client.connection_pool
+        connection = pubsub.connection
+        if not isinstance(pool, SentinelConnectionPool) or connection is None:
+            return
+
+        now = time.monotonic()
+        if now < self._next_master_check:
+            return
+
+        self._next_master_check = now + MASTER_CHECK_SECONDS
+        if pool.get_master_address() != (connection.host, connection.port):
+            raise redis.ConnectionError("the Sentinels name a new master")
 
     def _synced(self) -> bool:
         return all(target.synced for target in self._targets)
