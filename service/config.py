@@ -113,9 +113,7 @@ class Settings(BaseSettings):
         None, validate_default=True,
         description="password of the Redis master and replicas; unset when they need none (sentinel mode)",
     )
-    redis_db: int | None = Field(
-        None, ge=0, validate_default=True, description="Redis database number, 0 or more (sentinel mode)"
-    )
+    redis_db: int = Field(0, ge=0, validate_default=True, description="Redis database number, 0 or more (sentinel mode)")
     redis_wait_replicas: int = Field(
         0, ge=0, le=10,
         description="replicas that must acknowledge each session write before it succeeds, 0-10; 0 turns WAIT off",
@@ -239,7 +237,7 @@ class Settings(BaseSettings):
     )
     backup_keep: int = Field(7, ge=1, le=1000, description="newest backups kept by `gatehouse backup create`, 1-1000")
 
-    @field_validator("redis_url", "redis_sentinel_password", "redis_password", "redis_db", mode="before")
+    @field_validator("redis_url", "redis_sentinel_password", "redis_password", mode="before")
     @classmethod
     def _empty_as_unset(cls, value: Any) -> Any:
         return None if value == "" else value
@@ -255,8 +253,9 @@ class Settings(BaseSettings):
         required = REDIS_MODE_SETTINGS[mode]
         if info.field_name in required and value in (None, ""):
             raise PydanticCustomError("missing", "Field required")
+        default = cls.model_fields[info.field_name].default
         if info.field_name not in required and info.field_name not in REDIS_OPTIONAL_SETTINGS[mode] \
-                and value not in (None, ""):
+                and value != default:
             raise PydanticCustomError("not_applicable", f"GATEHOUSE_REDIS_MODE is {mode}")
         if info.field_name == "redis_sentinels" and value:
             parse_host_ports(value)

@@ -114,7 +114,7 @@ def create_pool(settings: Settings, *, max_connections: int, timeout: float, soc
             settings.redis_sentinel_service,
             create_sentinel(settings),
             password=password.get_secret_value() if password else None,
-            db=settings.redis_db or 0,
+            db=settings.redis_db,
             **connection_options,
         )
 

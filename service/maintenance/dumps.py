@@ -150,7 +150,7 @@ def redis_cli_args(settings: Settings) -> tuple[list[str], dict[str, str]]:
 def redis_db(settings: Settings) -> int:
     """Return the number of the Redis database that the service uses."""
     if settings.redis_mode == "sentinel":
-        return settings.redis_db or 0
+        return settings.redis_db
 
     assert settings.redis_url is not None
     return int(parse_url(settings.redis_url.get_secret_value()).get("db", 0) or 0)
