@@ -147,7 +147,7 @@ def is_stale_master(client: redis.Redis, address: tuple[str, int] | None) -> boo
     Every Sentinel is asked, because only the one leading a failover flags it as in
     progress, and it does so before the others learn the new master's address.
     Asking also moves the client's pool to a new master. Always False in
-    standalone mode, and when no Sentinel answers.
+    standalone mode, and when no Sentinel replies.
     """
     pool = client.connection_pool
     if not isinstance(pool, SentinelBlockingConnectionPool) or address is None:

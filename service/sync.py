@@ -26,7 +26,7 @@ from service.sessions import EVENTS_CHANNEL, SessionStore
 log = structlog.get_logger(__name__)
 
 _MAX_BACKOFF_SECONDS = 5.0
-# In sentinel mode, how often the listener asks the Sentinels whether the master moved.
+# In sentinel mode, how often the listener queries the Sentinels for the master.
 MASTER_CHECK_SECONDS = 1.0
 
 
@@ -40,7 +40,7 @@ def create_listener_client(settings: Settings) -> redis.Redis:
 
     The socket timeout is left unset because a subscriber waits for messages
     indefinitely; a dead server shows up as a closed connection. In sentinel mode
-    each reconnection asks the Sentinels for the master again. Sentinel closes the
+    each reconnection queries the Sentinels for the master again. Sentinel closes the
     pub/sub connections of a master that it demotes, so after a failover the
     listener subscribes on the new master and resyncs.
     """
