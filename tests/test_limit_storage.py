@@ -194,8 +194,7 @@ def evalsha_calls(client: redis.Redis) -> int:
 
 def test_window_after_acquire_needs_no_redis_call(settings):
     url = settings.redis_url.get_secret_value()
-    storage = FailoverStorage(redis_url=url, pool_size=2, pool_wait_seconds=0.5, connect_timeout=0.5,
-                              socket_timeout=0.5, retry_seconds=60)
+    storage = FailoverStorage(connection_pool=small_pool(url, socket_timeout=0.5), retry_seconds=60)
     client = redis.Redis.from_url(url)
     limiter = MovingWindowRateLimiter(storage)
     item = parse("5/minute")
@@ -219,8 +218,7 @@ def test_window_after_acquire_needs_no_redis_call(settings):
 
 def test_acquire_survives_script_flush(settings):
     url = settings.redis_url.get_secret_value()
-    storage = FailoverStorage(redis_url=url, pool_size=2, pool_wait_seconds=0.5, connect_timeout=0.5,
-                              socket_timeout=0.5, retry_seconds=60)
+    storage = FailoverStorage(connection_pool=small_pool(url, socket_timeout=0.5), retry_seconds=60)
     client = redis.Redis.from_url(url)
     limiter = MovingWindowRateLimiter(storage)
     item = parse("2/minute")
