@@ -85,6 +85,8 @@ def _init_services(app: Flask, settings: Settings) -> None:
         grace_seconds=settings.refresh_grace_seconds,
         revoked_ttl=settings.access_token_ttl_seconds + settings.jwt_leeway_seconds + 60,
         on_revoked=access.mark_revoked,
+        wait_replicas=settings.redis_wait_replicas,
+        wait_timeout_seconds=settings.redis_wait_timeout_seconds,
     )
     blacklist = Blacklist(client, ban_policy(settings))
     bans = BanList(blacklist)

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from limits import parse_many
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "GATEHOUSE_"
@@ -14,6 +15,30 @@ ENV_PREFIX = "GATEHOUSE_"
 # OWASP's minimum for argon2id (Password Storage Cheat Sheet): 19 MiB, 2 passes, 1 lane.
 ARGON2_MIN_MEMORY_KIB = 19456
 ARGON2_MIN_TIME_COST = 2
+
+
+# Settings each Redis mode requires, and those it accepts but does not require.
+# Setting one of the other mode is an error, so a half-changed deployment fails at start.
+REDIS_MODE_SETTINGS = {
+    "standalone": {"redis_url"},
+    "sentinel": {"redis_sentinels", "redis_sentinel_service"},
+}
+REDIS_OPTIONAL_SETTINGS = {
+    "standalone": set(),
+    "sentinel": {"redis_sentinel_password", "redis_password", "redis_db"},
+}
+
+
+def parse_host_ports(value: str) -> list[tuple[str, int]]:
+    """Parse "host:port,[::1]:port" into (host, port) pairs; raise ValueError naming the bad entry."""
+    addresses = []
+    for entry in (part.strip() for part in value.split(",")):
+        host, sep, port = entry.rpartition(":")
+        host = host.removeprefix("[").removesuffix("]")
+        if not entry or not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{entry!r} is not host:port, such as sentinel-0:26379")
+        addresses.append((host, int(port)))
+    return addresses
 
 
 class InvalidConfiguration(Exception):
@@ -60,8 +85,43 @@ class Settings(BaseSettings):
     mysql_read_timeout: float = Field(5.0, gt=0, le=300, description="MySQL read timeout in seconds")
     mysql_write_timeout: float = Field(5.0, gt=0, le=300, description="MySQL write timeout in seconds")
 
-    # Redis
-    redis_url: SecretStr = Field(description="Redis URL such as redis://:PASSWORD@127.0.0.1:6379/0")
+    # Redis: one server at a URL, or the master that a group of Sentinels elects.
+    # The validators below reject the settings of the mode that is not chosen.
+    redis_mode: Literal["standalone", "sentinel"] = Field(
+        "standalone",
+        description="standalone (one server at GATEHOUSE_REDIS_URL) or sentinel (the master that "
+                    "GATEHOUSE_REDIS_SENTINELS elect)",
+    )
+    redis_url: SecretStr | None = Field(
+        None, validate_default=True,
+        description="Redis URL such as redis://:PASSWORD@127.0.0.1:6379/0 (standalone mode)",
+    )
+    redis_sentinels: str = Field(
+        "", validate_default=True,
+        description="comma-separated host:port list of Sentinels, such as sentinel-0:26379,sentinel-1:26379 "
+                    "(sentinel mode)",
+    )
+    redis_sentinel_service: str = Field(
+        "", validate_default=True,
+        description="name of the master that the Sentinels monitor, such as mymaster (sentinel mode)",
+    )
+    redis_sentinel_password: SecretStr | None = Field(
+        None, validate_default=True,
+        description="password of the Sentinels themselves; unset when they need none (sentinel mode)",
+    )
+    redis_password: SecretStr | None = Field(
+        None, validate_default=True,
+        description="password of the Redis master and replicas; unset when they need none (sentinel mode)",
+    )
+    redis_db: int = Field(0, ge=0, validate_default=True, description="Redis database number, 0 or more (sentinel mode)")
+    redis_wait_replicas: int = Field(
+        0, ge=0, le=10,
+        description="replicas that must acknowledge each session write before it succeeds, 0-10; 0 turns WAIT off",
+    )
+    redis_wait_timeout_seconds: float = Field(
+        0.5, ge=0.001, le=10,
+        description="seconds a session write waits for the replica acknowledgements, 0.001-10",
+    )
     redis_pool_size: int = Field(20, ge=1, le=1000, description="Redis connections per worker, 1-1000")
     redis_pool_wait_seconds: float = Field(
         2.0, gt=0, le=60, description="seconds a request waits for a free Redis connection, up to 60"
@@ -176,6 +236,35 @@ class Settings(BaseSettings):
         None, description="directory that contains one subdirectory per backup; required by the backup commands"
     )
     backup_keep: int = Field(7, ge=1, le=1000, description="newest backups kept by `gatehouse backup create`, 1-1000")
+
+    @field_validator("redis_url", "redis_sentinel_password", "redis_password", mode="before")
+    @classmethod
+    def _empty_as_unset(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @field_validator("redis_url", "redis_sentinels", "redis_sentinel_service", "redis_sentinel_password",
+                     "redis_password", "redis_db")
+    @classmethod
+    def _check_redis_mode(cls, value: Any, info: ValidationInfo) -> Any:
+        mode = info.data.get("redis_mode")
+        if mode is None:
+            return value  # GATEHOUSE_REDIS_MODE itself is invalid and reported first
+
+        required = REDIS_MODE_SETTINGS[mode]
+        if info.field_name in required and value in (None, ""):
+            raise PydanticCustomError("missing", "Field required")
+        default = cls.model_fields[info.field_name].default
+        if info.field_name not in required and info.field_name not in REDIS_OPTIONAL_SETTINGS[mode] \
+                and value != default:
+            raise PydanticCustomError("not_applicable", f"GATEHOUSE_REDIS_MODE is {mode}")
+        if info.field_name == "redis_sentinels" and value:
+            parse_host_ports(value)
+        return value
+
+    @property
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        """Return the Sentinels of GATEHOUSE_REDIS_SENTINELS as (host, port) pairs."""
+        return parse_host_ports(self.redis_sentinels)
 
     @field_validator("backup_dir", mode="before")
     @classmethod
@@ -314,4 +403,7 @@ def _describe(exc: ValidationError) -> str:
         return f"{variable} is not set: set it to {expected}"
 
     message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "not_applicable":
+        return f"{variable} is set, but {message}, which does not use it: unset {variable}"
+
     return f"{variable} is invalid ({message}): set it to {expected}"

@@ -140,20 +140,14 @@ class FailoverStorage(Storage, MovingWindowSupport):
 
     STORAGE_SCHEME = [STORAGE_SCHEME]
 
-    def __init__(self, uri: str | None = None, *, redis_url: str, pool_size: int, pool_wait_seconds: float,
-                 connect_timeout: float, socket_timeout: float, retry_seconds: float, **options: Any) -> None:
+    def __init__(self, uri: str | None = None, *, connection_pool: redis.ConnectionPool, retry_seconds: float,
+                 **options: Any) -> None:
         super().__init__(uri, **options)
-        # A pool of its own, so rate limiting and session operations never wait
-        # for each other's connections.
-        self.pool = redis.BlockingConnectionPool.from_url(
-            redis_url,
-            max_connections=pool_size,
-            timeout=pool_wait_seconds,
-            socket_connect_timeout=connect_timeout,
-            socket_timeout=socket_timeout,
-            health_check_interval=30,
-        )
-        self._redis = RedisStorage(redis_url, connection_pool=self.pool, key_prefix=RATE_LIMIT_KEY_PREFIX)
+        # A pool of its own (service.redis_store.create_pool builds it for either Redis
+        # mode), so rate limiting and session operations never wait for each other's connections.
+        self.pool = connection_pool
+        # RedisStorage takes every connection from the pool and reads only the scheme of this URI.
+        self._redis = RedisStorage("redis://", connection_pool=self.pool, key_prefix=RATE_LIMIT_KEY_PREFIX)
         self._memory = BoundedMemoryStorage()
         # The window each recent acquisition in Redis saw, by key, and when it was read.
         self._recent_windows: LRUCache[str, tuple[tuple[float, int], float]] = LRUCache(maxsize=RECENT_WINDOWS)

@@ -24,7 +24,7 @@ from limits import RateLimitItem
 from limits import parse as parse_limit
 from limits.strategies import MovingWindowRateLimiter
 
-from service import auth, metrics
+from service import auth, metrics, redis_store
 from service.config import Settings
 from service.context import EXTENSION_KEY
 from service.errors import RateLimited, problem_response
@@ -176,11 +176,12 @@ def init_app(app: Flask, settings: Settings) -> Limiter:
         strategy="moving-window",
         storage_uri=f"{STORAGE_SCHEME}://",
         storage_options={
-            "redis_url": settings.redis_url.get_secret_value(),
-            "pool_size": settings.redis_pool_size,
-            "pool_wait_seconds": settings.redis_pool_wait_seconds,
-            "connect_timeout": settings.redis_connect_timeout,
-            "socket_timeout": settings.redis_socket_timeout,
+            "connection_pool": redis_store.create_pool(
+                settings,
+                max_connections=settings.redis_pool_size,
+                timeout=settings.redis_pool_wait_seconds,
+                socket_timeout=settings.redis_socket_timeout,
+            ),
             "retry_seconds": settings.rate_limit_retry_seconds,
         },
         # add_headers below writes the headers, because flask-limiter's Retry-After

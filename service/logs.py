@@ -12,7 +12,8 @@ from gunicorn.glogging import Logger as GunicornBaseLogger
 # Keys whose values never reach a log line, whatever the caller passes.
 SECRET_KEYS = frozenset(
     {"password", "new_password", "current_password", "token", "access_token", "refresh_token",
-     "authorization", "secret", "mysql_password", "redis_url"}
+     "authorization", "secret", "mysql_password", "redis_url", "redis_password",
+     "redis_sentinel_password"}
 )
 
 _SHARED_PROCESSORS: list[Any] = [

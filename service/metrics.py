@@ -27,6 +27,10 @@ LOGINS = Counter("gatehouse_logins_total", "Login attempts by result.", ["result
 REFRESHES = Counter("gatehouse_refreshes_total", "Refresh-token exchanges by outcome.", ["outcome"])
 ROTATION_ERRORS = Counter("gatehouse_token_rotation_errors_total",
                           "Refresh-token rotations that failed on a Redis error.")
+SESSION_WRITES_UNREPLICATED = Counter(
+    "gatehouse_session_writes_unreplicated_total",
+    "Session writes that fewer replicas than GATEHOUSE_REDIS_WAIT_REPLICAS acknowledged in time: refused "
+    "(written to a replaced master) or accepted (on the current master).", ["result"])
 REGISTRATIONS = Counter("gatehouse_registrations_total", "Accounts registered.")
 LOGOUTS = Counter("gatehouse_logouts_total", "Sessions ended by their owner.")
 BANS = Counter("gatehouse_ip_bans_total", "Client addresses banned, by cause.", ["cause"])

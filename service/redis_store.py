@@ -1,12 +1,13 @@
-"""Redis connection pool: a blocking pool whose wait for a free connection is bounded."""
+"""Redis connection pools to the master, standalone or found through Sentinel, with a bounded wait."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import redis
 import structlog
-from flask import Flask
+from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from service.config import Settings
 from service.metrics import POOL_IN_USE, POOL_MAX
@@ -17,42 +18,158 @@ log = structlog.get_logger(__name__)
 KEY_PREFIX = "gh:"
 
 
-class TrackedBlockingConnectionPool(redis.BlockingConnectionPool):
-    """A BlockingConnectionPool that counts lent connections in the pool gauges."""
+class SentinelBlockingConnectionPool(SentinelConnectionPool, redis.BlockingConnectionPool):
+    """A BlockingConnectionPool whose connections go to the master that the Sentinels name.
+
+    redis-py 8.2 offers Sentinel support only on the unbounded ConnectionPool. Through
+    the method resolution order this class takes connection set-up from
+    SentinelConnectionPool and the bounded wait from BlockingConnectionPool. Each new
+    connection asks the Sentinels for the master's address, and a connection to a
+    master that has since been demoted is dropped on its READONLY error or when it
+    is released, so after a failover the pool refills with connections to the new master.
+
+    Sentinel demotes the old master only some seconds after it has promoted a
+    replica (about 10 s in the failover test), and until then the old master still
+    accepts writes that the new one never sees. So the pool also asks the Sentinels
+    for the master at most once per MASTER_CHECK_SECONDS when it lends a
+    connection. When the master has moved, redis-py disconnects the idle
+    connections and drops the busy ones as they come back.
+    """
+
+    MASTER_CHECK_SECONDS = 1.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._next_master_check = 0.0
 
     def get_connection(self, *args: Any, **kwargs: Any) -> Any:
-        connection = super().get_connection(*args, **kwargs)
+        now = time.monotonic()
+        if now >= self._next_master_check:
+            self._next_master_check = now + self.MASTER_CHECK_SECONDS
+            try:
+                self.get_master_address()
+            except redis.ConnectionError:
+                pass  # no master known: connecting raises MasterNotFoundError for the caller
+        return super().get_connection(*args, **kwargs)
+
+    def check_master_soon(self) -> None:
+        """Make the next get_connection ask the Sentinels for the master, however recent the last check."""
+        self._next_master_check = 0.0
+
+
+class _PoolGauges:
+    """Counts lent connections in the pool gauges; mixed in before a pool class."""
+
+    def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        connection = super().get_connection(*args, **kwargs)  # type: ignore[misc]
         POOL_IN_USE.labels(pool="redis").inc()
         return connection
 
     def release(self, connection: Any) -> None:
         POOL_IN_USE.labels(pool="redis").dec()
-        super().release(connection)
+        super().release(connection)  # type: ignore[misc]
+
+
+class TrackedBlockingConnectionPool(_PoolGauges, redis.BlockingConnectionPool):
+    """A BlockingConnectionPool that counts lent connections in the pool gauges."""
+
+
+class TrackedSentinelBlockingConnectionPool(_PoolGauges, SentinelBlockingConnectionPool):
+    """A SentinelBlockingConnectionPool that counts lent connections in the pool gauges."""
+
+
+def create_sentinel(settings: Settings) -> Sentinel:
+    """Build the client of the Sentinels named by GATEHOUSE_REDIS_SENTINELS."""
+    password = settings.redis_sentinel_password
+    return Sentinel(
+        settings.sentinel_addresses,
+        sentinel_kwargs={
+            "password": password.get_secret_value() if password else None,
+            "socket_connect_timeout": settings.redis_connect_timeout,
+            "socket_timeout": settings.redis_socket_timeout,
+        },
+    )
+
+
+def create_pool(settings: Settings, *, max_connections: int, timeout: float, socket_timeout: float | None,
+                tracked: bool = False, **options: Any) -> redis.BlockingConnectionPool:
+    """Build a bounded pool of connections to the Redis master, in the mode that GATEHOUSE_REDIS_MODE selects.
+
+    A caller that finds every connection busy waits up to `timeout` seconds and then
+    gets redis.ConnectionError. `tracked` counts lent connections in the pool
+    gauges. `options` go to every connection, such as decode_responses.
+    """
+    connection_options: dict[str, Any] = {
+        "max_connections": max_connections,
+        "timeout": timeout,
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": settings.redis_connect_timeout,
+        "health_check_interval": 30,
+        **options,
+    }
+    if settings.redis_mode == "sentinel":
+        pool_class = TrackedSentinelBlockingConnectionPool if tracked else SentinelBlockingConnectionPool
+        password = settings.redis_password
+        return pool_class(
+            settings.redis_sentinel_service,
+            create_sentinel(settings),
+            password=password.get_secret_value() if password else None,
+            db=settings.redis_db,
+            **connection_options,
+        )
+
+    assert settings.redis_url is not None  # config.py requires it in standalone mode
+    pool_class = TrackedBlockingConnectionPool if tracked else redis.BlockingConnectionPool
+    return pool_class.from_url(settings.redis_url.get_secret_value(), **connection_options)
 
 
 def create_client(settings: Settings) -> redis.Redis:
-    """Build a client over a BlockingConnectionPool sized from the settings.
+    """Build the request client over a pool of redis_pool_size connections to the master.
 
     When every connection is busy, a caller waits up to redis_pool_wait_seconds and
     then gets redis.ConnectionError, which the error handler turns into a 503.
     """
-    pool = TrackedBlockingConnectionPool.from_url(
-        settings.redis_url.get_secret_value(),
+    pool = create_pool(
+        settings,
         max_connections=settings.redis_pool_size,
         timeout=settings.redis_pool_wait_seconds,
         socket_timeout=settings.redis_socket_timeout,
-        socket_connect_timeout=settings.redis_connect_timeout,
-        health_check_interval=30,
+        tracked=True,
         decode_responses=True,
     )
     POOL_MAX.labels(pool="redis").set(settings.redis_pool_size)
     return redis.Redis(connection_pool=pool)
 
 
+def is_stale_master(client: redis.Redis, address: tuple[str, int] | None) -> bool:
+    """Tell whether the server at `address` is, or is about to be, no longer the master.
+
+    Every Sentinel is asked, because only the one leading a failover flags it as in
+    progress, and it does so before the others learn the new master's address.
+    Asking also moves the client's pool to a new master. Always False in
+    standalone mode, and when no Sentinel replies.
+    """
+    pool = client.connection_pool
+    if not isinstance(pool, SentinelBlockingConnectionPool) or address is None:
+        return False
+
+    for sentinel in pool.sentinel_manager.sentinels:
+        try:
+            state = sentinel.sentinel_master(pool.service_name)
+        except redis.RedisError:
+            continue
+        flags = state["flags"] if isinstance(state["flags"], set) else set(str(state["flags"]).split(","))
+        if "failover_in_progress" in flags or (state["ip"], int(state["port"])) != address:
+            pool.check_master_soon()
+            return True
+    return False
+
+
 def close_client(client: redis.Redis) -> None:
     """Disconnect every pooled connection; log instead of raising."""
     try:
         client.connection_pool.disconnect()
+        if isinstance(client.connection_pool, SentinelConnectionPool):
+            client.connection_pool.sentinel_manager.close()
     except Exception as exc:  # teardown must not raise
         log.warning("redis_pool_close_failed", error=repr(exc))
-

@@ -21,10 +21,16 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 import redis
+import structlog
+from redis.commands.core import Script
 
+from service import metrics, redis_store
 from service.redis_store import KEY_PREFIX
+
+log = structlog.get_logger(__name__)
 
 # 32 random bytes: 256 bits, URL-safe base64 without padding (43 characters).
 REFRESH_TOKEN_BYTES = 32
@@ -99,6 +105,25 @@ redis.call('HSET', session_key, 'last_used_at', ARGV[2])
 return {outcome, sid, uid}
 """
 
+# KEYS: sess:<sid>, rt:<digest>, sess:<sid>:tokens, user:<uid>:sessions
+# ARGV: sid, uid, now, expires_at, user agent, ip, digest, token retention past session end
+# Expired members of the user index are left for the purge job; the index itself
+# lives as long as its newest session.
+_CREATE_LUA = """
+local sid, uid, now, expires_at = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+redis.call('HSET', KEYS[1], 'uid', uid, 'created_at', now, 'last_used_at', now, 'expires_at', expires_at,
+           'user_agent', ARGV[5], 'ip', ARGV[6])
+redis.call('EXPIREAT', KEYS[1], expires_at)
+redis.call('HSET', KEYS[2], 'sid', sid, 'uid', uid, 'exp', expires_at, 'rotated_at', '')
+redis.call('EXPIREAT', KEYS[2], expires_at + tonumber(ARGV[8]))
+redis.call('SADD', KEYS[3], ARGV[7])
+redis.call('EXPIREAT', KEYS[3], expires_at)
+redis.call('ZADD', KEYS[4], expires_at, sid)
+redis.call('EXPIREAT', KEYS[4], expires_at, 'GT')
+redis.call('EXPIREAT', KEYS[4], expires_at, 'NX')
+return 1
+"""
+
 # ARGV: prefix, sid, revoked-until, now, expected uid ("" for any)
 _REVOKE_SESSION_LUA = _REVOKE_LUA + """
 local uid = redis.call('HGET', ARGV[1] .. 'sess:' .. ARGV[2], 'uid')
@@ -121,6 +146,20 @@ for _, sid in ipairs(redis.call('ZRANGE', index, 0, -1)) do
 end
 return revoked
 """
+
+
+class WriteNotReplicated(redis.ConnectionError):
+    """A session write went to a replaced master, and no replica acknowledged it within the WAIT timeout.
+
+    The new master never sees the write. As a subclass of
+    redis.ConnectionError it gets the Redis failure policy: 503 with Retry-After,
+    and the client retries with the token it still holds.
+    """
+
+    def __init__(self, acknowledged: int, required: int) -> None:
+        super().__init__(f"{acknowledged} of {required} replicas acknowledged the session write in time")
+        self.acknowledged = acknowledged
+        self.required = required
 
 
 class RefreshOutcome(StrEnum):
@@ -161,8 +200,14 @@ class SessionStore:
     """Create, rotate, list and revoke sessions; every change is atomic in Redis."""
 
     def __init__(self, client: redis.Redis, *, session_ttl: int, grace_seconds: float,
-                 revoked_ttl: int, on_revoked: Callable[[str, float], None] | None = None) -> None:
+                 revoked_ttl: int, on_revoked: Callable[[str, float], None] | None = None,
+                 wait_replicas: int = 0, wait_timeout_seconds: float = 0.5) -> None:
         self._redis = client
+        # With wait_replicas > 0, a new session or rotated token counts as stored only
+        # once that many replicas have it, so a failover cannot lose it (see _write).
+        self._wait_replicas = wait_replicas
+        self._wait_timeout_ms = max(1, round(wait_timeout_seconds * 1000))
+        self._unreplicated_since: float | None = None
         # Applies a revocation to this worker's memory at once; other workers learn it
         # from the events channel a moment later.
         self._on_revoked = on_revoked or (lambda _session_id, _until: None)
@@ -170,6 +215,7 @@ class SessionStore:
         self._grace_seconds = grace_seconds
         # Long enough to outlive every access token issued for a revoked session.
         self._revoked_ttl = revoked_ttl
+        self._create = client.register_script(_CREATE_LUA)
         self._rotate = client.register_script(_ROTATE_LUA)
         self._revoke = client.register_script(_REVOKE_SESSION_LUA)
         self._revoke_user = client.register_script(_REVOKE_USER_LUA)
@@ -184,22 +230,10 @@ class SessionStore:
         session_key = f"{KEY_PREFIX}sess:{session_id}"
         user_key = f"{KEY_PREFIX}user:{user_id}:sessions"
 
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.hset(session_key, mapping={
-            "uid": user_id, "created_at": now, "last_used_at": now, "expires_at": expires_at,
-            "user_agent": user_agent[:256], "ip": ip,
-        })
-        pipe.expireat(session_key, expires_at)
-        pipe.hset(f"{KEY_PREFIX}rt:{token_digest}",
-                  mapping={"sid": session_id, "uid": user_id, "exp": expires_at, "rotated_at": ""})
-        pipe.expireat(f"{KEY_PREFIX}rt:{token_digest}", expires_at + TOKEN_RETENTION_SECONDS)
-        pipe.sadd(f"{session_key}:tokens", token_digest)
-        pipe.expireat(f"{session_key}:tokens", expires_at)
-        pipe.zadd(user_key, {session_id: expires_at})
-        # Expired members are left for the purge job; the index itself lives as long as its newest session.
-        pipe.expireat(user_key, expires_at, gt=True)
-        pipe.expireat(user_key, expires_at, nx=True)
-        pipe.execute()
+        self._write(self._create,
+                    keys=[session_key, f"{KEY_PREFIX}rt:{token_digest}", f"{session_key}:tokens", user_key],
+                    args=[session_id, user_id, repr(now), expires_at, user_agent[:256], ip, token_digest,
+                          TOKEN_RETENTION_SECONDS])
         return session_id, refresh_token
 
     def find_token_owner(self, refresh_token: str) -> tuple[str, str] | None:
@@ -220,7 +254,8 @@ class SessionStore:
         now = now if now is not None else time.time()
         new_token = new_refresh_token()
         new_digest = digest(new_token)
-        result = self._rotate(
+        result = self._write(
+            self._rotate,
             keys=[f"{KEY_PREFIX}rt:{digest(refresh_token)}", f"{KEY_PREFIX}rt:{new_digest}"],
             args=[KEY_PREFIX, repr(now), repr(self._grace_seconds), new_digest, self._revoked_until(now),
                   TOKEN_RETENTION_SECONDS, MAX_GRACE_REFRESHES],
@@ -232,6 +267,47 @@ class SessionStore:
             return Rotation(outcome, *result[1:3])
 
         return Rotation(outcome, result[1], result[2], new_token)
+
+    def _write(self, script: Script, *, keys: list[str], args: list[object]) -> Any:
+        """Run a session-writing script, then with wait_replicas wait until that many replicas have it.
+
+        WAIT counts the writes of its own connection, so both commands run on one
+        connection held for the purpose. A shortfall has two causes. Either the
+        write went to a master that a failover has replaced (its replica was
+        promoted), and then the write is lost: WriteNotReplicated turns it into a
+        503 before the client sees a token that the new master lacks. Or replicas
+        are slow or absent, as for some seconds after a failover until Sentinel
+        attaches the old master to the new one: the write stands on the current
+        master, and the shortfall is logged and counted.
+        """
+        if not self._wait_replicas:
+            return script(keys=keys, args=args)
+
+        client = redis.Redis(connection_pool=self._redis.connection_pool, single_connection_client=True)
+        try:
+            result = script(keys=keys, args=args, client=client)
+            acknowledged = client.execute_command("WAIT", self._wait_replicas, self._wait_timeout_ms)
+            address = (client.connection.host, client.connection.port) if client.connection else None
+        finally:
+            client.close()
+
+        if acknowledged >= self._wait_replicas:
+            if self._unreplicated_since is not None:
+                log.info("session_writes_replicated", after_seconds=round(time.monotonic() - self._unreplicated_since, 1))
+                self._unreplicated_since = None
+            return result
+
+        if redis_store.is_stale_master(self._redis, address):
+            metrics.SESSION_WRITES_UNREPLICATED.labels(result="refused").inc()
+            raise WriteNotReplicated(acknowledged, self._wait_replicas)
+
+        metrics.SESSION_WRITES_UNREPLICATED.labels(result="accepted").inc()
+        if self._unreplicated_since is None:
+            # One line per streak, however many writes fall short in it.
+            self._unreplicated_since = time.monotonic()
+            log.warning("session_writes_unreplicated", acknowledged=acknowledged, required=self._wait_replicas,
+                        timeout_ms=self._wait_timeout_ms)
+        return result
 
     def revoke(self, session_id: str, *, user_id: str | None = None) -> bool:
         """End a session and all its tokens; return whether it existed (and belonged to user_id, if given)."""

@@ -16,7 +16,9 @@ from typing import Any, Protocol
 
 import redis
 import structlog
+from redis.sentinel import SentinelConnectionPool
 
+from service import redis_store
 from service.access_state import AccessState
 from service.config import Settings
 from service.sessions import EVENTS_CHANNEL, SessionStore
@@ -24,6 +26,8 @@ from service.sessions import EVENTS_CHANNEL, SessionStore
 log = structlog.get_logger(__name__)
 
 _MAX_BACKOFF_SECONDS = 5.0
+# In sentinel mode, how often the listener queries the Sentinels for the master.
+MASTER_CHECK_SECONDS = 1.0
 
 
 def publish_user_changed(client: redis.Redis, user_id: str) -> None:
@@ -32,17 +36,25 @@ def publish_user_changed(client: redis.Redis, user_id: str) -> None:
 
 
 def create_listener_client(settings: Settings) -> redis.Redis:
-    """Build the listener's own connection, so it never takes a connection from the request pool.
+    """Build the listener's own connection to the master, so it never takes one from the request pool.
 
     The socket timeout is left unset because a subscriber waits for messages
-    indefinitely; a dead server shows up as a closed connection.
+    indefinitely; a dead server shows up as a closed connection. In sentinel mode
+    each reconnection queries the Sentinels for the master again. Sentinel closes the
+    pub/sub connections of a master that it demotes, so after a failover the
+    listener subscribes on the new master and resyncs.
     """
-    return redis.Redis.from_url(
-        settings.redis_url.get_secret_value(),
-        socket_connect_timeout=settings.redis_connect_timeout,
+    pool = redis_store.create_pool(
+        settings,
+        # The subscription holds one connection; the second covers a reconnection
+        # that starts before the pool has taken the broken one back.
+        max_connections=2,
+        timeout=settings.redis_connect_timeout,
+        socket_timeout=None,
         socket_keepalive=True,
         decode_responses=True,
     )
+    return redis.Redis(connection_pool=pool)
 
 
 class SyncTarget(Protocol):
@@ -86,6 +98,7 @@ class EventListener:
         self._client = client
         self._targets = targets
         self._stopping = threading.Event()
+        self._next_master_check = 0.0
         self._thread = threading.Thread(target=self._run, name="gatehouse-events", daemon=True)
 
     def start(self) -> None:
@@ -125,6 +138,7 @@ class EventListener:
             for target in self._targets:
                 target.resync()
             while not self._stopping.is_set():
+                self._check_master(pubsub)
                 message = pubsub.get_message(timeout=1.0)
                 if message is None or message.get("type") != "message":
                     continue
@@ -137,6 +151,25 @@ class EventListener:
                     log.warning("sync_event_ignored", kind=str(event.get("kind") if isinstance(event, dict) else "")[:64])
         finally:
             pubsub.close()
+
+    def _check_master(self, pubsub: redis.client.PubSub) -> None:
+        """Raise redis.ConnectionError when the Sentinels name a master other than the subscribed one.
+
+        A demoted master keeps its subscribers for some seconds after the failover,
+        and they miss every event published on the new master meanwhile.
+        """
+        pool = self._client.connection_pool
+        connection = pubsub.connection
+        if not isinstance(pool, SentinelConnectionPool) or connection is None:
+            return
+
+        now = time.monotonic()
+        if now < self._next_master_check:
+            return
+
+        self._next_master_check = now + MASTER_CHECK_SECONDS
+        if pool.get_master_address() != (connection.host, connection.port):
+            raise redis.ConnectionError("the Sentinels name a new master")
 
     def _synced(self) -> bool:
         return all(target.synced for target in self._targets)

@@ -23,6 +23,11 @@ def unreachable_redis_url() -> str:
     return f"redis://:some-password@127.0.0.1:{free_port()}/0"
 
 
+def small_pool(url: str, socket_timeout: float) -> redis.BlockingConnectionPool:
+    return redis.BlockingConnectionPool.from_url(url, max_connections=2, timeout=0.5, socket_connect_timeout=0.5,
+                                                 socket_timeout=socket_timeout)
+
+
 def log_events(text: str, event: str) -> list[dict]:
     records = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
     return [record for record in records if record.get("event") == event]
@@ -36,8 +41,7 @@ def json_logs():
 
 @pytest.fixture
 def unreachable_storage():
-    storage = FailoverStorage(redis_url=unreachable_redis_url(), pool_size=2, pool_wait_seconds=0.5,
-                              connect_timeout=0.5, socket_timeout=0.5, retry_seconds=60)
+    storage = FailoverStorage(connection_pool=small_pool(unreachable_redis_url(), socket_timeout=0.5), retry_seconds=60)
     yield storage
     storage.close()
 
@@ -80,8 +84,7 @@ def test_memory_used_until_retry_interval(unreachable_storage, settings, capsys)
 
 def test_storage_recovers_after_redis_pause(settings, capsys):
     url = settings.redis_url.get_secret_value()
-    storage = FailoverStorage(redis_url=url, pool_size=2, pool_wait_seconds=0.5, connect_timeout=0.5,
-                              socket_timeout=0.2, retry_seconds=0.2)
+    storage = FailoverStorage(connection_pool=small_pool(url, socket_timeout=0.2), retry_seconds=0.2)
     limiter = MovingWindowRateLimiter(storage)
     item = parse("100/minute")
     try:
@@ -191,8 +194,7 @@ def evalsha_calls(client: redis.Redis) -> int:
 
 def test_window_after_acquire_needs_no_redis_call(settings):
     url = settings.redis_url.get_secret_value()
-    storage = FailoverStorage(redis_url=url, pool_size=2, pool_wait_seconds=0.5, connect_timeout=0.5,
-                              socket_timeout=0.5, retry_seconds=60)
+    storage = FailoverStorage(connection_pool=small_pool(url, socket_timeout=0.5), retry_seconds=60)
     client = redis.Redis.from_url(url)
     limiter = MovingWindowRateLimiter(storage)
     item = parse("5/minute")
@@ -216,8 +218,7 @@ def test_window_after_acquire_needs_no_redis_call(settings):
 
 def test_acquire_survives_script_flush(settings):
     url = settings.redis_url.get_secret_value()
-    storage = FailoverStorage(redis_url=url, pool_size=2, pool_wait_seconds=0.5, connect_timeout=0.5,
-                              socket_timeout=0.5, retry_seconds=60)
+    storage = FailoverStorage(connection_pool=small_pool(url, socket_timeout=0.5), retry_seconds=60)
     client = redis.Redis.from_url(url)
     limiter = MovingWindowRateLimiter(storage)
     item = parse("2/minute")

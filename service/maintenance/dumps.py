@@ -20,6 +20,7 @@ from typing import Any
 import redis
 from redis.connection import parse_url
 
+from service import redis_store
 from service.config import Settings
 from service.maintenance.jobs import JobFailed
 from service.maintenance.scratch import find_program
@@ -118,20 +119,40 @@ def load_dump(defaults_file: Path, database: str, dump: Path) -> None:
 
 
 def redis_cli_args(settings: Settings) -> tuple[list[str], dict[str, str]]:
-    """Return redis-cli's connection arguments and the environment that carries the password."""
-    options = parse_url(settings.redis_url.get_secret_value())
-    if options.get("path"):
-        args = ["-s", options["path"]]
+    """Return redis-cli's arguments to reach the master and the environment that carries the password.
+
+    In sentinel mode the Sentinels name the master at the moment of the call, so a
+    backup reads the master's data even after a failover.
+    """
+    if settings.redis_mode == "sentinel":
+        sentinel = redis_store.create_sentinel(settings)
+        try:
+            host, port = sentinel.discover_master(settings.redis_sentinel_service)
+        finally:
+            sentinel.close()
+        password = settings.redis_password.get_secret_value() if settings.redis_password else None
+        args = ["-h", host, "-p", str(port)]
     else:
-        args = ["-h", options.get("host", "127.0.0.1"), "-p", str(options.get("port", 6379))]
-    if options.get("username"):
-        args += ["--user", options["username"]]
+        assert settings.redis_url is not None  # config.py requires it in standalone mode
+        options = parse_url(settings.redis_url.get_secret_value())
+        if options.get("path"):
+            args = ["-s", options["path"]]
+        else:
+            args = ["-h", options.get("host", "127.0.0.1"), "-p", str(options.get("port", 6379))]
+        if options.get("username"):
+            args += ["--user", options["username"]]
+        password = options.get("password")
     # REDISCLI_AUTH keeps the password out of the process list.
-    env = {"REDISCLI_AUTH": options["password"]} if options.get("password") else {}
+    env = {"REDISCLI_AUTH": password} if password else {}
     return args, env
 
 
 def redis_db(settings: Settings) -> int:
+    """Return the number of the Redis database that the service uses."""
+    if settings.redis_mode == "sentinel":
+        return settings.redis_db
+
+    assert settings.redis_url is not None
     return int(parse_url(settings.redis_url.get_secret_value()).get("db", 0) or 0)
 
 

@@ -18,7 +18,7 @@ VALUE_SETS_DIR = Path(__file__).resolve().parent / "values"
 RELEASE = "gh"
 NAMESPACE = "auth"
 # Value sets beside the chart defaults, each a file in VALUE_SETS_DIR.
-VALUE_SETS = ("minimal", "production", "existing-secret")
+VALUE_SETS = ("minimal", "production", "existing-secret", "sentinel")
 # The oldest Kubernetes release the chart supports (Chart.yaml kubeVersion) and a recent one.
 KUBERNETES_VERSIONS = ("1.29.0", "1.33.0")
 

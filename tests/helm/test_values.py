@@ -25,7 +25,8 @@ DOCUMENTED = re.findall(r"^\s*## @param (\S+) \S", VALUES_TEXT, flags=re.MULTILI
 # Settings the chart sets itself or takes from the Secret, so config.* leaves them out.
 # backup_dir: set on the backup Jobs only, to where the backup claim is mounted. The log
 # file settings are left to extraEnv: pods log to stdout, which the cluster collects.
-CHART_OWNED = {"bind", "keys_dir", "mysql_password", "redis_url", "backup_dir", "log_file", "log_file_max_bytes",
+CHART_OWNED = {"bind", "keys_dir", "mysql_password", "redis_url", "redis_password", "redis_sentinel_password",
+               "backup_dir", "log_file", "log_file_max_bytes",
                "log_file_rotate_when", "log_file_rotate_interval", "log_file_backups"}
 # config.* defaults that differ from the service's on purpose: 127.0.0.1 means nothing in a pod.
 # logFile is unset in the service and empty in the chart, which the service reads as unset.
@@ -34,7 +35,8 @@ LINT_WARNING = 2
 # Valid non-default values of config strings that have a format.
 OTHER_STRINGS = {"banAllowlist": "10.0.0.0/8,fd00::/8", "logFile": "/tmp/gatehouse.log", "rateLimitDefault": "500/minute",
                  "rateLimitLogin": "10/minute;100/hour", "rateLimitLoginAccount": "5/minute",
-                 "rateLimitRefresh": "30/minute", "rateLimitRegister": "5/minute;20/hour"}
+                 "rateLimitRefresh": "30/minute", "rateLimitRegister": "5/minute;20/hour",
+                 "redisSentinels": "sentinel-0:26379,sentinel-1:26379", "redisSentinelService": "mymaster"}
 
 
 def leaf_paths(node: Any, prefix: str = "") -> list[str]:
@@ -205,7 +207,9 @@ def test_config_values_reach_settings(value_sets, monkeypatch, tmp_path):
     """Every config value, changed from its default, arrives in the settings that service/config.py loads."""
     changed = {key: other_value(key, default) for key, default in VALUES["config"].items()}
     values = {**value_sets["minimal"], "config": changed}
-    secret_entries = {"mysql-password": values["secret"]["mysqlPassword"], "redis-url": values["secret"]["redisUrl"]}
+    # Every changed value includes config.redisMode, which is sentinel then: the Redis passwords replace the URL.
+    secret_entries = {"mysql-password": values["secret"]["mysqlPassword"], "redis-password": "redis-secret",
+                      "redis-sentinel-password": "sentinel-secret"}
     for name in [name for name in os.environ if name.startswith(ENV_PREFIX)]:
         monkeypatch.delenv(name)
     for name, value in environment_of(render(values), secret_entries).items():
@@ -221,7 +225,9 @@ def test_config_values_reach_settings(value_sets, monkeypatch, tmp_path):
     mismatched = {key: (value, loaded[key]) for key, value in changed.items() if loaded[key] != value}
     assert mismatched == {}
     assert settings.mysql_password.get_secret_value() == secret_entries["mysql-password"]
-    assert settings.redis_url.get_secret_value() == secret_entries["redis-url"]
+    assert settings.redis_url is None
+    assert settings.redis_password.get_secret_value() == secret_entries["redis-password"]
+    assert settings.redis_sentinel_password.get_secret_value() == secret_entries["redis-sentinel-password"]
 
 
 def test_bind_port_is_container_port(rendered):

@@ -121,24 +121,48 @@ GATEHOUSE_KEYS_DIR: {{ include "gatehouse.keysDir" . | quote }}
 {{/* Secret data created from the secret.* values. Shared by the Secret and its copy for the migration hook. */}}
 {{- define "gatehouse.secretData" -}}
 mysql-password: {{ .Values.secret.mysqlPassword | b64enc | quote }}
+{{- if eq .Values.config.redisMode "sentinel" }}
+redis-password: {{ .Values.secret.redisPassword | b64enc | quote }}
+redis-sentinel-password: {{ .Values.secret.redisSentinelPassword | b64enc | quote }}
+{{- else }}
 redis-url: {{ .Values.secret.redisUrl | b64enc | quote }}
+{{- end }}
 {{- range $file, $pem := .Values.secret.signingKeys }}
 {{ $file }}: {{ $pem | b64enc | quote }}
 {{- end }}
 {{- end -}}
 
-{{/* Environment of every Gatehouse container: the two secrets by reference, then extraEnvVars. */}}
+{{/*
+Environment of every Gatehouse container: the secrets by reference, then
+extraEnvVars. Sentinel mode takes the two Redis passwords instead of the URL,
+and an existing Secret may leave either out when the servers need none.
+*/}}
 {{- define "gatehouse.secretEnv" -}}
 - name: GATEHOUSE_MYSQL_PASSWORD
   valueFrom:
     secretKeyRef:
       name: {{ .secretName }}
       key: mysql-password
+{{- if eq .root.Values.config.redisMode "sentinel" }}
+- name: GATEHOUSE_REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ .secretName }}
+      key: redis-password
+      optional: true
+- name: GATEHOUSE_REDIS_SENTINEL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ .secretName }}
+      key: redis-sentinel-password
+      optional: true
+{{- else }}
 - name: GATEHOUSE_REDIS_URL
   valueFrom:
     secretKeyRef:
       name: {{ .secretName }}
       key: redis-url
+{{- end }}
 {{- with .root.Values.extraEnvVars }}
 {{ toYaml . }}
 {{- end }}
@@ -274,6 +298,7 @@ express, and fail rendering with the value paths and the fix.
 {{- $messages = append $messages (include "gatehouse.validateValues.gracePeriod" .) -}}
 {{- $messages = append $messages (include "gatehouse.validateValues.startupProbe" .) -}}
 {{- $messages = append $messages (include "gatehouse.validateValues.pdb" .) -}}
+{{- $messages = append $messages (include "gatehouse.validateValues.sentinel" .) -}}
 {{- $messages = without $messages "" -}}
 {{- if $messages -}}
 {{- printf "\nVALUES VALIDATION:\n%s" (join "\n" $messages) | fail -}}
@@ -319,5 +344,13 @@ gatehouse: startupProbe
 {{- if and .Values.pdb.enabled (ne (toString .Values.pdb.minAvailable) "") (ne (toString .Values.pdb.maxUnavailable) "") -}}
 gatehouse: pdb
     pdb.minAvailable ({{ .Values.pdb.minAvailable }}) and pdb.maxUnavailable ({{ .Values.pdb.maxUnavailable }}) are both set, but a PodDisruptionBudget takes only one of them. Set the other to "".
+{{- end -}}
+{{- end -}}
+
+{{/* Sentinel mode needs the Sentinels' addresses and the master name, or no pod starts. */}}
+{{- define "gatehouse.validateValues.sentinel" -}}
+{{- if and (eq .Values.config.redisMode "sentinel") (or (not .Values.config.redisSentinels) (not .Values.config.redisSentinelService)) -}}
+gatehouse: config.redisMode
+    config.redisMode is sentinel, which needs config.redisSentinels (host:port of each Sentinel, comma-separated) and config.redisSentinelService (the master name the Sentinels monitor). Set both, or set config.redisMode to standalone and use secret.redisUrl.
 {{- end -}}
 {{- end -}}
