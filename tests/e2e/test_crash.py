@@ -7,13 +7,12 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import requests
 
 from service.maintenance.scratch import ScratchRedis
-from tests.helpers import Gunicorn
+from tests.helpers import Gunicorn, mariadb_pid
 
 pytestmark = pytest.mark.e2e
 
@@ -193,12 +192,6 @@ def test_stopped_redis_gives_503_health_stays(tmp_path):
     assert REDIS_SOCKET_TIMEOUT * 0.8 <= elapsed < 2 * REDIS_SOCKET_TIMEOUT + 1.0
     assert len(health) >= 5
     assert set(health) == {200}
-
-
-def mariadb_pid() -> int:
-    """Return the pid of the test MariaDB, which `make test` started."""
-    state_dir = Path(os.environ["GATEHOUSE_STATE_DIR"])
-    return int((state_dir / "mariadb" / "mariadbd.pid").read_text().strip())
 
 
 def test_stopped_mysql_gives_503_health_stays(tmp_path):
