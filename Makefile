@@ -12,6 +12,9 @@ SHELL := /bin/bash
 
 ROOT := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))
 VENV := $(ROOT)/.venv
+# The servers that `make bench` and `make soak` measure run from here: the runtime
+# dependencies only, pinned by constraints.txt, as the image installs them.
+RUNTIME_VENV := $(ROOT)/.state/bench/runtime-venv
 STATE := $(ROOT)/.state
 SERVICES := $(ROOT)/scripts/services.sh
 PROFILES := dev test bench
@@ -33,7 +36,7 @@ SOAK_RATE ?= 1000
 # and the offline chart and Dockerfile checks (Helm's SDK, Kubernetes schemas).
 EXTRAS := test,deploy
 
-.PHONY: help venv lock run test test-deep bench soak stop clean-state \
+.PHONY: help venv runtime-venv lock run test test-deep bench soak stop clean-state \
 	$(addprefix services-,$(PROFILES)) $(addprefix keys-,$(PROFILES)) $(addprefix migrate-,$(PROFILES))
 
 help:
@@ -75,6 +78,14 @@ $(VENV)/.installed: $(ROOT)/pyproject.toml $(wildcard $(ROOT)/constraints.txt)
 	  $(VENV)/bin/pip freeze --exclude-editable > constraints.txt.tmp
 	  mv constraints.txt.tmp constraints.txt
 	fi
+	touch $@
+
+runtime-venv: $(RUNTIME_VENV)/.installed
+
+$(RUNTIME_VENV)/.installed: $(ROOT)/pyproject.toml $(ROOT)/constraints.txt
+	cd $(ROOT)
+	[ -x $(RUNTIME_VENV)/bin/python ] || $(PYTHON) -m venv $(RUNTIME_VENV)
+	$(RUNTIME_VENV)/bin/pip install -q -c constraints.txt -e .
 	touch $@
 
 # Resolves the dependencies in a throw-away virtual environment, so that
@@ -124,14 +135,16 @@ test-deep: venv services-test keys-test migrate-test
 
 # The harness (bench/run.py) starts and stops every server it measures, and the
 # bench MariaDB and Redis are stopped afterwards, so nothing keeps running.
-bench: venv services-bench keys-bench migrate-bench
+bench: venv runtime-venv services-bench keys-bench migrate-bench
 	. $(STATE)/bench/gatehouse.env
+	export GATEHOUSE_BENCH_SERVER_BIN=$(RUNTIME_VENV)/bin
 	cd $(ROOT)
 	trap '$(SERVICES) stop bench' EXIT
 	$(VENV)/bin/python -m bench.run --seconds $(BENCH_SECONDS) --port $(BENCH_PORT) --report docs/benchmarks.md
 
-soak: venv services-bench keys-bench migrate-bench
+soak: venv runtime-venv services-bench keys-bench migrate-bench
 	. $(STATE)/bench/gatehouse.env
+	export GATEHOUSE_BENCH_SERVER_BIN=$(RUNTIME_VENV)/bin
 	cd $(ROOT)
 	trap '$(SERVICES) stop bench' EXIT
 	$(VENV)/bin/python -m bench.soak --seconds $(SOAK_SECONDS) --rate $(SOAK_RATE) --port $(BENCH_PORT) \

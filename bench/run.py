@@ -165,7 +165,10 @@ class Harness:
         self.state_dir = state_dir
         self.run_dir = state_dir / "run"
         self.data_dir = self.run_dir / "data"
-        self.bin_dir = Path(sys.executable).parent
+        # The measured servers run from the virtual environment that `make bench` builds with
+        # the runtime dependencies only, as in the image: test tools change what a worker
+        # imports (structlog loads rich when it is installed, about 4 MiB per worker).
+        self.bin_dir = Path(os.environ.get("GATEHOUSE_BENCH_SERVER_BIN") or Path(sys.executable).parent)
         # A run appends to its server logs across several starts. The logs of an
         # earlier run, one line per request, would only fill the disk.
         for old_log in self.run_dir.glob("*.log"):

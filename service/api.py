@@ -137,12 +137,8 @@ def _problem_for(exc: ValidationError) -> InvalidRequest | InvalidJson:
 
 
 def json_response(model: BaseModel, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    """Serialize a response model."""
-    response = jsonify(model.model_dump(mode="json"))
-    response.status_code = status
-    if headers:
-        response.headers.update(headers)
-    return response
+    """Serialize a response model with pydantic's own JSON encoder, in one step."""
+    return Response(model.model_dump_json() + "\n", status, headers, mimetype="application/json")
 
 
 class IdConverter(BaseConverter):

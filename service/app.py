@@ -20,6 +20,7 @@ from service.passwords import Passwords
 from service.readiness import ReadinessProbe
 from service.access_state import AccessState
 from service.sessions import SessionStore
+from service.single_flight import SingleFlight
 from service.sync import AccessStateSync, EventListener, create_listener_client
 from service.tokens.keys import KeyRing
 
@@ -100,6 +101,8 @@ def _init_services(app: Flask, settings: Settings) -> None:
         listener=listener,
         blacklist=blacklist,
         bans=bans,
+        user_loads=SingleFlight(wait_seconds=settings.mysql_pool_wait_seconds + settings.mysql_connect_timeout
+                                + settings.mysql_read_timeout),
     )
     # Started here, in the worker after fork: a thread started before fork would not survive it.
     listener.start()

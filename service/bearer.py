@@ -14,8 +14,9 @@ from flask import g, request
 
 from service import users
 from service.context import Services, services
-from service.errors import InvalidToken, MissingRole, MissingToken, SessionRevoked
+from service.errors import DatabaseUnavailable, InvalidToken, MissingRole, MissingToken, SessionRevoked
 from service.tokens.access import AccessClaims, verify_access_token
+from service.single_flight import LoadTimedOut
 from service.users import User
 
 
@@ -54,14 +55,27 @@ def _is_revoked(svc: Services, session_id: str) -> bool:
 
 
 def load_user(svc: Services, user_id: str) -> User | None:
-    """Return the user with current roles, from this worker's cache when it has a fresh copy."""
+    """Return the user with current roles, from this worker's cache when it has a fresh copy.
+
+    On a miss, concurrent requests for the same user share one query. A request that
+    starts after a change to users (a new epoch) does not join a query begun before it.
+    """
     user = svc.access.cached_user(user_id)
-    if user is None:
-        epoch = svc.access.user_epoch()
-        user = users.find_user(svc.database, user_id)
-        if user is not None:
-            svc.access.remember_user(user, epoch)
-    return user
+    if user is not None:
+        return user
+
+    epoch = svc.access.user_epoch()
+
+    def query() -> User | None:
+        found = users.find_user(svc.database, user_id)
+        if found is not None:
+            svc.access.remember_user(found, epoch)
+        return found
+
+    try:
+        return svc.user_loads.run((user_id, epoch), query)
+    except LoadTimedOut:
+        raise DatabaseUnavailable() from None
 
 
 def authenticate_request() -> Principal:

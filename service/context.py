@@ -14,6 +14,7 @@ from service.database import Database
 from service.passwords import Passwords
 from service.readiness import ReadinessProbe
 from service.sessions import SessionStore
+from service.single_flight import SingleFlight
 from service.sync import EventListener
 from service.tokens.keys import KeyRing
 
@@ -33,6 +34,8 @@ class Services:
     listener: EventListener
     blacklist: Blacklist
     bans: BanList
+    # Cold-cache user loads, one MySQL query per user at a time (service.bearer.load_user).
+    user_loads: SingleFlight
 
 
 def services() -> Services:

@@ -39,6 +39,11 @@ MEMORY_STORAGE_SCHEME = "gatehouse+memory"
 # Measured with tracemalloc on CPython 3.11: 100000 keys with one request each take
 # about 32 MB, and each further request in a window about 34 bytes.
 MEMORY_MAX_KEYS = 100_000
+# A window read along with an acquisition serves the next read of its key for this
+# many seconds. After that, the window is read from Redis again.
+# The cache is bounded, because the login guard acquires without reading windows.
+RECENT_WINDOW_SECONDS = 1.0
+RECENT_WINDOWS = 4096
 
 
 class BoundedMemoryStorage(Storage, MovingWindowSupport):
@@ -150,6 +155,8 @@ class FailoverStorage(Storage, MovingWindowSupport):
         )
         self._redis = RedisStorage(redis_url, connection_pool=self.pool, key_prefix=RATE_LIMIT_KEY_PREFIX)
         self._memory = BoundedMemoryStorage()
+        # The window each recent acquisition in Redis saw, by key, and when it was read.
+        self._recent_windows: LRUCache[str, tuple[tuple[float, int], float]] = LRUCache(maxsize=RECENT_WINDOWS)
         self._retry_seconds = retry_seconds
         self._failed_at: float | None = None
         self._next_retry = 0.0
@@ -225,9 +232,36 @@ class FailoverStorage(Storage, MovingWindowSupport):
         return self._call(lambda storage: storage.reset())
 
     def acquire_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
-        return self._call(lambda storage: storage.acquire_entry(key, limit, expiry, amount))  # type: ignore[attr-defined]
+        def acquire(storage: Storage) -> bool:
+            if storage is self._redis:
+                return self._acquire_in_redis(key, limit, expiry, amount)
+            return storage.acquire_entry(key, limit, expiry, amount)  # type: ignore[attr-defined]
+
+        return self._call(acquire)
+
+    def _acquire_in_redis(self, key: str, limit: int, expiry: int, amount: int) -> bool:
+        """Acquire an entry and read the window after it in one round trip, with limits' own scripts.
+
+        The window is what the X-RateLimit headers report next, so get_moving_window
+        returns it without a second call to Redis.
+        """
+        prefixed = self._redis.prefixed_key(key)
+        now = time.time()
+        pipe = self._redis.get_connection().pipeline(transaction=False)
+        pipe.evalsha(self._redis.lua_acquire_moving_window.sha, 1, prefixed, now, limit, expiry, amount)
+        pipe.evalsha(self._redis.lua_moving_window.sha, 1, prefixed, now - expiry, limit)
+        try:
+            acquired, window = pipe.execute()
+        except redis.exceptions.NoScriptError:
+            # The scripts were flushed from Redis: the library's own calls load them again.
+            return bool(self._redis.acquire_entry(key, limit, expiry, amount))
+        self._recent_windows[key] = ((float(window[0]), int(window[1])) if window else (now, 0), time.monotonic())
+        return bool(acquired)
 
     def get_moving_window(self, key: str, limit: int, expiry: int) -> tuple[float, int]:
+        recent = self._recent_windows.pop(key, None)
+        if recent is not None and time.monotonic() - recent[1] < RECENT_WINDOW_SECONDS:
+            return recent[0]
         return self._call(lambda storage: storage.get_moving_window(key, limit, expiry))  # type: ignore[attr-defined]
 
     def close(self) -> None:

@@ -9,20 +9,26 @@ limit_storage describes what happens while Redis fails.
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 import logging
 import math
 import time
+from collections.abc import Callable
+from typing import Any
 
 import structlog
-from flask import Flask, Response, current_app, request
-from flask_limiter import Limiter, RateLimitExceeded, RequestLimit
+from flask import Flask, Response, current_app, g, request
+from flask_limiter import Limiter, RateLimitExceeded
+from limits import RateLimitItem
+from limits import parse as parse_limit
+from limits.strategies import MovingWindowRateLimiter
 
 from service import auth, metrics
 from service.config import Settings
 from service.context import EXTENSION_KEY
 from service.errors import RateLimited, problem_response
-from service.limit_storage import MEMORY_STORAGE_SCHEME, STORAGE_SCHEME, FailoverStorage
+from service.limit_storage import STORAGE_SCHEME, BoundedMemoryStorage, FailoverStorage
 
 log = structlog.get_logger(__name__)
 
@@ -79,28 +85,94 @@ def _route() -> str | None:
     return request.url_rule.rule if request.url_rule is not None else None
 
 
-def _is_exempt() -> bool:
-    return _route() in EXEMPT_ROUTES
+class RouteKind(enum.Enum):
+    """The counter a route uses: none, this worker's memory, or Redis."""
+
+    EXEMPT = "exempt"
+    WORKER = "worker"
+    SHARED = "shared"
 
 
-def _requires_bearer_token() -> bool:
-    view = current_app.view_functions.get(request.endpoint or "")
-    operation = getattr(view, "openapi_operation", None)
-    return bool(getattr(operation, "bearer", False))
+def _route_kind(app: Flask, kinds: dict[str | None, RouteKind]) -> RouteKind:
+    """Classify the current request's route, caching the result per endpoint."""
+    endpoint = request.endpoint
+    kind = kinds.get(endpoint)
+    if kind is None:
+        view = app.view_functions.get(endpoint or "")
+        operation = getattr(view, "openapi_operation", None)
+        if _route() in EXEMPT_ROUTES:
+            kind = RouteKind.EXEMPT
+        elif getattr(operation, "bearer", False):
+            kind = RouteKind.WORKER
+        else:
+            kind = RouteKind.SHARED
+        # Unmatched requests (endpoint None) are limited like any route, under one key.
+        kinds[endpoint] = kind
+    return kind
+
+
+class WorkerLimits:
+    """Moving-window counters in this worker's memory, through the limits library.
+
+    Routes that require an access token count here, so a warm authenticated request
+    makes no Redis call. Their limit guards the worker's capacity, not a secret, and
+    an invalid token costs one signature check.
+    NOTE: with W workers and R replicas, such a route allows up to W x R times its limit.
+    """
+
+    def __init__(self, limit_for_route: Callable[[str | None], str]) -> None:
+        self._limit_for_route = limit_for_route
+        self._strategy = MovingWindowRateLimiter(BoundedMemoryStorage())
+        self._items: dict[str | None, RateLimitItem] = {}
+
+    def hit(self, route: str | None, endpoint: str, client: str) -> tuple[int, int, float]:
+        """Count one request; return (limit, remaining, reset time) or raise RateLimited."""
+        item = self._items.get(route)
+        if item is None:
+            item = self._items[route] = parse_limit(self._limit_for_route(route))
+        allowed = self._strategy.hit(item, client, endpoint)
+        reset_time, remaining = self._strategy.get_window_stats(item, client, endpoint)
+        if not allowed:
+            retry_after = seconds_until(reset_time)
+            raise RateLimited(f"Too many requests from this address; retry after {retry_after} s.",
+                              retry_after=retry_after, limit="client_ip")
+        return item.amount, max(0, remaining), reset_time
+
+
+class RouteLimiter(Limiter):
+    """flask-limiter for the limits counted in Redis, checking only the routes it owns.
+
+    flask-limiter evaluates every limiter's limits, request filters and exemptions on
+    each request, which cost the warm authenticated request more than its own work.
+    This subclass decides first, from the route: probes pass unchecked, bearer routes
+    go to WorkerLimits, and only the others reach flask-limiter's check.
+    """
+
+    def __init__(self, *args: Any, worker_limits: WorkerLimits, **kwargs: Any) -> None:
+        self._worker_limits = worker_limits
+        self._route_kinds: dict[str | None, RouteKind] = {}
+        super().__init__(*args, **kwargs)
+
+    def _check_request_limit(self, callable_name: str | None = None, in_middleware: bool = True) -> None:
+        kind = _route_kind(current_app, self._route_kinds)
+        if kind is RouteKind.SHARED:
+            super()._check_request_limit(callable_name, in_middleware)
+        elif kind is RouteKind.WORKER:
+            g.rate_limit_window = self._worker_limits.hit(_route(), request.endpoint or "", _client_key())
 
 
 def init_app(app: Flask, settings: Settings) -> Limiter:
-    """Attach flask-limiter with the configured limits, the rate-limit headers and the 429 handler."""
+    """Attach the rate limits, the rate-limit headers and the 429 handler."""
 
-    def route_limit() -> str:
-        return getattr(settings, ROUTE_LIMIT_SETTINGS.get(_route() or "", "rate_limit_default"))
+    def limit_for_route(route: str | None) -> str:
+        return getattr(settings, ROUTE_LIMIT_SETTINGS.get(route or "", "rate_limit_default"))
 
-    # Both limiters check one default limit whose value depends on the route. Default
-    # limits are counted per route, and flask-limiter checks them before the view runs.
-    shared = Limiter(
+    # One default limit whose value depends on the route. Default limits are counted
+    # per route, and flask-limiter checks them before the view runs.
+    shared = RouteLimiter(
         _client_key,
         app=app,
-        default_limits=[route_limit],
+        default_limits=[lambda: limit_for_route(_route())],
         strategy="moving-window",
         storage_uri=f"{STORAGE_SCHEME}://",
         storage_options={
@@ -114,40 +186,28 @@ def init_app(app: Flask, settings: Settings) -> Limiter:
         # add_headers below writes the headers, because flask-limiter's Retry-After
         # truncates to whole seconds and is 0 just before the window frees a request.
         headers_enabled=False,
+        worker_limits=WorkerLimits(limit_for_route),
     )
-    # Routes that require an access token count in this worker's memory, so a warm
-    # authenticated request makes no Redis call. Their limit guards the worker's
-    # capacity, not a secret, and an invalid token costs one signature check.
-    # NOTE: with W workers and R replicas, such a route allows up to W x R times its limit.
-    local = Limiter(
-        _client_key,
-        app=app,
-        default_limits=[route_limit],
-        strategy="moving-window",
-        storage_uri=f"{MEMORY_STORAGE_SCHEME}://",
-        headers_enabled=False,
-    )
-    shared.request_filter(lambda: _is_exempt() or _requires_bearer_token())
-    local.request_filter(lambda: _is_exempt() or not _requires_bearer_token())
     # flask-limiter logs each breach at info as free text; the rate_limited event below replaces it.
     logging.getLogger("flask-limiter").setLevel(logging.WARNING)
 
-    def current_limit() -> RequestLimit | None:
-        return shared.current_limit or local.current_limit
-
     def add_headers(response: Response) -> Response:
-        current = current_limit()
-        if current is None:
-            return response
+        window = g.get("rate_limit_window")
+        if window is None:
+            current = shared.current_limit
+            if current is None:
+                return response
+            reset_time, remaining = current.window
+            window = (current.limit.amount, remaining, reset_time)
 
-        reset_time, remaining = current.window
-        response.headers[HEADER_LIMIT] = str(current.limit.amount)
+        amount, remaining, reset_time = window
+        response.headers[HEADER_LIMIT] = str(amount)
         response.headers[HEADER_REMAINING] = str(remaining)
         response.headers[HEADER_RESET] = str(math.ceil(reset_time))
         return response
 
     def handle_exceeded(_exc: RateLimitExceeded) -> Response:
-        current = current_limit()
+        current = shared.current_limit
         retry_after = seconds_until(current.window.reset_time) if current is not None else 1
         return handle_rate_limited(RateLimited(
             f"Too many requests from this address; retry after {retry_after} s.",

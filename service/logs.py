@@ -31,15 +31,42 @@ def redact_secrets(_logger: Any, _method: str, event: dict[str, Any]) -> dict[st
     return event
 
 
+class RenderedLine(str):
+    """A log line that structlog already rendered as JSON; the formatter passes it through."""
+
+    __slots__ = ()
+
+
+def _render_line(logger: Any, method: str, event: dict[str, Any]) -> str:
+    return RenderedLine(_json_renderer(logger, method, event))
+
+
+_json_renderer = structlog.processors.JSONRenderer()
+# The end of every chain: secrets removed, exceptions as text, one JSON line.
+_RENDER_PROCESSORS: list[Any] = [redact_secrets, structlog.processors.format_exc_info]
+
+
+class JsonFormatter(structlog.stdlib.ProcessorFormatter):
+    """Render records of the standard library's loggers as JSON lines, and pass structlog's through.
+
+    structlog renders its own events in its processor chain, once, so a record that
+    several handlers format is not rendered again per handler and is not copied.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        if isinstance(record.msg, RenderedLine):
+            return record.msg
+        return super().format(record)
+
+
 def json_formatter() -> logging.Formatter:
     """Build the formatter that renders both structlog and stdlib records as one JSON line."""
-    return structlog.stdlib.ProcessorFormatter(
+    return JsonFormatter(
         foreign_pre_chain=[*_SHARED_PROCESSORS, structlog.stdlib.ExtraAdder()],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            redact_secrets,
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
+            *_RENDER_PROCESSORS,
+            _json_renderer,
         ],
     )
 
@@ -69,12 +96,19 @@ def stdout_handler() -> logging.Handler:
 
 def configure_logging(level: str = "info") -> None:
     """Route structlog and the root logger to JSON lines on stdout."""
+    # The level check comes first, so a debug event below the level costs no processing.
     structlog.configure(
-        processors=[*_SHARED_PROCESSORS, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        processors=[structlog.stdlib.filter_by_level, *_SHARED_PROCESSORS, *_RENDER_PROCESSORS, _render_line],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
+    # The records need neither the calling frame, thread nor process: the JSON line
+    # carries its own fields. Skipping them is the logging HOWTO's optimization.
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)

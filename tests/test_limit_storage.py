@@ -183,3 +183,51 @@ def test_memory_cost_independent_of_key_count():
 
     # No background scan over the 30000 keys: a thousand hits stay far below a second.
     assert elapsed < 0.5
+
+
+def evalsha_calls(client: redis.Redis) -> int:
+    return int(client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+def test_window_after_acquire_needs_no_redis_call(settings):
+    url = settings.redis_url.get_secret_value()
+    storage = FailoverStorage(redis_url=url, pool_size=2, pool_wait_seconds=0.5, connect_timeout=0.5,
+                              socket_timeout=0.5, retry_seconds=60)
+    client = redis.Redis.from_url(url)
+    limiter = MovingWindowRateLimiter(storage)
+    item = parse("5/minute")
+    try:
+        assert limiter.hit(item, "client")
+        assert limiter.hit(item, "client")
+        calls_before = evalsha_calls(client)
+
+        remaining_after_hit = limiter.get_window_stats(item, "client").remaining
+
+        # The window came along with the acquisition, so reading it cost no script call.
+        assert evalsha_calls(client) == calls_before
+        assert remaining_after_hit == 3
+        # It is reported once: a second read asks Redis, and gets the same count.
+        assert limiter.get_window_stats(item, "client").remaining == 3
+        assert evalsha_calls(client) == calls_before + 1
+    finally:
+        storage.close()
+        client.close()
+
+
+def test_acquire_survives_script_flush(settings):
+    url = settings.redis_url.get_secret_value()
+    storage = FailoverStorage(redis_url=url, pool_size=2, pool_wait_seconds=0.5, connect_timeout=0.5,
+                              socket_timeout=0.5, retry_seconds=60)
+    client = redis.Redis.from_url(url)
+    limiter = MovingWindowRateLimiter(storage)
+    item = parse("2/minute")
+    try:
+        assert limiter.hit(item, "client")
+        client.script_flush()
+
+        assert limiter.hit(item, "client")
+        assert not limiter.hit(item, "client")
+        assert not storage.using_memory
+    finally:
+        storage.close()
+        client.close()

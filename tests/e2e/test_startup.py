@@ -135,3 +135,11 @@ def test_pending_migrations_stop_start(tmp_path, empty_database, settings: Setti
     for version in expected_versions():
         assert version in output
     assert "gatehouse migrate" in output
+
+
+def test_expected_versions_match_yoyo():
+    from yoyo import read_migrations
+
+    from service.migrate import migrations_dir
+
+    assert expected_versions() == {migration.id for migration in read_migrations(migrations_dir())}
