@@ -46,7 +46,7 @@ help:
 	  test "run pytest against the test services (PYTEST_ARGS='...' adds arguments)" \
 	  test-deep "run the schemathesis tests with 1,000 examples per API operation" \
 	  bench "measure Gatehouse, the floor app and fastapi-users with wrk; write docs/benchmarks.md" \
-	  soak "serve a steady mixed load for SOAK_SECONDS and report memory growth per worker" \
+	  soak "serve a mixed load for SOAK_SECONDS; fail on 5 % memory growth, errors or Redis keys left after the purge" \
 	  venv "create .venv and install the package with its test and deploy extras, pinned by constraints.txt" \
 	  lock "regenerate constraints.txt from a fresh resolve of pyproject.toml" \
 	  services-dev "start the dev MariaDB and Redis (ports 3307 and 6380 unless overridden)" \

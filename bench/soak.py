@@ -4,6 +4,12 @@ After a warm-up at the same rate, whose end is the baseline, bench/lua/mixed.lua
 runs at a fixed rate for the whole soak while the resident set size of every
 worker is sampled. Growth is the change from the baseline to the end of the
 soak. A leak shows as steady growth, and the samples show whether it levelled off.
+
+Then every account logs out everywhere and `gatehouse tokens purge` runs, and the
+Redis keys are counted against the baseline taken before the first session (see
+bench/redis_keys.py). The exit status is 1 when a worker grew by 5 % or more, when
+the load got any error response, socket error or timeout, or when Redis did not
+return to its baseline.
 """
 
 from __future__ import annotations
@@ -22,12 +28,13 @@ from bench.isolation import isolate_metrics_dir
 if __name__ == "__main__":
     isolate_metrics_dir()
 
-from bench import fixtures, report  # noqa: E402
+from bench import fixtures, redis_keys, report  # noqa: E402
 from bench.run import QUIET_LOAD_1M, QUIET_OTHER_CORES, Harness, bench_state_dir, install_signal_handlers  # noqa: E402
 from bench.servers import stop_leftovers  # noqa: E402
 from bench.system import load_average_1m  # noqa: E402
 from bench.wrk import RunResult, ensure_wrk  # noqa: E402
 from service.config import load_settings  # noqa: E402
+from service.redis_store import create_client  # noqa: E402
 
 ACCOUNTS = 100
 SAMPLE_INTERVAL_SECONDS = 10.0
@@ -49,6 +56,12 @@ class SoakResults:
     # Seconds since the soak began, then the resident set size of each worker in KiB.
     samples: list[tuple[float, list[int]]] = field(default_factory=list)
     run: RunResult | None = None
+    # Keys under the gh: prefix before the first session, at the end of the load, and after
+    # every session was ended and `gatehouse tokens purge` ran (see bench/redis_keys.py).
+    keys_baseline: redis_keys.KeyCensus | None = None
+    keys_end_of_load: redis_keys.KeyCensus | None = None
+    keys_after_purge: redis_keys.KeyCensus | None = None
+    sessions_ended: int = 0
 
     def growth_percent(self) -> list[float]:
         return [(end - base) * 100 / base for base, end in zip(self.baseline_kib, self.end_kib, strict=True)]
@@ -70,6 +83,28 @@ def _reported_samples(results: SoakResults) -> list[tuple[float, list[int]]]:
             reported.append((seconds, sizes))
             next_at += REPORTED_SAMPLE_SECONDS
     return reported
+
+
+def missed_criteria(results: SoakResults) -> list[str]:
+    """Return a sentence for each soak criterion that the results miss."""
+    missed = []
+    worst = max(results.growth_percent(), default=0.0)
+    if worst >= MAX_GROWTH_PERCENT:
+        missed.append(f"a worker grew by {worst:.1f} %, the limit is {MAX_GROWTH_PERCENT:.0f} %")
+    if results.run is None or results.run.error_count > 0:
+        errors = "no load ran" if results.run is None else f"{results.run.error_count} errors {results.run.errors}"
+        missed.append(f"the load had errors: {errors}")
+    baseline, after = results.keys_baseline, results.keys_after_purge
+    if baseline is None or after is None:
+        missed.append("the Redis keys were not counted")
+    else:
+        if after.session_state != baseline.session_state:
+            missed.append(f"{after.session_state} session keys remain after the purge, "
+                          f"{baseline.session_state} before the load")
+        added = sorted(after.persistent - baseline.persistent)
+        if added:
+            missed.append(f"{len(added)} keys without expiry were added, such as {', '.join(added[:5])}")
+    return missed
 
 
 def render(results: SoakResults) -> str:
@@ -114,6 +149,19 @@ def render(results: SoakResults) -> str:
         f"Target: less than {MAX_GROWTH_PERCENT:.0f} % growth per worker: largest growth {worst:+.1f} % "
         f"({'met' if worst < MAX_GROWTH_PERCENT else '**missed**'}).",
     ]
+    baseline, end, after = results.keys_baseline, results.keys_end_of_load, results.keys_after_purge
+    if baseline and end and after:
+        lines += [
+            "",
+            f"Redis keys under gh: (session keys in brackets): {baseline.total:,} ({baseline.session_state:,}) "
+            f"before the first session, {end.total:,} ({end.session_state:,}) at the end of the load, "
+            f"{after.total:,} ({after.session_state:,}) after logging out every account "
+            f"({results.sessions_ended:,} sessions ended) and `gatehouse tokens purge`. Keys without expiry "
+            f"added by the soak: {len(after.persistent - baseline.persistent)}.",
+        ]
+    missed = missed_criteria(results)
+    lines += ["", "Criteria missed: " + "; ".join(missed) + "." if missed else
+              "All criteria met: memory growth, no errors, session keys back to the baseline."]
     return "\n".join(lines)
 
 
@@ -130,6 +178,8 @@ def run_soak(harness: Harness, args: argparse.Namespace) -> SoakResults:
     server.wait_ready("/ready")
     emails = fixtures.account_emails("soak", ACCOUNTS)
     user_ids = fixtures.register_gatehouse_accounts(server.url, emails, harness.password)
+    client = create_client(harness.settings)
+    results.keys_baseline = redis_keys.count_keys(client)
     access_tokens = fixtures.log_in_gatehouse(server.url, emails, harness.password)
     env = {
         "BENCH_EMAILS_FILE": str(fixtures.write_lines(harness.data_dir / "soak-emails", emails)),
@@ -157,7 +207,16 @@ def run_soak(harness: Harness, args: argparse.Namespace) -> SoakResults:
         stop.set()
         sampler.join()
     results.end_kib = server.worker_rss_kib()
+
+    results.keys_end_of_load = redis_keys.count_keys(client)
+    results.sessions_ended = redis_keys.end_all_sessions(server.url, emails, harness.password)
+    print(f"soak: ended {results.sessions_ended:,} sessions; {redis_keys.run_purge().strip()}", flush=True)
+    results.keys_after_purge = redis_keys.count_keys(client)
     return results
+
+
+def _json_value(value: object) -> object:
+    return sorted(value) if isinstance(value, set) else str(value)
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -191,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     results_dir = state_dir / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
     json_path = results_dir / f"soak-{results.started_at.replace(' ', '-').replace(':', '')}.json"
-    json_path.write_text(json.dumps(asdict(results), indent=2, default=str) + "\n")
+    json_path.write_text(json.dumps(asdict(results), indent=2, default=_json_value) + "\n")
     print(f"soak: results saved to {json_path}", flush=True)
 
     text = render(results)
@@ -199,7 +258,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         report.replace_block(args.report, report.SOAK_BEGIN, report.SOAK_END, text)
         print(f"soak: results written to {args.report}", flush=True)
-    return 0
+    missed = missed_criteria(results)
+    for criterion in missed:
+        print(f"soak: criterion missed: {criterion}", file=sys.stderr, flush=True)
+    return 1 if missed else 0
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Helpers shared by the tests: state reset, gunicorn processes, free ports."""
+"""Helpers shared by the tests: state reset, gunicorn processes, free ports, stopping and starting the servers."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -16,7 +16,7 @@ import pymysql
 import redis
 import requests
 
-from service.config import Settings
+from service.config import Settings, load_settings
 from service.database import connect_args
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -240,32 +240,63 @@ def restart_redis(settings: Settings) -> None:
     start_services()
 
 
+def wait_until(condition: Callable[[], bool], timeout: float, failure: str, interval: float = 0.05) -> None:
+    """Call condition every interval seconds until it returns true; fail with failure after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{failure} (waited {timeout} s)"
+        time.sleep(interval)
+
+
+def redis_answers() -> bool:
+    client = redis.Redis.from_url(os.environ["GATEHOUSE_REDIS_URL"], socket_connect_timeout=1, socket_timeout=1)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+def stop_test_redis() -> None:
+    """Stop the test Redis with SIGTERM (it saves its data first) and wait until it is gone."""
+    pid_file = Path(os.environ["GATEHOUSE_STATE_DIR"]) / "redis" / "redis-server.pid"
+    os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
+    # Redis removes its pid file on a clean exit, while a zombie process would still pass kill -0.
+    wait_until(lambda: not pid_file.exists() and not redis_answers(), 30, "the test Redis still runs after SIGTERM")
+
+
+def start_test_redis() -> None:
+    start_services()
+    assert redis_answers()
+
+
 def mariadb_pid() -> int:
     """Return the pid of the test MariaDB, which `make test` started."""
     state_dir = Path(os.environ["GATEHOUSE_STATE_DIR"])
     return int((state_dir / "mariadb" / "mariadbd.pid").read_text().strip())
 
 
-def mysql_answers(settings: Settings) -> bool:
+def mariadb_answers() -> bool:
+    settings = {**connect_args(load_settings()), "connect_timeout": 1, "read_timeout": 1}
     try:
-        pymysql.connect(**{**connect_args(settings), "connect_timeout": 1}).close()
+        pymysql.connect(**settings).close()
     except pymysql.err.MySQLError:
         return False
     return True
 
 
-def stop_mysql(settings: Settings, timeout: float = 30.0) -> None:
-    """Stop the test MariaDB with SIGTERM and wait until it has exited.
-
-    MariaDB removes its pid file as it exits, and a zombie could still pass kill -0,
-    so the wait is for the pid file to go and the port to refuse connections.
-    """
+def stop_test_mariadb() -> None:
+    """Stop the test MariaDB with SIGTERM (a clean shutdown) and wait until it is gone."""
     pid_file = Path(os.environ["GATEHOUSE_STATE_DIR"]) / "mariadb" / "mariadbd.pid"
-    os.kill(mariadb_pid(), signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while pid_file.exists() or mysql_answers(settings):
-        assert time.monotonic() < deadline, f"the test MariaDB still runs {timeout} s after SIGTERM"
-        time.sleep(0.05)
+    os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
+    wait_until(lambda: not pid_file.exists() and not mariadb_answers(), 60,
+               "the test MariaDB still runs after SIGTERM")
+
+
+def start_test_mariadb() -> None:
+    start_services()
+    assert mariadb_answers()
 
 
 def scrape(url: str) -> dict[str, float]:

@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from tests.conftest import PASSWORD
-from tests.helpers import Gunicorn, bearer, mysql_answers, start_services, stop_mysql
+from tests.helpers import Gunicorn, bearer, mariadb_answers, start_services, stop_test_mariadb
 
 pytestmark = pytest.mark.e2e
 
@@ -102,9 +102,9 @@ class Load(threading.Thread):
 
 
 @pytest.fixture
-def mysql_started_afterwards(settings):
+def mysql_started_afterwards():
     yield
-    if not mysql_answers(settings):
+    if not mariadb_answers():
         start_services()
 
 
@@ -155,7 +155,7 @@ def test_mysql_restart_under_load(server, settings, mysql_started_afterwards):
         load.start()
     try:
         time.sleep(1.5)
-        stop_mysql(settings)
+        stop_test_mariadb()
         down_at = time.monotonic()
         # /ready caches its result for a second, so the first probes may still see the old one.
         during = ready_statuses(server.url, DOWN_SECONDS)

@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import redis
 import requests
 
 from service.limit_storage import RATE_LIMIT_KEY_PREFIX
-from tests.helpers import Gunicorn, start_services
+from tests.helpers import Gunicorn, redis_answers, start_test_redis, stop_test_redis
 
 pytestmark = pytest.mark.e2e
 
@@ -31,29 +29,6 @@ PASSWORD = "correct horse battery staple"
 
 def redis_client() -> redis.Redis:
     return redis.Redis.from_url(os.environ["GATEHOUSE_REDIS_URL"], socket_connect_timeout=1, socket_timeout=1)
-
-
-def redis_answers() -> bool:
-    try:
-        return bool(redis_client().ping())
-    except redis.RedisError:
-        return False
-
-
-def stop_test_redis() -> None:
-    """Stop the test Redis with SIGTERM (it saves its data first) and wait until it is gone."""
-    pid_file = Path(os.environ["GATEHOUSE_STATE_DIR"]) / "redis" / "redis-server.pid"
-    os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
-    # Redis removes its pid file on a clean exit, while a zombie process would still pass kill -0.
-    deadline = time.monotonic() + 30
-    while (pid_file.exists() or redis_answers()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not redis_answers(), "the test Redis still answers 30 s after SIGTERM"
-
-
-def start_test_redis() -> None:
-    start_services()
-    assert redis_answers()
 
 
 @pytest.fixture
