@@ -244,12 +244,17 @@ class FailoverStorage(Storage, MovingWindowSupport):
         pipe = self._redis.get_connection().pipeline(transaction=False)
         pipe.evalsha(self._redis.lua_acquire_moving_window.sha, 1, prefixed, now, limit, expiry, amount)
         pipe.evalsha(self._redis.lua_moving_window.sha, 1, prefixed, now - expiry, limit)
-        try:
-            acquired, window = pipe.execute()
-        except redis.exceptions.NoScriptError:
-            # The scripts were flushed from Redis: the library's own calls load them again.
+        # Each command's error comes back in its place: the acquisition may have counted
+        # even when the second script was missing, and must not be repeated then.
+        acquired, window = pipe.execute(raise_on_error=False)
+        if isinstance(acquired, redis.exceptions.NoScriptError):
+            # Not in Redis's script cache (flushed, or never loaded): the library's own call loads it.
             return bool(self._redis.acquire_entry(key, limit, expiry, amount))
-        self._recent_windows[key] = ((float(window[0]), int(window[1])) if window else (now, 0), time.monotonic())
+        if isinstance(acquired, Exception):
+            raise acquired
+        if not isinstance(window, Exception):
+            self._recent_windows[key] = ((float(window[0]), int(window[1])) if window else (now, 0),
+                                         time.monotonic())
         return bool(acquired)
 
     def get_moving_window(self, key: str, limit: int, expiry: int) -> tuple[float, int]:

@@ -232,3 +232,23 @@ def test_acquire_survives_script_flush(settings):
     finally:
         storage.close()
         client.close()
+
+
+def test_missing_window_script_counts_once(settings):
+    """Only the acquisition script is cached in Redis: the request still counts exactly once."""
+    url = settings.redis_url.get_secret_value()
+    storage = FailoverStorage(connection_pool=small_pool(url, socket_timeout=0.5), retry_seconds=60)
+    client = redis.Redis.from_url(url)
+    limiter = MovingWindowRateLimiter(storage)
+    item = parse("3/minute")
+    try:
+        client.script_flush()
+        client.script_load(storage._redis.lua_acquire_moving_window.script)
+
+        results = [limiter.hit(item, "client") for _ in range(4)]
+
+        assert results == [True, True, True, False]
+        assert not storage.using_memory
+    finally:
+        storage.close()
+        client.close()
