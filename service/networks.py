@@ -1,4 +1,4 @@
-"""Client network keys: the unit that rate limits and IP bans count and refuse.
+"""Client network keys: the unit that rate limits and IP bans count and reject.
 
 An IPv4 client is keyed by its address and an IPv6 client by its /64 network, because
 one IPv6 host usually controls a whole /64 and could otherwise pick a new key for every

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import unicodedata
 from datetime import datetime
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address, IPv6Address, IPv6Network
 from typing import Annotated, Any, Literal
 
 from email_validator import EmailNotValidError, validate_email
@@ -224,7 +224,8 @@ class AuditLog(BaseModel):
 
 
 class BanOut(BaseModel):
-    ip: str
+    ip: str = Field(description="banned network key: an IPv4 address, or the /64 network of an IPv6 address",
+                    examples=["203.0.113.7", "2001:db8:5::/64"])
     cause: Literal["failed_logins", "credential_stuffing", "rate_limit", "manual"]
     reason: str
     created_at: datetime
@@ -238,7 +239,10 @@ class BanList(BaseModel):
 
 
 class CreateBanRequest(RequestBody):
-    ip: IPv4Address | IPv6Address = Field(examples=["203.0.113.7"])
+    ip: IPv4Address | IPv6Address | IPv6Network = Field(
+        examples=["203.0.113.7"],
+        description="an IPv4 address, an IPv6 address (bans its /64 network) or an IPv6 /64 network",
+    )
     reason: str = Field(min_length=1, max_length=255)
     # Lax: JSON Schema counts 90.0 as an integer, so the API accepts it too.
     duration_seconds: int | None = Field(None, ge=60, le=31_536_000, strict=False,
