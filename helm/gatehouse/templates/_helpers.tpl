@@ -84,6 +84,11 @@ helm.sh/chart: {{ include "gatehouse.chart" . }}
 {{- .Values.containerPorts.http | int -}}
 {{- end -}}
 
+{{/* Paths of one ingress.hosts entry: its own paths, or ingress.paths when it lists none. */}}
+{{- define "gatehouse.ingress.hostPaths" -}}
+{{- toYaml (default .root.Values.ingress.paths .host.paths) -}}
+{{- end -}}
+
 {{/* Where the signing keys are mounted: GATEHOUSE_KEYS_DIR. */}}
 {{- define "gatehouse.keysDir" -}}
 /etc/gatehouse/keys
