@@ -22,7 +22,7 @@ def ingress_paths(result) -> list[dict[str, Any]]:
 
 
 def is_routed(paths: list[dict[str, Any]], request_path: str) -> bool:
-    """Tell whether a request path matches one of the Ingress paths, by the Kubernetes rules.
+    """Return whether a request path matches one of the Ingress paths under the Kubernetes rules.
 
     Exact matches the same path. Prefix matches whole path segments, so /v1 matches /v1
     and /v1/users but not /v1x. ImplementationSpecific is taken as Prefix, the widest reading.
