@@ -122,7 +122,7 @@ class InvalidToken(Unauthorized):
 
 
 class SessionRevoked(Unauthorized):
-    code, title = "session_revoked", "Session has ended"
+    code, title = "session_revoked", "Session has ended; log in again"
 
 
 class InvalidRefreshToken(Unauthorized):

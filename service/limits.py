@@ -84,7 +84,8 @@ def _route_kind(app: Flask, kinds: dict[str | None, RouteKind]) -> RouteKind:
             kind = RouteKind.WORKER
         else:
             kind = RouteKind.SHARED
-        # Unmatched requests (endpoint None) are limited like any route, under one key.
+        # NOTE: unmatched requests (endpoint None: 404, 405) reach flask-limiter, which
+        # skips a request without an endpoint, so they are not counted.
         kinds[endpoint] = kind
     return kind
 

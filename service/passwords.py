@@ -23,6 +23,14 @@ def _gevent_patched() -> bool:
     return monkey.is_module_patched("threading")
 
 
+def _capture(function: Callable[..., T], args: tuple[object, ...]) -> tuple[T | None, BaseException | None]:
+    """Call function and return (result, None), or (None, the exception it raised)."""
+    try:
+        return function(*args), None
+    except Exception as exc:  # handed back to the waiting greenlet, which raises it
+        return None, exc
+
+
 class Passwords:
     """Hash and verify passwords with the configured argon2id parameters.
 
@@ -58,7 +66,12 @@ class Passwords:
             # Not the hub's pool: gevent's default resolver looks up host names on its
             # threads, so a burst of logins there would delay new MySQL and Redis connections.
             self._pool = ThreadPool(self._threads)
-        return self._pool.apply(function, args)
+        # An exception raised on a pool thread is printed by gevent as a plain-text
+        # traceback (every wrong password would write one), so the thread returns it instead.
+        result, error = self._pool.apply(_capture, (function, args))
+        if error is not None:
+            raise error
+        return result
 
     def hash(self, password: str) -> str:
         return self._off_loop(self._hasher.hash, password)

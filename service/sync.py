@@ -105,7 +105,11 @@ class EventListener:
         self._thread.start()
 
     def stop(self) -> None:
-        """Ask the loop to end; it does within about a second."""
+        """Ask the loop to end; it does within about a second.
+
+        The app closes its pools right after this, so a resync in progress may fail on a
+        closed connection; with the stop requested, that is not logged as a failure.
+        """
         self._stopping.set()
 
     def _run(self) -> None:
@@ -127,6 +131,8 @@ class EventListener:
                 backoff = min(backoff * 2, _MAX_BACKOFF_SECONDS)
             except Exception:  # a bug here must not end the listener for good
                 self._mark_unsynced()
+                if self._stopping.is_set():
+                    return  # the pools are closing under a resync: not a failure
                 log.exception("sync_listener_failed")
                 self._stopping.wait(_MAX_BACKOFF_SECONDS)
 

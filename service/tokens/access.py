@@ -77,11 +77,15 @@ def verify_access_token(ring: KeyRing, settings: Settings, token: str) -> Access
             options={"require": REQUIRED_CLAIMS},
         )
     except jwt.ExpiredSignatureError:
-        raise InvalidToken("Access token expired.") from None
+        raise InvalidToken("Access token expired: refresh it, or log in again.") from None
     except jwt.InvalidTokenError:
         raise InvalidToken("Access token invalid.") from None
 
     if not all(isinstance(claims[name], str) for name in ("sub", "sid", "jti")):
         raise InvalidToken("Access token invalid.")
+    # A token valid for longer than this service issues was not made by it. Without this
+    # check a forged far-future token would outlive the revoked-session entry that blocks it.
+    if claims["exp"] - claims["iat"] > settings.access_token_ttl_seconds + settings.jwt_leeway_seconds:
+        raise InvalidToken("Access token lifetime exceeds what this service issues.")
 
     return AccessClaims(claims["sub"], claims["sid"], claims["jti"], int(claims["exp"]))

@@ -78,7 +78,7 @@ def test_unknown_method_rejected_before_routing(client):
     assert response.status_code == 405
     assert response.mimetype == "application/problem+json"
     assert response.get_json()["code"] == "method_not_allowed"
-    assert set(response.headers["Allow"].split(", ")) == {"GET", "HEAD", "OPTIONS"}
+    assert set(response.headers["Allow"].split(", ")) == {"GET", "HEAD"}
 
 
 def test_metrics_ignores_query_filters(client):

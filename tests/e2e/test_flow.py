@@ -136,3 +136,22 @@ def test_workers_log_json_and_run_patched(server):
     assert len({record["pid"] for record in created}) == 2
     assert all(record["gevent_patched"] is True for record in created)
     assert any(record["logger"] == "gunicorn.error" for record in records)
+
+
+def test_wrong_passwords_log_json_lines_only(server):
+    register_and_login(server.url, "grace@example.com")
+    for _ in range(3):
+        response = requests.post(f"{server.url}/v1/auth/login",
+                                 json={"email": "grace@example.com", "password": "not the password"}, timeout=10)
+        assert response.status_code == 401
+
+    # Every line of the server's output is one JSON object: no plain-text traceback from the hashing threads.
+    lines = [line for line in server.output().splitlines() if line.strip()]
+    not_json = []
+    for line in lines:
+        try:
+            json.loads(line)
+        except ValueError:
+            not_json.append(line)
+    assert not_json == []
+    assert any('"invalid_credentials"' in line for line in lines)

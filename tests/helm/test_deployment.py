@@ -321,4 +321,4 @@ def test_notes_list_missing_values(rendered):
 
 
 def test_notes_show_ingress_url(rendered):
-    assert "https://auth.example.com/" in rendered["production"].notes
+    assert "https://auth.example.com, paths /v1 (Prefix), /.well-known/jwks.json (Exact)" in rendered["production"].notes

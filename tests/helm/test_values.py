@@ -126,6 +126,8 @@ def test_default_values_pass_schema():
     ("secret.signingKeys", {"signing.key": "PEM"}, "invalid propertyName 'signing.key'"),
     ("image.digest", "latest", "at '/image/digest': 'latest' does not match pattern"),
     ("autoscaling.minReplica", 2, "additional properties 'minReplica' not allowed"),
+    ("ingress.paths", [{"path": "v1", "pathType": "Prefix"}], "at '/ingress/paths/0/path': 'v1' does not match"),
+    ("ingress.paths", [], "at '/ingress/paths': minItems: got 0"),
     ("cronJobs.backup.schedule", "daily at 02:30", "at '/cronJobs/backup/schedule': 'daily at 02:30' does not match"),
 ])
 def test_schema_rejects_bad_value(path, value, complaint):

@@ -141,3 +141,20 @@ def test_older_key_still_verifies(ring, settings, tmp_path):
     assert rotated.signing_key.kid != ring.signing_key.kid
     assert verify_access_token(rotated, settings, old_token).user_id == "u1"
     assert len(rotated.jwks()["keys"]) == 2
+
+
+@pytest.mark.parametrize("extra_seconds", [0, 10**10], ids=["just_over", "far_future"])
+def test_lifetime_beyond_issued_rejected(ring, settings, extra_seconds):
+    now = int(time.time())
+    lifetime = settings.access_token_ttl_seconds + settings.jwt_leeway_seconds + 1 + extra_seconds
+    token = sign(ring, claims(settings, iat=now, exp=now + lifetime))
+
+    with pytest.raises(InvalidToken, match="lifetime"):
+        verify_access_token(ring, settings, token)
+
+
+def test_full_issued_lifetime_accepted(ring, settings):
+    now = int(time.time())
+    token = sign(ring, claims(settings, iat=now, exp=now + settings.access_token_ttl_seconds))
+
+    assert verify_access_token(ring, settings, token).expires_at == now + settings.access_token_ttl_seconds

@@ -84,6 +84,38 @@ helm.sh/chart: {{ include "gatehouse.chart" . }}
 {{- .Values.containerPorts.http | int -}}
 {{- end -}}
 
+{{/* Paths of one ingress.hosts entry: its own paths, or ingress.paths when it lists none. */}}
+{{- define "gatehouse.ingress.hostPaths" -}}
+{{- toYaml (default .root.Values.ingress.paths .host.paths) -}}
+{{- end -}}
+
+{{/*
+The cluster-internal routes (/metrics, /health, /ready, /openapi.json) that
+the Ingress routes to Gatehouse, comma-separated, or empty. It follows the
+Kubernetes matching rules: Exact matches the same path, and Prefix matches
+whole path segments, so / matches everything and /v1 does not match /v1x.
+NOTE: ImplementationSpecific is checked as Prefix, so a regular-expression
+path (such as ingress-nginx's use-regex) is not recognised.
+*/}}
+{{- define "gatehouse.ingress.internalRoutes" -}}
+{{- $published := list -}}
+{{- range $host := .Values.ingress.hosts -}}
+{{- range $entry := include "gatehouse.ingress.hostPaths" (dict "host" $host "root" $) | fromYamlArray -}}
+{{- $prefix := trimSuffix "/" $entry.path -}}
+{{- range $route := list "/metrics" "/health" "/ready" "/openapi.json" -}}
+{{- if eq $entry.pathType "Exact" -}}
+{{- if eq $entry.path $route -}}
+{{- $published = append $published $route -}}
+{{- end -}}
+{{- else if or (eq $prefix "") (eq $prefix $route) (hasPrefix (printf "%s/" $prefix) $route) -}}
+{{- $published = append $published $route -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- join ", " (uniq $published) -}}
+{{- end -}}
+
 {{/* Where the signing keys are mounted: GATEHOUSE_KEYS_DIR. */}}
 {{- define "gatehouse.keysDir" -}}
 /etc/gatehouse/keys
