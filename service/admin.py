@@ -84,9 +84,9 @@ def revoke_all_sessions(svc: Services, actor_id: str, client_ip: str, user_id: s
 
 
 def ban_address(svc: Services, actor_id: str, client_ip: str, ip: str, reason: str, seconds: int | None) -> Ban:
-    """Ban the network key of an address or IPv6 /64 by hand.
+    """Ban the network key of an address by hand.
 
-    Raise InvalidRequest for other text and Conflict for an allowlisted network.
+    Raise InvalidRequest for a bad address and Conflict for an allowlisted one.
     """
     try:
         address = parse_network_key(ip)

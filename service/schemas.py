@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import unicodedata
 from datetime import datetime
-from ipaddress import IPv4Address, IPv6Address, IPv6Network
+from ipaddress import IPv4Address, IPv6Address
 from typing import Annotated, Any, Literal
 
 from email_validator import EmailNotValidError, validate_email
@@ -239,9 +239,10 @@ class BanList(BaseModel):
 
 
 class CreateBanRequest(RequestBody):
-    ip: IPv4Address | IPv6Address | IPv6Network = Field(
-        examples=["203.0.113.7"],
-        description="an IPv4 address, an IPv6 address (bans its /64 network) or an IPv6 /64 network",
+    # Addresses only: an IPv6 address already names its /64, and a network type would let
+    # the schema accept prefix lengths that the view rejects.
+    ip: IPv4Address | IPv6Address = Field(
+        examples=["203.0.113.7"], description="an IPv4 address, or an IPv6 address whose /64 network is banned"
     )
     reason: str = Field(min_length=1, max_length=255)
     # Lax: JSON Schema counts 90.0 as an integer, so the API accepts it too.

@@ -118,7 +118,7 @@ def test_manual_ban_list_and_unban(ban_app, admin_tokens):
 
 
 @pytest.mark.parametrize(("ip", "status", "code"), [("not-an-ip", 400, "invalid_request"),
-                                                    ("2001:db8::/48", 400, "invalid_request"),
+                                                    ("2001:db8::/64", 400, "invalid_request"),
                                                     ("198.51.100.7", 409, "conflict"),
                                                     ("::ffff:198.51.100.7", 409, "conflict"),
                                                     ("2001:db8:aa::9", 409, "conflict")])
