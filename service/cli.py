@@ -71,7 +71,12 @@ def _read_password() -> str:
             raise InvalidConfiguration("the two passwords differ")
         return password
 
-    return sys.stdin.readline().rstrip("\n")
+    password = sys.stdin.readline().rstrip("\n")
+    if not password:
+        raise InvalidConfiguration(
+            f"no password given: set {NEW_USER_PASSWORD_VARIABLE}, type it at the prompt, "
+            "or send it as the first line of standard input")
+    return password
 
 
 def _users_create(args: argparse.Namespace) -> int:
@@ -87,7 +92,8 @@ def _users_create(args: argparse.Namespace) -> int:
         request = RegisterRequest(email=args.email, password=_read_password())
     except ValidationError as exc:
         error = exc.errors()[0]
-        print(f"gatehouse: invalid {error['loc'][0]}: {error['msg']}", file=sys.stderr)
+        message = error["msg"].removeprefix("Value error, ")
+        print(f"gatehouse: invalid {error['loc'][0]}: {message}", file=sys.stderr)
         return 2
 
     settings = load_settings()
@@ -105,7 +111,10 @@ def _users_create(args: argparse.Namespace) -> int:
             audit.record(database, actor_id=None, action="role_granted", target_type="user", target_id=user.id,
                          client_ip="", detail={"role": role, "via": "cli"})
     except Problem as exc:
-        print(f"gatehouse: {exc.detail}", file=sys.stderr)
+        hint = ""
+        if exc.code == "email_taken":
+            hint = " To give an existing account a role, use PUT /v1/admin/users/{id}/roles/{role} as an administrator."
+        print(f"gatehouse: {exc.detail}{hint}", file=sys.stderr)
         return 1
     finally:
         database.close()

@@ -48,3 +48,18 @@ def test_create_duplicate_fails(client):
     result = run_create("--email", "OPS@example.com", stdin="long enough password\n")
     assert result.returncode == 1
     assert "already exists" in result.stderr
+    assert "/roles/" in result.stderr
+
+
+def test_create_without_password_says_how():
+    result = run_create("--email", "ops@example.com", stdin="")
+    assert result.returncode != 0
+    assert "no password given" in result.stderr
+    assert "GATEHOUSE_NEW_USER_PASSWORD" in result.stderr
+
+
+def test_create_invalid_email_without_pydantic_prefix():
+    result = run_create("--email", "not-an-email", stdin="long enough password\n")
+    assert result.returncode == 2
+    assert "invalid email" in result.stderr
+    assert "Value error" not in result.stderr

@@ -18,20 +18,15 @@ PROBES = 16
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    gunicorn = Gunicorn(tmp_path_factory.mktemp("bans"), env={
+    with Gunicorn(tmp_path_factory.mktemp("bans"), env={
         "GATEHOUSE_TRUSTED_PROXY_COUNT": "1",
         "GATEHOUSE_BAN_FAILED_LOGINS": "5",
         "GATEHOUSE_BAN_ALLOWLIST": "198.51.100.0/24",
         # Out of reach, so repeated failed logins get 401 until the ban, not 429.
         "GATEHOUSE_LOGIN_DELAY_AFTER_FAILURES": "100",
         "GATEHOUSE_RATE_LIMIT_LOGIN_ACCOUNT": "1000/minute",
-    })
-    gunicorn.start()
-    try:
-        gunicorn.wait_ready()
+    }) as gunicorn:
         yield gunicorn
-    finally:
-        gunicorn.stop()
 
 
 def as_client(ip: str) -> dict[str, str]:
