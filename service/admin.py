@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from service import audit, metrics, roles, users
-from service.blacklist import PERMANENT_SCORE, AddressAllowlisted, Ban, normalize_ip
+from service.blacklist import PERMANENT_SCORE, AddressAllowlisted, Ban
 from service.context import Services
 from service.errors import Conflict, InvalidRequest, NotFound
+from service.networks import parse_network_key
 from service.sessions import SessionInfo
 from service.sync import publish_user_changed
 
@@ -83,15 +84,18 @@ def revoke_all_sessions(svc: Services, actor_id: str, client_ip: str, user_id: s
 
 
 def ban_address(svc: Services, actor_id: str, client_ip: str, ip: str, reason: str, seconds: int | None) -> Ban:
-    """Ban an address by hand; raise InvalidRequest for a bad address and Conflict for an allowlisted one."""
+    """Ban the network key of an address by hand.
+
+    Raise InvalidRequest for a bad address and Conflict for an allowlisted one.
+    """
     try:
-        address = normalize_ip(ip)
+        address = parse_network_key(ip)
     except ValueError:
-        raise InvalidRequest(f"ip: {ip!r} is not an IP address", field="ip") from None
+        raise InvalidRequest(f"ip: {ip!r} is neither an IP address nor an IPv6 /64 network", field="ip") from None
     try:
         ban = svc.blacklist.ban(address, reason=reason, seconds=seconds, actor=actor_id)
     except AddressAllowlisted:
-        raise Conflict(f"{address} is in an allowlisted network and cannot be banned.", field="ip") from None
+        raise Conflict(f"{address} overlaps an allowlisted network and cannot be banned.", field="ip") from None
 
     svc.bans.apply_event({"kind": "ip_banned", "ip": address, "until": ban.expires_at or PERMANENT_SCORE})
     metrics.BANS.labels(cause="manual").inc()
@@ -100,9 +104,9 @@ def ban_address(svc: Services, actor_id: str, client_ip: str, ip: str, reason: s
 
 
 def unban_address(svc: Services, actor_id: str, client_ip: str, ip: str) -> None:
-    """Lift a ban; raise NotFound when the address is not banned."""
+    """Lift the ban of an address's network key; raise NotFound when it is not banned."""
     try:
-        address = normalize_ip(ip)
+        address = parse_network_key(ip)
     except ValueError:
         raise NotFound("No ban for this address.", field="ip") from None
     if not svc.blacklist.unban(address, actor=actor_id):

@@ -154,10 +154,10 @@ class RoleNameConverter(BaseConverter):
 
 
 class AddressConverter(BaseConverter):
-    """An IPv4 or IPv6 address in a path; validated by the view."""
+    """An IPv4 or IPv6 address in a path, optionally with a prefix length (2001:db8::/64); validated by the view."""
 
-    regex = "[0-9A-Fa-f.:]{2,45}"
-    pattern = "^[0-9A-Fa-f.:]{2,45}$"
+    regex = "[0-9A-Fa-f.:]{2,45}(?:/[0-9]{1,3})?"
+    pattern = "^[0-9A-Fa-f.:]{2,45}(?:/[0-9]{1,3})?$"
 
 
 CONVERTERS = {"id": IdConverter, "role": RoleNameConverter, "address": AddressConverter}

@@ -40,7 +40,7 @@ def record_failed_login(svc: Services, ip: str, email: str) -> None:
     except redis.RedisError as exc:
         log.warning("abuse_record_failed", error=str(exc)[:200])
         return
-    _apply_ban(svc, ip, ban)
+    _apply_ban(svc, ban)
 
 
 def record_rate_limit_hit(svc: Services, ip: str) -> None:
@@ -53,13 +53,13 @@ def record_rate_limit_hit(svc: Services, ip: str) -> None:
     except redis.RedisError as exc:
         log.warning("abuse_record_failed", error=str(exc)[:200])
         return
-    _apply_ban(svc, ip, ban)
+    _apply_ban(svc, ban)
 
 
-def _apply_ban(svc: Services, ip: str, ban: AutomaticBan | None) -> None:
+def _apply_ban(svc: Services, ban: AutomaticBan | None) -> None:
     if ban is not None:
         metrics.BANS.labels(cause=ban.cause).inc()
-        svc.bans.apply_event({"kind": "ip_banned", "ip": ip, "until": time.time() + ban.seconds})
+        svc.bans.apply_event({"kind": "ip_banned", "ip": ban.ip, "until": time.time() + ban.seconds})
 
 
 def login(svc: Services, email: str, password: str, *, user_agent: str, ip: str, guard: LoginGuard) -> TokenPair:

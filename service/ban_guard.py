@@ -26,6 +26,7 @@ def _check_ban() -> None:
     # NOTE: the check reads only this worker's memory. While the events listener is
     # disconnected from Redis, bans made elsewhere in that time are not seen (fail open);
     # every other route needs Redis then and answers 503 anyway.
+    # banned_until looks up the network key, so every spelling and /64 neighbour is rejected alike.
     until = svc.bans.banned_until(request.remote_addr or "")
     if until is None:
         return

@@ -1,12 +1,19 @@
 """IP bans: automatic from abuse patterns, manual from administrators, with TTL and escalation.
 
-Redis keys (under the gh: prefix):
-    ban:<ip>                hash  cause, reason, created_at, expires_at (0: permanent), offences, actor
-    bans                    zset  banned addresses scored by expires_at (PERMANENT_SCORE when permanent)
-    offences:<ip>           str   bans so far; expires offence_decay_seconds after the last ban
-    abuse:logins:<ip>       str   failed logins in the current window
-    abuse:accounts:<ip>     set   digests of the accounts those failures targeted, same window
-    abuse:limited:<ip>      str   rate-limit hits in the current window
+A ban applies to a network key (service.networks), the unit the rate limits count:
+an IPv4 address, or the /64 network of an IPv6 address. Every spelling of an address
+(case, zero compression, IPv4-mapped IPv6) has one key, so it cannot escape its ban.
+
+Redis keys (under the gh: prefix), where <key> is the network key:
+    ban:<key>               hash  cause, reason, created_at, expires_at (0: permanent), offences, actor
+    bans                    zset  banned keys scored by expires_at (PERMANENT_SCORE when permanent)
+    offences:<key>          str   bans so far; expires offence_decay_seconds after the last ban
+    abuse:logins:<key>      str   failed logins in the current window
+    abuse:accounts:<key>    set   digests of the accounts those failures targeted, same window
+    abuse:limited:<key>     str   rate-limit hits in the current window
+
+Bans stored before keys were normalised may sit under a raw IPv6 address. Workers read
+them as bans of its /64, and unban removes them together with the canonical entry.
 
 Each worker keeps the live bans in memory (BanList), kept in step through the events
 channel like revoked sessions, so the check on every request needs no Redis.
@@ -24,6 +31,7 @@ from typing import Any
 import redis
 import structlog
 
+from service.networks import UNPARSABLE_CLIENT, client_network, parse_network_key
 from service.redis_store import KEY_PREFIX
 from service.sessions import EVENTS_CHANNEL
 
@@ -76,12 +84,12 @@ return {seconds, offences, cause}
 
 
 class AddressAllowlisted(Exception):
-    """The address is in an allowlisted network and is never banned."""
+    """The address or network overlaps an allowlisted network and is never banned."""
 
 
 @dataclass(frozen=True)
 class Ban:
-    ip: str
+    ip: str  # network key: an IPv4 address or an IPv6 /64
     cause: str
     reason: str
     created_at: float
@@ -112,13 +120,29 @@ class BanPolicy:
 
 
 def parse_networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-    """Parse a comma-separated list of CIDR networks (single addresses allowed)."""
-    return tuple(ipaddress.ip_network(part.strip(), strict=False) for part in text.split(",") if part.strip())
+    """Parse a comma-separated list of CIDR networks (single addresses allowed).
+
+    An IPv4-mapped IPv6 network (::ffff:198.51.100.0/120) becomes its IPv4 network,
+    because network keys give IPv4-mapped clients their IPv4 address.
+    """
+    networks = []
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        network = ipaddress.ip_network(part.strip(), strict=False)
+        mapped = network.network_address.ipv4_mapped if isinstance(network, ipaddress.IPv6Network) else None
+        if mapped is not None and network.prefixlen >= 96:
+            network = ipaddress.IPv4Network((mapped, network.prefixlen - 96))
+        networks.append(network)
+    return tuple(networks)
 
 
-def normalize_ip(text: str) -> str:
-    """Return the canonical text of an address; raise ValueError when it is not one."""
-    return str(ipaddress.ip_address(text.strip()))
+def _stored_key(text: str) -> str | None:
+    """Return the network key of a key read from Redis or an event, which older releases wrote raw."""
+    try:
+        return parse_network_key(text)
+    except ValueError:
+        return None
 
 
 def _ban_key(ip: str) -> str:
@@ -134,15 +158,23 @@ class Blacklist:
         self.policy = policy
         self._record_abuse = client.register_script(_RECORD_ABUSE_LUA)
 
-    def is_allowlisted(self, ip: str) -> bool:
+    def is_allowlisted(self, key: str) -> bool:
+        """Return whether a network key overlaps an allowlisted network.
+
+        Banning an IPv6 /64 bans every address in it, so one allowlisted address is enough.
+        """
         try:
-            address = ipaddress.ip_address(ip)
+            network = ipaddress.ip_network(key)
         except ValueError:
             return False
-        return any(address in network for network in self.policy.allowlist)
+        return any(network.version == allowed.version and network.overlaps(allowed)  # type: ignore[arg-type]
+                   for allowed in self.policy.allowlist)
 
-    def _record(self, kind: str, ip: str, threshold: int, cause: str, account: str = "") -> AutomaticBan | None:
-        if not ip or self.is_allowlisted(ip):
+    def _record(self, kind: str, address: str, threshold: int, cause: str, account: str = "") -> AutomaticBan | None:
+        ip = client_network(address)
+        # All unparsable client addresses share one key, so banning it would ban every
+        # client behind a misconfigured proxy. The rate limits still apply to that key.
+        if ip == UNPARSABLE_CLIENT or self.is_allowlisted(ip):
             return None
 
         counter = f"{KEY_PREFIX}abuse:{kind}:{ip}"
@@ -162,18 +194,22 @@ class Blacklist:
         log.warning("ip_banned", ip=ip, cause=ban.cause, seconds=seconds, offences=ban.offences)
         return ban
 
-    def record_failed_login(self, ip: str, email: str) -> AutomaticBan | None:
-        """Count a failed login; return the ban when this one caused it."""
+    def record_failed_login(self, address: str, email: str) -> AutomaticBan | None:
+        """Count a failed login against the address's network key; return the ban when this one caused it."""
         # Digests only: the set must not keep a list of the emails an attacker tried.
         account = hashlib.sha256(email.encode()).hexdigest()[:32]
-        return self._record("logins", ip, self.policy.failed_logins, "failed_logins", account)
+        return self._record("logins", address, self.policy.failed_logins, "failed_logins", account)
 
-    def record_rate_limit_hit(self, ip: str) -> AutomaticBan | None:
-        """Count a 429; return the ban when this one caused it."""
-        return self._record("limited", ip, self.policy.rate_limit_hits, "rate_limit")
+    def record_rate_limit_hit(self, address: str) -> AutomaticBan | None:
+        """Count a 429 against the address's network key; return the ban when this one caused it."""
+        return self._record("limited", address, self.policy.rate_limit_hits, "rate_limit")
 
-    def ban(self, ip: str, *, reason: str, seconds: int | None, actor: str) -> Ban:
-        """Ban an address by hand, for `seconds` or permanently (None); raise AddressAllowlisted."""
+    def ban(self, target: str, *, reason: str, seconds: int | None, actor: str) -> Ban:
+        """Ban the network key of an address or IPv6 /64 by hand, for `seconds` or permanently (None).
+
+        Raise ValueError for any other text and AddressAllowlisted for an allowlisted network.
+        """
+        ip = parse_network_key(target)
         if self.is_allowlisted(ip):
             raise AddressAllowlisted(ip)
 
@@ -194,11 +230,18 @@ class Blacklist:
         log.warning("ip_banned", ip=ip, cause="manual", seconds=seconds, offences=offences, actor=actor)
         return Ban(ip, "manual", reason, now, float(expires_at) if expires_at else None, offences, actor)
 
-    def unban(self, ip: str, *, actor: str) -> bool:
-        """Lift a ban; return whether there was one. Offence history stays, so a relapse escalates."""
+    def unban(self, target: str, *, actor: str) -> bool:
+        """Lift the ban of an address's network key; return whether there was one. Raise ValueError for a non-address.
+
+        Offence history stays, so a relapse escalates.
+        """
+        ip = parse_network_key(target)
+        # Entries that older releases stored under a raw spelling of the same key go too.
+        legacy = [member for member in self._redis.zrange(BANS_KEY, 0, -1)
+                  if member != ip and _stored_key(member) == ip]
         pipe = self._redis.pipeline(transaction=True)
-        pipe.delete(_ban_key(ip))
-        pipe.zrem(BANS_KEY, ip)
+        pipe.delete(_ban_key(ip), *(_ban_key(member) for member in legacy))
+        pipe.zrem(BANS_KEY, ip, *legacy)
         pipe.publish(EVENTS_CHANNEL, json.dumps({"kind": "ip_unbanned", "ip": ip}))
         deleted, removed, _ = pipe.execute()
         existed = bool(deleted or removed)
@@ -206,7 +249,9 @@ class Blacklist:
             log.warning("ip_unbanned", ip=ip, cause="manual", actor=actor)
         return existed
 
-    def get(self, ip: str) -> Ban | None:
+    def get(self, target: str) -> Ban | None:
+        """Return the ban of an address's network key, or None; raise ValueError for a non-address."""
+        ip = parse_network_key(target)
         fields = self._redis.hgetall(_ban_key(ip))
         return _ban_from(ip, fields) if fields else None
 
@@ -217,12 +262,18 @@ class Blacklist:
         pipe = self._redis.pipeline(transaction=False)
         for ip in addresses:
             pipe.hgetall(_ban_key(ip))
-        return [_ban_from(ip, fields) for ip, fields in zip(addresses, pipe.execute(), strict=True) if fields]
+        return [_ban_from(_stored_key(ip) or ip, fields)
+                for ip, fields in zip(addresses, pipe.execute(), strict=True) if fields]
 
     def live_bans(self, now: float | None = None) -> dict[str, float]:
-        """Return every live ban's address and expiry (PERMANENT_SCORE when permanent)."""
+        """Return every live ban's network key and expiry (PERMANENT_SCORE when permanent)."""
         now = now if now is not None else time.time()
-        return dict(self._redis.zrangebyscore(BANS_KEY, now, "+inf", withscores=True))
+        bans: dict[str, float] = {}
+        for member, until in self._redis.zrangebyscore(BANS_KEY, now, "+inf", withscores=True):
+            key = _stored_key(member)
+            if key is not None:
+                bans[key] = max(until, bans.get(key, 0.0))
+        return bans
 
     def count(self, now: float | None = None) -> int:
         return int(self._redis.zcount(BANS_KEY, now if now is not None else time.time(), "+inf"))
@@ -248,20 +299,21 @@ def _ban_from(ip: str, fields: dict[str, Any]) -> Ban:
 
 
 class BanList:
-    """One worker's in-memory copy of the live bans; the check on every request reads only this."""
+    """One worker's in-memory copy of the live bans by network key; the check on every request reads only this."""
 
     def __init__(self, blacklist: Blacklist) -> None:
         self._blacklist = blacklist
         self._bans: dict[str, float] = {}
         self.synced = False
 
-    def banned_until(self, ip: str, now: float | None = None) -> float | None:
-        """Return when the address's ban ends (PERMANENT_SCORE for permanent), or None."""
-        until = self._bans.get(ip)
+    def banned_until(self, address: str, now: float | None = None) -> float | None:
+        """Return when the ban of the client address's network key ends (PERMANENT_SCORE for permanent), or None."""
+        key = client_network(address)
+        until = self._bans.get(key)
         if until is None:
             return None
         if until <= (now if now is not None else time.time()):
-            self._bans.pop(ip, None)
+            self._bans.pop(key, None)
             return None
         return until
 
@@ -273,10 +325,12 @@ class BanList:
     def apply_event(self, event: dict[str, Any]) -> bool:
         kind = event.get("kind")
         ip = event.get("ip")
-        if kind == "ip_banned" and isinstance(ip, str):
-            self._bans[ip] = float(event.get("until", 0))
+        # Workers of an older release publish raw addresses; the key keeps them in step.
+        key = _stored_key(ip) if isinstance(ip, str) else None
+        if kind == "ip_banned" and key is not None:
+            self._bans[key] = float(event.get("until", 0))
             return True
-        if kind == "ip_unbanned" and isinstance(ip, str):
-            self._bans.pop(ip, None)
+        if kind == "ip_unbanned" and key is not None:
+            self._bans.pop(key, None)
             return True
         return False

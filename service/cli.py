@@ -84,6 +84,7 @@ def _users_create(args: argparse.Namespace) -> int:
 
     from service import audit, roles, users
     from service.database import Database
+    from service.networks import parse_network_key
     from service.passwords import Passwords
     from service.schemas import RegisterRequest
 
@@ -144,19 +145,21 @@ def _blacklist_list(_args: argparse.Namespace) -> int:
 
 def _blacklist_ban(args: argparse.Namespace) -> int:
     from service import audit
-    from service.blacklist import AddressAllowlisted, normalize_ip
+    from service.blacklist import AddressAllowlisted
     from service.database import Database
+    from service.networks import parse_network_key
 
     settings, blacklist = _blacklist()
     try:
-        address = normalize_ip(args.ip)
+        address = parse_network_key(args.ip)
         blacklist.ban(address, reason=args.reason, seconds=args.seconds, actor="cli")
     except ValueError:
-        print(f"gatehouse: {args.ip!r} is not an IP address", file=sys.stderr)
+        print(f"gatehouse: {args.ip!r} is neither an IP address nor an IPv6 /64 network", file=sys.stderr)
         return 2
     except AddressAllowlisted:
-        print(f"gatehouse: {args.ip} is in GATEHOUSE_BAN_ALLOWLIST and cannot be banned", file=sys.stderr)
+        print(f"gatehouse: {address} overlaps GATEHOUSE_BAN_ALLOWLIST and cannot be banned", file=sys.stderr)
         return 2
+    print(f"banned {address}")
 
     database = Database(settings)
     try:
@@ -169,18 +172,19 @@ def _blacklist_ban(args: argparse.Namespace) -> int:
 
 def _blacklist_unban(args: argparse.Namespace) -> int:
     from service import audit
-    from service.blacklist import normalize_ip
     from service.database import Database
+    from service.networks import parse_network_key
 
     settings, blacklist = _blacklist()
     try:
-        address = normalize_ip(args.ip)
+        address = parse_network_key(args.ip)
     except ValueError:
-        print(f"gatehouse: {args.ip!r} is not an IP address", file=sys.stderr)
+        print(f"gatehouse: {args.ip!r} is neither an IP address nor an IPv6 /64 network", file=sys.stderr)
         return 2
     if not blacklist.unban(address, actor="cli"):
         print(f"gatehouse: {address} is not banned", file=sys.stderr)
         return 1
+    print(f"unbanned {address}")
 
     database = Database(settings)
     try:
@@ -228,12 +232,12 @@ def build_parser() -> argparse.ArgumentParser:
     blacklist_commands.add_parser("list", help="print every live ban as a JSON line").set_defaults(
         handler=_blacklist_list)
     ban = blacklist_commands.add_parser("ban", help="ban an address")
-    ban.add_argument("ip", help="IPv4 or IPv6 address")
+    ban.add_argument("ip", help="IPv4 address, IPv6 address (bans its /64) or IPv6 /64 network")
     ban.add_argument("--reason", required=True, help="why, for the audit trail")
     ban.add_argument("--seconds", type=int, default=None, help="ban length in seconds (default: permanent)")
     ban.set_defaults(handler=_blacklist_ban)
     unban = blacklist_commands.add_parser("unban", help="lift a ban")
-    unban.add_argument("ip", help="IPv4 or IPv6 address")
+    unban.add_argument("ip", help="IPv4 address, or IPv6 address or /64 network")
     unban.set_defaults(handler=_blacklist_unban)
     blacklist_commands.add_parser(
         "rotate", help="drop expired bans from the index; safe to run twice at once, records its result"

@@ -10,7 +10,6 @@ limit_storage describes what happens while Redis fails.
 from __future__ import annotations
 
 import enum
-import ipaddress
 import logging
 import math
 import time
@@ -29,6 +28,8 @@ from service.config import Settings
 from service.context import EXTENSION_KEY
 from service.errors import RateLimited, problem_response
 from service.limit_storage import STORAGE_SCHEME, BoundedMemoryStorage, FailoverStorage
+# Re-exported: client_network and UNPARSABLE_CLIENT lived here before IP bans needed them too.
+from service.networks import UNPARSABLE_CLIENT, client_network  # noqa: F401
 
 log = structlog.get_logger(__name__)
 
@@ -41,33 +42,10 @@ ROUTE_LIMIT_SETTINGS = {
     "/v1/auth/refresh": "rate_limit_refresh",
     "/v1/auth/register": "rate_limit_register",
 }
-# Key for a client address that is not an IP address, such as a value a
-# misconfigured proxy copied from X-Forwarded-For. One shared key means such
-# values cannot create unlimited counters.
-UNPARSABLE_CLIENT = "unparsable"
 
 HEADER_LIMIT = "X-RateLimit-Limit"
 HEADER_REMAINING = "X-RateLimit-Remaining"
 HEADER_RESET = "X-RateLimit-Reset"
-
-
-def client_network(address: str | None) -> str:
-    """Return the rate-limit key of a client address: an IPv4 address, or the /64 network of an IPv6 one.
-
-    A single IPv6 host usually controls a whole /64, so counting per address would
-    let it pick a new key for every request.
-    """
-    try:
-        ip = ipaddress.ip_address(address or "")
-    except ValueError:
-        return UNPARSABLE_CLIENT
-
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.IPv6Network((ip.packed, 64), strict=False))
-
-    return str(ip)
 
 
 def seconds_until(timestamp: float) -> int:

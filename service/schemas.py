@@ -224,7 +224,8 @@ class AuditLog(BaseModel):
 
 
 class BanOut(BaseModel):
-    ip: str
+    ip: str = Field(description="banned network key: an IPv4 address, or the /64 network of an IPv6 address",
+                    examples=["203.0.113.7", "2001:db8:5::/64"])
     cause: Literal["failed_logins", "credential_stuffing", "rate_limit", "manual"]
     reason: str
     created_at: datetime
@@ -238,7 +239,11 @@ class BanList(BaseModel):
 
 
 class CreateBanRequest(RequestBody):
-    ip: IPv4Address | IPv6Address = Field(examples=["203.0.113.7"])
+    # Addresses only: an IPv6 address already names its /64, and a network type would let
+    # the schema accept prefix lengths that the view rejects.
+    ip: IPv4Address | IPv6Address = Field(
+        examples=["203.0.113.7"], description="an IPv4 address, or an IPv6 address whose /64 network is banned"
+    )
     reason: str = Field(min_length=1, max_length=255)
     # Lax: JSON Schema counts 90.0 as an integer, so the API accepts it too.
     duration_seconds: int | None = Field(None, ge=60, le=31_536_000, strict=False,

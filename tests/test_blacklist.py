@@ -7,13 +7,16 @@ import time
 import pytest
 
 from service.app import close_app, create_app
+from service.blacklist import parse_networks
+from service.networks import UNPARSABLE_CLIENT, parse_network_key
 from tests.conftest import PASSWORD
 from tests.helpers import bearer
 
 ATTACKER = "192.0.2.10"
 # The login delay is pushed out of reach, so repeated failed logins reach the ban thresholds.
 SETTINGS = {"ban_failed_logins": 3, "ban_distinct_accounts": 4, "ban_base_seconds": 60, "ban_multiplier": 4,
-            "ban_max_seconds": 600, "ban_allowlist": "198.51.100.0/24", "login_delay_after_failures": 100}
+            "ban_max_seconds": 600, "ban_allowlist": "198.51.100.0/24,2001:db8:aa::1/128",
+            "login_delay_after_failures": 100}
 
 
 @pytest.fixture
@@ -96,17 +99,17 @@ def test_manual_ban_list_and_unban(ban_app, admin_tokens):
     created = client.post("/v1/admin/bans", json={"ip": "2001:db8::0:1", "reason": "scanner"}, headers=headers)
     assert created.status_code == 201
     body = created.get_json()
-    assert body["ip"] == "2001:db8::1"
+    assert body["ip"] == "2001:db8::/64"
     assert body["expires_at"] is None
     assert body["actor"] == admin_tokens["user_id"]
 
     listed = client.get("/v1/admin/bans", headers=headers).get_json()["bans"]
-    assert [ban["ip"] for ban in listed] == ["2001:db8::1"]
+    assert [ban["ip"] for ban in listed] == ["2001:db8::/64"]
     refused = client.get("/v1/users/me", environ_base={"REMOTE_ADDR": "2001:db8::1"})
     assert refused.status_code == 403
     assert "Retry-After" not in refused.headers
 
-    assert client.delete("/v1/admin/bans/2001:db8::1", headers=headers).status_code == 204
+    assert client.delete("/v1/admin/bans/2001:db8::/64", headers=headers).status_code == 204
     assert client.get("/v1/users/me", environ_base={"REMOTE_ADDR": "2001:db8::1"}).status_code == 401
     assert client.delete("/v1/admin/bans/2001:db8::1", headers=headers).status_code == 404
     actions = [entry["action"] for entry in client.get("/v1/admin/audit", headers=headers).get_json()["entries"]]
@@ -115,7 +118,10 @@ def test_manual_ban_list_and_unban(ban_app, admin_tokens):
 
 
 @pytest.mark.parametrize(("ip", "status", "code"), [("not-an-ip", 400, "invalid_request"),
-                                                    ("198.51.100.7", 409, "conflict")])
+                                                    ("2001:db8::/64", 400, "invalid_request"),
+                                                    ("198.51.100.7", 409, "conflict"),
+                                                    ("::ffff:198.51.100.7", 409, "conflict"),
+                                                    ("2001:db8:aa::9", 409, "conflict")])
 def test_manual_ban_rejects_bad_address(ban_app, admin_tokens, ip, status, code):
     response = ban_app.test_client().post("/v1/admin/bans", json={"ip": ip, "reason": "x"},
                                           headers=bearer(admin_tokens["access_token"]))
@@ -169,3 +175,150 @@ def test_rotate_command_records_success(ban_app, settings):
         "gh:job:blacklist_rotate")
     assert float(record["last_success_at"]) > time.time() - 60
     assert '"live_bans": 1' in record["last_result"]
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ("203.0.113.7", "203.0.113.7"),
+    ("::ffff:203.0.113.7", "203.0.113.7"),
+    ("::FFFF:cb00:7107", "203.0.113.7"),
+    ("203.0.113.7/32", "203.0.113.7"),
+    ("2001:db8:5::5", "2001:db8:5::/64"),
+    ("2001:DB8:5::5", "2001:db8:5::/64"),
+    ("2001:db8:5:0:0:0:0:5", "2001:db8:5::/64"),
+    ("2001:0db8:0005::0005", "2001:db8:5::/64"),
+    ("2001:db8:5::ffff:1", "2001:db8:5::/64"),
+    ("2001:db8:5::/64", "2001:db8:5::/64"),
+    ("2001:DB8:5::7/64", "2001:db8:5::/64"),
+    (" 2001:db8:5::5 ", "2001:db8:5::/64"),
+])
+def test_network_key_of_spellings(text, key):
+    assert parse_network_key(text) == key
+
+
+@pytest.mark.parametrize("text", ["not-an-ip", "", UNPARSABLE_CLIENT, "2001:db8::/48", "2001:db8::/96",
+                                  "203.0.113.0/24", "2001:db8::1::2"])
+def test_network_key_rejects_other_text(text):
+    with pytest.raises(ValueError):
+        parse_network_key(text)
+
+
+def test_allowlist_reads_ipv4_mapped_networks():
+    assert parse_networks("::ffff:198.51.100.0/120, 10.0.0.0/8") == parse_networks("198.51.100.0/24,10.0.0.0/8")
+
+
+def test_allowlist_covers_ipv4_mapped_and_overlapping_64(ban_app):
+    blacklist = ban_app.extensions["gatehouse"].blacklist
+    for _ in range(3):
+        assert blacklist.record_failed_login("::ffff:198.51.100.20", "alice@example.com") is None
+        assert blacklist.record_failed_login("2001:db8:aa::2", "alice@example.com") is None
+    assert blacklist.list() == []
+
+
+def test_failed_logins_across_64_share_one_count(ban_app):
+    blacklist = ban_app.extensions["gatehouse"].blacklist
+    assert blacklist.record_failed_login("2001:db8::1", "alice@example.com") is None
+    assert blacklist.record_failed_login("2001:DB8::2", "alice@example.com") is None
+    ban = blacklist.record_failed_login("2001:db8::1:2", "alice@example.com")
+    assert ban is not None
+    assert ban.ip == "2001:db8::/64"
+
+
+def test_failed_logins_ipv4_mapped_share_count(ban_app):
+    blacklist = ban_app.extensions["gatehouse"].blacklist
+    blacklist.record_failed_login(ATTACKER, "alice@example.com")
+    blacklist.record_failed_login(f"::ffff:{ATTACKER}", "alice@example.com")
+    ban = blacklist.record_failed_login(ATTACKER, "alice@example.com")
+    assert ban is not None
+    assert ban.ip == ATTACKER
+
+
+def test_unparsable_address_never_banned(ban_app):
+    blacklist = ban_app.extensions["gatehouse"].blacklist
+    results = [blacklist.record_failed_login("unknown", "alice@example.com") for _ in range(5)]
+    assert results == [None] * 5
+    assert blacklist.list() == []
+
+
+def test_automatic_ban_covers_64_neighbours(ban_app, user):
+    client = ban_app.test_client()
+    assert [fail_login(client, "2001:db8::1").status_code for _ in range(3)] == [401, 401, 401]
+    for neighbour in ("2001:db8::1", "2001:db8::2", "2001:db8::1:2", "2001:DB8:0:0:ffff::9"):
+        refused = client.get("/v1/users/me", environ_base={"REMOTE_ADDR": neighbour})
+        assert refused.status_code == 403, neighbour
+    assert client.get("/v1/users/me", environ_base={"REMOTE_ADDR": "2001:db8:0:1::1"}).status_code == 401
+
+
+@pytest.mark.parametrize(("banned", "spellings"), [
+    ("2001:db8:5::5", ["2001:DB8:5::5", "2001:db8:5:0:0:0:0:5", "2001:0db8:0005::0005", "2001:db8:5::6"]),
+    ("203.0.113.7", ["203.0.113.7", "::ffff:203.0.113.7", "::FFFF:CB00:7107"]),
+    ("::ffff:203.0.113.8", ["203.0.113.8"]),
+])
+def test_manual_ban_blocks_every_spelling(ban_app, admin_tokens, banned, spellings):
+    client = ban_app.test_client()
+    headers = bearer(admin_tokens["access_token"])
+    assert client.post("/v1/admin/bans", json={"ip": banned, "reason": "x"}, headers=headers).status_code == 201
+    for spelling in spellings:
+        status = client.get("/v1/users/me", environ_base={"REMOTE_ADDR": spelling}).status_code
+        assert status == 403, spelling
+
+
+def test_unban_any_spelling_lifts_ban(ban_app):
+    blacklist = ban_app.extensions["gatehouse"].blacklist
+    bans = ban_app.extensions["gatehouse"].bans
+    ban = blacklist.ban("2001:0DB8:0005::0005", reason="x", seconds=None, actor="test")
+    bans.apply_event({"kind": "ip_banned", "ip": ban.ip, "until": 253402300799})
+    assert ban.ip == "2001:db8:5::/64"
+    assert blacklist.get("2001:db8:5::9") is not None
+
+    assert blacklist.unban("2001:db8:5:0:0:0:0:7", actor="test") is True
+    bans.apply_event({"kind": "ip_unbanned", "ip": "2001:db8:5::7"})
+    assert blacklist.list() == []
+    assert bans.banned_until("2001:db8:5::5") is None
+
+
+def test_raw_stored_ban_read_as_64_and_unbanned(ban_app):
+    """A ban that an older release stored under a raw IPv6 address covers its /64 and goes on unban."""
+    import json
+
+    from service.blacklist import BANS_KEY, PERMANENT_SCORE
+    from service.redis_store import KEY_PREFIX
+
+    blacklist = ban_app.extensions["gatehouse"].blacklist
+    bans = ban_app.extensions["gatehouse"].bans
+    redis_client = blacklist.client
+    redis_client.hset(f"{KEY_PREFIX}ban:2001:db8:7::1", mapping={
+        "cause": "manual", "reason": "old", "created_at": time.time(), "expires_at": 0, "offences": 1, "actor": "x"})
+    redis_client.zadd(BANS_KEY, {"2001:db8:7::1": PERMANENT_SCORE})
+    bans.resync()
+    assert bans.banned_until("2001:db8:7::2") == PERMANENT_SCORE
+    assert [ban.ip for ban in blacklist.list()] == ["2001:db8:7::/64"]
+    assert bans.apply_event(json.loads('{"kind": "ip_banned", "ip": "2001:db8:8::1", "until": 253402300799}'))
+    assert bans.banned_until("2001:db8:8::2") == PERMANENT_SCORE
+
+    assert blacklist.unban("2001:db8:7::/64", actor="test") is True
+    assert redis_client.zcard(BANS_KEY) == 0
+    assert redis_client.exists(f"{KEY_PREFIX}ban:2001:db8:7::1") == 0
+
+
+def test_cli_shows_network_key(ban_app):
+    import json
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "service.cli", "blacklist", *args], cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)
+
+    banned = cli("ban", "2001:DB8:9::1", "--reason", "scanner", "--seconds", "600")
+    assert banned.returncode == 0, banned.stderr
+    # Log events share stdout with the command's own output.
+    assert "banned 2001:db8:9::/64" in banned.stdout.splitlines()
+    records = [json.loads(line) for line in cli("list").stdout.splitlines()]
+    listed = [record["ip"] for record in records if "event" not in record]
+    assert listed == ["2001:db8:9::/64"]
+    unbanned = cli("unban", "2001:db8:9:0:0:0:0:2")
+    assert unbanned.returncode == 0, unbanned.stderr
+    assert "unbanned 2001:db8:9::/64" in unbanned.stdout.splitlines()
+    assert cli("ban", "2001:db8::/48", "--reason", "x").returncode == 2

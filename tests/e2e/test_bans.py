@@ -18,20 +18,15 @@ PROBES = 16
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    gunicorn = Gunicorn(tmp_path_factory.mktemp("bans"), env={
+    with Gunicorn(tmp_path_factory.mktemp("bans"), env={
         "GATEHOUSE_TRUSTED_PROXY_COUNT": "1",
         "GATEHOUSE_BAN_FAILED_LOGINS": "5",
         "GATEHOUSE_BAN_ALLOWLIST": "198.51.100.0/24",
         # Out of reach, so repeated failed logins get 401 until the ban, not 429.
         "GATEHOUSE_LOGIN_DELAY_AFTER_FAILURES": "100",
         "GATEHOUSE_RATE_LIMIT_LOGIN_ACCOUNT": "1000/minute",
-    })
-    gunicorn.start()
-    try:
-        gunicorn.wait_ready()
+    }) as gunicorn:
         yield gunicorn
-    finally:
-        gunicorn.stop()
 
 
 def as_client(ip: str) -> dict[str, str]:
@@ -105,3 +100,30 @@ def test_second_offence_banned_longer(server, settings):
     # Defaults: 900 s, then four times that.
     assert length(first) == pytest.approx(900, abs=2)
     assert length(second) == pytest.approx(3600, abs=2)
+
+
+def test_ban_of_one_spelling_blocks_the_others(server, settings):
+    create_user(settings, "root3@example.com", PASSWORD, roles=("admin",))
+    admin = requests.post(f"{server.url}/v1/auth/login", json={"email": "root3@example.com", "password": PASSWORD},
+                          headers=as_client("203.0.113.97"), timeout=10).json()
+    headers = {**bearer(admin["access_token"]), **as_client("203.0.113.97")}
+
+    created = requests.post(f"{server.url}/v1/admin/bans", json={"ip": "2001:db8:5::5", "reason": "scanner"},
+                            headers=headers, timeout=10)
+    assert created.status_code == 201
+    assert created.json()["ip"] == "2001:db8:5::/64"
+    assert requests.post(f"{server.url}/v1/admin/bans", json={"ip": "203.0.113.20", "reason": "scanner"},
+                         headers=headers, timeout=10).status_code == 201
+    time.sleep(1.0)
+
+    for spelling in ("2001:DB8:5::5", "2001:db8:5:0:0:0:0:5", "2001:0db8:0005::0005", "2001:db8:5::1:2",
+                     "::ffff:203.0.113.20"):
+        assert probe(server.url, spelling) == [403] * PROBES, spelling
+    assert probe(server.url, "2001:db8:6::5") == [401] * PROBES
+
+
+def test_failed_logins_across_64_ban_it(server):
+    neighbours = ["2001:db8:7::1", "2001:db8:7::2", "2001:DB8:7::1:2", "2001:db8:7::3", "2001:db8:7::4"]
+    statuses = [fail_logins(server.url, ip, 1)[0] for ip in neighbours]
+    assert statuses == [401] * 5
+    assert probe(server.url, "2001:db8:7::ffff") == [403] * PROBES

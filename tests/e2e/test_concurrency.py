@@ -21,14 +21,9 @@ REDIS_POOL_SIZE = 10
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    gunicorn = Gunicorn(tmp_path_factory.mktemp("gunicorn"),
-                        env={"GATEHOUSE_REDIS_POOL_SIZE": str(REDIS_POOL_SIZE)}, workers=2)
-    gunicorn.start()
-    try:
-        gunicorn.wait_ready()
+    with Gunicorn(tmp_path_factory.mktemp("gunicorn"),
+                        env={"GATEHOUSE_REDIS_POOL_SIZE": str(REDIS_POOL_SIZE)}, workers=2) as gunicorn:
         yield gunicorn
-    finally:
-        gunicorn.stop()
 
 
 def register_and_login(url: str, email: str) -> tuple[str, dict]:

@@ -74,13 +74,8 @@ def request_total(samples: dict[str, float]) -> float:
 
 @pytest.fixture
 def server(tmp_path):
-    gunicorn = Gunicorn(tmp_path, env={"GATEHOUSE_TIMEOUT": str(WORKER_TIMEOUT)}, app="tests.e2e.hooks_app:app")
-    gunicorn.start()
-    try:
-        gunicorn.wait_ready()
+    with Gunicorn(tmp_path, env={"GATEHOUSE_TIMEOUT": str(WORKER_TIMEOUT)}, app="tests.e2e.hooks_app:app") as gunicorn:
         yield gunicorn
-    finally:
-        gunicorn.stop()
 
 
 def test_blocked_worker_logs_greenlet_stacks(server):

@@ -43,13 +43,8 @@ AFTER_SECONDS = 3.0
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    gunicorn = Gunicorn(tmp_path_factory.mktemp("gunicorn"), env={"GATEHOUSE_BAN_ENABLED": "false"})
-    gunicorn.start()
-    try:
-        gunicorn.wait_ready()
+    with Gunicorn(tmp_path_factory.mktemp("gunicorn"), env={"GATEHOUSE_BAN_ENABLED": "false"}) as gunicorn:
         yield gunicorn
-    finally:
-        gunicorn.stop()
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ DEFAULT_LIMIT, DEFAULT_PERIOD = 5, 3
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    gunicorn = Gunicorn(tmp_path_factory.mktemp("gunicorn"), env={
+    with Gunicorn(tmp_path_factory.mktemp("gunicorn"), env={
         "GATEHOUSE_TRUSTED_PROXY_COUNT": "1",
         "GATEHOUSE_RATE_LIMIT_DEFAULT": f"{DEFAULT_LIMIT}/{DEFAULT_PERIOD}second",
         # The service's defaults, stated because the test helper relaxes every limit otherwise.
@@ -37,13 +37,8 @@ def server(tmp_path_factory):
         "GATEHOUSE_LOGIN_DELAY_AFTER_FAILURES": "5",
         # Failed logins and 429s would otherwise ban the test clients before the limits show.
         "GATEHOUSE_BAN_ENABLED": "false",
-    })
-    gunicorn.start()
-    try:
-        gunicorn.wait_ready()
+    }) as gunicorn:
         yield gunicorn
-    finally:
-        gunicorn.stop()
 
 
 def via_proxy(client_address: str, forged: str | None = None) -> dict[str, str]:

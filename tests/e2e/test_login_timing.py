@@ -28,13 +28,8 @@ MAX_MEDIAN_DIFFERENCE = 0.05
 @pytest.fixture
 def server(tmp_path):
     # No bans: 400 failed logins from one address would otherwise ban it.
-    gunicorn = Gunicorn(tmp_path, env={"GATEHOUSE_BAN_ENABLED": "false"})
-    gunicorn.start()
-    try:
-        gunicorn.wait_ready()
+    with Gunicorn(tmp_path, env={"GATEHOUSE_BAN_ENABLED": "false"}) as gunicorn:
         yield gunicorn
-    finally:
-        gunicorn.stop()
 
 
 def timed_login(session: requests.Session, url: str, email: str) -> float:

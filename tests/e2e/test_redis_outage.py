@@ -40,19 +40,14 @@ def redis_restarted_afterwards():
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    gunicorn = Gunicorn(tmp_path_factory.mktemp("gunicorn"), env={
+    with Gunicorn(tmp_path_factory.mktemp("gunicorn"), env={
         "GATEHOUSE_TRUSTED_PROXY_COUNT": "1",
         "GATEHOUSE_RATE_LIMIT_DEFAULT": f"{LIMIT}/minute",
         "GATEHOUSE_RATE_LIMIT_RETRY_SECONDS": str(RETRY_SECONDS),
         # The traffic gets hundreds of 429s, which would otherwise ban its address.
         "GATEHOUSE_BAN_ENABLED": "false",
-    })
-    gunicorn.start()
-    try:
-        gunicorn.wait_ready()
+    }) as gunicorn:
         yield gunicorn
-    finally:
-        gunicorn.stop()
 
 
 def jwks(url: str, client_address: str) -> int:

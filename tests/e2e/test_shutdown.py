@@ -127,16 +127,11 @@ def log_events(output: str) -> list[dict]:
 
 @pytest.fixture
 def server(tmp_path):
-    gunicorn = Gunicorn(tmp_path, env={
+    with Gunicorn(tmp_path, env={
         "GATEHOUSE_SHUTDOWN_DRAIN_SECONDS": str(DRAIN_SECONDS),
         "GATEHOUSE_GRACEFUL_TIMEOUT": str(GRACEFUL_TIMEOUT),
-    }, app="tests.e2e.hooks_app:app")
-    gunicorn.start()
-    try:
-        gunicorn.wait_ready()
+    }, app="tests.e2e.hooks_app:app") as gunicorn:
         yield gunicorn
-    finally:
-        gunicorn.stop()
 
 
 @pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])

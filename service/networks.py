@@ -1,0 +1,50 @@
+"""Client network keys: the unit that rate limits and IP bans count and reject.
+
+An IPv4 client is keyed by its address and an IPv6 client by its /64 network, because
+one IPv6 host usually controls a whole /64 and could otherwise pick a new key for every
+request. An IPv4 client that a dual-stack socket presents as an IPv4-mapped IPv6
+address (::ffff:203.0.113.7) gets the key of its IPv4 address.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+# Key for a client address that is not an IP address, such as a value a
+# misconfigured proxy copied from X-Forwarded-For. One shared key means such
+# values cannot create unlimited counters.
+UNPARSABLE_CLIENT = "unparsable"
+
+
+def client_network(address: str | None) -> str:
+    """Return the key of a client address: an IPv4 address, or the /64 network of an IPv6 one."""
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        return UNPARSABLE_CLIENT
+
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip.packed, 64), strict=False))
+
+    return str(ip)
+
+
+def parse_network_key(text: str) -> str:
+    """Return the key named by an address, an IPv4 /32 or an IPv6 /64 network; raise ValueError otherwise.
+
+    A /64 written with host bits set (2001:db8::5/64) names the same network as 2001:db8::/64.
+    """
+    text = text.strip()
+    if "/" not in text:
+        ipaddress.ip_address(text)
+        return client_network(text)
+
+    network = ipaddress.ip_network(text, strict=False)
+    if network.num_addresses == 1:
+        return client_network(str(network.network_address))
+    if isinstance(network, ipaddress.IPv6Network) and network.prefixlen == 64:
+        return str(network)
+
+    raise ValueError(f"{text!r} is neither an address nor an IPv6 /64 network")
