@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from structlog.testing import capture_logs
+import json
+import logging
 
 from tests.conftest import PASSWORD
 from tests.helpers import bearer
@@ -98,19 +99,20 @@ def test_refresh_reuse_ends_session_everywhere(client, tokens):
     assert response.get_json()["code"] == "session_revoked"
 
 
-def test_superseded_sibling_ends_session(client, tokens):
+def test_superseded_sibling_ends_session(client, tokens, caplog):
     other = login(client).get_json()
     rotated = client.post("/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]}).get_json()
     sibling = client.post("/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]}).get_json()
     assert client.post("/v1/auth/refresh", json={"refresh_token": rotated["refresh_token"]}).status_code == 200
 
-    with capture_logs() as logs:
+    with caplog.at_level(logging.INFO):
         response = client.post("/v1/auth/refresh", json={"refresh_token": sibling["refresh_token"]})
     assert response.status_code == 401
-    reused = [entry for entry in logs if entry["event"] == "refresh_token_reused"]
+    events = [json.loads(record.getMessage()) for record in caplog.records if record.getMessage().startswith("{")]
+    reused = [event for event in events if event["event"] == "refresh_token_reused"]
     assert len(reused) == 1
     assert reused[0]["reason"] == "superseded"
-    assert reused[0]["log_level"] == "error"
+    assert reused[0]["level"] == "error"
 
     sessions = client.get("/v1/auth/sessions", headers=bearer(other["access_token"])).get_json()["sessions"]
     assert len(sessions) == 1
