@@ -105,9 +105,11 @@ def refresh(svc: Services, refresh_token: str, *, ip: str) -> TokenPair:
     metrics.REFRESHES.labels(outcome=rotation.outcome.value).inc()
 
     if rotation.outcome is RefreshOutcome.REUSE_DETECTED:
-        # A rotated token came back after the grace interval: assume it was stolen.
-        log.error("refresh_token_reused", session_id=rotation.session_id, user_id=rotation.user_id, client_ip=ip)
-        raise InvalidRefreshToken("Refresh token was already used; the session has been revoked.")
+        # A spent token came back outside the grace rules, or a second chain of tokens
+        # tried to continue the session: assume a token was stolen.
+        log.error("refresh_token_reused", session_id=rotation.session_id, user_id=rotation.user_id,
+                  reason=rotation.reuse_reason, client_ip=ip)
+        raise InvalidRefreshToken("Refresh token was already used or replaced; the session has been revoked. Log in again.")
 
     if rotation.outcome is RefreshOutcome.EXPIRED:
         log.info("refresh_rejected", reason="expired", client_ip=ip)

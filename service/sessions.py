@@ -1,15 +1,23 @@
 """Sessions and their refresh tokens in Redis, with atomic rotation and reuse detection.
 
 Keys (all under the gh: prefix):
-    rt:<sha256>          hash  sid, uid, exp (session end), rotated_at ("" while current); kept one
-                               day past the session's end, so a late refresh reads as expired
-    sess:<sid>           hash  uid, created_at, last_used_at, expires_at, user_agent, ip
+    rt:<sha256>          hash  sid, uid, exp (session end), rotated_at ("" while current), generation;
+                               kept one day past the session's end, so a late refresh reads as expired
+    sess:<sid>           hash  uid, created_at, last_used_at, expires_at, user_agent, ip, generation
     sess:<sid>:tokens    set   digests of every refresh token the session issued
     user:<uid>:sessions  zset  session ids scored by expires_at
     revoked              zset  ended session ids scored by the time their last access token expires
 
 Raw refresh tokens are never stored: only their SHA-256 digests. Every revocation
 is published on the events channel (see service.sync) after it is stored.
+
+Generations keep a session to one chain of refresh tokens. The session stores the
+generation of its newest tokens, and each token stores the generation it was issued
+in. Only a token of the session's generation can rotate, which advances the session
+by one. A grace refresh issues another token of the current generation without
+advancing it. So of several such siblings only the first one to rotate continues,
+and presenting any of the others afterwards is reuse. Records written before generations existed lack the field,
+which reads as 0, and a session gets the field on its first refresh.
 """
 
 from __future__ import annotations
@@ -67,17 +75,23 @@ end
 # KEYS[1] = rt:<presented digest>, KEYS[2] = rt:<new digest>
 # ARGV: prefix, now, grace seconds, new digest, revoked-until, token retention past session end,
 #       most grace refreshes per token
+# Returns {outcome} for invalid and expired, {outcome, sid, uid} for rotated and grace,
+# and {'reuse_detected', sid, uid, reason} where reason is 'replayed' (a spent token
+# outside the grace rules) or 'superseded' (an unspent token whose generation another
+# token already advanced past).
 # NOTE: the session keys are derived inside the script, which is fine on a single
 # Redis or behind Sentinel but would not hash to one slot on Redis Cluster.
 _ROTATE_LUA = _REVOKE_LUA + """
 local prefix, now, grace = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local fields = redis.call('HMGET', KEYS[1], 'sid', 'uid', 'rotated_at')
+local fields = redis.call('HMGET', KEYS[1], 'sid', 'uid', 'rotated_at', 'generation')
 local sid, uid, rotated_at = fields[1], fields[2], fields[3]
 if not sid then
     return {'invalid'}
 end
+local token_generation = tonumber(fields[4]) or 0
 local session_key = prefix .. 'sess:' .. sid
-local expires_at = redis.call('HGET', session_key, 'expires_at')
+local session_fields = redis.call('HMGET', session_key, 'expires_at', 'generation')
+local expires_at = session_fields[1]
 if not expires_at then
     local token_exp = tonumber(redis.call('HGET', KEYS[1], 'exp'))
     if token_exp and now >= token_exp then
@@ -85,23 +99,38 @@ if not expires_at then
     end
     return {'invalid'}
 end
+local session_generation = tonumber(session_fields[2]) or 0
 
-local outcome = 'rotated'
+local outcome, new_generation
 if rotated_at and rotated_at ~= '' then
+    -- A retry or concurrent refresh gets a sibling of the token its rotation issued,
+    -- but only while that token's generation is still the session's: once the chain
+    -- has moved on, the spent token is a replay. With records from before
+    -- generations (all 0) the last check cannot fail.
     local grace_uses = redis.call('HINCRBY', KEYS[1], 'grace_uses', 1)
-    if now - tonumber(rotated_at) > grace or grace_uses > tonumber(ARGV[7]) then
+    if now - tonumber(rotated_at) > grace or grace_uses > tonumber(ARGV[7])
+            or token_generation + 1 < session_generation then
         revoke(prefix, sid, uid, ARGV[5], ARGV[2])
-        return {'reuse_detected', sid, uid}
+        return {'reuse_detected', sid, uid, 'replayed'}
     end
     outcome = 'grace'
+    new_generation = session_generation
+elseif token_generation < session_generation then
+    -- A sibling from a grace refresh, after another token of its generation rotated:
+    -- only that other chain continues, so this one is treated as stolen.
+    revoke(prefix, sid, uid, ARGV[5], ARGV[2])
+    return {'reuse_detected', sid, uid, 'superseded'}
 else
+    outcome = 'rotated'
+    new_generation = session_generation + 1
     redis.call('HSET', KEYS[1], 'rotated_at', ARGV[2])
 end
 
-redis.call('HSET', KEYS[2], 'sid', sid, 'uid', uid, 'exp', expires_at, 'rotated_at', '')
+redis.call('HSET', KEYS[2], 'sid', sid, 'uid', uid, 'exp', expires_at, 'rotated_at', '',
+           'generation', new_generation)
 redis.call('EXPIREAT', KEYS[2], tonumber(expires_at) + ARGV[6])
 redis.call('SADD', session_key .. ':tokens', ARGV[4])
-redis.call('HSET', session_key, 'last_used_at', ARGV[2])
+redis.call('HSET', session_key, 'last_used_at', ARGV[2], 'generation', new_generation)
 return {outcome, sid, uid}
 """
 
@@ -112,9 +141,9 @@ return {outcome, sid, uid}
 _CREATE_LUA = """
 local sid, uid, now, expires_at = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 redis.call('HSET', KEYS[1], 'uid', uid, 'created_at', now, 'last_used_at', now, 'expires_at', expires_at,
-           'user_agent', ARGV[5], 'ip', ARGV[6])
+           'user_agent', ARGV[5], 'ip', ARGV[6], 'generation', 0)
 redis.call('EXPIREAT', KEYS[1], expires_at)
-redis.call('HSET', KEYS[2], 'sid', sid, 'uid', uid, 'exp', expires_at, 'rotated_at', '')
+redis.call('HSET', KEYS[2], 'sid', sid, 'uid', uid, 'exp', expires_at, 'rotated_at', '', 'generation', 0)
 redis.call('EXPIREAT', KEYS[2], expires_at + tonumber(ARGV[8]))
 redis.call('SADD', KEYS[3], ARGV[7])
 redis.call('EXPIREAT', KEYS[3], expires_at)
@@ -170,12 +199,21 @@ class RefreshOutcome(StrEnum):
     INVALID = "invalid"
 
 
+class ReuseReason(StrEnum):
+    # A spent token came back after the grace interval, beyond the grace cap, or after
+    # the token its rotation issued had itself been rotated.
+    REPLAYED = "replayed"
+    # An unspent token of a generation that another token already advanced past.
+    SUPERSEDED = "superseded"
+
+
 @dataclass(frozen=True)
 class Rotation:
     outcome: RefreshOutcome
     session_id: str | None = None
     user_id: str | None = None
     refresh_token: str | None = None
+    reuse_reason: ReuseReason | None = None
 
 
 @dataclass(frozen=True)
@@ -248,8 +286,9 @@ class SessionStore:
         """Exchange a refresh token for a new one of the same session.
 
         A token already rotated more than grace_seconds ago is reuse: the whole
-        session is revoked. Within the grace interval a concurrent refresh gets its
-        own new token, and both new tokens stay valid.
+        session is revoked. Within the grace interval a concurrent refresh gets a
+        sibling of the token that the rotation issued. The first of those siblings to
+        rotate continues the session, and presenting any other one afterwards is reuse.
         """
         now = now if now is not None else time.time()
         new_token = new_refresh_token()
@@ -263,8 +302,9 @@ class SessionStore:
         outcome = RefreshOutcome(result[0])
         if outcome is RefreshOutcome.REUSE_DETECTED:
             self._on_revoked(result[1], self._revoked_until(now))
+            return Rotation(outcome, result[1], result[2], reuse_reason=ReuseReason(result[3]))
         if outcome is not RefreshOutcome.ROTATED and outcome is not RefreshOutcome.GRACE:
-            return Rotation(outcome, *result[1:3])
+            return Rotation(outcome)
 
         return Rotation(outcome, result[1], result[2], new_token)
 

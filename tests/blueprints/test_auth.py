@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import argon2
 import pymysql
@@ -14,7 +16,7 @@ from service.database import connect_args
 from service.redis_store import KEY_PREFIX
 from service.sessions import MAX_GRACE_REFRESHES, digest
 from tests.conftest import PASSWORD
-from tests.helpers import free_port
+from tests.helpers import bearer, free_port
 
 
 def login(client, email="alice@example.com", password=PASSWORD):
@@ -177,13 +179,144 @@ def test_refresh_reuse_leaves_other_sessions(user):
     assert client.post("/v1/auth/refresh", json={"refresh_token": other["refresh_token"]}).status_code == 200
 
 
+def refresh(client, refresh_token):
+    return client.post("/v1/auth/refresh", json={"refresh_token": refresh_token})
+
+
 def test_refresh_within_grace_succeeds(client, tokens):
-    first = client.post("/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
-    second = client.post("/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
+    first = refresh(client, tokens["refresh_token"])
+    second = refresh(client, tokens["refresh_token"])
     assert first.status_code == 200
     assert second.status_code == 200
-    for pair in (first.get_json(), second.get_json()):
-        assert client.post("/v1/auth/refresh", json={"refresh_token": pair["refresh_token"]}).status_code == 200
+    assert client.get("/v1/users/me", headers=bearer(second.get_json()["access_token"])).status_code == 200
+
+
+def test_refresh_retry_within_grace_keeps_session(user):
+    # The client never received the response to its first refresh, retried the same token
+    # and carries on with the retry's response, also after the grace interval.
+    app = create_app({"refresh_grace_seconds": 0.5})
+    client = app.test_client()
+    first = login(client).get_json()
+    refresh(client, first["refresh_token"])
+    retried = refresh(client, first["refresh_token"])
+    assert retried.status_code == 200
+    time.sleep(0.7)
+
+    pair = retried.get_json()
+    for _ in range(3):
+        response = refresh(client, pair["refresh_token"])
+        assert response.status_code == 200
+        pair = response.get_json()
+    assert client.get("/v1/users/me", headers=bearer(pair["access_token"])).status_code == 200
+    close_app(app)
+
+
+@pytest.mark.parametrize("winner", [0, 1, 2])
+def test_grace_siblings_continue_one_chain(user, winner):
+    app = create_app({"refresh_grace_seconds": 0.5})
+    client = app.test_client()
+    first = login(client).get_json()
+    siblings = [refresh(client, first["refresh_token"]).get_json() for _ in range(3)]
+    time.sleep(0.7)
+
+    # Whichever sibling rotates first continues the session, whether the rotation issued
+    # it or a grace refresh did.
+    pair = siblings[winner]
+    for _ in range(3):
+        response = refresh(client, pair["refresh_token"])
+        assert response.status_code == 200
+        pair = response.get_json()
+
+    losers = [sibling for index, sibling in enumerate(siblings) if index != winner]
+    stolen = refresh(client, losers[0]["refresh_token"])
+    assert stolen.status_code == 401
+    assert stolen.get_json()["code"] == "invalid_refresh_token"
+    assert refresh(client, losers[1]["refresh_token"]).status_code == 401
+    assert refresh(client, pair["refresh_token"]).status_code == 401
+    me = client.get("/v1/users/me", headers=bearer(pair["access_token"]))
+    assert me.status_code == 401
+    assert me.get_json()["code"] == "session_revoked"
+    close_app(app)
+
+
+def test_grace_sibling_superseded_within_grace(client, tokens):
+    # No waiting: a sibling loses as soon as another token of its generation rotates.
+    rotated = refresh(client, tokens["refresh_token"]).get_json()
+    sibling = refresh(client, tokens["refresh_token"]).get_json()
+    assert refresh(client, rotated["refresh_token"]).status_code == 200
+
+    assert refresh(client, sibling["refresh_token"]).status_code == 401
+    assert client.get("/v1/users/me", headers=bearer(rotated["access_token"])).status_code == 401
+
+
+def test_replay_after_chain_advanced_revokes(client, tokens):
+    # Within the grace interval, but the token that its rotation issued has rotated too.
+    second = refresh(client, tokens["refresh_token"]).get_json()
+    third = refresh(client, second["refresh_token"]).get_json()
+
+    assert refresh(client, tokens["refresh_token"]).status_code == 401
+    assert refresh(client, third["refresh_token"]).status_code == 401
+
+
+def test_parallel_refreshes_continue_one_chain(app, user):
+    tokens = login(app.test_client()).get_json()
+    # One rotation and every grace refresh the cap allows, all at once.
+    racers = MAX_GRACE_REFRESHES + 1
+    barrier = threading.Barrier(racers, timeout=30)
+
+    def refresh_together(refresh_token):
+        client = app.test_client()
+        barrier.wait()
+        return refresh(client, refresh_token)
+
+    with ThreadPoolExecutor(max_workers=racers) as pool:
+        responses = list(pool.map(refresh_together, [tokens["refresh_token"]] * racers))
+    assert [response.status_code for response in responses] == [200] * racers
+
+    # The siblings race again: one rotates, the next one revokes the session.
+    with ThreadPoolExecutor(max_workers=racers) as pool:
+        again = list(pool.map(refresh_together, [response.get_json()["refresh_token"] for response in responses]))
+    statuses = [response.status_code for response in again]
+    assert statuses.count(200) == 1
+    assert statuses.count(401) == racers - 1
+    client = app.test_client()
+    for response in again:
+        if response.status_code == 200:
+            assert refresh(client, response.get_json()["refresh_token"]).status_code == 401
+    assert client.get("/v1/users/me", headers=bearer(responses[0].get_json()["access_token"])).status_code == 401
+
+
+def strip_generations(settings, refresh_token):
+    """Remove the generation fields of a session and its tokens, like records written before generations."""
+    store = redis.Redis.from_url(settings.redis_url.get_secret_value(), decode_responses=True)
+    session_id = store.hget(f"{KEY_PREFIX}rt:{digest(refresh_token)}", "sid")
+    store.hdel(f"{KEY_PREFIX}sess:{session_id}", "generation")
+    for token_digest in store.smembers(f"{KEY_PREFIX}sess:{session_id}:tokens"):
+        store.hdel(f"{KEY_PREFIX}rt:{token_digest}", "generation")
+    return store, session_id
+
+
+def test_refresh_session_without_generation(client, tokens, settings):
+    store, session_id = strip_generations(settings, tokens["refresh_token"])
+
+    second = refresh(client, tokens["refresh_token"])
+    assert second.status_code == 200
+    third = refresh(client, second.get_json()["refresh_token"])
+    assert third.status_code == 200
+    assert store.hget(f"{KEY_PREFIX}sess:{session_id}", "generation") == "2"
+    assert store.hget(f"{KEY_PREFIX}rt:{digest(third.get_json()['refresh_token'])}", "generation") == "2"
+
+
+def test_grace_in_session_without_generation(client, tokens, settings):
+    # The token was spent before generations existed; a retry within the grace interval
+    # still gets a sibling, and the siblings still continue only one chain.
+    rotated = refresh(client, tokens["refresh_token"]).get_json()
+    strip_generations(settings, tokens["refresh_token"])
+
+    retried = refresh(client, tokens["refresh_token"])
+    assert retried.status_code == 200
+    assert refresh(client, rotated["refresh_token"]).status_code == 200
+    assert refresh(client, retried.get_json()["refresh_token"]).status_code == 401
 
 
 def test_refresh_without_mysql_keeps_token(client, tokens, settings):

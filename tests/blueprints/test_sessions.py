@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import logging
+
 from tests.conftest import PASSWORD
 from tests.helpers import bearer
 
@@ -94,3 +97,24 @@ def test_refresh_reuse_ends_session_everywhere(client, tokens):
     response = client.get("/v1/auth/sessions", headers=bearer(tokens["access_token"]))
     assert response.status_code == 401
     assert response.get_json()["code"] == "session_revoked"
+
+
+def test_superseded_sibling_ends_session(client, tokens, caplog):
+    other = login(client).get_json()
+    rotated = client.post("/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]}).get_json()
+    sibling = client.post("/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]}).get_json()
+    assert client.post("/v1/auth/refresh", json={"refresh_token": rotated["refresh_token"]}).status_code == 200
+
+    with caplog.at_level(logging.INFO):
+        response = client.post("/v1/auth/refresh", json={"refresh_token": sibling["refresh_token"]})
+    assert response.status_code == 401
+    events = [json.loads(record.getMessage()) for record in caplog.records if record.getMessage().startswith("{")]
+    reused = [event for event in events if event["event"] == "refresh_token_reused"]
+    assert len(reused) == 1
+    assert reused[0]["reason"] == "superseded"
+    assert reused[0]["level"] == "error"
+
+    sessions = client.get("/v1/auth/sessions", headers=bearer(other["access_token"])).get_json()["sessions"]
+    assert len(sessions) == 1
+    assert sessions[0]["current"] is True
+    assert client.get("/v1/users/me", headers=bearer(sibling["access_token"])).status_code == 401
