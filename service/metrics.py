@@ -142,7 +142,7 @@ def init_app(app: Flask) -> None:
         "group_by": "url_rule",
         # Probes and scrapes are the platform's traffic, not clients': recording them
         # would dilute the latency and error rates of client requests and cost each
-        # probe more than its own answer.
+        # probe more than its own response.
         "excluded_paths": ["^/(?:metrics|health|ready)$"],
     }
     # Neither variant registers an endpoint here: the exporter's own endpoint builds a

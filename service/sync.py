@@ -105,10 +105,10 @@ class EventListener:
         self._thread.start()
 
     def stop(self) -> None:
-        """Ask the loop to end; it does within about a second.
+        """Ask the loop to end, which it does within about a second.
 
         The app closes its pools right after this, so a resync in progress may fail on a
-        closed connection; with the stop requested, that is not logged as a failure.
+        closed connection. Because the stop was requested, that is not logged as a failure.
         """
         self._stopping.set()
 

@@ -208,7 +208,7 @@ def test_window_after_acquire_needs_no_redis_call(settings):
         # The window came along with the acquisition, so reading it cost no script call.
         assert evalsha_calls(client) == calls_before
         assert remaining_after_hit == 3
-        # It is reported once: a second read asks Redis, and gets the same count.
+        # It is reported once: a second read queries Redis, and gets the same count.
         assert limiter.get_window_stats(item, "client").remaining == 3
         assert evalsha_calls(client) == calls_before + 1
     finally:
