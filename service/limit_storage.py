@@ -34,7 +34,6 @@ T = TypeVar("T")
 # Keys look like gh:rl:LIMITER/127.0.0.1/auth.login/20/1/minute.
 RATE_LIMIT_KEY_PREFIX = KEY_PREFIX + "rl"
 STORAGE_SCHEME = "gatehouse+failover"
-MEMORY_STORAGE_SCHEME = "gatehouse+memory"
 # Keys one in-memory storage keeps before it evicts the least recently used one.
 # Measured with tracemalloc on CPython 3.11: 100000 keys with one request each take
 # about 32 MB, and each further request in a window about 34 bytes.
@@ -55,8 +54,6 @@ class BoundedMemoryStorage(Storage, MovingWindowSupport):
     operation's cost independent of the number of keys, and the LRU bound caps
     memory whatever the clients send.
     """
-
-    STORAGE_SCHEME = [MEMORY_STORAGE_SCHEME]
 
     def __init__(self, uri: str | None = None, *, max_keys: int = MEMORY_MAX_KEYS, **options: Any) -> None:
         super().__init__(uri, **options)
