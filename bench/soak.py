@@ -1,8 +1,9 @@
 """`make soak`: Gatehouse under a steady mixed load; resident memory of each worker over time.
 
-After a warm-up at the same rate, whose end is the baseline, bench/lua/mixed.lua
-runs at a fixed rate for the whole soak while the resident set size of every
-worker is sampled. Growth is the change from the baseline to the end of the
+The warm-up first saturates the server for a few seconds, so that every connection
+has had a request in flight at once, then runs at the soak's rate; its end is the
+baseline. Then bench/lua/mixed.lua runs at a fixed rate for the whole soak while the
+resident set size of every worker is sampled. Growth is the change from the baseline to the end of the
 soak. A leak shows as steady growth, and the samples show whether it levelled off.
 
 Then every account logs out everywhere and `gatehouse tokens purge` runs, and the
@@ -41,6 +42,10 @@ SAMPLE_INTERVAL_SECONDS = 10.0
 # The report lists one sample per this many seconds, enough to tell a plateau from a slope.
 REPORTED_SAMPLE_SECONDS = 60.0
 MAX_GROWTH_PERCENT = 5.0
+# Seconds of the saturating part of the warm-up, and the request rate its refresh
+# tokens are sized for (above what 2 workers serve of the mixed load).
+BURST_SECONDS = 10.0
+BURST_TOKEN_RATE = 5000.0
 
 
 @dataclass
@@ -123,7 +128,8 @@ def render(results: SoakResults) -> str:
     if run is not None:
         lines += [
             f"Load: bench/lua/mixed.lua at a fixed {results.rate:,.0f} req/s for {results.seconds:g} s after a "
-            f"{results.warmup_seconds:g} s warm-up at the same rate; {run.requests:,} requests at "
+            f"warm-up of {BURST_SECONDS:g} s at saturation and {results.warmup_seconds:g} s at the same rate; "
+            f"{run.requests:,} requests at "
             f"{run.rate:,.0f} req/s, p50 {run.latency_ms['p50']:.1f} ms, p99 {run.latency_ms['p99']:.1f} ms, "
             f"{run.error_count} errors, {run.errors['timeout']} timeouts; other processes kept "
             f"{run.other_cores:.2f} cores busy on average."
@@ -187,10 +193,15 @@ def run_soak(harness: Harness, args: argparse.Namespace) -> SoakResults:
     }
     access_file = str(fixtures.write_lines(harness.data_dir / "soak-access-tokens", access_tokens))
 
-    def mixed_env(seconds: float, name: str) -> dict[str, str]:
-        count = fixtures.tokens_needed(args.rate * 0.10, seconds, 1.05)
+    def mixed_env(seconds: float, name: str, rate: float = args.rate) -> dict[str, str]:
+        count = fixtures.tokens_needed(rate * 0.10, seconds, 1.05)
         return {**harness.refresh_env(env, user_ids, count, name), "BENCH_TOKENS_FILE": access_file}
 
+    # Every connection busy at once, as when a dependency stalls for a moment. The heap
+    # keeps what such a burst used, so without it in the warm-up, the first stall
+    # during the soak would show as growth of several MiB.
+    harness.wrk("soak-burst", server, "", "mixed.lua", seconds=BURST_SECONDS,
+                env=mixed_env(BURST_SECONDS, "soak-burst", rate=BURST_TOKEN_RATE))
     harness.wrk("soak-warmup", server, "", "mixed.lua", seconds=args.warmup_seconds, rate=args.rate,
                 env=mixed_env(args.warmup_seconds, "soak-warmup"))
     soak_env = mixed_env(args.seconds, "soak")
