@@ -192,63 +192,56 @@ def evalsha_calls(client: redis.Redis) -> int:
     return int(client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
 
 
-def test_window_after_acquire_needs_no_redis_call(settings):
+@pytest.fixture
+def redis_storage(settings):
+    """A FailoverStorage on the test Redis, and a plain client of the same server."""
     url = settings.redis_url.get_secret_value()
     storage = FailoverStorage(connection_pool=small_pool(url, socket_timeout=0.5), retry_seconds=60)
     client = redis.Redis.from_url(url)
+    yield storage, client
+    storage.close()
+    client.close()
+
+
+def test_window_after_acquire_needs_no_redis_call(redis_storage):
+    storage, client = redis_storage
     limiter = MovingWindowRateLimiter(storage)
     item = parse("5/minute")
-    try:
-        assert limiter.hit(item, "client")
-        assert limiter.hit(item, "client")
-        calls_before = evalsha_calls(client)
+    assert limiter.hit(item, "client")
+    assert limiter.hit(item, "client")
+    calls_before = evalsha_calls(client)
 
-        remaining_after_hit = limiter.get_window_stats(item, "client").remaining
+    remaining_after_hit = limiter.get_window_stats(item, "client").remaining
 
-        # The window came along with the acquisition, so reading it cost no script call.
-        assert evalsha_calls(client) == calls_before
-        assert remaining_after_hit == 3
-        # It is reported once: a second read queries Redis, and gets the same count.
-        assert limiter.get_window_stats(item, "client").remaining == 3
-        assert evalsha_calls(client) == calls_before + 1
-    finally:
-        storage.close()
-        client.close()
+    # The window came along with the acquisition, so reading it cost no script call.
+    assert evalsha_calls(client) == calls_before
+    assert remaining_after_hit == 3
+    # It is reported once: a second read queries Redis, and gets the same count.
+    assert limiter.get_window_stats(item, "client").remaining == 3
+    assert evalsha_calls(client) == calls_before + 1
 
 
-def test_acquire_survives_script_flush(settings):
-    url = settings.redis_url.get_secret_value()
-    storage = FailoverStorage(connection_pool=small_pool(url, socket_timeout=0.5), retry_seconds=60)
-    client = redis.Redis.from_url(url)
+def test_acquire_survives_script_flush(redis_storage):
+    storage, client = redis_storage
     limiter = MovingWindowRateLimiter(storage)
     item = parse("2/minute")
-    try:
-        assert limiter.hit(item, "client")
-        client.script_flush()
+    assert limiter.hit(item, "client")
+    client.script_flush()
 
-        assert limiter.hit(item, "client")
-        assert not limiter.hit(item, "client")
-        assert not storage.using_memory
-    finally:
-        storage.close()
-        client.close()
+    assert limiter.hit(item, "client")
+    assert not limiter.hit(item, "client")
+    assert not storage.using_memory
 
 
-def test_missing_window_script_counts_once(settings):
+def test_missing_window_script_counts_once(redis_storage):
     """Only the acquisition script is cached in Redis: the request still counts exactly once."""
-    url = settings.redis_url.get_secret_value()
-    storage = FailoverStorage(connection_pool=small_pool(url, socket_timeout=0.5), retry_seconds=60)
-    client = redis.Redis.from_url(url)
+    storage, client = redis_storage
     limiter = MovingWindowRateLimiter(storage)
     item = parse("3/minute")
-    try:
-        client.script_flush()
-        client.script_load(storage._redis.lua_acquire_moving_window.script)
+    client.script_flush()
+    client.script_load(storage._redis.lua_acquire_moving_window.script)
 
-        results = [limiter.hit(item, "client") for _ in range(4)]
+    results = [limiter.hit(item, "client") for _ in range(4)]
 
-        assert results == [True, True, True, False]
-        assert not storage.using_memory
-    finally:
-        storage.close()
-        client.close()
+    assert results == [True, True, True, False]
+    assert not storage.using_memory
