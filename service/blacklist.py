@@ -308,6 +308,9 @@ class BanList:
 
     def banned_until(self, address: str, now: float | None = None) -> float | None:
         """Return when the ban of the client address's network key ends (PERMANENT_SCORE for permanent), or None."""
+        if not self._bans:
+            return None  # the common case, without parsing the address
+
         key = client_network(address)
         until = self._bans.get(key)
         if until is None:
