@@ -1,10 +1,10 @@
 """`make soak`: Gatehouse under a steady mixed load; resident memory of each worker over time.
 
 The warm-up first saturates the server for a few seconds, so that every connection
-has had a request in flight at once, then runs at the soak's rate; its end is the
-baseline. Then bench/lua/mixed.lua runs at a fixed rate for the whole soak while the
-resident set size of every worker is sampled. Growth is the change from the baseline to the end of the
-soak. A leak shows as steady growth, and the samples show whether it levelled off.
+has had a request in flight at once. Then it runs at the soak's rate, and its end is
+the baseline. After it, bench/lua/mixed.lua runs at a fixed rate for the whole soak
+while the resident set size of every worker is sampled. Growth is the change from the
+baseline to the end of the soak. A leak shows as steady growth, and the samples show whether it levelled off.
 
 Then every account logs out everywhere and `gatehouse tokens purge` runs, and the
 Redis keys are counted against the baseline taken before the first session (see

@@ -38,8 +38,8 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    # OPTIONS is not part of the API: without this, Flask answers it on every route with an
-    # empty HTML 200, counted against the route's rate limit.
+    # OPTIONS is not part of the API. Without this, Flask returns an empty HTML 200 for it
+    # on every route, counted against the route's rate limit.
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     # /v1//auth/login would otherwise get a 308 redirect to a URL built from the Host
     # header; only the canonical spelling of a path matches a route.

@@ -141,7 +141,7 @@ class FailoverStorage(Storage, MovingWindowSupport):
                  **options: Any) -> None:
         super().__init__(uri, **options)
         # A pool of its own (service.redis_store.create_pool builds it for either Redis
-        # mode), so rate limiting and session operations never wait for each other's connections.
+        # mode), so rate limiting and session operations do not compete for connections.
         self.pool = connection_pool
         # RedisStorage takes every connection from the pool and reads only the scheme of this URI.
         self._redis = RedisStorage("redis://", connection_pool=self.pool, key_prefix=RATE_LIMIT_KEY_PREFIX)

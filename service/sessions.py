@@ -136,7 +136,7 @@ return {outcome, sid, uid}
 
 # KEYS: sess:<sid>, rt:<digest>, sess:<sid>:tokens, user:<uid>:sessions
 # ARGV: sid, uid, now, expires_at, user agent, ip, digest, token retention past session end
-# Expired members of the user index are left for the purge job; the index itself
+# Expired members of the user index are left for the purge job. The index itself
 # lives as long as its newest session.
 _CREATE_LUA = """
 local sid, uid, now, expires_at = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
@@ -180,7 +180,7 @@ return revoked
 class WriteNotReplicated(redis.ConnectionError):
     """A session write went to a replaced master, and no replica acknowledged it within the WAIT timeout.
 
-    The new master never sees the write. As a subclass of
+    The new master never receives the write. As a subclass of
     redis.ConnectionError it gets the Redis failure policy: 503 with Retry-After,
     and the client retries with the token it still holds.
     """
@@ -317,7 +317,7 @@ class SessionStore:
         promoted), and then the write is lost: WriteNotReplicated turns it into a
         503 before the client sees a token that the new master lacks. Or replicas
         are slow or absent, as for some seconds after a failover until Sentinel
-        attaches the old master to the new one: the write stands on the current
+        attaches the old master to the new one: the write remains on the current
         master, and the shortfall is logged and counted.
         """
         if not self._wait_replicas:

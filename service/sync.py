@@ -46,7 +46,7 @@ def create_listener_client(settings: Settings) -> redis.Redis:
     """
     pool = redis_store.create_pool(
         settings,
-        # The subscription holds one connection; the second covers a reconnection
+        # The subscription uses one connection. The second covers a reconnection
         # that starts before the pool has taken the broken one back.
         max_connections=2,
         timeout=settings.redis_connect_timeout,

@@ -26,7 +26,7 @@ MYSQL_TIMEOUT = 1.0
 # The shortest user cache allowed: most authenticated reads load the user from MySQL.
 USER_CACHE_SECONDS = 0.5
 DOWN_SECONDS = 3.0
-# How soon after MariaDB answers again every request must succeed.
+# How soon after MariaDB accepts connections again every request must succeed.
 RECOVERY_SECONDS = 3.0
 # Accounts registered before the load; the login and read threads use them.
 USERS = 8

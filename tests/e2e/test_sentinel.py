@@ -41,7 +41,7 @@ SERVICE = "gatehouse"
 REDIS_PASSWORD = "sentinel-test-redis-password"
 SENTINEL_PASSWORD = "sentinel-test-sentinel-password"
 FAILURE_TARGET_SECONDS = 5.0
-# Connections per probe round, enough that both workers answer some.
+# Connections per probe round, enough that both workers serve some.
 PROBES = 16
 LONG = bool(os.environ.get("GATEHOUSE_TEST_LONG"))
 
@@ -110,7 +110,7 @@ class SentinelGroup:
             time.sleep(0.2)
 
     def _settled(self) -> bool:
-        """Tell whether the replica is in sync and every Sentinel knows the replica and the two other Sentinels."""
+        """Check that the replica is in sync and every Sentinel has discovered the replica and the two other Sentinels."""
         try:
             if self.replica.client().info("replication").get("master_link_status") != "up":
                 return False
