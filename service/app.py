@@ -14,6 +14,7 @@ from service import api, ban_guard, database, errors, limits, log_file, login_gu
 from service.blacklist import BanList, Blacklist, BanPolicy, parse_networks
 from service.config import Settings, load_settings
 from service.context import EXTENSION_KEY, Services
+from service.flask_app import GatehouseFlask
 from service.logs import configure_logging
 from service.method_guard import MethodGuard
 from service.passwords import Passwords
@@ -36,7 +37,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     configure_logging(settings.log_level)
     log_file.attach(settings, logging.getLogger())
 
-    app = Flask(__name__)
+    app = GatehouseFlask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     # OPTIONS is not part of the API. Without this, Flask returns an empty HTML 200 for it
     # on every route, counted against the route's rate limit.
@@ -62,6 +63,9 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     payload.init_app(app, settings)
     _init_services(app, settings)
     _register_blueprints(app)
+    if settings.log_level != "debug":
+        app.bare_endpoints = frozenset({"health.health"})
+        app.bare_response_hook = request_log.echo_request_id
     log.info("app_created", pid=os.getpid(), gevent_patched=_gevent_patched())
     return app
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import random
 import re
 import time
-import uuid
 
 import structlog
-from flask import Flask, Response, g, request
+from flask import Flask, Request, Response, g, request
 
 from service.method_guard import ORIGINAL_METHOD_KEY
 
@@ -20,31 +20,56 @@ _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _QUIET_ROUTES = frozenset({"/health", "/ready", "/metrics"})
 
 
+def request_id_for(environ: dict) -> str:
+    """Return the client's X-Request-ID when it is short and plain, else a new random id."""
+    incoming = environ.get("HTTP_X_REQUEST_ID")
+    if incoming and _SAFE_REQUEST_ID.match(incoming):
+        return incoming
+    # Unique, not secret: random's generator avoids a system call per request, and
+    # Python reseeds it in each forked worker.
+    return f"{random.getrandbits(128):032x}"
+
+
+def echo_request_id(req: Request, response: Response) -> None:
+    """Set X-Request-ID on the response of a request that skipped the request hooks."""
+    response.headers[REQUEST_ID_HEADER] = request_id_for(req.environ)
+
+
 def _start_request() -> None:
-    incoming = request.headers.get(REQUEST_ID_HEADER, "")
-    g.request_id = incoming if _SAFE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
-    g.started = time.perf_counter()
+    req = request._get_current_object()  # type: ignore[attr-defined]
+    environ = req.environ
+    request_id = request_id_for(environ)
+    context = g._get_current_object()  # type: ignore[attr-defined]
+    context.request_id = request_id
+    context.started = time.perf_counter()
+    rule = req.url_rule
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(
-        request_id=g.request_id,
-        method=request.environ.get(ORIGINAL_METHOD_KEY, request.method),
-        route=request.url_rule.rule if request.url_rule else None,
-        client_ip=request.remote_addr,
+        request_id=request_id,
+        method=environ.get(ORIGINAL_METHOD_KEY) or environ["REQUEST_METHOD"],
+        route=rule.rule if rule is not None else None,
+        client_ip=environ.get("REMOTE_ADDR"),
     )
 
 
 def _finish_request(response: Response) -> Response:
-    response.headers[REQUEST_ID_HEADER] = g.get("request_id", "")
-    duration_ms = round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 2)
-    fields = {"status": response.status_code, "duration_ms": duration_ms}
-    if g.get("error_code"):
-        fields["error_code"] = g.error_code
+    context = g._get_current_object()  # type: ignore[attr-defined]
+    request_id = getattr(context, "request_id", "")
+    response.headers[REQUEST_ID_HEADER] = request_id
+    started = getattr(context, "started", None)
+    duration_ms = round((time.perf_counter() - started) * 1000, 2) if started is not None else 0.0
+    status = response.status_code
+    error_code = getattr(context, "error_code", None)
+    if error_code:
+        fields = {"status": status, "duration_ms": duration_ms, "error_code": error_code}
+    else:
+        fields = {"status": status, "duration_ms": duration_ms}
 
-    if response.status_code >= 500:
+    if status >= 500:
         log.error("request_completed", **fields)
-    elif response.status_code >= 400:
+    elif status >= 400:
         log.warning("request_completed", **fields)
-    elif request.url_rule is not None and request.url_rule.rule in _QUIET_ROUTES:
+    elif getattr(request.url_rule, "rule", None) in _QUIET_ROUTES:
         log.debug("request_completed", **fields)
     else:
         log.info("request_completed", **fields)
