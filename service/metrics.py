@@ -1,4 +1,4 @@
-"""Prometheus metrics: HTTP metrics from prometheus-flask-exporter, domain counters and gauges.
+"""Prometheus metrics: HTTP metrics through prometheus-flask-exporter, domain counters and gauges.
 
 In gunicorn, PROMETHEUS_MULTIPROC_DIR is set before any worker imports
 prometheus_client, so every worker writes its samples to files in that directory
@@ -19,8 +19,9 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, multi
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
-from prometheus_flask_exporter import NO_PREFIX, PrometheusMetrics
-from prometheus_flask_exporter.multiprocess import GunicornPrometheusMetrics
+from prometheus_flask_exporter import NO_PREFIX
+
+from service.http_metrics import EXCLUDED_PATHS, ROUTE_LABEL, GunicornHttpMetrics, HttpMetrics
 
 # Label values come from fixed vocabularies; never a user id, email, token or address.
 LOGINS = Counter("gatehouse_logins_total", "Login attempts by result.", ["result"])
@@ -139,20 +140,19 @@ def init_app(app: Flask) -> None:
     options = {
         "defaults_prefix": NO_PREFIX,
         # url_rule is the route template (/v1/auth/sessions/<id>), never the raw path.
-        "group_by": "url_rule",
-        # Probes and scrapes are the platform's traffic, not clients': recording them
-        # would dilute the latency and error rates of client requests and cost each
-        # probe more than its own response.
-        "excluded_paths": ["^/(?:metrics|health|ready)$"],
+        "group_by": ROUTE_LABEL,
+        # Applied by the recorder in service.http_metrics; given here too for the
+        # exporter's own decorators.
+        "excluded_paths": [f"^{path}$" for path in sorted(EXCLUDED_PATHS)],
     }
     # Neither variant registers an endpoint here: the exporter's own endpoint builds a
     # new registry per scrape, which would drop the scrape-time gauges, and it fails
     # with 500 on a `name[]` filter in multiprocess mode.
     if _multiprocess():
-        GunicornPrometheusMetrics(app, **options)
+        GunicornHttpMetrics(app, **options)
     else:
         # Single process (flask run, a debugger): the default registry contains everything.
-        PrometheusMetrics(app, path=None, **options)
+        HttpMetrics(app, path=None, **options)
     _initialize_labels()
     _track_in_flight(app)
 
