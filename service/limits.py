@@ -10,6 +10,7 @@ limit_storage describes what happens while Redis fails.
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import math
 import time
@@ -131,6 +132,21 @@ class RouteLimiter(Limiter):
         self._worker_limits = worker_limits
         self._route_kinds: dict[str | None, RouteKind] = {}
         super().__init__(*args, **kwargs)
+
+    def init_app(self, app: Flask) -> None:
+        super().init_app(app)
+        # flask-limiter's after-request hook makes conditional deductions and writes the
+        # headers; neither is used here (no deduct_when, headers_enabled=False, add_headers
+        # below writes them). Its teardown resets a context that is stored on the request
+        # context and ends with it. Both would cost every request, so they are removed.
+        after = app.after_request_funcs.get(None, [])
+        teardown = app.teardown_request_funcs.get(None, [])
+        kept_after = [f for f in after if not (isinstance(f, functools.partial) and self in f.args)]
+        kept_teardown = [f for f in teardown if getattr(f, "__self__", None) is not self]
+        assert (len(after) - len(kept_after), len(teardown) - len(kept_teardown)) == (1, 1), \
+            "flask-limiter's request hooks changed; review RouteLimiter.init_app"
+        app.after_request_funcs[None] = kept_after
+        app.teardown_request_funcs[None] = kept_teardown
 
     def _check_request_limit(self, callable_name: str | None = None, in_middleware: bool = True) -> None:
         kind = _route_kind(current_app, self._route_kinds)
