@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from typing import Any
 
 import structlog
+from pydantic_core import to_json
 from gunicorn.glogging import Logger as GunicornBaseLogger
 
 # Keys whose values never reach a log line, whatever the caller passes.
@@ -16,11 +18,27 @@ SECRET_KEYS = frozenset(
      "redis_sentinel_password"}
 )
 
+_second = -1
+_second_text = ""
+
+
+def add_timestamp(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Add the UTC time as ISO 8601 with microseconds, formatting the date and time once per second."""
+    global _second, _second_text
+    now = time.time()
+    second = int(now)
+    if second != _second:
+        _second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _second = second
+    event["timestamp"] = f"{_second_text}.{int((now - second) * 1_000_000):06d}Z"
+    return event
+
+
 _SHARED_PROCESSORS: list[Any] = [
     structlog.contextvars.merge_contextvars,
     structlog.stdlib.add_log_level,
     structlog.stdlib.add_logger_name,
-    structlog.processors.TimeStamper(fmt="iso", utc=True),
+    add_timestamp,
 ]
 
 
@@ -38,11 +56,45 @@ class RenderedLine(str):
     __slots__ = ()
 
 
-def _render_line(logger: Any, method: str, event: dict[str, Any]) -> str:
-    return RenderedLine(_json_renderer(logger, method, event))
+def render_json(_logger: Any, _method: str, event: dict[str, Any]) -> str:
+    """Render an event as one JSON line; values JSON has no type for appear as their repr()."""
+    return to_json(event, ensure_ascii=True, fallback=repr).decode()
 
 
-_json_renderer = structlog.processors.JSONRenderer()
+def _write_line(logger: Any, method: str, event: dict[str, Any]) -> str:
+    """Render the event and write it to every handler that would receive it, then stop structlog.
+
+    The standard library's path for one line (a LogRecord, the logger and handler
+    locks, the handler chain) cost more than rendering it. The line goes straight to
+    stdout instead; any other handler (the log file, a test's capture) still gets a
+    record, built once. Handlers are found the way logging finds them: the logger's
+    own, then its ancestors' while propagate is set.
+    """
+    if logger.disabled:
+        raise structlog.DropEvent
+    line = RenderedLine(render_json(logger, method, event))
+    levelno = _LEVELS.get(method, logging.INFO)
+    record = None
+    current = logger
+    while current is not None:
+        for handler in current.handlers:
+            if levelno < handler.level:
+                continue
+            if type(handler) is _StdoutHandler:
+                stream = sys.stdout
+                stream.write(line + "\n")
+                stream.flush()
+                continue
+            if record is None:
+                record = logger.makeRecord(logger.name, levelno, "(unknown file)", 0, line, None, None)
+            handler.handle(record)
+        current = current.parent if current.propagate else None
+    raise structlog.DropEvent
+
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "warn": logging.WARNING,
+           "error": logging.ERROR, "exception": logging.ERROR, "critical": logging.CRITICAL,
+           "fatal": logging.CRITICAL}
 # The end of every chain: secrets removed, exceptions as text, one JSON line.
 _RENDER_PROCESSORS: list[Any] = [redact_secrets, structlog.processors.format_exc_info]
 
@@ -67,7 +119,7 @@ def json_formatter() -> logging.Formatter:
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             *_RENDER_PROCESSORS,
-            _json_renderer,
+            render_json,
         ],
     )
 
@@ -99,7 +151,7 @@ def configure_logging(level: str = "info") -> None:
     """Route structlog and the root logger to JSON lines on stdout."""
     # The level check comes first, so a debug event below the level costs no processing.
     structlog.configure(
-        processors=[structlog.stdlib.filter_by_level, *_SHARED_PROCESSORS, *_RENDER_PROCESSORS, _render_line],
+        processors=[structlog.stdlib.filter_by_level, *_SHARED_PROCESSORS, *_RENDER_PROCESSORS, _write_line],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -145,11 +146,12 @@ def test_delay_logged_with_client_ip(delayed, capsys):
 
     wrong_login(delayed, ATTACKER)
 
-    output = capsys.readouterr().out
-    assert '"event": "rate_limited"' in output
-    assert '"limit": "login_delay"' in output
-    assert f'"client_ip": "{ATTACKER}"' in output
-    assert '"route": "/v1/auth/login"' in output
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    limited = [event for event in events if event["event"] == "rate_limited"]
+    assert len(limited) == 1
+    assert limited[0]["limit"] == "login_delay"
+    assert limited[0]["client_ip"] == ATTACKER
+    assert limited[0]["route"] == "/v1/auth/login"
 
 
 def test_known_address_passes_while_account_attacked(delayed):
