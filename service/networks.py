@@ -8,6 +8,7 @@ address (::ffff:203.0.113.7) gets the key of its IPv4 address.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 # Key for a client address that is not an IP address, such as a value a
@@ -16,6 +17,9 @@ import ipaddress
 UNPARSABLE_CLIENT = "unparsable"
 
 
+# Parsing an address costs a few microseconds, and every request needs its key. The
+# cache is bounded: a flood of distinct IPv6 addresses only evicts older entries.
+@functools.lru_cache(maxsize=4096)
 def client_network(address: str | None) -> str:
     """Return the key of a client address: an IPv4 address, or the /64 network of an IPv6 one."""
     try:

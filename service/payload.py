@@ -39,7 +39,13 @@ def body_limit(settings: Settings, path: str) -> int:
 
 
 def _has_body() -> bool:
-    return bool(request.content_length) or "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+    # Read from the environ: request.content_length and request.headers parse on each access.
+    environ = request.environ
+    length = environ.get("CONTENT_LENGTH")
+    if length and length.isdigit() and int(length) > 0:
+        return True
+    encoding = environ.get("HTTP_TRANSFER_ENCODING")
+    return encoding is not None and "chunked" in encoding.lower()
 
 
 def _read_body(settings: Settings) -> None:
@@ -65,7 +71,7 @@ def _read_body(settings: Settings) -> None:
 
 
 def _close_unread_body(response: Response) -> Response:
-    if g.get("body_complete") or not _has_body():
+    if not _has_body() or g.get("body_complete"):
         return response
 
     sock = request.environ.get("gunicorn.socket")
