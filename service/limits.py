@@ -1,4 +1,4 @@
-"""Rate limits per client address and route: flask-limiter on Redis, 429 as problem+json.
+"""Rate limits per client address and route: flask-limiter's strategy on Redis, 429 as problem+json.
 
 Every route gets GATEHOUSE_RATE_LIMIT_DEFAULT unless ROUTE_LIMIT_SETTINGS names a
 setting of its own, and the probes and /metrics are exempt. Each route counts
@@ -19,10 +19,9 @@ from typing import Any
 
 import structlog
 from flask import Flask, Response, current_app, g, request
-from flask_limiter import Limiter, RateLimitExceeded
-from limits import RateLimitItem
-from limits import parse as parse_limit
-from limits.strategies import MovingWindowRateLimiter
+from flask_limiter import Limiter
+from limits import RateLimitItem, parse_many
+from limits.strategies import MovingWindowRateLimiter, RateLimiter
 
 from service import auth, metrics, redis_store
 from service.config import Settings
@@ -65,7 +64,7 @@ def _route() -> str | None:
 
 
 class RouteKind(enum.Enum):
-    """The counter a route uses: none, this worker's memory, or Redis."""
+    """The counters a route uses: none, this worker's memory, or Redis."""
 
     EXEMPT = "exempt"
     WORKER = "worker"
@@ -79,66 +78,77 @@ def _route_kind(app: Flask, kinds: dict[str | None, RouteKind]) -> RouteKind:
     if kind is None:
         view = app.view_functions.get(endpoint or "")
         operation = getattr(view, "openapi_operation", None)
-        if _route() in EXEMPT_ROUTES:
+        if endpoint is None or _route() in EXEMPT_ROUTES:
             kind = RouteKind.EXEMPT
         elif getattr(operation, "bearer", False):
             kind = RouteKind.WORKER
         else:
             kind = RouteKind.SHARED
-        # NOTE: unmatched requests (endpoint None: 404, 405) reach flask-limiter, which
-        # skips a request without an endpoint, so they are not counted.
+        # NOTE: unmatched requests (endpoint None: 404, 405) are not counted, as
+        # flask-limiter's own check would not count them either.
         kinds[endpoint] = kind
     return kind
 
 
-class WorkerLimits:
-    """Moving-window counters in this worker's memory, through the limits library.
+class RouteCounters:
+    """Count requests per client and route against the route's limits, through a limits strategy.
 
-    Routes that require an access token count here, so a warm authenticated request
-    makes no Redis call. Their limit guards the worker's capacity, not a secret, and
-    an invalid token costs one signature check.
-    NOTE: with W workers and R replicas, such a route allows up to W x R times its limit.
+    Each of a route's limits counts the request, shortest window first, as
+    flask-limiter orders them; the first one that is used up refuses it. The
+    X-RateLimit headers describe the shortest window.
     """
 
-    def __init__(self, limit_for_route: Callable[[str | None], str]) -> None:
+    def __init__(self, strategy: RateLimiter, limit_for_route: Callable[[str | None], str]) -> None:
+        self._strategy = strategy
         self._limit_for_route = limit_for_route
-        self._strategy = MovingWindowRateLimiter(BoundedMemoryStorage())
-        self._items: dict[str | None, RateLimitItem] = {}
+        self._items: dict[str | None, list[RateLimitItem]] = {}
 
-    def hit(self, route: str | None, endpoint: str, client: str) -> tuple[int, int, float]:
-        """Count one request; return (limit, remaining, reset time) or raise RateLimited."""
-        item = self._items.get(route)
-        if item is None:
-            item = self._items[route] = parse_limit(self._limit_for_route(route))
-        allowed = self._strategy.hit(item, client, endpoint)
-        reset_time, remaining = self._strategy.get_window_stats(item, client, endpoint)
-        if not allowed:
-            retry_after = seconds_until(reset_time)
-            raise RateLimited(f"Too many requests from this address; retry after {retry_after} s.",
-                              retry_after=retry_after, limit="client_ip")
-        return item.amount, max(0, remaining), reset_time
+    def hit(self, route: str | None, endpoint: str, client: str) -> tuple[bool, tuple[int, int, float]]:
+        """Count one request; return whether it is allowed and the window (limit, remaining, reset time).
+
+        A refused request reports the window of the limit that refused it.
+        """
+        items = self._items.get(route)
+        if items is None:
+            items = self._items[route] = sorted(parse_many(self._limit_for_route(route)))
+        for item in items:
+            if not self._strategy.hit(item, client, endpoint):
+                reset_time, _ = self._strategy.get_window_stats(item, client, endpoint)
+                return False, (item.amount, 0, reset_time)
+        reset_time, remaining = self._strategy.get_window_stats(items[0], client, endpoint)
+        return True, (items[0].amount, max(0, remaining), reset_time)
 
 
 class RouteLimiter(Limiter):
-    """flask-limiter for the limits counted in Redis, checking only the routes it owns.
+    """flask-limiter's storage and strategy, with each route's limit applied by RouteCounters.
 
-    flask-limiter evaluates every limiter's limits, request filters and exemptions on
-    each request, which cost the warm authenticated request more than its own work.
-    This subclass decides first, from the route: probes pass unchecked, bearer routes
-    go to WorkerLimits, and only the others reach flask-limiter's check.
+    flask-limiter builds the Redis storage and the moving-window strategy from its
+    configuration. Its own check resolves, parses and filters every limit on each
+    request, which cost a refresh more CPU than its Redis round trip. This subclass
+    decides from the route instead, once per endpoint: probes and unmatched requests
+    pass unchecked, routes that require a bearer token count in this worker's memory,
+    and every other route counts in Redis through flask-limiter's strategy.
+
+    Bearer routes count in memory so that a warm authenticated request makes no
+    Redis call. Their limit guards the worker's capacity, not a secret, and an
+    invalid token costs one signature check.
+    NOTE: with W workers and R replicas, a bearer route allows up to W x R times its limit.
     """
 
-    def __init__(self, *args: Any, worker_limits: WorkerLimits, **kwargs: Any) -> None:
-        self._worker_limits = worker_limits
+    def __init__(self, *args: Any, limit_for_route: Callable[[str | None], str], **kwargs: Any) -> None:
+        self._limit_for_route = limit_for_route
         self._route_kinds: dict[str | None, RouteKind] = {}
+        self._worker_counters = RouteCounters(MovingWindowRateLimiter(BoundedMemoryStorage()), limit_for_route)
+        self._shared_counters: RouteCounters | None = None
         super().__init__(*args, **kwargs)
 
     def init_app(self, app: Flask) -> None:
         super().init_app(app)
+        self._shared_counters = RouteCounters(self.limiter, self._limit_for_route)
         # flask-limiter's after-request hook makes conditional deductions and writes the
-        # headers; neither is used here (no deduct_when, headers_enabled=False, add_headers
-        # below writes them). Its teardown resets a context that is stored on the request
-        # context and ends with it. Both would cost every request, so they are removed.
+        # headers, and its teardown resets the context of its own check, which never
+        # runs here (add_headers below writes the headers). Both would cost every
+        # request, so they are removed.
         after = app.after_request_funcs.get(None, [])
         teardown = app.teardown_request_funcs.get(None, [])
         kept_after = [f for f in after if not (isinstance(f, functools.partial) and self in f.args)]
@@ -148,12 +158,23 @@ class RouteLimiter(Limiter):
         app.after_request_funcs[None] = kept_after
         app.teardown_request_funcs[None] = kept_teardown
 
+    def limit(self, *_args: Any, **_kwargs: Any) -> Any:
+        raise TypeError("route limits come from ROUTE_LIMIT_SETTINGS in service.limits, not from decorators")
+
+    shared_limit = limit
+
     def _check_request_limit(self, callable_name: str | None = None, in_middleware: bool = True) -> None:
         kind = _route_kind(current_app, self._route_kinds)
-        if kind is RouteKind.SHARED:
-            super()._check_request_limit(callable_name, in_middleware)
-        elif kind is RouteKind.WORKER:
-            g.rate_limit_window = self._worker_limits.hit(_route(), request.endpoint or "", _client_key())
+        if kind is RouteKind.EXEMPT:
+            return
+        counters = self._worker_counters if kind is RouteKind.WORKER else self._shared_counters
+        assert counters is not None, "init_app has not run"
+        allowed, window = counters.hit(_route(), request.endpoint or "", _client_key())
+        g.rate_limit_window = window
+        if not allowed:
+            retry_after = seconds_until(window[2])
+            raise RateLimited(f"Too many requests from this address; retry after {retry_after} s.",
+                              retry_after=retry_after, limit="client_ip")
 
 
 def init_app(app: Flask, settings: Settings) -> Limiter:
@@ -162,12 +183,11 @@ def init_app(app: Flask, settings: Settings) -> Limiter:
     def limit_for_route(route: str | None) -> str:
         return getattr(settings, ROUTE_LIMIT_SETTINGS.get(route or "", "rate_limit_default"))
 
-    # One default limit whose value depends on the route. Default limits are counted
-    # per route, and flask-limiter checks them before the view runs.
+    # Every route counts separately, with the limit limit_for_route gives it, before the view runs.
     shared = RouteLimiter(
         _client_key,
         app=app,
-        default_limits=[lambda: limit_for_route(_route())],
+        limit_for_route=limit_for_route,
         strategy="moving-window",
         storage_uri=f"{STORAGE_SCHEME}://",
         storage_options={
@@ -179,10 +199,8 @@ def init_app(app: Flask, settings: Settings) -> Limiter:
             ),
             "retry_seconds": settings.rate_limit_retry_seconds,
         },
-        # add_headers below writes the headers, because flask-limiter's Retry-After
-        # truncates to whole seconds and is 0 just before the window frees a request.
+        # add_headers below writes the headers from the window RouteCounters returned.
         headers_enabled=False,
-        worker_limits=WorkerLimits(limit_for_route),
     )
     # flask-limiter logs each breach at info as free text; the rate_limited event below replaces it.
     logging.getLogger("flask-limiter").setLevel(logging.WARNING)
@@ -190,11 +208,7 @@ def init_app(app: Flask, settings: Settings) -> Limiter:
     def add_headers(response: Response) -> Response:
         window = g.get("rate_limit_window")
         if window is None:
-            current = shared.current_limit
-            if current is None:
-                return response
-            reset_time, remaining = current.window
-            window = (current.limit.amount, remaining, reset_time)
+            return response
 
         amount, remaining, reset_time = window
         response.headers[HEADER_LIMIT] = str(amount)
@@ -202,16 +216,7 @@ def init_app(app: Flask, settings: Settings) -> Limiter:
         response.headers[HEADER_RESET] = str(math.ceil(reset_time))
         return response
 
-    def handle_exceeded(_exc: RateLimitExceeded) -> Response:
-        current = shared.current_limit
-        retry_after = seconds_until(current.window.reset_time) if current is not None else 1
-        return handle_rate_limited(RateLimited(
-            f"Too many requests from this address; retry after {retry_after} s.",
-            retry_after=retry_after, limit="client_ip",
-        ))
-
     app.after_request(add_headers)
-    app.register_error_handler(RateLimitExceeded, handle_exceeded)
     app.register_error_handler(RateLimited, handle_rate_limited)
     app.extensions[LIMITER_KEY] = shared
     return shared

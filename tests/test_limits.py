@@ -191,3 +191,27 @@ def test_openapi_lists_429_except_exempt(client):
     assert "429" in paths["/v1/auth/login"]["post"]["responses"]
     assert "429" in paths["/.well-known/jwks.json"]["get"]["responses"]
     assert "429" not in paths["/health"]["get"]["responses"]
+
+
+def test_every_limit_of_a_route_counts_and_headers_show_the_shortest_window():
+    app = create_app({"rate_limit_login": "100/minute;3/hour", "rate_limit_login_account": "100/minute"})
+    try:
+        client = app.test_client()
+        allowed = [failed_login(client, f"user{n}@example.com") for n in range(3)]
+        refused = failed_login(client, "another@example.com")
+    finally:
+        close_app(app)
+
+    assert [response.status_code for response in allowed] == [401] * 3
+    assert [response.headers["X-RateLimit-Limit"] for response in allowed] == ["100"] * 3
+    assert [response.headers["X-RateLimit-Remaining"] for response in allowed] == ["99", "98", "97"]
+    assert refused.status_code == 429
+    assert refused.headers["X-RateLimit-Limit"] == "3"
+    assert refused.headers["X-RateLimit-Remaining"] == "0"
+    assert int(refused.headers["Retry-After"]) > 60
+
+
+def test_route_limits_cannot_be_declared_with_decorators(limited_app):
+    limiter = limited_app.extensions["gatehouse.limiter"]
+    with pytest.raises(TypeError, match="ROUTE_LIMIT_SETTINGS"):
+        limiter.limit("1/second")
