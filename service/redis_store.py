@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
@@ -57,16 +58,22 @@ class SentinelBlockingConnectionPool(SentinelConnectionPool, redis.BlockingConne
         self._next_master_check = 0.0
 
 
+@functools.cache
+def _lent_connections() -> Any:
+    # The labelled child is looked up once: every Redis command lends a connection.
+    return POOL_IN_USE.labels(pool="redis")
+
+
 class _PoolGauges:
     """Counts lent connections in the pool gauges; mixed in before a pool class."""
 
     def get_connection(self, *args: Any, **kwargs: Any) -> Any:
         connection = super().get_connection(*args, **kwargs)  # type: ignore[misc]
-        POOL_IN_USE.labels(pool="redis").inc()
+        _lent_connections().inc()
         return connection
 
     def release(self, connection: Any) -> None:
-        POOL_IN_USE.labels(pool="redis").dec()
+        _lent_connections().dec()
         super().release(connection)  # type: ignore[misc]
 
 
