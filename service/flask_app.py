@@ -6,7 +6,7 @@ Three departures from Flask's defaults, each worth microseconds on every request
   opens or saves a session; every request gets the same empty null session.
 - No async views. Every view and hook is a plain function, so Flask does not
   need to ask of each one, on each request, whether it is a coroutine.
-- Bare endpoints. The liveness probe only shows that a worker answers. Kubelets
+- Bare endpoints. The liveness probe only shows that a worker responds. Kubelets
   call it every few seconds, and it never fails for a client's reason, so it
   skips the request hooks: no log line, metrics, rate limit or ban check. It still
   echoes or makes a request id. With debug logging on it takes the full path, so
@@ -41,19 +41,19 @@ class NoSessions(SessionInterface):
 
 
 class GatehouseFlask(Flask):
-    """Flask without cookie sessions or async views, with bare endpoints for the probes."""
+    """Flask without cookie sessions or async views, with bare endpoints that skip the request hooks."""
 
     session_interface = NoSessions()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.bare_endpoints: frozenset[str] = frozenset()
-        # Sets the response header of a bare endpoint, given the request; see request_log.
+        # Called with the request and response of a bare endpoint to set X-Request-ID (request_log).
         self.bare_response_hook: Callable[[Request, Response], None] | None = None
 
     def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
-        # Flask's version asks inspect whether func is a coroutine function, for every
-        # hook and view of every request. The service has no async views.
+        # Flask's version calls inspect.iscoroutinefunction on every hook and view of
+        # every request. The service has no async views.
         return func
 
     def _is_bare(self) -> bool:

@@ -92,7 +92,8 @@ class _CachedDefaults:
                         app: Flask | None = None, **_kwargs: Any) -> None:
         app = app or self.app
         assert app is not None, "export_defaults needs the app"
-        assert group_by == ROUTE_LABEL and latency_as_histogram, "only the route-template histogram is supported"
+        assert group_by == ROUTE_LABEL, "the route label must be the route template"
+        assert latency_as_histogram, "request durations must be a histogram"
         prefix = "" if prefix == NO_PREFIX else f"{prefix}_"
         self.info(f"{prefix}exporter_info", "Information about the Prometheus Flask exporter",  # type: ignore[attr-defined]
                   version=self.version)

@@ -183,7 +183,7 @@ def init_app(app: Flask, settings: Settings) -> Limiter:
     def limit_for_route(route: str | None) -> str:
         return getattr(settings, ROUTE_LIMIT_SETTINGS.get(route or "", "rate_limit_default"))
 
-    # Every route counts separately, with the limit limit_for_route gives it, before the view runs.
+    # Every route counts separately, before the view runs, against the limit that limit_for_route returns for it.
     shared = RouteLimiter(
         _client_key,
         app=app,

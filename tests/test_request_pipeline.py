@@ -87,7 +87,7 @@ def test_http_metrics_leave_out_probes_and_scrapes(client):
     assert {path: _count(path, "200") for path in before} == before
 
 
-def test_log_line_is_one_json_object_with_request_fields(client, user, tokens, capsys):
+def test_log_line_request_fields(client, user, tokens, capsys):
     capsys.readouterr()
 
     response = client.get("/v1/users/me", headers={"Authorization": f"Bearer {tokens['access_token']}"})
