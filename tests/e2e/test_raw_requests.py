@@ -89,3 +89,26 @@ def test_encoded_separator_in_query_served(server, settings):
 
     assert status == 200
     assert json.loads(body)["items"] == []
+
+
+@pytest.mark.parametrize("second", ["Authorization: Bearer {token}", "Authorization: Bearer invalid",
+                                    "authorization: Basic Zm9vOmJhcg==", "Authorization: "],
+                         ids=["same_token", "invalid_token", "basic", "empty"])
+@pytest.mark.parametrize("valid_first", [True, False], ids=["valid_first", "valid_second"])
+def test_two_authorization_headers_rejected(server, settings, second, valid_first):
+    token = admin_token(server, settings)
+    valid = f"Authorization: Bearer {token}"
+    # Served once first, so the token's claims are cached in the worker as on a warm request.
+    assert raw_request(server.url, "/v1/users/me", [valid])[0] == 200
+    headers = [valid, second.format(token=token)]
+    if not valid_first:
+        headers.reverse()
+
+    status, fields, body = raw_request(server.url, "/v1/users/me", headers)
+
+    assert status == 401
+    assert fields["content-type"] == "application/problem+json"
+    assert 'error="invalid_token"' in fields["www-authenticate"]
+    problem = json.loads(body)
+    assert problem["code"] == "invalid_token"
+    assert "one Authorization header" in problem["detail"]
