@@ -233,7 +233,9 @@ class AuditEntry(BaseModel):
     action: str
     target_type: str
     target_id: str
-    detail: str
+    detail: dict[str, Any] = Field(
+        description='facts of the action, such as {"role": "admin", "changed": true}. '
+                    'A detail too long to store has "truncated": true.')
     client_ip: str
 
 

@@ -223,6 +223,17 @@ def test_audit_row_records_actor_and_ip(client, admin_tokens, settings):
     assert entry["client_ip"] == "192.0.2.7"
 
 
+def test_audit_detail_is_object(client, admin_tokens):
+    user_id = register(client, "bob@example.com")
+    headers = bearer(admin_tokens["access_token"])
+    client.put(f"/v1/admin/users/{user_id}/roles/admin", headers=headers)
+
+    entries = client.get("/v1/admin/audit", headers=headers).get_json()["entries"]
+
+    [entry] = [entry for entry in entries if entry["action"] == "role_granted" and entry["target_id"] == user_id]
+    assert entry["detail"] == {"role": "admin", "changed": True}
+
+
 def test_cli_grant_is_audited(client, admin_tokens):
     actions = audit_actions(client, admin_tokens)
     assert ("role_granted", admin_tokens["user_id"]) in actions
