@@ -112,3 +112,18 @@ def test_two_authorization_headers_rejected(server, settings, second, valid_firs
     problem = json.loads(body)
     assert problem["code"] == "invalid_token"
     assert "one Authorization header" in problem["detail"]
+
+
+@pytest.mark.parametrize(("target", "expected_status", "expected_server"), [
+    ("/health", 200, "gatehouse"),
+    ("/v1/users/me", 401, "gatehouse"),
+    ("/nowhere", 404, "gatehouse"),
+    # gunicorn rejects an over-long request line itself, with no Server header.
+    ("/" + "a" * 5000, 414, None),
+], ids=["app_success", "app_error", "not_found", "gunicorn_error"])
+def test_server_header_names_no_software(server, target, expected_status, expected_server):
+    status, headers, _ = raw_request(server.url, target, [])
+
+    assert status == expected_status
+    assert headers.get("server") == expected_server
+    assert "gunicorn" not in json.dumps(headers).lower()
