@@ -8,6 +8,8 @@ import os
 import sys
 import tempfile
 
+import gunicorn.http.wsgi
+
 from service.config import InvalidConfiguration, load_settings
 
 try:
@@ -72,6 +74,18 @@ limit_request_line = 4094
 limit_request_fields = 50
 #   limit_request_field_size - longest header field in bytes; an access token is under 1 KiB.
 limit_request_field_size = 8190
+
+#
+# Response headers
+#
+#   Server - gunicorn has no setting for this header. gunicorn 27 writes
+#       "Server: gunicorn" into every HTTP/1 and HTTP/2 response of the app from the
+#       module global gunicorn.http.wsgi.SERVER, which workers inherit from the master.
+#       Its own error pages (400, 414, 431) carry no Server header. The product name
+#       gives a scanner no server software to match against known flaws, and reveals
+#       nothing new: every problem type contains it. tests/e2e/test_raw_requests.py
+#       fails if an upgrade ignores this.
+gunicorn.http.wsgi.SERVER = "gatehouse"
 
 #
 # Logging

@@ -154,10 +154,15 @@ class RoleNameConverter(BaseConverter):
 
 
 class AddressConverter(BaseConverter):
-    """An IPv4 or IPv6 address in a path, optionally with a prefix length (2001:db8::/64); validated by the view."""
+    """An IPv4 or IPv6 address in a path, optionally with a prefix length (2001:db8::/64); validated by the view.
+
+    The documented pattern leaves the prefix length out: a client built from the OpenAPI
+    document encodes the slash as %2F, which service.method_guard rejects. Any address of
+    the network names it as well.
+    """
 
     regex = "[0-9A-Fa-f.:]{2,45}(?:/[0-9]{1,3})?"
-    pattern = "^[0-9A-Fa-f.:]{2,45}(?:/[0-9]{1,3})?$"
+    pattern = "^[0-9A-Fa-f.:]{2,45}$"
 
 
 CONVERTERS = {"id": IdConverter, "role": RoleNameConverter, "address": AddressConverter}
@@ -223,7 +228,9 @@ def _operation_object(spec: Operation, path_parameters: list[tuple[str, str]], *
         if model is not None:
             entry["content"] = {"application/json": {"schema": _ref(model)}}
         responses[str(status)] = entry
-    for status in spec.errors + ((429,) if rate_limited else ()):
+    # A path parameter sent with an encoded slash or backslash gets 400 encoded_path_separator.
+    path_errors = (400,) if path_parameters else ()
+    for status in spec.errors + path_errors + ((429,) if rate_limited else ()):
         if status in spec.responses:
             continue
         responses[str(status)] = {

@@ -12,11 +12,54 @@ from service.database import Database
 
 log = structlog.get_logger(__name__)
 
+# The audit_log.detail column is VARCHAR(1024).
+DETAIL_MAX_CHARS = 1024
+# A string value of an oversized detail is cut to this many characters, at most 768 once
+# escaped (6 per character as \uXXXX), so a detail with one long string fits after the cut.
+_CUT_STRING_CHARS = 128
+
+
+def serialize_detail(detail: dict[str, Any]) -> str:
+    """Serialize a detail as a JSON object that fits the column, cutting long strings when it does not.
+
+    A cut detail gets "truncated": true. The admin_action log line keeps the whole detail.
+    """
+    text = json.dumps(detail, sort_keys=True)
+    if len(text) <= DETAIL_MAX_CHARS:
+        return text
+
+    cut = {key: value[:_CUT_STRING_CHARS] if isinstance(value, str) else value for key, value in detail.items()}
+    text = json.dumps({**cut, "truncated": True}, sort_keys=True)
+    if len(text) <= DETAIL_MAX_CHARS:
+        return text
+
+    return json.dumps({"truncated": True})
+
+
+def parse_detail(text: str) -> dict[str, Any]:
+    """Parse a stored detail into a JSON object.
+
+    Rows written before serialize_detail existed were cut at the column size, which can
+    leave invalid JSON. Such a row, or any other text that is not a JSON object, comes
+    back as {"truncated": true, "text": <the stored text>}, and the column default "" as {}.
+    """
+    if not text:
+        return {}
+
+    try:
+        detail = json.loads(text)
+    except ValueError:
+        detail = None
+    if not isinstance(detail, dict):
+        return {"truncated": True, "text": text}
+
+    return detail
+
 
 def record(database: Database, *, actor_id: str | None, action: str, target_type: str, target_id: str,
            client_ip: str, detail: dict[str, Any] | None = None) -> None:
     """Write an audit row and log the action; actor_id None means the command line."""
-    detail_text = json.dumps(detail or {}, sort_keys=True)[:1024]
+    detail_text = serialize_detail(detail or {})
     with database.cursor() as cursor:
         cursor.execute(
             "INSERT INTO audit_log (created_at, actor_id, action, target_type, target_id, detail, client_ip)"
@@ -30,7 +73,7 @@ def record(database: Database, *, actor_id: str | None, action: str, target_type
 
 def entries(database: Database, *, target_type: str | None = None, target_id: str | None = None,
             limit: int = 100) -> list[dict[str, Any]]:
-    """Return the newest audit rows, optionally for one target."""
+    """Return the newest audit rows, optionally for one target, each detail parsed into a dict."""
     sql = "SELECT id, created_at, actor_id, action, target_type, target_id, detail, client_ip FROM audit_log"
     args: list[Any] = []
     if target_type and target_id:
@@ -42,4 +85,5 @@ def entries(database: Database, *, target_type: str | None = None, target_id: st
         cursor.execute(sql, args)
         rows = list(cursor.fetchall())
     # DATETIME columns hold UTC without a zone; give the values theirs back.
-    return [{**row, "created_at": row["created_at"].replace(tzinfo=UTC)} for row in rows]
+    return [{**row, "created_at": row["created_at"].replace(tzinfo=UTC), "detail": parse_detail(row["detail"])}
+            for row in rows]

@@ -15,7 +15,7 @@ from flask import g, request
 from service import users
 from service.context import Services, services
 from service.errors import DatabaseUnavailable, InvalidToken, MissingRole, MissingToken, SessionRevoked
-from service.tokens.access import AccessClaims, verify_access_token
+from service.tokens.access import MULTIPLE_AUTHORIZATION_DETAIL, AccessClaims, verify_access_token
 from service.single_flight import LoadTimedOut
 from service.users import User
 
@@ -32,6 +32,8 @@ def _bearer_token() -> str:
     if not header:
         raise MissingToken()
     if scheme.lower() != "bearer" or not token.strip():
+        if "," in header:
+            raise InvalidToken(MULTIPLE_AUTHORIZATION_DETAIL)
         raise InvalidToken("Authorization header must be 'Bearer <token>'.")
 
     return token.strip()

@@ -7,8 +7,10 @@ from typing import Any
 import pymysql
 import redis
 import structlog
-from flask import Flask, Response, g, json
+from flask import Flask, Response, g, json, request
 from werkzeug.exceptions import HTTPException
+
+from service.method_guard import ENCODED_SEPARATOR_KEY
 
 log = structlog.get_logger(__name__)
 
@@ -40,6 +42,12 @@ class InvalidRequest(Problem):
 
 class InvalidJson(Problem):
     status, code, title = 400, "invalid_json", "Request body is not valid JSON"
+
+
+class EncodedPathSeparator(Problem):
+    """The raw request path contains %2F or %5C, which the WSGI server would decode into a separator."""
+
+    status, code, title = 400, "encoded_path_separator", "Encoded slash or backslash in the path"
 
 
 class UnsupportedMediaType(Problem):
@@ -196,7 +204,12 @@ def _handle_problem(problem: Problem) -> Response:
 
 def _handle_http_exception(exc: HTTPException) -> Response:
     problem_class = _HTTP_EXCEPTIONS.get(exc.code or 500)
-    if problem_class is None:
+    if exc.code == 404 and ENCODED_SEPARATOR_KEY in request.environ:
+        # MethodGuard routed the request by its raw path, which matches no route.
+        problem: Problem = EncodedPathSeparator(
+            "The path contains an encoded slash or backslash (%2F or %5C), which no route accepts. "
+            "Send path separators unencoded.", field="path")
+    elif problem_class is None:
         problem = Problem(exc.description)
         problem.status, problem.code, problem.title = exc.code or 500, "http_error", exc.name
     else:

@@ -182,12 +182,30 @@ class UserPage(BaseModel):
     )
 
 
+def parse_cursor(value: str) -> str:
+    """Return the email of a user-listing cursor in its stored form, or raise ValueError if it is not an email.
+
+    A cursor is the next_cursor of an earlier page, which is the last email of that page.
+    """
+    try:
+        return normalize_email(value)
+    except ValueError:
+        raise ValueError("invalid cursor: pass the next_cursor of the previous page unchanged") from None
+
+
+UserCursor = Annotated[
+    str,
+    Field(max_length=EMAIL_MAX_LENGTH, json_schema_extra={"format": "email"}),
+    AfterValidator(parse_cursor),
+]
+
+
 class UserSearch(QueryParameters):
     query: str | None = Field(None, max_length=320, description="substring of the email, case-insensitive")
     status: Literal["active", "disabled"] | None = None
     limit: int = Field(50, ge=1, le=200)
-    cursor: str | None = Field(None, max_length=EMAIL_MAX_LENGTH,
-                               description="list only users whose email sorts after this one")
+    cursor: UserCursor | None = Field(
+        None, description="the next_cursor of the previous page: lists only users whose email sorts after it")
 
 
 class Role(BaseModel):
@@ -215,7 +233,9 @@ class AuditEntry(BaseModel):
     action: str
     target_type: str
     target_id: str
-    detail: str
+    detail: dict[str, Any] = Field(
+        description='facts of the action, such as {"role": "admin", "changed": true}. '
+                    'A detail too long to store has "truncated": true.')
     client_ip: str
 
 

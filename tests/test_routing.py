@@ -33,3 +33,47 @@ def test_options_not_counted_by_limit(client):
 
     limit = int(response.headers["X-RateLimit-Limit"])
     assert int(response.headers["X-RateLimit-Remaining"]) == limit - 1
+
+
+@pytest.mark.parametrize("path", ["/v1%2fadmin%2fusers", "/v1%2Fadmin/users", "/v1/admin%5cusers",
+                                  "/v1/admin/users%5C", "/%2e%2e%2Fv1/admin/users", "/health%2F",
+                                  "/static/a%2Fb"])
+def test_encoded_separator_rejected(client, admin_tokens, path):
+    response = client.get(path, headers={"Authorization": f"Bearer {admin_tokens['access_token']}"})
+
+    assert response.status_code == 400
+    assert response.content_type == "application/problem+json"
+    assert response.get_json()["code"] == "encoded_path_separator"
+    assert response.get_json()["field"] == "path"
+    assert response.headers["X-Request-ID"]
+
+
+def test_encoded_separator_in_query_allowed(client, admin_tokens):
+    response = client.get("/v1/admin/users?query=%2F", headers={"Authorization": f"Bearer {admin_tokens['access_token']}"})
+
+    assert response.status_code == 200
+
+
+def test_other_encoded_characters_allowed(client):
+    # %2D is "-": only encoded separators are rejected, other escapes decode as usual.
+    response = client.get("/.well%2Dknown/jwks.json")
+
+    assert response.status_code == 200
+
+
+
+def test_openapi_lists_400_for_path_parameters(client):
+    paths = client.get("/openapi.json").get_json()["paths"]
+
+    for path, operations in paths.items():
+        if "{" not in path:
+            continue
+        for method, spec in operations.items():
+            assert "400" in spec["responses"], f"{method.upper()} {path}"
+
+
+def test_openapi_address_parameter_has_no_slash(client):
+    # A generated client would send the slash of 2001:db8::/64 as %2F, which is rejected.
+    parameters = client.get("/openapi.json").get_json()["paths"]["/v1/admin/bans/{ip}"]["delete"]["parameters"]
+
+    assert parameters[0]["schema"]["pattern"] == "^[0-9A-Fa-f.:]{2,45}$"

@@ -58,7 +58,10 @@ def admin_token(settings) -> str:
                                  HealthCheck.filter_too_much])
 def test_operation_conforms(case, admin_token):
     excluded = []
-    if case.body and isinstance(case.body, dict) and "email" in case.body:
+    has_email_body = bool(case.body) and isinstance(case.body, dict) and "email" in case.body
+    # The cursor of the user listing is an email too.
+    has_email_query = bool(case.query) and "cursor" in case.query
+    if has_email_body or has_email_query:
         # JSON Schema's email format admits special-use domains (example.test, foo.local)
         # that email-validator rejects on purpose, so a 400 there is not a defect.
         excluded.append(positive_data_acceptance)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -16,6 +17,12 @@ TOKEN_TYPE = "at+jwt"
 # Larger tokens are rejected before any parsing; ours are well under 1 KiB.
 MAX_TOKEN_LENGTH = 4096
 REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub", "sid", "jti"]
+# gunicorn 27 (http/wsgi.py) joins repeated header fields with commas, so a request with
+# two Authorization headers arrives as one value containing both. No access token contains a comma.
+MULTIPLE_AUTHORIZATION_DETAIL = "Access token is malformed: send one Authorization header with one bearer token."
+# JWS compact serialization (RFC 7515 section 7.1): header, payload and signature in base64url.
+# Checked before PyJWT parses the token, so no other character can reach its base64 decoding.
+COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,10 @@ def verify_access_token(ring: KeyRing, settings: Settings, token: str) -> Access
     """
     if len(token) > MAX_TOKEN_LENGTH:
         raise InvalidToken("Access token too long.")
+    if "," in token:
+        raise InvalidToken(MULTIPLE_AUTHORIZATION_DETAIL)
+    if not COMPACT_JWS.fullmatch(token):
+        raise InvalidToken("Access token is malformed.")
 
     try:
         header = jwt.get_unverified_header(token)

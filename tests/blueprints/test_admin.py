@@ -73,6 +73,29 @@ def test_list_users_rejects_bad_query(client, admin_tokens, query):
     assert response.get_json()["field"]
 
 
+@pytest.mark.parametrize("cursor", ["garbage", "", "alice", "alice@", "@example.com", "a" * 300 + "@example.com"],
+                         ids=["word", "empty", "no_at", "no_domain", "no_local_part", "too_long"])
+def test_list_users_rejects_invalid_cursor(client, admin_tokens, cursor):
+    response = client.get("/v1/admin/users", query_string={"cursor": cursor},
+                          headers=bearer(admin_tokens["access_token"]))
+
+    assert response.status_code == 400
+    assert response.content_type == "application/problem+json"
+    assert response.get_json()["code"] == "invalid_request"
+    assert response.get_json()["field"] == "cursor"
+
+
+def test_list_users_cursor_compared_normalized(client, admin_tokens):
+    for index in range(3):
+        register(client, f"user{index}@example.com")
+
+    response = client.get("/v1/admin/users", query_string={"cursor": "User0@Example.COM"},
+                          headers=bearer(admin_tokens["access_token"]))
+
+    assert response.status_code == 200
+    assert [item["email"] for item in response.get_json()["items"]] == ["user1@example.com", "user2@example.com"]
+
+
 def test_get_user_shows_roles_and_sessions(client, admin_tokens):
     user_id = register(client, "bob@example.com")
     login(client, "bob@example.com")
@@ -198,6 +221,17 @@ def test_audit_row_records_actor_and_ip(client, admin_tokens, settings):
     assert entry["actor_id"] == admin_tokens["user_id"]
     assert entry["target_type"] == "user"
     assert entry["client_ip"] == "192.0.2.7"
+
+
+def test_audit_detail_is_object(client, admin_tokens):
+    user_id = register(client, "bob@example.com")
+    headers = bearer(admin_tokens["access_token"])
+    client.put(f"/v1/admin/users/{user_id}/roles/admin", headers=headers)
+
+    entries = client.get("/v1/admin/audit", headers=headers).get_json()["entries"]
+
+    [entry] = [entry for entry in entries if entry["action"] == "role_granted" and entry["target_id"] == user_id]
+    assert entry["detail"] == {"role": "admin", "changed": True}
 
 
 def test_cli_grant_is_audited(client, admin_tokens):

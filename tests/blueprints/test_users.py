@@ -39,3 +39,14 @@ def test_me_deleted_user_rejected(client, user, tokens, settings):
     response = client.get("/v1/users/me", headers={"Authorization": f"Bearer {tokens['access_token']}"})
     assert response.status_code == 401
     assert response.get_json()["code"] == "invalid_token"
+
+
+def test_me_joined_authorization_headers_rejected(client, tokens):
+    # gunicorn joins two Authorization headers with a comma; the first one fails the scheme check here.
+    token = tokens["access_token"]
+    for header in (f"Basic Zm9vOmJhcg==,Bearer {token}", f",Bearer {token}", f"Bearer {token},Bearer {token}"):
+        response = client.get("/v1/users/me", headers={"Authorization": header})
+
+        assert response.status_code == 401, header
+        assert response.get_json()["code"] == "invalid_token", header
+        assert "one Authorization header" in response.get_json()["detail"], header

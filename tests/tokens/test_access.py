@@ -158,3 +158,28 @@ def test_full_issued_lifetime_accepted(ring, settings):
     token = sign(ring, claims(settings, iat=now, exp=now + settings.access_token_ttl_seconds))
 
     assert verify_access_token(ring, settings, token).expires_at == now + settings.access_token_ttl_seconds
+
+
+@pytest.mark.parametrize("suffix", [",", ", ", ",!!", ",==", ",Basic Zm9vOmJhcg==", ",Bearer {token}"],
+                         ids=["comma", "comma_space", "comma_junk", "comma_padding", "comma_basic", "second_token"])
+def test_comma_joined_tokens_rejected(ring, settings, suffix):
+    # gunicorn joins two Authorization headers into one value with a comma.
+    token = issue_access_token(ring, settings, "u1", "s1")
+
+    with pytest.raises(InvalidToken, match="one Authorization header"):
+        verify_access_token(ring, settings, token + suffix.format(token=token))
+
+
+@pytest.mark.parametrize("junk", ["!", "=", "+", "/", "~", " ", "\t", "%2E"])
+def test_characters_outside_base64url_rejected(ring, settings, junk):
+    header, payload, signature = issue_access_token(ring, settings, "u1", "s1").split(".")
+
+    for token in (f"{header}{junk}.{payload}.{signature}", f"{header}.{payload}.{signature}{junk}"):
+        with pytest.raises(InvalidToken, match="malformed"):
+            verify_access_token(ring, settings, token)
+
+
+@pytest.mark.parametrize("token", ["", "a.b", "a.b.c.d", "a..c", ".b.c"])
+def test_not_three_segments_rejected(ring, settings, token):
+    with pytest.raises(InvalidToken, match="malformed"):
+        verify_access_token(ring, settings, token)

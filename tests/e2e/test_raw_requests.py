@@ -1,0 +1,129 @@
+"""Requests whose handling depends on how gunicorn parses them: the raw request target,
+repeated header fields, and the headers gunicorn adds to every response.
+
+The requests are written to a socket by hand, because HTTP client libraries normalize
+what these tests need to send.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import pytest
+import requests
+
+from tests.conftest import PASSWORD
+from tests.helpers import bearer, create_user, login
+
+pytestmark = pytest.mark.e2e
+
+
+def raw_request(url: str, target: str, headers: list[str]) -> tuple[int, dict[str, str], bytes]:
+    """Send GET target with header lines on a new connection; return the status, headers and body."""
+    host, port = url.removeprefix("http://").split(":")
+    lines = [f"GET {target} HTTP/1.1", f"Host: {host}", "Connection: close", *headers]
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    fields = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        fields[name.strip().lower()] = value.strip()
+    return int(status_line.split(" ", 2)[1]), fields, body
+
+
+def admin_token(server, settings) -> str:
+    create_user(settings, "root@example.com", PASSWORD, roles=("admin",))
+    return login(server.url, "root@example.com", PASSWORD)["access_token"]
+
+
+def request_log(server, request_id: str) -> list[dict]:
+    """Return the request_completed records of one request id from the server's output."""
+    time.sleep(0.5)
+    records = [json.loads(line) for line in server.output().splitlines() if line.startswith("{")]
+    return [record for record in records
+            if record.get("event") == "request_completed" and record.get("request_id") == request_id]
+
+
+def count_status(url: str, status: int) -> float:
+    text = requests.get(f"{url}/metrics", timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("http_request_total{") and f'status="{status}"' in line)
+
+
+@pytest.mark.parametrize("target", ["/v1%2fadmin%2fusers", "/v1%2Fadmin%2Fusers", "/v1/admin%5cusers",
+                                    "/v1%2Fadmin/users?limit=1"])
+def test_encoded_separator_rejected(server, settings, target):
+    token = admin_token(server, settings)
+    # The decoded path is a route this token may use, so only the encoding is at fault.
+    assert raw_request(server.url, "/v1/admin/users", [f"Authorization: Bearer {token}"])[0] == 200
+    before = count_status(server.url, 400)
+    request_id = f"encoded-separator-{time.monotonic_ns()}"
+
+    status, headers, body = raw_request(server.url, target,
+                                        [f"Authorization: Bearer {token}", f"X-Request-ID: {request_id}"])
+
+    assert status == 400
+    assert headers["content-type"] == "application/problem+json"
+    problem = json.loads(body)
+    assert problem["code"] == "encoded_path_separator"
+    assert problem["field"] == "path"
+    assert problem["request_id"] == request_id
+    logged = request_log(server, request_id)
+    assert len(logged) == 1
+    assert logged[0]["status"] == 400
+    assert logged[0]["error_code"] == "encoded_path_separator"
+    assert count_status(server.url, 400) == before + 1
+
+
+def test_encoded_separator_in_query_served(server, settings):
+    token = admin_token(server, settings)
+
+    status, _, body = raw_request(server.url, "/v1/admin/users?query=%2F", [f"Authorization: Bearer {token}"])
+
+    assert status == 200
+    assert json.loads(body)["items"] == []
+
+
+@pytest.mark.parametrize("second", ["Authorization: Bearer {token}", "Authorization: Bearer invalid",
+                                    "authorization: Basic Zm9vOmJhcg==", "Authorization: "],
+                         ids=["same_token", "invalid_token", "basic", "empty"])
+@pytest.mark.parametrize("valid_first", [True, False], ids=["valid_first", "valid_second"])
+def test_two_authorization_headers_rejected(server, settings, second, valid_first):
+    token = admin_token(server, settings)
+    valid = f"Authorization: Bearer {token}"
+    # Served once first, so the token's claims are cached in the worker as on a warm request.
+    assert raw_request(server.url, "/v1/users/me", [valid])[0] == 200
+    headers = [valid, second.format(token=token)]
+    if not valid_first:
+        headers.reverse()
+
+    status, fields, body = raw_request(server.url, "/v1/users/me", headers)
+
+    assert status == 401
+    assert fields["content-type"] == "application/problem+json"
+    assert 'error="invalid_token"' in fields["www-authenticate"]
+    problem = json.loads(body)
+    assert problem["code"] == "invalid_token"
+    assert "one Authorization header" in problem["detail"]
+
+
+@pytest.mark.parametrize(("target", "expected_status", "expected_server"), [
+    ("/health", 200, "gatehouse"),
+    ("/v1/users/me", 401, "gatehouse"),
+    ("/nowhere", 404, "gatehouse"),
+    # gunicorn rejects an over-long request line itself, with no Server header.
+    ("/" + "a" * 5000, 414, None),
+], ids=["app_success", "app_error", "not_found", "gunicorn_error"])
+def test_server_header_names_no_software(server, target, expected_status, expected_server):
+    status, headers, _ = raw_request(server.url, target, [])
+
+    assert status == expected_status
+    assert headers.get("server") == expected_server
+    assert "gunicorn" not in json.dumps(headers).lower()
