@@ -53,6 +53,9 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     app.wsgi_app = MethodGuard(app.wsgi_app)  # type: ignore[method-assign]
     api.register_converters(app)
     request_log.init_app(app)
+    # Before the ban check: its teardown hook decrements the gauge for every request,
+    # so the increment must run for a refused one too.
+    metrics.track_in_flight(app)
     # Before every other hook, so a banned address is refused before any work is done for it.
     ban_guard.init_app(app)
     errors.init_app(app)

@@ -121,7 +121,8 @@ class ScrapeCollector(Collector):
         yield GaugeMetricFamily("gatehouse_blacklisted_ips", "Client addresses banned right now.", value=banned)
 
 
-def _track_in_flight(app: Flask) -> None:
+def track_in_flight(app: Flask) -> None:
+    """Count requests being served; register before any hook that can end a request early."""
     @app.before_request
     def _request_started() -> None:
         IN_FLIGHT.inc()
@@ -154,7 +155,6 @@ def init_app(app: Flask) -> None:
         # Single process (flask run, a debugger): the default registry contains everything.
         HttpMetrics(app, path=None, **options)
     _initialize_labels()
-    _track_in_flight(app)
 
 
 def register_scrape_collector(app: Flask, collector: ScrapeCollector) -> None:

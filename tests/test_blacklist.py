@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from service import metrics
 from service.app import close_app, create_app
 from service.blacklist import parse_networks
 from service.networks import UNPARSABLE_CLIENT, parse_network_key
@@ -322,3 +323,15 @@ def test_cli_shows_network_key(ban_app):
     assert unbanned.returncode == 0, unbanned.stderr
     assert "unbanned 2001:db8:9::/64" in unbanned.stdout.splitlines()
     assert cli("ban", "2001:db8::/48", "--reason", "x").returncode == 2
+
+
+def test_refused_requests_leave_in_flight_gauge(ban_app, user):
+    client = ban_app.test_client()
+    for _ in range(3):
+        fail_login(client, ATTACKER)
+    before = metrics.IN_FLIGHT._value.get()
+
+    statuses = [client.get("/v1/users/me", environ_base={"REMOTE_ADDR": ATTACKER}).status_code for _ in range(5)]
+
+    assert statuses == [403] * 5
+    assert metrics.IN_FLIGHT._value.get() == before
