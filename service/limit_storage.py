@@ -259,7 +259,8 @@ class FailoverStorage(Storage, MovingWindowSupport):
         """Read counters and moving windows (key, limit, expiry) in one round trip to Redis.
 
         Returns the counters' values and each window's start and entry count, in the
-        order given, as get and get_moving_window would.
+        order given, as get and get_moving_window would. A window read takes a second
+        round trip when Redis has lost the window script, which that call loads again.
         """
         def read(storage: Storage) -> tuple[list[int], list[tuple[float, int]]]:
             if storage is self._redis:
