@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import socket
 import threading
+import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -25,6 +28,13 @@ _CONNECTION_FAILURES = (pymysql.err.OperationalError, pymysql.err.InterfaceError
 # and 2006 (the write to the socket failed). 2013 (connection lost while reading the
 # answer) is not among them, because the server may already have run the statement.
 _NOT_SENT_CODES = frozenset({2003, 2006})
+# A connection that went back to the pool less than this many seconds ago is checked
+# without a round trip when it is taken again; after a longer idle time it gets a COM_PING.
+# DBUtils lends the connection that has been idle longest, so a worker with n idle
+# connections pings only while it takes fewer than n / PING_AFTER_IDLE_SECONDS a second.
+# Firewalls and NAT gateways that drop idle connections without closing them do so after
+# minutes (an AWS NAT gateway after 350 s), far beyond this.
+PING_AFTER_IDLE_SECONDS = 5.0
 
 
 def _retry_is_safe(error: Exception) -> bool:
@@ -38,6 +48,38 @@ def _retry_is_safe(error: Exception) -> bool:
         return True
 
     return bool(error.args) and error.args[0] in _NOT_SENT_CODES
+
+
+def _socket_state(connection: pymysql.connections.Connection) -> bool | None:
+    """Tell without a round trip whether the connection is still open on the server; None when it cannot tell.
+
+    Between two statements the server sends nothing, so a readable socket means the
+    server closed the connection (wait_timeout, KILL, a restart) or sent an error before
+    closing it (MySQL 8.0.24 and later send ER_CLIENT_INTERACTION_TIMEOUT on wait_timeout).
+    Either way the connection is unusable.
+    """
+    # pymysql 1.2 has no public accessor for its socket.
+    sock = getattr(connection, "_sock", None)
+    if sock is None:
+        return None
+
+    timeout = sock.gettimeout()
+    # Non-blocking, also for gevent's socket, which would otherwise wait for data.
+    sock.settimeout(0)
+    try:
+        sock.recv(1, socket.MSG_PEEK)
+    except BlockingIOError:
+        return True
+    except ValueError:
+        # A TLS socket takes no recv flags.
+        return None
+    except OSError:
+        return False
+    finally:
+        # pymysql remembers the timeout it set last and sets it again only when it differs.
+        sock.settimeout(timeout)
+    # End of stream, or unsolicited bytes.
+    return False
 
 
 def connect_args(settings: Settings) -> dict[str, Any]:
@@ -67,6 +109,8 @@ class Database:
         # semaphore bounds the wait. Under gevent the semaphore is gevent's.
         self._slots = threading.BoundedSemaphore(self.size)
         self._in_use = 0
+        # When each pymysql connection last went back to the pool.
+        self._returned_at: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
         POOL_MAX.labels(pool="mysql").set(self.size)
         self._pool = PooledDB(
             creator=pymysql,
@@ -74,15 +118,38 @@ class Database:
             maxcached=self.size,
             maxconnections=self.size,
             blocking=False,
-            # ping=1 checks each connection when it is taken from the pool, so one the
-            # server closed (wait_timeout, restart) is reopened instead of failing the request.
-            ping=1,
+            # DBUtils calls this check each time it takes a connection from the pool, and
+            # reopens a connection that fails it (one the server closed on wait_timeout or a
+            # restart) instead of failing the request.
+            ping=self._is_usable,
             # False: roll back only transactions opened with begin(); autocommit covers the rest.
             reset=False,
             failures=_CONNECTION_FAILURES,
             isfatal=_retry_is_safe,
             **connect_args(settings),
         )
+
+    def _is_usable(self, connection: pymysql.connections.Connection) -> bool:
+        """Check a connection taken from the pool; DBUtils reopens it when this returns False or raises.
+
+        DBUtils runs the check while it holds the pool's lock, so a round trip here would
+        hold up every other checkout of the worker. A recently returned connection is
+        checked on its socket alone.
+        """
+        if not connection.open:
+            return False
+
+        returned_at = self._returned_at.get(connection)
+        if returned_at is not None and time.monotonic() - returned_at < PING_AFTER_IDLE_SECONDS:
+            # NOTE: the socket shows only a connection that the server closed. One dropped
+            # without a close (a network fault) is not reopened here: its statement fails
+            # after GATEHOUSE_MYSQL_READ_TIMEOUT, and the request gets 503.
+            state = _socket_state(connection)
+            if state is not None:
+                return state
+
+        connection.ping(reconnect=False)
+        return True
 
     @property
     def in_use(self) -> int:
@@ -105,6 +172,7 @@ class Database:
             try:
                 yield connection
             finally:
+                self._returned_at[connection.dbapi_connection] = time.monotonic()
                 connection.close()
         finally:
             self._in_use -= 1

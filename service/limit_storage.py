@@ -17,7 +17,7 @@ import bisect
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import redis
@@ -253,6 +253,75 @@ class FailoverStorage(Storage, MovingWindowSupport):
             self._recent_windows[key] = ((float(window[0]), int(window[1])) if window else (now, 0),
                                          time.monotonic())
         return bool(acquired)
+
+    def read_many(self, counter_keys: Sequence[str],
+                  windows: Sequence[tuple[str, int, int]]) -> tuple[list[int], list[tuple[float, int]]]:
+        """Read counters and moving windows (key, limit, expiry) in one round trip to Redis.
+
+        Returns the counters' values and each window's start and entry count, in the
+        order given, as get and get_moving_window would. A window read takes a second
+        round trip when Redis has lost the window script, which that call loads again.
+        """
+        def read(storage: Storage) -> tuple[list[int], list[tuple[float, int]]]:
+            if storage is self._redis:
+                return self._read_in_redis(counter_keys, windows)
+            counters = [storage.get(key) for key in counter_keys]
+            return counters, [storage.get_moving_window(*window) for window in windows]  # type: ignore[attr-defined]
+
+        return self._call(read)
+
+    def _read_in_redis(self, counter_keys: Sequence[str],
+                       windows: Sequence[tuple[str, int, int]]) -> tuple[list[int], list[tuple[float, int]]]:
+        now = time.time()
+        pipe = self._redis.get_connection().pipeline(transaction=False)
+        for key in counter_keys:
+            pipe.get(self._redis.prefixed_key(key))
+        for key, limit, expiry in windows:
+            pipe.evalsha(self._redis.lua_moving_window.sha, 1, self._redis.prefixed_key(key), now - expiry, limit)
+        results = pipe.execute(raise_on_error=False)
+
+        counter_results = results[:len(counter_keys)]
+        for result in counter_results:
+            if isinstance(result, Exception):
+                raise result
+        counters = [int(value or 0) for value in counter_results]
+
+        window_results = []
+        for (key, limit, expiry), window in zip(windows, results[len(counter_keys):], strict=True):
+            if isinstance(window, redis.exceptions.NoScriptError):
+                # Not in Redis's script cache (flushed, or never loaded): the library's own call loads it.
+                window_results.append(self._redis.get_moving_window(key, limit, expiry))
+            elif isinstance(window, Exception):
+                raise window
+            else:
+                window_results.append((float(window[0]), int(window[1])) if window else (now, 0))
+        return counters, window_results
+
+    def clear_and_mark(self, keys: Sequence[str], marker_key: str | None = None, expiry: int = 0) -> None:
+        """Delete keys and set the counter marker_key to 1, expiring in expiry seconds, in one round trip to Redis.
+
+        The marker gets a fresh expiry even when it exists, as clear followed by incr would give it.
+        """
+        def clear(storage: Storage) -> None:
+            if storage is self._redis:
+                self._clear_in_redis(keys, marker_key, expiry)
+                return
+
+            for key in keys:
+                storage.clear(key)
+            if marker_key is not None:
+                storage.clear(marker_key)
+                storage.incr(marker_key, expiry)
+
+        self._call(clear)
+
+    def _clear_in_redis(self, keys: Sequence[str], marker_key: str | None, expiry: int) -> None:
+        pipe = self._redis.get_connection().pipeline(transaction=False)
+        if keys:
+            pipe.delete(*(self._redis.prefixed_key(key) for key in keys))
+        if marker_key is not None:
+            pipe.set(self._redis.prefixed_key(marker_key), 1, ex=expiry)
+        pipe.execute()
 
     def get_moving_window(self, key: str, limit: int, expiry: int) -> tuple[float, int]:
         recent = self._recent_windows.pop(key, None)

@@ -89,29 +89,42 @@ class LoginGuard:
         """Admit an attempt for a normalized email, or raise RateLimited with the seconds to wait."""
         account = account_key(email)
         client = client_network(client_address)
-        attempt = LoginAttempt(account, client, self._is_known(account, client))
+        attempt, failures = self._attempt(account, client)
 
         if not attempt.known_client:
             self._check_account_limit(account)
-        self._check_delay(attempt)
+        self._check_delay(attempt, failures)
         return attempt
 
     def record_failure(self, attempt: LoginAttempt) -> None:
         """Count a wrong password (or unknown email) towards the delay."""
-        self._storage.acquire_entry(self._failures_key(attempt), self._failure_cap, self._failure_window)
+        self._storage.acquire_entry(*self._failures_window_args(attempt))
 
     def record_success(self, attempt: LoginAttempt) -> None:
-        """Forget the failures behind this attempt and make its address known to the account."""
-        self._storage.clear(self._failures_key(attempt))
-        self._storage.clear(self._gate_key(attempt))
-        if self._known_client_ttl:
-            known = self._known_key(attempt.account, attempt.client)
-            # Cleared first, so the address stays known for the whole TTL after its latest login.
-            self._storage.clear(known)
-            self._storage.incr(known, self._known_client_ttl)
+        """Forget the failures behind this attempt and make its address known to the account, in one round trip."""
+        # The marker gets a fresh expiry, so the address stays known for the whole TTL after its latest login.
+        known = self._known_key(attempt.account, attempt.client) if self._known_client_ttl else None
+        self._storage.clear_and_mark([self._failures_key(attempt), self._gate_key(attempt)], known,
+                                     self._known_client_ttl)
 
-    def _is_known(self, account: str, client: str) -> bool:
-        return self._known_client_ttl > 0 and self._storage.get(self._known_key(account, client)) > 0
+    def _attempt(self, account: str, client: str) -> tuple[LoginAttempt, int]:
+        """Build the attempt and count the recent failures that its delay depends on.
+
+        Whether the address is known decides which failure window applies, so the known
+        marker and both windows are read together, in one round trip.
+        """
+        unknown = LoginAttempt(account, client, known_client=False)
+        if not self._known_client_ttl:
+            _, [(_, failures)] = self._storage.read_many([], [self._failures_window_args(unknown)])
+            return unknown, failures
+
+        known = LoginAttempt(account, client, known_client=True)
+        windows = [self._failures_window_args(unknown), self._failures_window_args(known)]
+        [marker], [(_, unknown_failures), (_, known_failures)] = self._storage.read_many(
+            [self._known_key(account, client)], windows)
+        if marker > 0:
+            return known, known_failures
+        return unknown, unknown_failures
 
     def _check_account_limit(self, account: str) -> None:
         for item in self._account_limits:
@@ -123,9 +136,7 @@ class LoginGuard:
             raise RateLimited(f"Too many login attempts for this account; retry after {retry_after} s.",
                               retry_after=retry_after, limit="account")
 
-    def _check_delay(self, attempt: LoginAttempt) -> None:
-        _, failures = self._storage.get_moving_window(self._failures_key(attempt), self._failure_cap,
-                                                      self._failure_window)
+    def _check_delay(self, attempt: LoginAttempt, failures: int) -> None:
         delay = delay_seconds(failures, self._settings)
         if not delay:
             return
@@ -144,6 +155,10 @@ class LoginGuard:
     @staticmethod
     def _failures_key(attempt: LoginAttempt) -> str:
         return f"login/failures/{attempt.delay_key}"
+
+    def _failures_window_args(self, attempt: LoginAttempt) -> tuple[str, int, int]:
+        """Return the key, limit and expiry of the moving window that counts the attempt's failures."""
+        return self._failures_key(attempt), self._failure_cap, self._failure_window
 
     @staticmethod
     def _gate_key(attempt: LoginAttempt) -> str:

@@ -8,6 +8,7 @@ import uuid
 import pymysql
 import pytest
 
+from service import database as database_module
 from service.app import close_app, create_app
 from service.config import Settings, load_settings
 from service.context import EXTENSION_KEY
@@ -32,6 +33,15 @@ def connection_id(database: Database) -> int:
         return cursor.fetchone()["id"]
 
 
+def session_pings(database: Database) -> tuple[int, int]:
+    """Return the connection id and the pings it has received (MariaDB counts COM_PING in Com_admin_commands)."""
+    with database.cursor() as cursor:
+        cursor.execute("SHOW SESSION STATUS LIKE 'Com_admin_commands'")
+        pings = int(cursor.fetchone()["Value"])
+        cursor.execute("SELECT CONNECTION_ID() AS id")
+        return cursor.fetchone()["id"], pings
+
+
 def wait_until_closed_by_server(thread_id: int, timeout: float = 10.0) -> None:
     """Wait until the server no longer lists the connection, so the test starts from a closed one."""
     deadline = time.monotonic() + timeout
@@ -48,7 +58,9 @@ def test_pool_reuses_one_connection(database):
     assert connection_id(database) == connection_id(database)
 
 
-def test_killed_connection_replaced_on_checkout(database):
+@pytest.mark.parametrize("ping_after_idle_seconds", [database_module.PING_AFTER_IDLE_SECONDS, 0.0])
+def test_killed_connection_replaced_on_checkout(database, monkeypatch, ping_after_idle_seconds):
+    monkeypatch.setattr(database_module, "PING_AFTER_IDLE_SECONDS", ping_after_idle_seconds)
     killed_id = connection_id(database)
     run_as_mysql_root(f"KILL {killed_id}")
     wait_until_closed_by_server(killed_id)
@@ -62,7 +74,29 @@ def test_killed_connection_replaced_on_checkout(database):
     assert database.in_use == 0
 
 
-def test_idle_connection_past_wait_timeout_replaced(database):
+def test_recent_connection_taken_without_ping(database):
+    first_id, pings_before = session_pings(database)
+
+    second_id, pings_after = session_pings(database)
+
+    assert second_id == first_id
+    assert pings_after == pings_before
+
+
+def test_idle_connection_pinged(database, monkeypatch):
+    monkeypatch.setattr(database_module, "PING_AFTER_IDLE_SECONDS", 0.2)
+    first_id, pings_before = session_pings(database)
+    time.sleep(0.3)
+
+    second_id, pings_after = session_pings(database)
+
+    assert second_id == first_id
+    assert pings_after == pings_before + 1
+
+
+@pytest.mark.parametrize("ping_after_idle_seconds", [database_module.PING_AFTER_IDLE_SECONDS, 0.0])
+def test_idle_connection_past_wait_timeout_replaced(database, monkeypatch, ping_after_idle_seconds):
+    monkeypatch.setattr(database_module, "PING_AFTER_IDLE_SECONDS", ping_after_idle_seconds)
     with database.cursor() as cursor:
         cursor.execute("SET SESSION wait_timeout = 1")
         cursor.execute("SELECT CONNECTION_ID() AS id")

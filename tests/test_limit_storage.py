@@ -12,7 +12,7 @@ from limits.strategies import MovingWindowRateLimiter
 
 from service import metrics
 from service.app import close_app, create_app
-from service.limit_storage import BoundedMemoryStorage, FailoverStorage
+from service.limit_storage import RATE_LIMIT_KEY_PREFIX, BoundedMemoryStorage, FailoverStorage
 from service.limits import limit_storage
 from service.logs import configure_logging
 from tests.helpers import free_port
@@ -245,3 +245,54 @@ def test_missing_window_script_counts_once(redis_storage):
 
     assert results == [True, True, True, False]
     assert not storage.using_memory
+
+
+def test_read_many_in_redis(redis_storage):
+    storage, _ = redis_storage
+    assert storage.acquire_entry("window", 5, 60)
+    assert storage.acquire_entry("window", 5, 60)
+    storage.incr("counter", 60)
+
+    counters, windows = storage.read_many(["counter", "no-counter"], [("window", 5, 60), ("no-window", 5, 60)])
+
+    assert counters == [1, 0]
+    assert [count for _, count in windows] == [2, 0]
+    assert not storage.using_memory
+
+
+def test_read_many_survives_script_flush(redis_storage):
+    storage, client = redis_storage
+    assert storage.acquire_entry("window", 5, 60)
+    client.script_flush()
+
+    _, windows = storage.read_many([], [("window", 5, 60)])
+
+    assert windows[0][1] == 1
+    assert not storage.using_memory
+
+
+def test_clear_and_mark_in_redis(redis_storage):
+    storage, client = redis_storage
+    assert storage.acquire_entry("window", 5, 60)
+    storage.incr("marker", 60)
+    storage.incr("marker", 60)
+
+    storage.clear_and_mark(["window"], "marker", 600)
+
+    counters, windows = storage.read_many(["marker"], [("window", 5, 60)])
+    assert counters == [1]
+    assert windows[0][1] == 0
+    assert 590 <= client.ttl(f"{RATE_LIMIT_KEY_PREFIX}:marker") <= 600
+
+
+def test_read_many_and_clear_and_mark_from_memory(unreachable_storage):
+    assert unreachable_storage.acquire_entry("window", 5, 60)
+    unreachable_storage.incr("marker", 60)
+    unreachable_storage.incr("marker", 60)
+
+    unreachable_storage.clear_and_mark(["window"], "marker", 600)
+
+    counters, windows = unreachable_storage.read_many(["marker"], [("window", 5, 60)])
+    assert counters == [1]
+    assert windows[0][1] == 0
+    assert unreachable_storage.using_memory

@@ -7,11 +7,14 @@ import time
 
 import pytest
 import redis
+import redis.connection
 
 from service import metrics
 from service.app import close_app, create_app
 from service.config import load_settings
-from service.login_guard import delay_seconds
+from service.errors import RateLimited
+from service.limit_storage import RATE_LIMIT_KEY_PREFIX, FailoverStorage
+from service.login_guard import LoginGuard, account_key, delay_seconds
 from tests.blueprints.test_auth import run_sql
 from tests.conftest import PASSWORD
 from tests.helpers import free_port
@@ -215,3 +218,132 @@ def test_guard_works_from_memory_without_redis(make_client):
     assert statuses == [401, 401]
     assert refused.status_code == 429
     assert 29 <= int(refused.headers["Retry-After"]) <= 30
+
+
+# Settings of the guard tests below that use LoginGuard directly: two account limits,
+# the second failure in a row starts the delay, and a known address stays known for an hour.
+GUARD_SETTINGS = {"rate_limit_login_account": "10/minute;60/hour", "login_delay_after_failures": 2,
+                  "login_delay_base_seconds": 30, "login_delay_max_seconds": 30,
+                  "login_known_client_ttl_seconds": 3600}
+
+
+def guard_key(key: str) -> bytes:
+    """Return a login guard key as the rate-limit storage stores it in Redis."""
+    return f"{RATE_LIMIT_KEY_PREFIX}:{key}".encode()
+
+
+@pytest.fixture
+def guard_on(settings):
+    """Build a LoginGuard with GUARD_SETTINGS on its own FailoverStorage for a Redis URL."""
+    storages = []
+
+    def make(url: str) -> LoginGuard:
+        pool = redis.BlockingConnectionPool.from_url(url, max_connections=2, timeout=0.5, socket_connect_timeout=0.5,
+                                                     socket_timeout=0.5)
+        storage = FailoverStorage(connection_pool=pool, retry_seconds=60)
+        storages.append(storage)
+        return LoginGuard(storage, load_settings(GUARD_SETTINGS))
+
+    yield make
+    for storage in storages:
+        storage.close()
+
+
+@pytest.fixture
+def round_trips(monkeypatch):
+    """Count the requests that redis-py writes to a Redis connection: one per command, one per pipeline."""
+    counter = {"sent": 0}
+    send = redis.connection.AbstractConnection.send_packed_command
+
+    def counting_send(connection, command, check_health=True):
+        counter["sent"] += 1
+        return send(connection, command, check_health)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counting_send)
+    return counter
+
+
+def test_success_clears_failures_and_marks_address(guard_on, settings):
+    guard = guard_on(settings.redis_url.get_secret_value())
+    client = redis.Redis.from_url(settings.redis_url.get_secret_value())
+    account = account_key(EMAIL)
+    for _ in range(3):
+        attempt = guard.admit(EMAIL, OWNER)
+        guard.record_failure(attempt)
+    # The third attempt passed the delay's gate, so both keys of the delay exist.
+    assert client.exists(guard_key(f"login/failures/{account}")) == 1
+    assert client.exists(guard_key(f"login/gate/{account}")) == 1
+
+    guard.record_success(attempt)
+
+    assert client.exists(guard_key(f"login/failures/{account}")) == 0
+    assert client.exists(guard_key(f"login/gate/{account}")) == 0
+    known = guard_key(f"login/known/{account}/{OWNER}")
+    assert client.get(known) == b"1"
+    assert 3590 <= client.ttl(known) <= 3600
+
+
+def test_success_renews_known_address(guard_on, settings):
+    guard = guard_on(settings.redis_url.get_secret_value())
+    client = redis.Redis.from_url(settings.redis_url.get_secret_value())
+    known = guard_key(f"login/known/{account_key(EMAIL)}/{OWNER}")
+    guard.record_success(guard.admit(EMAIL, OWNER))
+    client.expire(known, 10)
+
+    attempt = guard.admit(EMAIL, OWNER)
+    guard.record_success(attempt)
+
+    assert attempt.known_client
+    assert client.get(known) == b"1"
+    assert client.ttl(known) >= 3590
+
+
+def test_known_address_counts_own_failures(guard_on, settings):
+    guard = guard_on(settings.redis_url.get_secret_value())
+    guard.record_success(guard.admit(EMAIL, OWNER))
+    for _ in range(3):
+        guard.record_failure(guard.admit(EMAIL, ATTACKER))
+
+    # The other address's failures started the delay for the account, but not for the known address.
+    owner = guard.admit(EMAIL, OWNER)
+
+    assert owner.known_client
+    with pytest.raises(RateLimited):
+        guard.admit(EMAIL, ATTACKER)
+
+
+def test_guard_round_trips_per_call(guard_on, settings, round_trips):
+    guard = guard_on(settings.redis_url.get_secret_value())
+    # Opens the pooled connection, whose handshake would be counted too.
+    guard.record_success(guard.admit(EMAIL, OWNER))
+
+    round_trips["sent"] = 0
+    known = guard.admit(EMAIL, OWNER)
+    admit_known = round_trips["sent"]
+    round_trips["sent"] = 0
+    guard.record_success(known)
+    success = round_trips["sent"]
+    round_trips["sent"] = 0
+    guard.admit(EMAIL, ATTACKER)
+    admit_unknown = round_trips["sent"]
+
+    assert admit_known == 1
+    assert success == 1
+    # For an unknown address, each of the two account limits is counted in a round trip of its own.
+    assert admit_unknown == 3
+
+
+def test_success_recorded_in_memory_without_redis(guard_on):
+    guard = guard_on(f"redis://:password@127.0.0.1:{free_port()}/0")
+    for _ in range(2):
+        guard.record_failure(guard.admit(EMAIL, OWNER))
+    # The delay admits this attempt and refuses every other one for 30 s.
+    attempt = guard.admit(EMAIL, OWNER)
+    with pytest.raises(RateLimited):
+        guard.admit(EMAIL, ATTACKER)
+
+    guard.record_success(attempt)
+
+    # Admitted without RateLimited: the success cleared the failures and the delay.
+    assert not guard.admit(EMAIL, ATTACKER).known_client
+    assert guard.admit(EMAIL, OWNER).known_client
