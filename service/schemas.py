@@ -7,31 +7,15 @@ from datetime import datetime
 from ipaddress import IPv4Address, IPv6Address
 from typing import Annotated, Any, Literal
 
-from email_validator import EmailNotValidError, validate_email
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from service.emails import normalize_email
 
 # Longer passwords are rejected before hashing, so a huge body cannot buy argon2 time.
 PASSWORD_MIN_LENGTH = 8
 PASSWORD_MAX_LENGTH = 256
 # RFC 5321 limits a forward path to 256 octets, so an address to 254 characters.
 EMAIL_MAX_LENGTH = 254
-
-
-def normalize_email(value: str) -> str:
-    """Validate the syntax and return the address in its one stored form.
-
-    The local part is NFC-normalized (by email-validator) and lower-cased, and the
-    domain is lower-cased in its ASCII (IDNA) form, so Alice@Example.com and
-    alice@example.com are one account, and so are a Unicode domain and its xn--
-    spelling. Emails are compared byte for byte after this. Deliverability is not
-    checked: that needs DNS and proves nothing.
-    """
-    try:
-        result = validate_email(value.strip(), check_deliverability=False)
-    except EmailNotValidError as exc:
-        raise ValueError(str(exc)) from None
-
-    return f"{result.local_part.lower()}@{result.ascii_domain.lower()}"
 
 
 def normalize_password(value: str) -> str:
