@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from service.emails import normalize_email
+from service.emails import normalize_email, normalize_new_email
 
 # Longer passwords are rejected before hashing, so a huge body cannot buy argon2 time.
 PASSWORD_MIN_LENGTH = 8
@@ -24,11 +24,21 @@ def normalize_password(value: str) -> str:
     return unicodedata.normalize("NFKC", value)
 
 
+# The address of an existing account, as a login sends it.
 EmailAddress = Annotated[
     str,
     Field(min_length=3, max_length=EMAIL_MAX_LENGTH, examples=["alice@example.com"],
           json_schema_extra={"format": "email"}),
     AfterValidator(normalize_email),
+]
+# The address of a new account, whose local part must be ASCII (see service.emails).
+NewEmailAddress = Annotated[
+    str,
+    Field(min_length=3, max_length=EMAIL_MAX_LENGTH, examples=["alice@example.com"],
+          description="The part before the @-sign must be ASCII. A domain with other characters is stored "
+                      "and returned in its ASCII (xn--) form.",
+          json_schema_extra={"format": "email"}),
+    AfterValidator(normalize_new_email),
 ]
 
 
@@ -45,7 +55,7 @@ ExistingPassword = Annotated[str, Field(min_length=1, max_length=PASSWORD_MAX_LE
 
 
 class RegisterRequest(RequestBody):
-    email: EmailAddress
+    email: NewEmailAddress
     password: NewPassword
 
 
