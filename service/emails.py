@@ -1,4 +1,4 @@
-"""Email addresses: syntax checks and the stored form.
+"""Email addresses: syntax checks, the stored form, and the key that a login looks up.
 
 A new account (registration, `gatehouse users create`) needs an ASCII local part.
 Otherwise a Unicode look-alike of an ASCII address, such as one with a fullwidth ａ or
@@ -35,7 +35,9 @@ def normalize_email(value: str) -> str:
 def normalize_new_email(value: str) -> str:
     """Validate the address of a new account and return its stored form.
 
-    The rules of normalize_email apply, and the local part must be ASCII.
+    The rules of normalize_email apply, and the local part must be ASCII. ASCII text
+    is unchanged by NFKC, so the stored form of a new account is its own lookup key
+    (see fold_email).
     """
     address = value.strip()
 
@@ -46,6 +48,17 @@ def normalize_new_email(value: str) -> str:
         raise ValueError(_non_ascii_message(local_part))
 
     return _stored_form(_validate(address, allow_smtputf8=False))
+
+
+def fold_email(email: str) -> str:
+    """Return the lookup key of an address in stored form: its local part NFKC-normalized, then lower-cased.
+
+    NFKC maps compatibility characters to their plain forms, such as fullwidth ａ
+    (U+FF41) to a, but keeps the letters of other scripts: Cyrillic а (U+0430) stays
+    apart from Latin a. The domain is already ASCII and stays as it is.
+    """
+    local_part, _, domain = email.rpartition("@")
+    return f"{unicodedata.normalize('NFKC', local_part).lower()}@{domain}"
 
 
 def _validate(address: str, *, allow_smtputf8: bool) -> ValidatedEmail:

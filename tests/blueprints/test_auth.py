@@ -444,6 +444,15 @@ def current_user_id(client, tokens):
     return client.get("/v1/users/me", headers=bearer(tokens["access_token"])).get_json()["id"]
 
 
+def test_login_fullwidth_spelling_reaches_account(client, user):
+    response = login(client, email="\uff41\uff4c\uff49\uff43\uff45@example.com")
+
+    assert response.status_code == 200
+    assert current_user_id(client, response.get_json()) == user["id"]
+    assert login(client, email="\uff21lice@example.com").status_code == 200
+    assert login(client, email="\uff41lice@example.com", password="wrong password here").status_code == 401
+
+
 def existing_account(client, settings, email, password):
     """Store an account under an email that registration no longer accepts, and return its id."""
     response = register(client, "placeholder@example.com", password)
@@ -460,6 +469,25 @@ def test_login_existing_non_ascii_account(client, settings):
         response = login(client, email=email)
         assert response.status_code == 200, email
         assert current_user_id(client, response.get_json()) == user_id
+
+
+def test_login_existing_fullwidth_account_beside_ascii(client, user, settings):
+    other_password = "another long password"
+    fullwidth_id = existing_account(client, settings, "\uff41lice@example.com", other_password)
+
+    # An exact match of the stored email wins over its ASCII lookup key.
+    fullwidth = login(client, email="\uff41lice@example.com", password=other_password)
+    assert fullwidth.status_code == 200
+    assert current_user_id(client, fullwidth.get_json()) == fullwidth_id
+    capital = login(client, email="\uff21lice@example.com", password=other_password)
+    assert capital.status_code == 200
+    assert current_user_id(client, capital.get_json()) == fullwidth_id
+    assert login(client, email="\uff41lice@example.com").status_code == 401
+
+    ascii_login = login(client)
+    assert ascii_login.status_code == 200
+    assert current_user_id(client, ascii_login.get_json()) == user["id"]
+    assert login(client, password=other_password).status_code == 401
 
 
 def test_unicode_domain_and_punycode_are_one_account(client):
