@@ -11,6 +11,7 @@ import structlog
 from service import metrics, users
 from service.bearer import load_user
 from service.context import Services
+from service.emails import fold_email
 from service.errors import AccountDisabled, InvalidCredentials, InvalidCurrentPassword, InvalidRefreshToken, NotFound
 from service.schemas import TokenPair
 from service.sessions import RefreshOutcome
@@ -64,15 +65,18 @@ def _apply_ban(svc: Services, ban: AutomaticBan | None) -> None:
 
 def login(svc: Services, email: str, password: str, *, user_agent: str, ip: str, guard: LoginGuard) -> TokenPair:
     """Check credentials and start a session, unless the guard refuses the attempt first."""
+    # The guard and the ban counters key an account by its lookup key, so the fullwidth
+    # spellings of an email, which reach the same account, share its limits.
+    account_email = fold_email(email)
     # Before the password check, so a refused attempt costs no argon2 work.
-    attempt = guard.admit(email, ip)
+    attempt = guard.admit(account_email, ip)
     try:
         user = users.authenticate(svc.database, svc.passwords, email, password)
     except InvalidCredentials:
         guard.record_failure(attempt)
         metrics.LOGINS.labels(result="invalid_credentials").inc()
         log.warning("login_failed", reason="invalid_credentials", client_ip=ip)
-        record_failed_login(svc, ip, email)
+        record_failed_login(svc, ip, account_email)
         raise
     except AccountDisabled:
         metrics.LOGINS.labels(result="disabled").inc()

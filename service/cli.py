@@ -223,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"create an account; the password comes from ${NEW_USER_PASSWORD_VARIABLE}, "
              "a prompt, or the first line of standard input",
     )
-    create.add_argument("--email", required=True, help="email address of the new account")
+    create.add_argument("--email", required=True,
+                        help="email address of the new account; the part before the @-sign must be ASCII")
     create.add_argument("--role", action="append", default=[], help="role to grant, repeatable (e.g. admin)")
     create.set_defaults(handler=_users_create)
 

@@ -1,8 +1,9 @@
 """Per-account login protection that slows down guessing without locking out the account's owner.
 
-Two controls apply to an account, keyed by a digest of the normalized email. They
-apply to unregistered emails the same way, so a 429 reveals nothing about whether
-an account exists.
+Two controls apply to an account, keyed by a digest of its email's lookup key
+(service.emails.fold_email), so fullwidth spellings of an email count as that email.
+They apply to unregistered emails the same way, so a 429 reveals nothing about
+whether an account exists.
 
 - The account rate limit (GATEHOUSE_RATE_LIMIT_LOGIN_ACCOUNT) counts every attempt
   and caps bursts, including parallel attempts that all arrive before a failure
@@ -86,7 +87,7 @@ class LoginGuard:
         self._failure_cap = settings.login_delay_after_failures + doublings + 1
 
     def admit(self, email: str, client_address: str) -> LoginAttempt:
-        """Admit an attempt for a normalized email, or raise RateLimited with the seconds to wait."""
+        """Admit an attempt for an email's lookup key, or raise RateLimited with the seconds to wait."""
         account = account_key(email)
         client = client_network(client_address)
         attempt, failures = self._attempt(account, client)

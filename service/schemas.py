@@ -7,8 +7,9 @@ from datetime import datetime
 from ipaddress import IPv4Address, IPv6Address
 from typing import Annotated, Any, Literal
 
-from email_validator import EmailNotValidError, validate_email
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from service.emails import normalize_email, normalize_new_email
 
 # Longer passwords are rejected before hashing, so a huge body cannot buy argon2 time.
 PASSWORD_MIN_LENGTH = 8
@@ -17,34 +18,27 @@ PASSWORD_MAX_LENGTH = 256
 EMAIL_MAX_LENGTH = 254
 
 
-def normalize_email(value: str) -> str:
-    """Validate the syntax and return the address in its one stored form.
-
-    The local part is NFC-normalized (by email-validator) and lower-cased, and the
-    domain is lower-cased in its ASCII (IDNA) form, so Alice@Example.com and
-    alice@example.com are one account, and so are a Unicode domain and its xn--
-    spelling. Emails are compared byte for byte after this. Deliverability is not
-    checked: that needs DNS and proves nothing.
-    """
-    try:
-        result = validate_email(value.strip(), check_deliverability=False)
-    except EmailNotValidError as exc:
-        raise ValueError(str(exc)) from None
-
-    return f"{result.local_part.lower()}@{result.ascii_domain.lower()}"
-
-
 def normalize_password(value: str) -> str:
     """Return the password in Unicode NFKC form, so the same characters typed on another
     keyboard or system hash alike (NIST SP 800-63B, section 5.1.1.2)."""
     return unicodedata.normalize("NFKC", value)
 
 
+# The address of an existing account, as a login sends it.
 EmailAddress = Annotated[
     str,
     Field(min_length=3, max_length=EMAIL_MAX_LENGTH, examples=["alice@example.com"],
           json_schema_extra={"format": "email"}),
     AfterValidator(normalize_email),
+]
+# The address of a new account, whose local part must be ASCII (see service.emails).
+NewEmailAddress = Annotated[
+    str,
+    Field(min_length=3, max_length=EMAIL_MAX_LENGTH, examples=["alice@example.com"],
+          description="The part before the @-sign must be ASCII. A domain with other characters is stored "
+                      "and returned in its ASCII (xn--) form.",
+          json_schema_extra={"format": "email"}),
+    AfterValidator(normalize_new_email),
 ]
 
 
@@ -61,7 +55,7 @@ ExistingPassword = Annotated[str, Field(min_length=1, max_length=PASSWORD_MAX_LE
 
 
 class RegisterRequest(RequestBody):
-    email: EmailAddress
+    email: NewEmailAddress
     password: NewPassword
 
 

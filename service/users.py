@@ -10,6 +10,7 @@ import pymysql
 import structlog
 
 from service.database import Database
+from service.emails import fold_email
 from service.errors import AccountDisabled, EmailTaken, InvalidCredentials
 from service.passwords import Passwords
 
@@ -61,10 +62,7 @@ def authenticate(database: Database, passwords: Passwords, email: str, password:
     of a disabled account is checked first, so only its owner learns it is disabled.
     """
     with database.cursor() as cursor:
-        cursor.execute(
-            "SELECT id, email, password_hash, status, created_at FROM users WHERE email = %s", (email,)
-        )
-        row = cursor.fetchone()
+        row = _find_login_row(cursor, email)
 
     if not passwords.verify(row["password_hash"] if row else None, password) or row is None:
         raise InvalidCredentials()
@@ -76,6 +74,28 @@ def authenticate(database: Database, passwords: Passwords, email: str, password:
         _upgrade_hash(database, passwords, row["id"], password)
 
     return _user(row)
+
+
+def _find_login_row(cursor: pymysql.cursors.DictCursor, email: str) -> dict | None:
+    """Return the row of the account that a login with this stored-form email names, or None.
+
+    The email matches a row as it is or by its lookup key (fold_email), and an exact
+    match wins. Either way it is one query, whether or not an account exists.
+    """
+    key = fold_email(email)
+    if key == email:
+        cursor.execute("SELECT id, email, password_hash, status, created_at FROM users WHERE email = %s", (email,))
+        return cursor.fetchone()
+
+    # NOTE: Accounts with a non-ASCII local part may exist from before new ones had to
+    # be ASCII. The lookup key of such an email can be another account's email, as
+    # alice@ is the key of fullwidth ａlice@, so the exact match keeps both reachable.
+    cursor.execute(
+        "SELECT id, email, password_hash, status, created_at FROM users WHERE email IN (%s, %s)"
+        " ORDER BY email = %s DESC LIMIT 1",
+        (email, key, email),
+    )
+    return cursor.fetchone()
 
 
 def _upgrade_hash(database: Database, passwords: Passwords, user_id: str, password: str) -> None:

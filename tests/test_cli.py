@@ -63,3 +63,12 @@ def test_create_invalid_email_without_pydantic_prefix():
     assert result.returncode == 2
     assert "invalid email" in result.stderr
     assert "Value error" not in result.stderr
+
+
+def test_create_rejects_look_alike_email(client):
+    result = run_create("--email", "\u0430lice@example.com", stdin="long enough password\n")
+    assert result.returncode == 2
+    assert "invalid email" in result.stderr
+    assert "U+0430 CYRILLIC SMALL LETTER A" in result.stderr
+    login = client.post("/v1/auth/login", json={"email": "\u0430lice@example.com", "password": "long enough password"})
+    assert login.status_code == 401

@@ -100,6 +100,18 @@ def test_account_limit_applies_to_unknown_email(account_limited):
     assert statuses == [401] * ACCOUNT_LIMIT + [429]
 
 
+def test_account_limit_counts_fullwidth_spellings(account_limited):
+    # Fullwidth spellings reach the same account, so they count as its email.
+    spellings = ["\uff41lice@example.com", "\uff21LICE@example.com", "a\uff4cice@example.com", EMAIL]
+    statuses = [wrong_login(account_limited, f"192.0.2.{n}", email=email).status_code
+                for n, email in enumerate(spellings[:ACCOUNT_LIMIT])]
+
+    refused = wrong_login(account_limited, "192.0.2.200")
+
+    assert statuses == [401] * ACCOUNT_LIMIT
+    assert refused.status_code == 429
+
+
 def test_account_limit_skips_known_address(account_limited):
     assert login(account_limited, OWNER).status_code == 200
     attacker = [wrong_login(account_limited, f"203.0.113.{n}").status_code for n in range(ACCOUNT_LIMIT + 2)]

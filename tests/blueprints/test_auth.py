@@ -365,19 +365,129 @@ def test_refresh_refused_for_inactive_account(client, user, tokens, settings, ch
     assert client.get("/v1/users/me", headers={"Authorization": f"Bearer {tokens['access_token']}"}).status_code == 401
 
 
-@pytest.mark.parametrize("other", ["alicé@example.com", "\uff41lice@example.com", "alice@exämple.com",
-                                   "strasse@example.com"])
-def test_distinct_addresses_are_distinct_accounts(client, other):
-    first = "straße@example.com" if other == "strasse@example.com" else "alice@example.com"
-    assert client.post("/v1/auth/register", json={"email": first, "password": PASSWORD}).status_code == 201
-    response = client.post("/v1/auth/register", json={"email": other, "password": PASSWORD})
+def register(client, email, password=PASSWORD):
+    return client.post("/v1/auth/register", json={"email": email, "password": password})
+
+
+@pytest.mark.parametrize(("email", "character"), [
+    ("\uff41lice@example.com", "U+FF41 FULLWIDTH LATIN SMALL LETTER A"),
+    ("\u0430lice@example.com", "U+0430 CYRILLIC SMALL LETTER A"),
+    ("alic\u0435@example.com", "U+0435 CYRILLIC SMALL LETTER IE"),
+    ("alicé@example.com", "U+00E9 LATIN SMALL LETTER E WITH ACUTE"),
+    ("stra\u00dfe@example.com", "U+00DF LATIN SMALL LETTER SHARP S"),
+    # NFC turns the Kelvin sign into an ASCII K, but the raw input is checked.
+    ("\u212alice@example.com", "U+212A KELVIN SIGN"),
+], ids=["fullwidth", "cyrillic_first", "cyrillic_last", "accented", "sharp_s", "kelvin_sign"])
+def test_register_rejects_non_ascii_local_part(client, user, settings, email, character):
+    response = register(client, email)
+
+    assert response.status_code == 400
+    assert response.mimetype == "application/problem+json"
+    problem = response.get_json()
+    assert problem["code"] == "invalid_request"
+    assert problem["field"] == "email"
+    assert "must contain only ASCII characters" in problem["detail"]
+    assert character in problem["detail"]
+    assert [row["email"] for row in run_sql(settings, "SELECT email FROM users")] == ["alice@example.com"]
+
+
+def test_register_rejects_fullwidth_at_sign(client):
+    response = register(client, "alice\uff20example.com")
+
+    assert response.status_code == 400
+    assert response.get_json()["field"] == "email"
+
+
+def test_register_accepts_ascii_special_characters(client):
+    response = register(client, "Bob.O'Neil+news@Example.com")
+
+    assert response.status_code == 201
+    assert response.get_json()["email"] == "bob.o'neil+news@example.com"
+
+
+def test_register_fullwidth_domain_is_same_account(client, user):
+    # IDNA (UTS-46) maps the fullwidth letters of a domain to ASCII.
+    response = register(client, "alice@\uff45xample.com")
+
+    assert response.status_code == 409
+    assert response.get_json()["code"] == "email_taken"
+
+
+@pytest.mark.parametrize(("other", "stored"), [
+    ("alice@exämple.com", "alice@xn--exmple-cua.com"),
+    ("alice@\u0435xample.com", "alice@xn--xample-2of.com"),
+], ids=["accented_domain", "cyrillic_domain"])
+def test_non_ascii_domain_stored_as_punycode(client, user, other, stored):
+    response = register(client, other)
+
     assert response.status_code == 201, response.get_json()
+    assert response.get_json()["email"] == stored
+    assert response.get_json()["id"] != user["id"]
     assert login(client, email=other).status_code == 200
 
 
 def test_look_alike_address_cannot_log_in(client, user):
     assert login(client, email="ÁLICE@example.com").status_code == 401
     assert login(client, email="alicé@example.com").status_code == 401
+
+
+def test_login_look_alike_answers_like_unknown_email(client, user):
+    look_alike = login(client, email="\u0430lice@example.com")
+    unknown = login(client, email="nobody@example.com")
+
+    assert look_alike.status_code == 401
+    assert without_request_id(look_alike.get_json()) == without_request_id(unknown.get_json())
+    assert look_alike.headers.get("WWW-Authenticate") == unknown.headers.get("WWW-Authenticate")
+
+
+def current_user_id(client, tokens):
+    return client.get("/v1/users/me", headers=bearer(tokens["access_token"])).get_json()["id"]
+
+
+def test_login_fullwidth_spelling_reaches_account(client, user):
+    response = login(client, email="\uff41\uff4c\uff49\uff43\uff45@example.com")
+
+    assert response.status_code == 200
+    assert current_user_id(client, response.get_json()) == user["id"]
+    assert login(client, email="\uff21lice@example.com").status_code == 200
+    assert login(client, email="\uff41lice@example.com", password="wrong password here").status_code == 401
+
+
+def existing_account(client, settings, email, password):
+    """Store an account under an email that registration no longer accepts, and return its id."""
+    response = register(client, "placeholder@example.com", password)
+    assert response.status_code == 201, response.get_json()
+    user_id = response.get_json()["id"]
+    run_sql(settings, "UPDATE users SET email = %s WHERE id = %s", (email, user_id))
+    return user_id
+
+
+def test_login_existing_non_ascii_account(client, settings):
+    user_id = existing_account(client, settings, "alicé@example.com", PASSWORD)
+
+    for email in ("alicé@example.com", "ALICÉ@example.com", "alice\u0301@example.com"):
+        response = login(client, email=email)
+        assert response.status_code == 200, email
+        assert current_user_id(client, response.get_json()) == user_id
+
+
+def test_login_existing_fullwidth_account_beside_ascii(client, user, settings):
+    other_password = "another long password"
+    fullwidth_id = existing_account(client, settings, "\uff41lice@example.com", other_password)
+
+    # An exact match of the stored email wins over its ASCII lookup key.
+    fullwidth = login(client, email="\uff41lice@example.com", password=other_password)
+    assert fullwidth.status_code == 200
+    assert current_user_id(client, fullwidth.get_json()) == fullwidth_id
+    capital = login(client, email="\uff21lice@example.com", password=other_password)
+    assert capital.status_code == 200
+    assert current_user_id(client, capital.get_json()) == fullwidth_id
+    assert login(client, email="\uff41lice@example.com").status_code == 401
+
+    ascii_login = login(client)
+    assert ascii_login.status_code == 200
+    assert current_user_id(client, ascii_login.get_json()) == user["id"]
+    assert login(client, password=other_password).status_code == 401
 
 
 def test_unicode_domain_and_punycode_are_one_account(client):

@@ -43,6 +43,7 @@ def test_openapi_matches_validation(client):
     assert set(register["responses"]) >= {"201", "400", "409", "415", "503"}
     schema = document["components"]["schemas"]["RegisterRequest"]
     assert schema["properties"]["password"]["minLength"] == PASSWORD_MIN_LENGTH
+    assert "must be ASCII" in schema["properties"]["email"]["description"]
     assert schema["additionalProperties"] is False
     assert document["paths"]["/v1/users/me"]["get"]["security"] == [{"bearerAuth": []}]
 
