@@ -54,7 +54,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     api.register_converters(app)
     request_log.init_app(app)
     # Before the ban check: its teardown hook decrements the gauge for every request,
-    # so the increment must run for a refused one too.
+    # so the increment must run for a rejected one too.
     metrics.track_in_flight(app)
     # Before every other hook, so a banned address is refused before any work is done for it.
     ban_guard.init_app(app)

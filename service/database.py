@@ -29,9 +29,10 @@ _CONNECTION_FAILURES = (pymysql.err.OperationalError, pymysql.err.InterfaceError
 # answer) is not among them, because the server may already have run the statement.
 _NOT_SENT_CODES = frozenset({2003, 2006})
 # A connection that went back to the pool less than this many seconds ago is checked
-# without a round trip when it is taken again; after a longer idle time it gets a COM_PING.
-# DBUtils lends the connection that has been idle longest, so a worker with n idle
-# connections pings only while it takes fewer than n / PING_AFTER_IDLE_SECONDS a second.
+# without a round trip when it is taken again. After a longer idle time it gets a COM_PING.
+# DBUtils lends the connection that has been idle longest (its idle list is first in,
+# first out), so a worker with n idle connections pings only while it takes fewer than
+# n / PING_AFTER_IDLE_SECONDS connections a second.
 # Firewalls and NAT gateways that drop idle connections without closing them do so after
 # minutes (an AWS NAT gateway after 350 s), far beyond this.
 PING_AFTER_IDLE_SECONDS = 5.0

@@ -7,7 +7,7 @@ Three departures from Flask's defaults, each worth microseconds on every request
 - No async views. Every view and hook is a plain function, so Flask does not
   need to ask of each one, on each request, whether it is a coroutine.
 - Bare endpoints. The liveness probe only shows that a worker responds. Kubelets
-  call it every few seconds, and it never fails for a client's reason, so it
+  call it every few seconds, and its response does not depend on the client, so it
   skips the request hooks: no log line, metrics, rate limit or ban check. It still
   echoes or makes a request id. With debug logging on it takes the full path, so
   that its log line appears as the other probes' lines do.

@@ -271,28 +271,30 @@ def test_read_many_survives_script_flush(redis_storage):
     assert not storage.using_memory
 
 
-def test_clear_and_mark_in_redis(redis_storage):
-    storage, client = redis_storage
+def _clear_and_mark_then_read(storage) -> tuple[list[int], list[tuple[float, int]]]:
+    """Count a window entry and a marker twice, clear the window and set the marker, then read both."""
     assert storage.acquire_entry("window", 5, 60)
     storage.incr("marker", 60)
     storage.incr("marker", 60)
 
     storage.clear_and_mark(["window"], "marker", 600)
 
-    counters, windows = storage.read_many(["marker"], [("window", 5, 60)])
+    return storage.read_many(["marker"], [("window", 5, 60)])
+
+
+def test_clear_and_mark_in_redis(redis_storage):
+    storage, client = redis_storage
+
+    counters, windows = _clear_and_mark_then_read(storage)
+
     assert counters == [1]
     assert windows[0][1] == 0
     assert 590 <= client.ttl(f"{RATE_LIMIT_KEY_PREFIX}:marker") <= 600
 
 
 def test_read_many_and_clear_and_mark_from_memory(unreachable_storage):
-    assert unreachable_storage.acquire_entry("window", 5, 60)
-    unreachable_storage.incr("marker", 60)
-    unreachable_storage.incr("marker", 60)
+    counters, windows = _clear_and_mark_then_read(unreachable_storage)
 
-    unreachable_storage.clear_and_mark(["window"], "marker", 600)
-
-    counters, windows = unreachable_storage.read_many(["marker"], [("window", 5, 60)])
     assert counters == [1]
     assert windows[0][1] == 0
     assert unreachable_storage.using_memory

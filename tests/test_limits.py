@@ -193,7 +193,7 @@ def test_openapi_lists_429_except_exempt(client):
     assert "429" not in paths["/health"]["get"]["responses"]
 
 
-def test_every_limit_of_a_route_counts_and_headers_show_the_shortest_window():
+def test_route_limits_count_shortest_first():
     app = create_app({"rate_limit_login": "100/minute;3/hour", "rate_limit_login_account": "100/minute"})
     try:
         client = app.test_client()

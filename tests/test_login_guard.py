@@ -349,7 +349,7 @@ def test_success_recorded_in_memory_without_redis(guard_on):
     guard = guard_on(f"redis://:password@127.0.0.1:{free_port()}/0")
     for _ in range(2):
         guard.record_failure(guard.admit(EMAIL, OWNER))
-    # The delay admits this attempt and refuses every other one for 30 s.
+    # The delay admits this attempt and rejects every other one for 30 s.
     attempt = guard.admit(EMAIL, OWNER)
     with pytest.raises(RateLimited):
         guard.admit(EMAIL, ATTACKER)

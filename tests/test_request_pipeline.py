@@ -9,8 +9,7 @@ import re
 import pytest
 from prometheus_client import CollectorRegistry, multiprocess
 
-from service import metrics
-from service.app import create_app, close_app
+from service.app import close_app, create_app
 from service.logs import add_timestamp
 
 
@@ -63,7 +62,7 @@ def test_health_logs_at_debug_level(settings, capsys):
         ("/health", "debug", response.headers["X-Request-ID"])]
 
 
-def test_http_metrics_count_each_request_by_route_and_status(client, tokens):
+def test_http_metrics_by_route_and_status(client, tokens):
     bearer = {"Authorization": f"Bearer {tokens['access_token']}"}
     before_ok, before_missing = _count("/v1/users/me", "200"), _count("/v1/users/me", "401")
     before_unmatched = _count("None", "404")

@@ -13,7 +13,7 @@ from service.schemas import CheckResult, Health, Jwks, Readiness
 
 blueprint = Blueprint("health", __name__)
 
-# The liveness answer never changes, so it is serialized once.
+# The liveness response body never changes, so it is serialized once.
 _HEALTH_BODY = Health(status="ok").model_dump_json() + "\n"
 
 

@@ -431,7 +431,7 @@ def test_look_alike_address_cannot_log_in(client, user):
     assert login(client, email="alicé@example.com").status_code == 401
 
 
-def test_login_look_alike_answers_like_unknown_email(client, user):
+def test_login_look_alike_as_unknown_email(client, user):
     look_alike = login(client, email="\u0430lice@example.com")
     unknown = login(client, email="nobody@example.com")
 
