@@ -24,6 +24,7 @@ from service.sessions import SessionStore
 from service.single_flight import SingleFlight
 from service.sync import AccessStateSync, EventListener, create_listener_client
 from service.tokens.keys import KeyRing
+from service.warm_path import WarmPath
 
 log = structlog.get_logger(__name__)
 
@@ -46,11 +47,6 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     # header; only the canonical spelling of a path matches a route.
     app.url_map.merge_slashes = False
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    if settings.trusted_proxy_count:
-        # The client address is the one the last trusted proxy saw; earlier entries are client-supplied.
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxy_count)  # type: ignore[method-assign]
-
-    app.wsgi_app = MethodGuard(app.wsgi_app)  # type: ignore[method-assign]
     api.register_converters(app)
     request_log.init_app(app)
     # Before the ban check: its teardown hook decrements the gauge for every request,
@@ -69,8 +65,20 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     if settings.log_level != "debug":
         app.bare_endpoints = frozenset({"health.health"})
         app.bare_response_hook = request_log.echo_request_id
+    _wrap_wsgi_app(app, settings)
     log.info("app_created", pid=os.getpid(), gevent_patched=_gevent_patched())
     return app
+
+
+def _wrap_wsgi_app(app: Flask, settings: Settings) -> None:
+    """Put the WSGI layers in front of Flask; the last one wrapped sees a request first."""
+    from service.blueprints.users import current_user_body
+
+    app.wsgi_app = WarmPath(app, app.wsgi_app, current_user_body)  # type: ignore[method-assign]
+    if settings.trusted_proxy_count:
+        # The client address is the one the last trusted proxy saw; earlier entries are client-supplied.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxy_count)  # type: ignore[method-assign]
+    app.wsgi_app = MethodGuard(app.wsgi_app)  # type: ignore[method-assign]
 
 
 def _gevent_patched() -> bool:

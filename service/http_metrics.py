@@ -25,6 +25,8 @@ from prometheus_flask_exporter.multiprocess import GunicornPrometheusMetrics
 EXCLUDED_PATHS = frozenset({"/metrics", "/health", "/ready"})
 # The label the exporter calls group_by: the route template, never the raw path.
 ROUTE_LABEL = "url_rule"
+# The app extension under which the recorder is kept, for requests answered outside Flask (service.warm_path).
+RECORDER_KEY = "gatehouse.http_recorder"
 
 
 class _Recorder:
@@ -47,6 +49,12 @@ class _Recorder:
                 self._total.labels(method=method, status=status),
             )
         return series
+
+    def record(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Record one request that was answered without the request hooks."""
+        duration, total = self._series(method, route, status)
+        duration.observe(seconds)
+        total.inc()
 
     def start(self) -> None:
         g.metrics_started = time.perf_counter()
@@ -107,6 +115,7 @@ class _CachedDefaults:
                     "Total number of HTTP requests which resulted in an exception", ("method", "status"),
                     registry=self.registry),
         )
+        app.extensions[RECORDER_KEY] = recorder
         app.before_request(recorder.start)
         app.after_request(recorder.finish)
         app.teardown_request(recorder.fail)

@@ -46,11 +46,20 @@ ROUTE_LIMIT_SETTINGS = {
 HEADER_LIMIT = "X-RateLimit-Limit"
 HEADER_REMAINING = "X-RateLimit-Remaining"
 HEADER_RESET = "X-RateLimit-Reset"
+# The result of a request already counted before Flask saw it (service.warm_path), as
+# (allowed, window); the limiter uses it instead of counting the request again.
+COUNTED_KEY = "gatehouse.rate_limit_counted"
 
 
 def seconds_until(timestamp: float) -> int:
     """Return whole seconds from now until a Unix time, at least 1, for Retry-After."""
     return max(1, math.ceil(timestamp - time.time()))
+
+
+def window_headers(window: tuple[int, int, float]) -> list[tuple[str, str]]:
+    """Return the X-RateLimit headers for a window (limit, remaining, reset time)."""
+    amount, remaining, reset_time = window
+    return [(HEADER_LIMIT, str(amount)), (HEADER_REMAINING, str(remaining)), (HEADER_RESET, str(math.ceil(reset_time)))]
 
 
 def _client_key() -> str:
@@ -163,13 +172,21 @@ class RouteLimiter(Limiter):
 
     shared_limit = limit
 
+    def hit_in_worker(self, route: str, endpoint: str, client_address: str) -> tuple[bool, tuple[int, int, float]]:
+        """Count a request to a bearer route in this worker's memory, as the request hook would."""
+        return self._worker_counters.hit(route, endpoint, client_network(client_address))
+
     def _check_request_limit(self, callable_name: str | None = None, in_middleware: bool = True) -> None:
         kind = _route_kind(current_app, self._route_kinds)
         if kind is RouteKind.EXEMPT:
             return
-        counters = self._worker_counters if kind is RouteKind.WORKER else self._shared_counters
-        assert counters is not None, "init_app has not run"
-        allowed, window = counters.hit(_route(), request.endpoint or "", _client_key())
+        counted = request.environ.get(COUNTED_KEY)
+        if counted is not None:
+            allowed, window = counted
+        else:
+            counters = self._worker_counters if kind is RouteKind.WORKER else self._shared_counters
+            assert counters is not None, "init_app has not run"
+            allowed, window = counters.hit(_route(), request.endpoint or "", _client_key())
         g.rate_limit_window = window
         if not allowed:
             retry_after = seconds_until(window[2])
@@ -210,10 +227,8 @@ def init_app(app: Flask, settings: Settings) -> Limiter:
         if window is None:
             return response
 
-        amount, remaining, reset_time = window
-        response.headers[HEADER_LIMIT] = str(amount)
-        response.headers[HEADER_REMAINING] = str(remaining)
-        response.headers[HEADER_RESET] = str(math.ceil(reset_time))
+        for name, value in window_headers(window):
+            response.headers[name] = value
         return response
 
     app.after_request(add_headers)

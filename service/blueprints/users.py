@@ -20,15 +20,16 @@ blueprint = Blueprint("users", __name__, url_prefix="/v1/users")
 @operation("The authenticated user and current roles", responses={200: CurrentUser}, bearer=True,
            tags=("users",))
 def me() -> Response:
-    return Response(_current_user_body(current_principal().user), mimetype="application/json")
+    return Response(current_user_body(current_principal().user), mimetype="application/json")
 
 
 # A user object is immutable and replaced on every change, so its rendering can be
 # kept: a warm /v1/users/me then serializes nothing.
 @functools.lru_cache(maxsize=1024)
-def _current_user_body(user: User) -> str:
+def current_user_body(user: User) -> bytes:
+    """Render the /v1/users/me body of a user, kept per user object."""
     return CurrentUser(id=user.id, email=user.email, status=user.status, created_at=user.created_at,
-                       roles=list(user.roles)).model_dump_json() + "\n"
+                       roles=list(user.roles)).model_dump_json().encode() + b"\n"
 
 
 @blueprint.post("/me/password")

@@ -1,0 +1,185 @@
+"""The warm path: GET /v1/users/me served from worker memory, before Flask's request machinery.
+
+Other backends call /v1/users/me with every request they serve, and when the token,
+its session and its account are all in this worker's memory (service.access_state)
+the response needs no I/O. Flask's request context, routing, hook dispatch and
+response object then cost more than the work itself. Under gunicorn's gevent worker
+on the benchmark machine, the floor app of bench/ (one Flask route returning a small
+JSON document) used 164 µs of CPU per request, and a plain WSGI app returning the
+same document 85 µs.
+
+WarmPath sits between the WSGI middleware and Flask. For a warm request it does what
+the request hooks and the view would do, with the same components: the ban check,
+the bearer check from memory, the rate limit counted in worker memory, the cached
+response body, the rate-limit, Cache-Control and X-Request-ID headers, the HTTP
+metrics, the in-flight gauge and the request_completed log line. Every other request
+goes to Flask unchanged, and so does this one whenever a step would not end in a 200
+from memory: a banned address, a token not in the claims cache (unknown, expired or
+never seen by this worker), a revoked session, a revoked set not loaded yet, a user
+not cached or not active, or a body.
+
+Flask counts the rate limit before it checks the token. The warm path checks the
+token first, but it sends a request that is not warm to Flask before counting it, so
+each request is counted once either way. A request refused by its rate limit goes to
+Flask with its count (limits.COUNTED_KEY), and Flask renders the 429 without
+counting it again.
+
+Because the path repeats the request hooks, it checks at start-up that the app has
+exactly the hooks it mirrors. Adding, removing or reordering one raises
+HookMismatch until this module has been reviewed with it.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import structlog
+from flask import Flask
+
+from service import metrics, request_log
+from service.context import EXTENSION_KEY, Services
+from service.http_metrics import RECORDER_KEY
+from service.limits import COUNTED_KEY, LIMITER_KEY, window_headers
+from service.method_guard import ENCODED_SEPARATOR_KEY
+from service.users import STATUS_ACTIVE
+
+log = structlog.get_logger(__name__)
+
+ROUTE = "/v1/users/me"
+ENDPOINT = "users.me"
+_STATUS_LINE = "200 OK"
+
+# The app's request hooks, in Flask's order, whose work WarmPath repeats.
+MIRRORED_HOOKS = {
+    "before_request": (
+        "service.request_log._start_request",
+        "service.metrics.track_in_flight.<locals>._request_started",
+        "service.ban_guard._check_ban",
+        "service.http_metrics._Recorder.start",
+        "service.limits.RouteLimiter._check_request_limit",
+        "service.payload._read_body",
+    ),
+    "after_request": (
+        "service.request_log._finish_request",
+        "service.http_metrics._Recorder.finish",
+        "service.limits.init_app.<locals>.add_headers",
+        "service.payload._close_unread_body",
+    ),
+    "teardown_request": (
+        "service.request_log._clear_context",
+        "service.metrics.track_in_flight.<locals>._request_finished",
+        "service.http_metrics._Recorder.fail",
+    ),
+}
+
+
+class HookMismatch(RuntimeError):
+    """The app's request hooks differ from the ones the warm path repeats."""
+
+
+def _hook_name(hook: Callable[..., Any]) -> str:
+    while isinstance(hook, functools.partial):
+        hook = hook.func
+    return f"{hook.__module__}.{hook.__qualname__}"
+
+
+def check_hooks(app: Flask) -> None:
+    """Raise HookMismatch unless the app's request hooks are exactly MIRRORED_HOOKS."""
+    for kind, expected in MIRRORED_HOOKS.items():
+        registered: dict[str | None, list[Callable[..., Any]]] = getattr(app, f"{kind}_funcs")
+        scopes = {scope for scope, hooks in registered.items() if hooks}
+        names = tuple(_hook_name(hook) for hook in registered.get(None, []))
+        if scopes - {None} or names != expected:
+            raise HookMismatch(f"{kind} hooks are {names} (blueprint scopes {sorted(map(str, scopes - {None}))}), "
+                               f"but service.warm_path repeats {expected}; review the warm path")
+    operation = getattr(app.view_functions.get(ENDPOINT), "openapi_operation", None)
+    if operation is None or not operation.bearer or operation.roles or operation.request or operation.query:
+        raise HookMismatch(f"{ENDPOINT} is no longer a bearer route without roles, body or query; "
+                           "review the warm path")
+
+
+def _bearer_token(environ: dict[str, Any]) -> str | None:
+    # The same parsing as service.bearer. Anything it would reject is left to it.
+    scheme, _, token = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None
+
+
+class WarmPath:
+    """WSGI layer in front of Flask that serves a warm GET /v1/users/me itself."""
+
+    def __init__(self, app: Flask, wsgi_app: Callable[..., Iterable[bytes]],
+                 body_for: Callable[[Any], bytes]) -> None:
+        check_hooks(app)
+        self._next = wsgi_app
+        self._body_for = body_for
+        self._services: Services = app.extensions[EXTENSION_KEY]
+        self._limiter = app.extensions[LIMITER_KEY]
+        self._recorder = app.extensions[RECORDER_KEY]
+        self._ban_enabled = self._services.settings.ban_enabled
+        self._log = request_log.log
+        self.enabled = True
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ["PATH_INFO"] != ROUTE or environ["REQUEST_METHOD"] != "GET" or not self.enabled:
+            return self._next(environ, start_response)
+
+        started = time.perf_counter()
+        metrics.IN_FLIGHT.inc()
+        try:
+            response = self._respond(environ, started)
+        except Exception:
+            # Flask repeats every step, so this request still gets its response, error
+            # handling and log line there. The path stays off in this worker: an error
+            # here is a defect, and one log line with its traceback is enough.
+            self.enabled = False
+            log.exception("warm_path_disabled")
+            response = None
+        finally:
+            metrics.IN_FLIGHT.dec()
+        if response is None:
+            return self._next(environ, start_response)
+
+        headers, body = response
+        start_response(_STATUS_LINE, headers)
+        return [body]
+
+    def _respond(self, environ: dict[str, Any], started: float) -> tuple[list[tuple[str, str]], bytes] | None:
+        """Return the headers and body of a warm response, or None to leave the request to Flask."""
+        if environ.get("CONTENT_LENGTH") not in (None, "", "0") or "HTTP_TRANSFER_ENCODING" in environ:
+            return None
+        if ENCODED_SEPARATOR_KEY in environ:
+            return None
+        client_address = environ.get("REMOTE_ADDR") or ""
+        svc = self._services
+        if self._ban_enabled and svc.bans.banned_until(client_address) is not None:
+            return None
+
+        token = _bearer_token(environ)
+        claims = svc.access.cached_claims(token) if token is not None else None
+        if claims is None or not svc.access.synced or svc.access.is_revoked(claims.session_id):
+            return None
+        user = svc.access.cached_user(claims.user_id)
+        if user is None or user.status != STATUS_ACTIVE:
+            return None
+
+        allowed, window = self._limiter.hit_in_worker(ROUTE, ENDPOINT, client_address)
+        # Kept in the environ, so that Flask does not count the request again if it gets it after all.
+        environ[COUNTED_KEY] = (allowed, window)
+        if not allowed:
+            return None
+
+        body = self._body_for(user)
+        request_id = request_log.request_id_for(environ)
+        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+                   ("Cache-Control", "no-store"), *window_headers(window),
+                   (request_log.REQUEST_ID_HEADER, request_id)]
+        seconds = time.perf_counter() - started
+        self._recorder.record("GET", ROUTE, 200, seconds)
+        self._log.info("request_completed", status=200, duration_ms=round(seconds * 1000, 2), request_id=request_id,
+                       route=ROUTE, user_id=user.id, method="GET", client_ip=environ.get("REMOTE_ADDR"))
+        return headers, body
