@@ -125,7 +125,7 @@ class WarmPath:
         self.enabled = True
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        if environ["PATH_INFO"] != ROUTE or environ["REQUEST_METHOD"] != "GET" or not self.enabled:
+        if environ.get("PATH_INFO") != ROUTE or environ["REQUEST_METHOD"] != "GET" or not self.enabled:
             return self._next(environ, start_response)
 
         started = time.perf_counter()
