@@ -5,15 +5,25 @@ from __future__ import annotations
 import pytest
 
 
-@pytest.mark.parametrize("path", ["/v1//auth/login", "//v1/auth/login", "/v1/auth//login"])
+@pytest.mark.parametrize("path", ["/v1//auth/login", "//v1/auth/login", "///v1/auth/login", "/v1/auth//login"])
 def test_doubled_slash_not_found(client, path):
-    response = client.post(path, json={"email": "alice@example.com", "password": "whatever password"},
-                           headers={"Host": "evil.example"})
+    # PATH_INFO is set directly: the test client would read "//v1/..." as a URL with host "v1".
+    response = client.post("/", json={"email": "alice@example.com", "password": "whatever password"},
+                           headers={"Host": "evil.example"}, environ_overrides={"PATH_INFO": path})
 
     # Not a redirect: werkzeug would build its Location from the Host header.
     assert response.status_code == 404
     assert "Location" not in response.headers
     assert response.content_type == "application/problem+json"
+
+
+@pytest.mark.parametrize("path", ["//v1/admin/users", "//v1/users/me", "//health"])
+def test_leading_slashes_not_found(client, admin_tokens, path):
+    response = client.get("/", headers={"Authorization": f"Bearer {admin_tokens['access_token']}"},
+                          environ_overrides={"PATH_INFO": path})
+
+    assert response.status_code == 404
+    assert response.get_json()["code"] == "not_found"
 
 
 @pytest.mark.parametrize(("path", "allowed"), [("/v1/auth/login", {"POST"}), ("/health", {"GET", "HEAD"})])

@@ -82,6 +82,20 @@ def test_encoded_separator_rejected(server, settings, target):
     assert count_status(server.url, 400) == before + 1
 
 
+@pytest.mark.parametrize("target", ["//v1/admin/users", "///v1/admin/users", "//v1/users/me"])
+def test_leading_slashes_not_routed(server, settings, target):
+    token = admin_token(server, settings)
+    # Twice: the second /v1/users/me would come from the warm path.
+    for path in ("/v1/admin/users", "/v1/users/me", "/v1/users/me"):
+        assert raw_request(server.url, path, [f"Authorization: Bearer {token}"])[0] == 200
+
+    status, headers, body = raw_request(server.url, target, [f"Authorization: Bearer {token}"])
+
+    assert status == 404
+    assert headers["content-type"] == "application/problem+json"
+    assert json.loads(body)["code"] == "not_found"
+
+
 def test_encoded_separator_in_query_served(server, settings):
     token = admin_token(server, settings)
 
