@@ -11,21 +11,66 @@ from __future__ import annotations
 import functools
 import ipaddress
 
+import structlog
+
+log = structlog.get_logger(__name__)
+
 # Key for a client address that is not an IP address, such as a value a
 # misconfigured proxy copied from X-Forwarded-For. One shared key means such
 # values cannot create unlimited counters.
 UNPARSABLE_CLIENT = "unparsable"
 
 
+_unparsable_logged = False
+
+
+def _without_port(address: str) -> str | None:
+    """Return the address inside "[IPv6]", "[IPv6]:port" or "IPv4:port", or None for any other text.
+
+    Some proxies write X-Forwarded-For entries in these forms (RFC 7239 allows them in Forwarded).
+    """
+    if address.startswith("["):
+        inner, bracket, rest = address[1:].partition("]")
+        if bracket and (not rest or (rest[:1] == ":" and rest[1:].isdigit())):
+            return inner
+        return None
+
+    host, colon, port = address.rpartition(":")
+    if colon and port.isdigit() and ":" not in host:
+        return host
+    return None
+
+
+def _unparsable(address: str | None) -> str:
+    global _unparsable_logged
+    if not _unparsable_logged:
+        # Once per worker: the cause is a setting, and every later request would repeat it.
+        _unparsable_logged = True
+        log.warning("client_address_unparsable", client_address=(address or "")[:64],
+                    hint="check GATEHOUSE_TRUSTED_PROXY_COUNT and what the proxy writes to X-Forwarded-For")
+    return UNPARSABLE_CLIENT
+
+
 # Parsing an address costs a few microseconds, and every request needs its key. The
 # cache is bounded: a flood of distinct IPv6 addresses only evicts older entries.
 @functools.lru_cache(maxsize=4096)
 def client_network(address: str | None) -> str:
-    """Return the key of a client address: an IPv4 address, or the /64 network of an IPv6 one."""
+    """Return the key of a client address: an IPv4 address, or the /64 network of an IPv6 one.
+
+    An address with a port (203.0.113.7:443, [2001:db8::1]:443) gets the key of the
+    address. Any other text that is not an IP address, such as an IPv4 address with
+    leading zeros, gets the one shared key UNPARSABLE_CLIENT.
+    """
     try:
         ip = ipaddress.ip_address(address or "")
     except ValueError:
-        return UNPARSABLE_CLIENT
+        inner = _without_port(address or "")
+        if inner is None:
+            return _unparsable(address)
+        try:
+            ip = ipaddress.ip_address(inner)
+        except ValueError:
+            return _unparsable(address)
 
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.ipv4_mapped is not None:

@@ -11,7 +11,7 @@ from service.app import close_app, create_app
 from service.blacklist import parse_networks
 from service.networks import UNPARSABLE_CLIENT, parse_network_key
 from tests.conftest import PASSWORD
-from tests.helpers import bearer
+from tests.helpers import bearer, wait_until
 
 ATTACKER = "192.0.2.10"
 # The login delay is pushed out of reach, so repeated failed logins reach the ban thresholds.
@@ -201,6 +201,18 @@ def test_network_key_of_spellings(text, key):
 def test_network_key_rejects_other_text(text):
     with pytest.raises(ValueError):
         parse_network_key(text)
+
+
+@pytest.mark.parametrize("spelling", ["192.0.2.90:40123", "[::ffff:192.0.2.90]:443"])
+def test_ban_covers_address_with_port(ban_app, spelling):
+    client = ban_app.test_client()
+    ban_app.extensions["gatehouse"].blacklist.ban("192.0.2.90", reason="test", seconds=60, actor="test")
+    bans = ban_app.extensions["gatehouse"].bans
+    wait_until(lambda: bans.banned_until("192.0.2.90") is not None, 5, "the ban did not reach the worker")
+
+    response = client.get("/v1/users/me", environ_base={"REMOTE_ADDR": spelling})
+    assert response.status_code == 403
+    assert response.get_json()["code"] == "ip_banned"
 
 
 def test_allowlist_reads_ipv4_mapped_networks():

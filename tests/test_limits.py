@@ -11,6 +11,7 @@ import redis
 from service import metrics
 from service.app import close_app, create_app
 from service.limit_storage import RATE_LIMIT_KEY_PREFIX
+from service import networks
 from service.limits import client_network, limit_storage
 from tests.conftest import PASSWORD
 
@@ -41,11 +42,37 @@ def log_events(text: str, event: str) -> list[dict]:
     ("2001:db8:1:2:ffff::1", "2001:db8:1:2::/64"),
     ("::ffff:203.0.113.7", "203.0.113.7"),
     ("fe80::1%eth0", "fe80::/64"),
+    ("203.0.113.7:443", "203.0.113.7"),
+    ("[2001:db8:1:2::5]:443", "2001:db8:1:2::/64"),
+    ("[2001:db8:1:2::5]", "2001:db8:1:2::/64"),
     ("not an address", "unparsable"),
     (None, "unparsable"),
-], ids=["ipv4", "ipv6", "ipv6_same_network", "ipv4_mapped", "ipv6_scoped", "garbage", "missing"])
+    ("203.0.113.07", "unparsable"),
+    ("203.0.113.7:", "unparsable"),
+    ("203.0.113.7:http", "unparsable"),
+    ("host.example:443", "unparsable"),
+    ("[2001:db8::5", "unparsable"),
+    ("[2001:db8::5]x", "unparsable"),
+    ("[203.0.113.7]:443x", "unparsable"),
+], ids=["ipv4", "ipv6", "ipv6_same_network", "ipv4_mapped", "ipv6_scoped", "ipv4_port", "ipv6_port",
+        "ipv6_brackets", "garbage", "missing", "leading_zero", "empty_port", "named_port", "host_name",
+        "open_bracket", "text_after_bracket", "text_after_port"])
 def test_client_network_keys(address, key):
     assert client_network(address) == key
+
+
+def test_unparsable_address_logged_once(app, monkeypatch, capsys):
+    monkeypatch.setattr(networks, "_unparsable_logged", False)
+    client_network.cache_clear()
+    capsys.readouterr()
+
+    for address in ("proxy-copied-value", "another value", "proxy-copied-value"):
+        assert client_network(address) == "unparsable"
+
+    logged = log_events(capsys.readouterr().out, "client_address_unparsable")
+    assert len(logged) == 1
+    assert logged[0]["client_address"] == "proxy-copied-value"
+    assert "GATEHOUSE_TRUSTED_PROXY_COUNT" in logged[0]["hint"]
 
 
 def test_login_limited_per_client_address(limited_app):
