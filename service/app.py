@@ -72,9 +72,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
 
 def _wrap_wsgi_app(app: Flask, settings: Settings) -> None:
     """Put the WSGI layers in front of Flask; the last one wrapped sees a request first."""
-    from service.blueprints.users import current_user_body
-
-    app.wsgi_app = WarmPath(app, app.wsgi_app, current_user_body)  # type: ignore[method-assign]
+    app.wsgi_app = WarmPath(app, app.wsgi_app)  # type: ignore[method-assign]
     if settings.trusted_proxy_count:
         # The client address is the one the last trusted proxy saw; earlier entries are client-supplied.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxy_count)  # type: ignore[method-assign]

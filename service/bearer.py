@@ -26,17 +26,30 @@ class Principal:
     user: User
 
 
+# HTTP's optional whitespace (RFC 9110): str.strip() would also drop Unicode spaces such as U+00A0.
+HEADER_WHITESPACE = " \t"
+
+
+def bearer_token_of(header: str) -> str | None:
+    """Return the token of an Authorization header value of the form 'Bearer <token>', or None."""
+    scheme, _, token = header.partition(" ")
+    token = token.strip(HEADER_WHITESPACE)
+    if scheme.lower() != "bearer" or not token:
+        return None
+    return token
+
+
 def _bearer_token() -> str:
     header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
     if not header:
         raise MissingToken()
-    if scheme.lower() != "bearer" or not token.strip():
+    token = bearer_token_of(header)
+    if token is None:
         if "," in header:
             raise InvalidToken(MULTIPLE_AUTHORIZATION_DETAIL)
         raise InvalidToken("Authorization header must be 'Bearer <token>'.")
 
-    return token.strip()
+    return token
 
 
 def _claims(svc: Services, token: str) -> AccessClaims:

@@ -37,9 +37,10 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import structlog
-from flask import Flask
+from flask import Flask, signals
 
 from service import metrics, request_log
+from service.bearer import bearer_token_of
 from service.context import EXTENSION_KEY, Services
 from service.http_metrics import RECORDER_KEY
 from service.limits import COUNTED_KEY, LIMITER_KEY, window_headers
@@ -86,8 +87,21 @@ def _hook_name(hook: Callable[..., Any]) -> str:
     return f"{hook.__module__}.{hook.__qualname__}"
 
 
+# Flask's request signals: a receiver (an error tracker, say) would miss every warm request.
+_REQUEST_SIGNALS = (signals.request_started, signals.request_finished, signals.request_tearing_down,
+                    signals.got_request_exception, signals.appcontext_pushed, signals.appcontext_popped,
+                    signals.appcontext_tearing_down)
+
+
 def check_hooks(app: Flask) -> None:
-    """Raise HookMismatch unless the app's request hooks are exactly MIRRORED_HOOKS."""
+    """Raise HookMismatch unless the app does per request exactly what the warm path repeats.
+
+    That is: the request hooks in MIRRORED_HOOKS, no blueprint hooks, URL value
+    processors, app-context teardowns or request signal receivers, and the users.me view
+    of service.blueprints.users as a bearer route without roles, body or query.
+    """
+    from service.blueprints import users
+
     for kind, expected in MIRRORED_HOOKS.items():
         registered: dict[str | None, list[Callable[..., Any]]] = getattr(app, f"{kind}_funcs")
         scopes = {scope for scope, hooks in registered.items() if hooks}
@@ -95,28 +109,33 @@ def check_hooks(app: Flask) -> None:
         if scopes - {None} or names != expected:
             raise HookMismatch(f"{kind} hooks are {names} (blueprint scopes {sorted(map(str, scopes - {None}))}), "
                                f"but service.warm_path repeats {expected}; review the warm path")
-    operation = getattr(app.view_functions.get(ENDPOINT), "openapi_operation", None)
-    if operation is None or not operation.bearer or operation.roles or operation.request or operation.query:
-        raise HookMismatch(f"{ENDPOINT} is no longer a bearer route without roles, body or query; "
-                           "review the warm path")
+    extra = [name for name in ("url_value_preprocessors", "url_default_functions")
+             if any(getattr(app, name).values())]
+    if app.teardown_appcontext_funcs:
+        extra.append("teardown_appcontext_funcs")
+    # receivers_for, not has_receivers_for: blinker 1.9's has_receivers_for stays true after a disconnect.
+    extra += [signal.name for signal in _REQUEST_SIGNALS if any(True for _ in signal.receivers_for(app))]
+    if extra:
+        raise HookMismatch(f"the app has {', '.join(extra)}, which the warm path does not run; review the warm path")
 
-
-def _bearer_token(environ: dict[str, Any]) -> str | None:
-    # The same parsing as service.bearer. Anything it would reject is left to it.
-    scheme, _, token = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
-    if scheme.lower() != "bearer":
-        return None
-    return token.strip() or None
+    view = app.view_functions.get(ENDPOINT)
+    operation = getattr(view, "openapi_operation", None)
+    if view is not users.me or operation is None or not operation.bearer or operation.roles \
+            or operation.request or operation.query:
+        raise HookMismatch(f"{ENDPOINT} is no longer service.blueprints.users.me as a bearer route without roles, "
+                           "body or query; review the warm path")
 
 
 class WarmPath:
     """WSGI layer in front of Flask that serves a warm GET /v1/users/me itself."""
 
-    def __init__(self, app: Flask, wsgi_app: Callable[..., Iterable[bytes]],
-                 body_for: Callable[[Any], bytes]) -> None:
+    def __init__(self, app: Flask, wsgi_app: Callable[..., Iterable[bytes]]) -> None:
+        from service.blueprints.users import current_user_body
+
         check_hooks(app)
         self._next = wsgi_app
-        self._body_for = body_for
+        # The users.me view's own rendering, so both paths send the same bytes.
+        self._body_for = current_user_body
         self._services: Services = app.extensions[EXTENSION_KEY]
         self._limiter = app.extensions[LIMITER_KEY]
         self._recorder = app.extensions[RECORDER_KEY]
@@ -159,7 +178,7 @@ class WarmPath:
         if self._ban_enabled and svc.bans.banned_until(client_address) is not None:
             return None
 
-        token = _bearer_token(environ)
+        token = bearer_token_of(environ.get("HTTP_AUTHORIZATION", ""))
         claims = svc.access.cached_claims(token) if token is not None else None
         if claims is None or not svc.access.synced or svc.access.is_revoked(claims.session_id):
             return None

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 
 import pytest
-from flask import Blueprint
+from flask import Blueprint, signals
 from prometheus_client import CollectorRegistry, multiprocess
 
 from service.app import close_app, create_app
@@ -304,3 +305,50 @@ def test_forwarded_address_is_banned(user):
         assert response.get_json()["code"] == "ip_banned"
     finally:
         close_app(app)
+
+
+def test_replaced_view_raises(app):
+    view = app.view_functions["users.me"]
+
+    @functools.wraps(view)
+    def deny_all(*args, **kwargs):
+        raise RuntimeError("denied")
+
+    app.view_functions["users.me"] = deny_all
+    with pytest.raises(HookMismatch, match="users.me"):
+        check_hooks(app)
+
+
+@pytest.mark.parametrize("signal", [signals.request_started, signals.request_finished,
+                                    signals.got_request_exception, signals.appcontext_tearing_down],
+                         ids=lambda signal: signal.name)
+def test_signal_receiver_raises(app, signal):
+    def receiver(sender, **extra):
+        return None
+
+    signal.connect(receiver, app)
+    try:
+        with pytest.raises(HookMismatch, match=signal.name):
+            check_hooks(app)
+    finally:
+        signal.disconnect(receiver, app)
+    check_hooks(app)
+
+
+def test_app_context_teardown_raises(app):
+    app.teardown_appcontext(lambda _exc: None)
+    with pytest.raises(HookMismatch, match="teardown_appcontext"):
+        check_hooks(app)
+
+
+@pytest.mark.parametrize("suffix", ["\xa0", "\x85", "\x1f"], ids=["no_break_space", "next_line", "unit_separator"])
+def test_unicode_space_after_token_rejected(client, tokens, warm, suffix):
+    token = tokens["access_token"]
+    assert client.get(ME, headers=bearer(token)).status_code == 200
+
+    # Set in the environ as gunicorn passes it: a header byte 0xA0 arrives as the character U+00A0.
+    value = f"Bearer {token}{suffix}"
+    for _ in range(2):
+        response = client.get(ME, environ_overrides={"HTTP_AUTHORIZATION": value})
+        assert response.status_code == 401
+        assert response.get_json()["code"] == "invalid_token"
