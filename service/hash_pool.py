@@ -122,7 +122,7 @@ class HashPool:
         if release is None or not used:
             return
 
-        # With no call pending every lane is idle. Holding them all keeps every thread from
+        # With no call pending every lane is idle. Reserving them all keeps every thread from
         # hashing while one of them lowers the process-wide trim threshold.
         reserved_lanes = [self._idle_lanes.get_nowait() for _ in range(self._idle_lanes.qsize())]
         self._releasing = True
