@@ -161,9 +161,14 @@ def _targets(results: Results) -> list[str]:
     after = results.mixed.get("rss_kib_after")
     if after:
         worst = max(after) / MIB
-        lines.append(f"- At most {MAX_WORKER_RSS_MIB} MiB resident per worker after "
-                     f"{_number(results.mixed['requests'])} mixed requests: largest worker {worst:.1f} MiB "
-                     f"({_verdict(worst <= MAX_WORKER_RSS_MIB)})")
+        line = (f"- At most {MAX_WORKER_RSS_MIB} MiB resident per worker after "
+                f"{_number(results.mixed['requests'])} mixed requests: largest worker {worst:.1f} MiB "
+                f"({_verdict(worst <= MAX_WORKER_RSS_MIB)})")
+        idle = results.mixed.get("rss_kib_idle")
+        # Results saved before the sample at rest was taken have no such key.
+        if idle:
+            line += f"; {max(idle) / MIB:.1f} MiB after {results.mixed['idle_wait_seconds']:g} s without requests"
+        lines.append(line)
     return lines
 
 
@@ -239,7 +244,9 @@ def render_results(results: Results) -> str:
         f"{_mib_list(results.mixed.get('rss_kib_after'))} after {_number(results.mixed.get('requests', 0))} mixed "
         f"requests ({_number(results.mixed.get('rate', 0))} req/s, {results.mixed.get('errors', 0)} failed or "
         f"timed out); "
-        f"{_mib_list(results.mixed.get('rss_kib_end'))} after all runs. Of the resident memory after the mixed "
+        + (f"{_mib_list(results.mixed['rss_kib_idle'])} after {results.mixed['idle_wait_seconds']:g} s without "
+           "requests; " if results.mixed.get("rss_kib_idle") else "")
+        + f"{_mib_list(results.mixed.get('rss_kib_end'))} after all runs. Of the resident memory after the mixed "
         f"requests, {_mib_list(results.mixed.get('private_kib_after'))} MiB was private to each worker; the rest "
         "is mostly shared libraries.",
         "- Start-up, from launching gunicorn to the first 200 from /ready: "

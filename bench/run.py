@@ -64,6 +64,8 @@ METRICS_SCRAPES = 20
 ARGON2_SAMPLES = 40
 # Pause between runs, so that connections of one run are closed before the next.
 PAUSE_SECONDS = 2.0
+# Wait beyond GATEHOUSE_ARGON2_RELEASE_IDLE_SECONDS before sampling the workers' memory at rest.
+IDLE_MARGIN_SECONDS = 2.0
 # A run is "quiet" when the machine was this idle before the benchmark and other
 # processes used at most this much CPU during each run.
 QUIET_LOAD_1M = 0.5
@@ -315,7 +317,7 @@ class Harness:
         return {**env, "BENCH_TOKENS_FILE": str(path), "BENCH_REFRESH_TOKENS_FILE": str(path)}
 
     def measure_mixed(self, server: Server, user_ids: list[str], env: dict[str, str]) -> None:
-        """Send at least MIXED_REQUESTS mixed requests; record worker memory before and after."""
+        """Send at least MIXED_REQUESTS mixed requests, and record worker memory before, after and at rest."""
         self.results.mixed["rss_kib_before"] = server.worker_rss_kib()
         floor_rate = self.results.floor["before"].rate
         estimate = floor_rate / 2
@@ -338,6 +340,13 @@ class Harness:
             "rss_kib_after": server.worker_rss_kib(),
             "private_kib_after": server.worker_private_kib(),
         })
+        # Workers give their argon2 memory back after the idle time (0: never), so a second
+        # sample shows the memory at rest. The sample above is the memory under load.
+        idle_seconds = self.settings.argon2_release_idle_seconds
+        if idle_seconds > 0:
+            time.sleep(idle_seconds + IDLE_MARGIN_SECONDS)
+            self.results.mixed["rss_kib_idle"] = server.worker_rss_kib()
+            self.results.mixed["idle_wait_seconds"] = idle_seconds + IDLE_MARGIN_SECONDS
 
     def measure_endpoint(self, server: Server, endpoint: Endpoint, user_ids: list[str],
                          env: dict[str, str]) -> None:

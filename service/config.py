@@ -158,6 +158,11 @@ class Settings(BaseSettings):
     argon2_threads: int = Field(
         1, ge=1, le=64, description="threads per worker that compute argon2id hashes at the same time, 1-64"
     )
+    argon2_release_idle_seconds: float = Field(
+        5.0, ge=0, le=3600,
+        description="seconds without a hash after which a worker gives its argon2id memory back to the "
+                    "operating system, 0-3600; 0 never does",
+    )
 
     # Per-worker caches of the authenticated hot path
     claims_cache_max_entries: int = Field(

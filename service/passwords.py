@@ -23,23 +23,16 @@ def _gevent_patched() -> bool:
     return monkey.is_module_patched("threading")
 
 
-def _capture(function: Callable[..., T], args: tuple[object, ...]) -> tuple[T | None, BaseException | None]:
-    """Call function and return (result, None), or (None, the exception it raised)."""
-    try:
-        return function(*args), None
-    except Exception as exc:  # handed back to the waiting greenlet, which raises it
-        return None, exc
-
-
 class Passwords:
     """Hash and verify passwords with the configured argon2id parameters.
 
-    Under gevent each hash runs on a thread pool of this worker with at most
-    argon2_threads threads, and the request's greenlet waits for it. The bound
-    matters for memory and speed alike. Every thread keeps its argon2 memory
-    (19 MiB with the default parameters) allocated after a hash, because glibc's
-    malloc leaves it in the thread's arena, and more threads than cores only make
-    each hash slower. Without gevent (tests, the CLI) hashing runs inline.
+    Under gevent each hash runs on one of at most argon2_threads threads of this
+    worker (service.hash_pool), and the request's greenlet waits for it. The bound
+    matters for memory and speed alike. A thread keeps its argon2 memory (19 MiB
+    with the default parameters) after a hash, in its glibc malloc arena. On glibc
+    the worker gives it back once it has hashed nothing for
+    argon2_release_idle_seconds (service.hash_memory). More threads than cores only
+    make each hash slower. Without gevent (tests, the CLI) hashing runs inline.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -49,29 +42,22 @@ class Passwords:
             parallelism=settings.argon2_parallelism,
             type=argon2.Type.ID,
         )
-        self._threads = settings.argon2_threads
+        self._settings = settings
         # Created on first use, in the process that hashes: a pool's threads do not survive fork.
         self._pool: Any = None
         # Verified against when the email is unknown, so both paths cost one argon2 run.
         self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(16))
 
     def _off_loop(self, function: Callable[..., T], *args: object) -> T:
-        """Run a CPU-bound call on this worker's argon2 pool under gevent, inline otherwise."""
+        """Run a CPU-bound call on this worker's argon2 threads under gevent, inline otherwise."""
         if not _gevent_patched():
             return function(*args)
 
         if self._pool is None:
-            from gevent.threadpool import ThreadPool
+            from service.hash_pool import create_hash_pool
 
-            # Not the hub's pool: gevent's default resolver looks up host names on its
-            # threads, so a burst of logins there would delay new MySQL and Redis connections.
-            self._pool = ThreadPool(self._threads)
-        # An exception raised on a pool thread is printed by gevent as a plain-text
-        # traceback (every wrong password would write one), so the thread returns it instead.
-        result, error = self._pool.apply(_capture, (function, args))
-        if error is not None:
-            raise error
-        return result
+            self._pool = create_hash_pool(self._settings)
+        return self._pool.run(function, *args)
 
     def hash(self, password: str) -> str:
         return self._off_loop(self._hasher.hash, password)

@@ -77,3 +77,24 @@ def test_half_rate_rows_only_when_measured(tmp_path):
     assert "| Gatehouse | GET /v1/users/me (warm) | fixed 1,500/s, half its own | 1,500 |" in text
     assert "GET /health | not measured" in text
     assert "half its own | not measured" not in text
+
+
+def test_idle_memory_shown_when_measured():
+    from bench.report import render_results
+    from bench.run import Results
+
+    results = Results(started_at="2026-01-01 00:00 UTC", command="make bench", seconds=10, warmup_seconds=3,
+                      machine={"cpu": "test", "cores": "2", "memory": "1 GiB", "kernel": "6", "distribution": "d",
+                               "python": "3.11"},
+                      versions={}, load_1m_at_start=0.1, workers=2)
+    results.floor = {"before": _run("floor-before", 60_000)}
+    results.mixed = {"requests": 1000, "rss_kib_before": [76_800], "rss_kib_after": [97_280], "rss_kib_end": [98_304]}
+    without_idle_sample = render_results(results)
+    results.mixed.update({"rss_kib_idle": [78_848], "idle_wait_seconds": 7.0})
+    with_idle_sample = render_results(results)
+
+    assert "largest worker 95.0 MiB (**missed**)\n" in without_idle_sample
+    assert "without requests" not in without_idle_sample
+    assert "largest worker 95.0 MiB (**missed**); 77.0 MiB after 7 s without requests" in with_idle_sample
+    assert "95.0 after 1,000 mixed requests" in with_idle_sample
+    assert "77.0 after 7 s without requests; 96.0 after all runs" in with_idle_sample

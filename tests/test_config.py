@@ -116,6 +116,27 @@ def test_argon2_memory_at_owasp_floor_accepted(environment):
     assert load_settings().argon2_memory_kib == 19456
 
 
+def test_argon2_release_idle_seconds_default(environment):
+    assert load_settings().argon2_release_idle_seconds == 5.0
+
+
+def test_argon2_release_idle_seconds_zero_accepted(environment):
+    environment.setenv("GATEHOUSE_ARGON2_RELEASE_IDLE_SECONDS", "0")
+
+    assert load_settings().argon2_release_idle_seconds == 0
+
+
+@pytest.mark.parametrize("value", ["-1", "-0.5", "3601", "soon"])
+def test_invalid_argon2_release_idle_seconds_rejected(environment, value):
+    environment.setenv("GATEHOUSE_ARGON2_RELEASE_IDLE_SECONDS", value)
+
+    message = invalid_configuration_message()
+
+    assert "GATEHOUSE_ARGON2_RELEASE_IDLE_SECONDS" in message
+    assert "invalid" in message
+    assert "0-3600" in message
+
+
 def test_override_validated_like_environment(environment):
     with pytest.raises(InvalidConfiguration) as excinfo:
         load_settings({"mysql_port": 70000})
