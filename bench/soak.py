@@ -197,14 +197,17 @@ def run_soak(harness: Harness, args: argparse.Namespace) -> SoakResults:
         count = fixtures.tokens_needed(rate * 0.10, seconds, 1.05)
         return {**harness.refresh_env(env, user_ids, count, name), "BENCH_TOKENS_FILE": access_file}
 
+    # Made before the warm-up: making them takes long enough for the workers to give
+    # their argon2 memory back, and the baseline must be taken under the load itself.
+    soak_env = mixed_env(args.seconds, "soak")
+    warmup_env = mixed_env(args.warmup_seconds, "soak-warmup")
     # Every connection busy at once, as when a dependency stalls for a moment. The heap
     # keeps what such a burst used, so without it in the warm-up, the first stall
     # during the soak would show as growth of several MiB.
     harness.wrk("soak-burst", server, "", "mixed.lua", seconds=BURST_SECONDS,
                 env=mixed_env(BURST_SECONDS, "soak-burst", rate=BURST_TOKEN_RATE))
     harness.wrk("soak-warmup", server, "", "mixed.lua", seconds=args.warmup_seconds, rate=args.rate,
-                env=mixed_env(args.warmup_seconds, "soak-warmup"))
-    soak_env = mixed_env(args.seconds, "soak")
+                env=warmup_env)
     results.baseline_kib = server.worker_rss_kib()
 
     stop = threading.Event()
