@@ -48,7 +48,8 @@ class InvalidConfiguration(Exception):
 class Settings(BaseSettings):
     """Every setting of the service; the field name is the variable name without the prefix."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+    # allow_inf_nan=False: "nan" passes every ge/le bound, so a float setting would take it.
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True, allow_inf_nan=False)
 
     # Server (read by gunicorn.conf.py)
     bind: str = Field("127.0.0.1:8000", description="host:port that gunicorn listens on")

@@ -84,10 +84,19 @@ def parse_network_key(text: str) -> str:
     """Return the key named by an address, an IPv4 /32 or an IPv6 /64 network; raise ValueError otherwise.
 
     A /64 written with host bits set (2001:db8::5/64) names the same network as 2001:db8::/64.
+    An address with a port, as it appears in the log lines of clients behind some
+    proxies (203.0.113.7:443, [2001:db8::1]:443), names the key of the address.
     """
     text = text.strip()
     if "/" not in text:
-        ipaddress.ip_address(text)
+        try:
+            ipaddress.ip_address(text)
+        except ValueError:
+            address = _without_port(text)
+            if address is None:
+                raise
+            ipaddress.ip_address(address)
+            text = address
         return client_network(text)
 
     network = ipaddress.ip_network(text, strict=False)

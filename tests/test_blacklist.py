@@ -191,13 +191,17 @@ def test_rotate_command_records_success(ban_app, settings):
     ("2001:db8:5::/64", "2001:db8:5::/64"),
     ("2001:DB8:5::7/64", "2001:db8:5::/64"),
     (" 2001:db8:5::5 ", "2001:db8:5::/64"),
+    ("203.0.113.7:443", "203.0.113.7"),
+    ("[2001:db8:5::5]:443", "2001:db8:5::/64"),
+    ("[2001:db8:5::5]", "2001:db8:5::/64"),
 ])
 def test_network_key_of_spellings(text, key):
     assert parse_network_key(text) == key
 
 
 @pytest.mark.parametrize("text", ["not-an-ip", "", UNPARSABLE_CLIENT, "2001:db8::/48", "2001:db8::/96",
-                                  "203.0.113.0/24", "2001:db8::1::2"])
+                                  "203.0.113.0/24", "2001:db8::1::2", "203.0.113.07", "host.example:443",
+                                  "[2001:db8::1::2]:443", "203.0.113.7:"])
 def test_network_key_rejects_other_text(text):
     with pytest.raises(ValueError):
         parse_network_key(text)
@@ -273,6 +277,17 @@ def test_manual_ban_blocks_every_spelling(ban_app, admin_tokens, banned, spellin
     for spelling in spellings:
         status = client.get("/v1/users/me", environ_base={"REMOTE_ADDR": spelling}).status_code
         assert status == 403, spelling
+
+
+def test_unban_with_port_from_log_line(ban_app, admin_tokens):
+    # Behind a proxy that writes ports, the log shows "client_ip": "192.0.2.91:8443".
+    client = ban_app.test_client()
+    headers = bearer(admin_tokens["access_token"])
+    created = client.post("/v1/admin/bans", json={"ip": "192.0.2.91", "reason": "scanner"}, headers=headers)
+    assert created.status_code == 201
+
+    assert client.delete("/v1/admin/bans/192.0.2.91:443", headers=headers).status_code == 204
+    assert client.get("/v1/admin/bans", headers=headers).get_json()["bans"] == []
 
 
 def test_unban_any_spelling_lifts_ban(ban_app):

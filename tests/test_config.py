@@ -126,7 +126,7 @@ def test_argon2_release_idle_seconds_zero_accepted(environment):
     assert load_settings().argon2_release_idle_seconds == 0
 
 
-@pytest.mark.parametrize("value", ["-1", "-0.5", "3601", "soon"])
+@pytest.mark.parametrize("value", ["-1", "-0.5", "3601", "soon", "nan", "inf"])
 def test_invalid_argon2_release_idle_seconds_rejected(environment, value):
     environment.setenv("GATEHOUSE_ARGON2_RELEASE_IDLE_SECONDS", value)
 
@@ -154,3 +154,15 @@ def test_summary_redacts_secrets(environment):
     # Values that are not secret stay readable in the start-up log.
     assert summary["mysql_port"] == 3306
     assert summary["keys_dir"] == str(Path(os.environ["GATEHOUSE_KEYS_DIR"]).resolve())
+
+
+@pytest.mark.parametrize("variable", ["GATEHOUSE_REFRESH_GRACE_SECONDS", "GATEHOUSE_USER_CACHE_SECONDS",
+                                      "GATEHOUSE_MYSQL_READ_TIMEOUT", "GATEHOUSE_BAN_MULTIPLIER"])
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf"])
+def test_float_setting_rejects_nan_and_infinity(environment, variable, value):
+    environment.setenv(variable, value)
+
+    message = invalid_configuration_message()
+
+    assert variable in message
+    assert "finite" in message
