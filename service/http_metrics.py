@@ -25,7 +25,7 @@ from prometheus_flask_exporter.multiprocess import GunicornPrometheusMetrics
 EXCLUDED_PATHS = frozenset({"/metrics", "/health", "/ready"})
 # The label the exporter calls group_by: the route template, never the raw path.
 ROUTE_LABEL = "url_rule"
-# The app extension under which the recorder is kept, for requests answered outside Flask (service.warm_path).
+# The app extension that contains the recorder, for requests served outside Flask (service.warm_path).
 RECORDER_KEY = "gatehouse.http_recorder"
 
 
@@ -51,7 +51,7 @@ class _Recorder:
         return series
 
     def record(self, method: str, route: str, status: int, seconds: float) -> None:
-        """Record one request that was answered without the request hooks."""
+        """Record one request that was served without the request hooks."""
         duration, total = self._series(method, route, status)
         duration.observe(seconds)
         total.inc()

@@ -9,10 +9,10 @@ JSON document) used 164 µs of CPU per request, and a plain WSGI app returning t
 same document 85 µs.
 
 WarmPath sits between the WSGI middleware and Flask. For a warm request it does what
-the request hooks and the view would do, with the same components: the ban check,
-the bearer check from memory, the rate limit counted in worker memory, the cached
-response body, the rate-limit, Cache-Control and X-Request-ID headers, the HTTP
-metrics, the in-flight gauge and the request_completed log line. Every other request
+the request hooks and the view would do, with the same components. These are the ban
+check, the bearer check from memory, the rate limit counted in worker memory and the
+cached response body. Then come the rate-limit, Cache-Control and X-Request-ID
+headers, the HTTP metrics, the in-flight gauge and the request_completed log line. Every other request
 goes to Flask unchanged, and so does this one whenever a step would not end in a 200
 from memory: a banned address, a token not in the claims cache (unknown, expired or
 never seen by this worker), a revoked session, a revoked set not loaded yet, a user

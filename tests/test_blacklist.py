@@ -304,8 +304,8 @@ def test_unban_any_spelling_lifts_ban(ban_app):
     assert blacklist.unban("2001:db8:5:0:0:0:0:7", actor="test") is True
     bans.apply_event({"kind": "ip_unbanned", "ip": "2001:db8:5::7"})
     assert blacklist.list() == []
-    # The listener may still deliver the ban's own event after the unban applied above;
-    # the unban's event follows it, so the worker ends up without the ban.
+    # The listener may still deliver the ban's own event after the unban applied above.
+    # The unban's event follows it, so the worker ends up without the ban.
     wait_until(lambda: bans.banned_until("2001:db8:5::5") is None, 5, "the unban did not reach the worker")
 
 

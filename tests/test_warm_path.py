@@ -60,9 +60,9 @@ def _completed_lines(output: str) -> list[dict]:
 def _metric(name: str, labels: dict[str, str]) -> float:
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)
-    wanted = sorted(labels.items())
+    expected_labels = sorted(labels.items())
     return sum(sample.value for family in registry.collect() for sample in family.samples
-               if sample.name == name and sorted(sample.labels.items()) == wanted)
+               if sample.name == name and sorted(sample.labels.items()) == expected_labels)
 
 
 def _me_count() -> float:
