@@ -189,7 +189,10 @@ UserCursor = Annotated[
 
 
 class UserSearch(QueryParameters):
-    query: str | None = Field(None, max_length=320, description="substring of the email, case-insensitive")
+    query: str | None = Field(
+        None, max_length=320,
+        description="substring of the email, case-insensitive. Fullwidth and other compatibility characters "
+                    "match their plain forms (NFKC), as on login.")
     status: Literal["active", "disabled"] | None = None
     limit: int = Field(50, ge=1, le=200)
     cursor: UserCursor | None = Field(
