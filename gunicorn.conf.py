@@ -111,26 +111,31 @@ control_socket_disable = True
 # Server hooks
 #
 def on_starting(server):
-    """Master, before binding: empty the metrics directory and check dependencies.
+    """Master, before binding: lock and empty the metrics directory, then check dependencies.
 
     The checks run in a child process: importing redis or pymysql here would load ssl
     and urllib3 into the master, and workers forked from it would inherit them
     unpatched by gevent.
     """
-    import shutil
     import subprocess
 
     from service.lifecycle.crash import enable_faulthandler
     from service.lifecycle.master import install_shutdown_handlers
+    from service.lifecycle.metrics_dir import MetricsDirInUse, claim_metrics_dir
 
     enable_faulthandler()
     install_shutdown_handlers(server, _settings.shutdown_drain_seconds)
     _attach_log_file()
 
+    # Files left by an earlier master would be summed into this run's counters, and
+    # emptying a directory that a running master uses would erase its counters.
     metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
-    # Files left by an earlier master would be summed into this run's counters.
-    shutil.rmtree(metrics_dir, ignore_errors=True)
-    os.makedirs(metrics_dir, exist_ok=True)
+    try:
+        claim_metrics_dir(metrics_dir)
+    except MetricsDirInUse as exc:
+        server.log.error("metrics_dir_in_use", extra={"error": str(exc), "path": exc.path,
+                                                      "holder_pid": exc.holder_pid})
+        sys.exit(3)
 
     server.log.info("master_starting", extra={"pid": os.getpid(), "settings": _settings.summary()})
     try:
@@ -163,8 +168,10 @@ def _attach_log_file():
 def post_fork(server, worker):
     """Worker, right after fork: the app (and its pools) is created next, when it loads."""
     from service.lifecycle.crash import enable_faulthandler
+    from service.lifecycle.metrics_dir import close_inherited_lock
 
     enable_faulthandler()
+    close_inherited_lock()
     worker.hold_early_signals(server)
     server.log.info("worker_started", extra={"worker_pid": worker.pid})
 

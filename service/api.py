@@ -24,7 +24,8 @@ _MAX_FIELD_NAME = 64
 _ERROR_TITLES = {
     400: "Invalid request body or field", 401: "Missing, invalid or revoked credentials",
     403: "Forbidden", 404: "Not found", 409: "Conflict", 413: "Request body too large",
-    415: "Content-Type is not application/json", 429: "Rate limit exceeded; retry after Retry-After",
+    415: "Content-Type is not application/json", 422: "Valid request that the current state does not allow",
+    429: "Rate limit exceeded; retry after Retry-After",
     503: "A dependency is unavailable; retry after Retry-After",
 }
 
@@ -39,25 +40,28 @@ class Operation:
     roles: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
     query: type[BaseModel] | None = None
+    description: str | None = None
 
 
 def operation(summary: str, *, request_model: type[BaseModel] | None = None,
               query_model: type[BaseModel] | None = None,
               responses: dict[int, type[BaseModel] | None], errors: tuple[int, ...] = (),
               bearer: bool = False, roles: tuple[str, ...] = (), tags: tuple[str, ...] = (),
-              uses_dependencies: bool = True) -> Callable:
+              uses_dependencies: bool = True, description: str | None = None) -> Callable:
     """Declare a route's body, query, responses, authentication and required roles.
 
     With bearer=True (implied by roles) the access token is checked first, so a 401
     or 403 comes before any body error; the caller is then current_principal(). The
     validated body arrives as the `body` argument, the query string as `query`.
-    uses_dependencies=False documents a route that never returns 503.
+    uses_dependencies=False documents a route that never returns 503. description is
+    the operation's Markdown description in /openapi.json, for rules the schemas cannot
+    express.
     """
     bearer = bearer or bool(roles)
     extra_errors = (((400, 413, 415) if request_model else ()) + ((400,) if query_model else ())
                     + ((401,) if bearer else ()) + ((403,) if roles else ()) + ((503,) if uses_dependencies else ()))
     spec = Operation(summary, request_model, responses, tuple(sorted(set(errors + extra_errors))), bearer,
-                     roles, tags, query_model)
+                     roles, tags, query_model, description)
 
     def decorator(view: Callable) -> Callable:
         @functools.wraps(view)
@@ -247,8 +251,11 @@ def _operation_object(spec: Operation, path_parameters: list[tuple[str, str]], *
                                "schema": prop})
     if parameters:
         result["parameters"] = parameters
+    descriptions = [spec.description] if spec.description else []
     if spec.roles:
-        result["description"] = "Requires the role(s): " + ", ".join(spec.roles) + "."
+        descriptions.append("Requires the role(s): " + ", ".join(spec.roles) + ".")
+    if descriptions:
+        result["description"] = " ".join(descriptions)
     if spec.request is not None:
         result["requestBody"] = {"required": True,
                                  "content": {"application/json": {"schema": _ref(spec.request)}}}

@@ -12,7 +12,15 @@ from service import metrics, users
 from service.bearer import load_user
 from service.context import Services
 from service.emails import fold_email
-from service.errors import AccountDisabled, InvalidCredentials, InvalidCurrentPassword, InvalidRefreshToken, NotFound
+from service.errors import (
+    AccountDisabled,
+    InvalidCredentials,
+    InvalidCurrentPassword,
+    InvalidRefreshToken,
+    NotFound,
+    PasswordUnchanged,
+)
+from service.passwords import normalize_password
 from service.schemas import TokenPair
 from service.sessions import RefreshOutcome
 from service.tokens.access import issue_access_token
@@ -166,10 +174,23 @@ def end_session(svc: Services, user_id: str, session_id: str) -> None:
 
 
 def change_password(svc: Services, user_id: str, session_id: str, current: str, new: str) -> int:
-    """Replace the password after checking the current one; end every other session."""
+    """Replace the password after checking the current one, and end every other session.
+
+    A wrong current password raises InvalidCurrentPassword, and a new password equal to
+    the current one then raises PasswordUnchanged. Either leaves the password and the
+    sessions as they were.
+    """
     if not users.verify_password(svc.database, svc.passwords, user_id, current):
         log.warning("password_change_rejected", reason="invalid_current_password")
         raise InvalidCurrentPassword("The current password is wrong.", field="current_password")
+
+    # Compared in the NFKC form that is hashed, so two spellings of the same characters
+    # are the same password. This check comes second, so that a caller who has a token
+    # but not the password cannot test guesses of the password against the 422.
+    if normalize_password(new) == normalize_password(current):
+        log.warning("password_change_rejected", reason="password_unchanged")
+        raise PasswordUnchanged("The new password is the current password. Choose a different one.",
+                                field="new_password")
 
     users.set_password(svc.database, svc.passwords, user_id, new)
     ended = svc.sessions.revoke_user(user_id, keep=session_id)

@@ -58,7 +58,23 @@ def fold_email(email: str) -> str:
     apart from Latin a. The domain is already ASCII and stays as it is.
     """
     local_part, _, domain = email.rpartition("@")
-    return f"{unicodedata.normalize('NFKC', local_part).lower()}@{domain}"
+    return f"{fold_text(local_part)}@{domain}"
+
+
+def fold_text(text: str) -> str:
+    """Return text folded as the local part of a lookup key is: NFKC-normalized, then lower-cased."""
+    return unicodedata.normalize("NFKC", text).lower()
+
+
+def search_spellings(text: str) -> list[str]:
+    """Return the spellings of part of an address that a search looks for in stored emails.
+
+    The folded spelling (fold_text) matches every account whose stored email is its own
+    lookup key, which includes every account made since local parts had to be ASCII.
+    The stored-form spelling (NFC, lower-cased) finds an older account whose non-ASCII
+    local part NFKC would change, such as fullwidth ａlice@.
+    """
+    return list(dict.fromkeys((fold_text(text), unicodedata.normalize("NFC", text).lower())))
 
 
 def _validate(address: str, *, allow_smtputf8: bool) -> ValidatedEmail:

@@ -97,6 +97,12 @@ class InvalidCurrentPassword(Problem):
     status, code, title = 403, "invalid_current_password", "Current password is wrong"
 
 
+class PasswordUnchanged(Problem):
+    """The new password of a password change is the current password."""
+
+    status, code, title = 422, "password_unchanged", "New password is the current password"
+
+
 class AccountDisabled(Problem):
     status, code, title = 403, "account_disabled", "Account disabled"
 

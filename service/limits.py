@@ -3,7 +3,8 @@
 Every route gets GATEHOUSE_RATE_LIMIT_DEFAULT unless ROUTE_LIMIT_SETTINGS names a
 setting of its own, and the probes and /metrics are exempt. Each route counts
 separately, in a moving window: in Redis, shared by every worker and replica, except
-on routes that require a bearer token, which count in each worker's memory.
+on routes that require a bearer token, which count in each worker's memory. Requests
+that match no route count in worker memory too, all of them under one route key.
 limit_storage describes what happens while Redis fails.
 """
 
@@ -36,6 +37,10 @@ log = structlog.get_logger(__name__)
 LIMITER_KEY = "gatehouse.limiter"
 # Probes and scrapes come from the platform every few seconds and must never be refused.
 EXEMPT_ROUTES = frozenset({"/health", "/ready", "/metrics"})
+# The route key of every request that matches no route: 404, 405, and 400
+# encoded_path_separator. One counter per client for all of them, and one metric label,
+# so a scanner's invented paths add neither counters nor series.
+UNMATCHED_ROUTE = "unmatched"
 # Route templates with a limit of their own, mapped to the name of the setting with that limit.
 ROUTE_LIMIT_SETTINGS = {
     "/v1/auth/login": "rate_limit_login",
@@ -68,8 +73,9 @@ def _client_key() -> str:
     return client_network(request.remote_addr)
 
 
-def _route() -> str | None:
-    return request.url_rule.rule if request.url_rule is not None else None
+def _route_key() -> str:
+    """Return the current request's route template, or UNMATCHED_ROUTE when it matched none."""
+    return request.url_rule.rule if request.url_rule is not None else UNMATCHED_ROUTE
 
 
 class RouteKind(enum.Enum):
@@ -87,14 +93,14 @@ def _route_kind(app: Flask, kinds: dict[str | None, RouteKind]) -> RouteKind:
     if kind is None:
         view = app.view_functions.get(endpoint or "")
         operation = getattr(view, "openapi_operation", None)
-        if endpoint is None or _route() in EXEMPT_ROUTES:
+        if _route_key() in EXEMPT_ROUTES:
             kind = RouteKind.EXEMPT
-        elif getattr(operation, "bearer", False):
+        elif endpoint is None or getattr(operation, "bearer", False):
+            # The response to an unmatched request (endpoint None) needs no I/O, so a
+            # Redis counter would cost more than the response itself.
             kind = RouteKind.WORKER
         else:
             kind = RouteKind.SHARED
-        # NOTE: unmatched requests (endpoint None: 404, 405) are not counted, as
-        # flask-limiter's own check would not count them either.
         kinds[endpoint] = kind
     return kind
 
@@ -134,14 +140,18 @@ class RouteLimiter(Limiter):
     flask-limiter builds the Redis storage and the moving-window strategy from its
     configuration. Its own check resolves, parses and filters every limit on each
     request, which cost a refresh more CPU than its Redis round trip. This subclass
-    decides from the route instead, once per endpoint: probes and unmatched requests
-    pass unchecked, routes that require a bearer token count in this worker's memory,
-    and every other route counts in Redis through flask-limiter's strategy.
+    decides from the route instead, once per endpoint: probes pass unchecked, routes
+    that require a bearer token and requests that match no route count in this
+    worker's memory, and every other route counts in Redis through flask-limiter's
+    strategy. Unmatched requests (404, 405, 400 encoded_path_separator) share one
+    counter per client, UNMATCHED_ROUTE, against the default limit. Their 429s count
+    toward a ban like any other.
 
     Bearer routes count in memory so that a warm authenticated request makes no
     Redis call. Their limit guards the worker's capacity, not a secret, and an
     invalid token costs one signature check.
-    NOTE: with W workers and R replicas, a bearer route allows up to W x R times its limit.
+    NOTE: with W workers and R replicas, a bearer route or the unmatched requests of a
+    client get up to W x R times the limit.
     """
 
     def __init__(self, *args: Any, limit_for_route: Callable[[str | None], str], **kwargs: Any) -> None:
@@ -186,7 +196,7 @@ class RouteLimiter(Limiter):
         else:
             counters = self._worker_counters if kind is RouteKind.WORKER else self._shared_counters
             assert counters is not None, "init_app has not run"
-            allowed, window = counters.hit(_route(), request.endpoint or "", _client_key())
+            allowed, window = counters.hit(_route_key(), request.endpoint or UNMATCHED_ROUTE, _client_key())
         g.rate_limit_window = window
         if not allowed:
             retry_after = seconds_until(window[2])
@@ -242,7 +252,7 @@ def handle_rate_limited(problem: RateLimited) -> Response:
 
     The log context already contains the route and client ip.
     """
-    metrics.RATE_LIMIT_HITS.labels(route=_route() or "unmatched", limit=problem.limit).inc()
+    metrics.RATE_LIMIT_HITS.labels(route=_route_key(), limit=problem.limit).inc()
     log.warning("rate_limited", limit=problem.limit, retry_after=problem.retry_after)
     svc = current_app.extensions.get(EXTENSION_KEY)
     # While the limits run from memory, Redis is down and recording would only fail

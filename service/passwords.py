@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import unicodedata
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -12,6 +13,12 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from service.config import Settings
 
 T = TypeVar("T")
+
+
+def normalize_password(value: str) -> str:
+    """Return the password in Unicode NFKC form, so the same characters typed on another
+    keyboard or system hash alike (NIST SP 800-63B, section 5.1.1.2)."""
+    return unicodedata.normalize("NFKC", value)
 
 
 def _gevent_patched() -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import unicodedata
 from datetime import datetime
 from ipaddress import IPv4Address, IPv6Address
 from typing import Annotated, Any, Literal
@@ -10,18 +9,13 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from service.emails import normalize_email, normalize_new_email
+from service.passwords import normalize_password
 
 # Longer passwords are rejected before hashing, so a huge body cannot buy argon2 time.
 PASSWORD_MIN_LENGTH = 8
 PASSWORD_MAX_LENGTH = 256
 # RFC 5321 limits a forward path to 256 octets, so an address to 254 characters.
 EMAIL_MAX_LENGTH = 254
-
-
-def normalize_password(value: str) -> str:
-    """Return the password in Unicode NFKC form, so the same characters typed on another
-    keyboard or system hash alike (NIST SP 800-63B, section 5.1.1.2)."""
-    return unicodedata.normalize("NFKC", value)
 
 
 # The address of an existing account, as a login sends it.
@@ -195,7 +189,10 @@ UserCursor = Annotated[
 
 
 class UserSearch(QueryParameters):
-    query: str | None = Field(None, max_length=320, description="substring of the email, case-insensitive")
+    query: str | None = Field(
+        None, max_length=320,
+        description="substring of the email, case-insensitive. Fullwidth and other compatibility characters "
+                    "match their plain forms (NFKC), as on login.")
     status: Literal["active", "disabled"] | None = None
     limit: int = Field(50, ge=1, le=200)
     cursor: UserCursor | None = Field(

@@ -10,7 +10,7 @@ import pymysql
 import structlog
 
 from service.database import Database
-from service.emails import fold_email
+from service.emails import fold_email, search_spellings
 from service.errors import AccountDisabled, EmailTaken, InvalidCredentials
 from service.passwords import Passwords
 
@@ -161,11 +161,19 @@ def _escape_like(text: str) -> str:
 
 def search(database: Database, *, query: str | None, status: str | None, after_email: str | None,
            limit: int) -> list[User]:
-    """Return up to `limit` users ordered by email, after `after_email` (keyset pagination)."""
+    """Return up to `limit` users ordered by email, after `after_email` (keyset pagination).
+
+    `query` matches a substring of the email, folded as a login folds an address, so
+    fullwidth and mixed-case spellings find the account.
+    """
     conditions, args = [], []
     if query:
-        conditions.append("email LIKE %s")
-        args.append(f"%{_escape_like(query.lower())}%")
+        # Escaped after folding, because NFKC turns fullwidth ％ and ＿ into the LIKE wildcards.
+        # NOTE: A query in plain letters does not find an older account whose stored local
+        # part only folds to them, such as ａlice@ for "alice", because MariaDB has no NFKC.
+        spellings = search_spellings(query)
+        conditions.append("(" + " OR ".join(["email LIKE %s"] * len(spellings)) + ")")
+        args.extend(f"%{_escape_like(spelling)}%" for spelling in spellings)
     if status:
         conditions.append("status = %s")
         args.append(status)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.emails import fold_email, normalize_email, normalize_new_email
+from service.emails import fold_email, normalize_email, normalize_new_email, search_spellings
 
 
 @pytest.mark.parametrize(("email", "key"), [
@@ -54,3 +54,13 @@ def test_fold_keeps_new_email(email):
     stored = normalize_new_email(email)
 
     assert fold_email(stored) == stored
+
+
+@pytest.mark.parametrize(("text", "spellings"), [
+    ("Alice@Example", ["alice@example"]),
+    ("\uff21lice", ["alice", "\uff41lice"]),
+    ("\u0410lice", ["\u0430lice"]),
+    ("alice\u0301", ["alic\u00e9"]),
+], ids=["mixed_case", "fullwidth", "cyrillic", "decomposed"])
+def test_search_spellings(text, spellings):
+    assert search_spellings(text) == spellings

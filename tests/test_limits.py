@@ -242,3 +242,123 @@ def test_route_limits_cannot_be_declared_with_decorators(limited_app):
     limiter = limited_app.extensions["gatehouse.limiter"]
     with pytest.raises(TypeError, match="ROUTE_LIMIT_SETTINGS"):
         limiter.limit("1/second")
+
+
+# Requests that match no route: two unknown paths, a known path with a method it does
+# not serve, and an encoded separator.
+UNMATCHED_REQUESTS = [
+    ("GET", "/wp-login.php"),
+    ("DELETE", "/.well-known/jwks.json"),
+    ("GET", "/v1%2Fadmin%2Fusers"),
+    ("GET", "/admin/.env"),
+]
+
+
+def send(client, method: str, path: str, address: str = "192.0.2.60"):
+    return client.open(path, method=method, environ_base={"REMOTE_ADDR": address})
+
+
+def test_unmatched_requests_share_one_limit(limited_app):
+    client = limited_app.test_client()
+    responses = [send(client, method, path) for method, path in UNMATCHED_REQUESTS]
+    refused = send(client, "GET", "/yet/another/path")
+
+    assert [response.status_code for response in responses] == [404, 405, 400, 404]
+    assert [response.headers["X-RateLimit-Remaining"] for response in responses] == ["3", "2", "1", "0"]
+    assert refused.status_code == 429
+    assert refused.mimetype == "application/problem+json"
+    assert refused.get_json()["code"] == "rate_limited"
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    assert refused.headers["X-RateLimit-Limit"] == "4"
+    assert refused.headers["X-RateLimit-Remaining"] == "0"
+
+
+def test_encoded_separator_burst_limited(limited_app):
+    client = limited_app.test_client()
+    responses = [send(client, "GET", f"/v1%2Fadmin%2Fusers%2F{n}") for n in range(4)]
+    refused = send(client, "GET", "/v1/admin%5Cusers")
+
+    assert [response.status_code for response in responses] == [400] * 4
+    assert {response.get_json()["code"] for response in responses} == {"encoded_path_separator"}
+    assert refused.status_code == 429
+    assert refused.get_json()["code"] == "rate_limited"
+    assert refused.headers["X-RateLimit-Remaining"] == "0"
+    assert "Retry-After" in refused.headers
+
+
+def test_unmatched_limit_per_client(limited_app):
+    client = limited_app.test_client()
+    for _ in range(5):
+        send(client, "GET", "/wp-login.php", address="192.0.2.61")
+
+    assert send(client, "GET", "/wp-login.php", address="192.0.2.62").status_code == 404
+
+
+def test_unmatched_limit_spares_routes(limited_app):
+    client = limited_app.test_client()
+    for _ in range(5):
+        send(client, "GET", "/wp-login.php")
+
+    response = send(client, "GET", "/.well-known/jwks.json")
+
+    assert response.status_code == 200
+    assert response.headers["X-RateLimit-Remaining"] == "3"
+
+
+@pytest.mark.parametrize("path", ["/health", "/ready", "/metrics"])
+def test_probes_exempt_after_unmatched_burst(limited_app, path):
+    client = limited_app.test_client()
+    for _ in range(5):
+        send(client, "GET", "/wp-login.php")
+
+    responses = [send(client, "GET", path) for _ in range(10)]
+
+    assert [response.status_code for response in responses] == [200] * 10
+    assert all("X-RateLimit-Limit" not in response.headers for response in responses)
+
+
+def test_unmatched_counted_in_memory(limited_app, settings):
+    client = limited_app.test_client()
+    for method, path in UNMATCHED_REQUESTS:
+        send(client, method, path)
+
+    keys = redis.Redis.from_url(settings.redis_url.get_secret_value()).keys(f"{RATE_LIMIT_KEY_PREFIX}:*")
+    assert [key for key in keys if b"unmatched" in key or b"192.0.2.60" in key] == []
+
+
+def test_unmatched_hits_share_one_label(limited_app, capsys):
+    client = limited_app.test_client()
+    counter = metrics.RATE_LIMIT_HITS.labels(route="unmatched", limit="client_ip")
+    hits_before = counter._value.get()
+    for _ in range(4):
+        send(client, "GET", "/wp-login.php", address="192.0.2.63")
+    capsys.readouterr()
+
+    for path in ("/a", "/b", "/v1%2Fc", "/d/e/f"):
+        assert send(client, "GET", path, address="192.0.2.63").status_code == 429
+
+    assert counter._value.get() == hits_before + 4
+    routes = {sample.labels["route"] for family in metrics.RATE_LIMIT_HITS.collect() for sample in family.samples}
+    assert not routes & {"/a", "/b", "/v1%2Fc", "/d/e/f", "None"}
+    events = log_events(capsys.readouterr().out, "rate_limited")
+    assert len(events) == 4
+    assert {event["client_ip"] for event in events} == {"192.0.2.63"}
+
+
+def test_unmatched_hits_ban_address(settings):
+    app = create_app({"rate_limit_default": "1/minute", "ban_rate_limit_hits": 5})
+    try:
+        client = app.test_client()
+        statuses = [send(client, "GET", f"/scan/{n}", address="192.0.2.78").status_code for n in range(6)]
+        banned = send(client, "GET", "/.well-known/jwks.json", address="192.0.2.78")
+        probe = send(client, "GET", "/health", address="192.0.2.78")
+
+        # The fifth 429 reaches the ban threshold.
+        assert statuses == [404, 429, 429, 429, 429, 429]
+        assert banned.status_code == 403
+        assert banned.get_json()["code"] == "ip_banned"
+        [ban] = app.extensions["gatehouse"].blacklist.list()
+        assert ban.cause == "rate_limit"
+        assert probe.status_code == 200
+    finally:
+        close_app(app)

@@ -36,7 +36,11 @@ def current_user_body(user: User) -> bytes:
 
 @blueprint.post("/me/password")
 @operation("Change the password and end every other session", request_model=ChangePasswordRequest,
-           responses={200: SessionsEnded}, errors=(403,), bearer=True, tags=("users",))
+           responses={200: SessionsEnded}, errors=(403, 422), bearer=True, tags=("users",),
+           description="403 `invalid_current_password` when `current_password` is wrong. Then 422 "
+                       "`password_unchanged` when `new_password` is the current password, compared after "
+                       "NFKC normalization as passwords are hashed. Neither changes the password or ends a "
+                       "session.")
 def change_password(body: ChangePasswordRequest) -> Response:
     principal = current_principal()
     ended = auth.change_password(services(), principal.user.id, principal.claims.session_id,

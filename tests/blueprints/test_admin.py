@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pymysql
 import pytest
 
 from service.app import create_app
+from service.database import connect_args
 from tests.conftest import PASSWORD
 from tests.helpers import bearer
 
@@ -64,6 +66,50 @@ def test_list_users_paginates_and_searches(client, admin_tokens):
     assert [item["email"] for item in found] == ["user3@example.com"]
     wildcard = client.get("/v1/admin/users?query=%25", headers=headers).get_json()["items"]
     assert wildcard == []
+
+
+def search(client, admin_tokens, query: str) -> list[str]:
+    response = client.get("/v1/admin/users", query_string={"query": query},
+                          headers=bearer(admin_tokens["access_token"]))
+    assert response.status_code == 200, response.get_json()
+    return [item["email"] for item in response.get_json()["items"]]
+
+
+@pytest.mark.parametrize("query", [
+    "\uff41\uff4c\uff49\uff43\uff45",
+    "\uff21\uff2c\uff29\uff23\uff25@\uff25\uff38\uff21\uff2d\uff30\uff2c\uff25",
+    "AlIcE@Example.COM",
+    "LICE@EX",
+], ids=["fullwidth", "fullwidth_upper_case", "mixed_case", "upper_case_part"])
+def test_list_users_search_folds_query(client, admin_tokens, query):
+    register(client, "alice@example.com")
+    register(client, "bob@example.com")
+
+    assert search(client, admin_tokens, query) == ["alice@example.com"]
+
+
+def test_list_users_search_escapes_folded_wildcards(client, admin_tokens):
+    register(client, "a_b@example.com")
+    register(client, "axb@example.com")
+
+    # Fullwidth percent sign and low line, which NFKC turns into % and _.
+    assert search(client, admin_tokens, "\uff05") == []
+    assert search(client, admin_tokens, "a\uff3fb") == ["a_b@example.com"]
+
+
+def test_list_users_search_finds_older_spelling(client, admin_tokens, settings):
+    register(client, "alice@example.com")
+    older_id = register(client, "placeholder@example.com")
+    # An account from before local parts had to be ASCII, stored as it was registered.
+    connection = pymysql.connect(**connect_args(settings))
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("UPDATE users SET email = %s WHERE id = %s", ("\uff41lice@example.com", older_id))
+    finally:
+        connection.close()
+
+    assert search(client, admin_tokens, "\uff41lice") == ["alice@example.com", "\uff41lice@example.com"]
+    assert search(client, admin_tokens, "\uff21LICE@") == ["alice@example.com", "\uff41lice@example.com"]
 
 
 @pytest.mark.parametrize("query", ["limit=0", "limit=abc", "status=gone", "unknown=1"])

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import unicodedata
 
+import pymysql
+import pytest
+
+from service.database import connect_args
 from tests.conftest import PASSWORD
 from tests.helpers import bearer
 
@@ -81,6 +86,72 @@ def test_password_change_wrong_current_rejected(client, tokens):
     assert response.get_json()["code"] == "invalid_current_password"
     assert response.get_json()["field"] == "current_password"
     assert login(client).status_code == 200
+
+
+def password_row(settings) -> dict:
+    """Return alice's stored password hash and update time."""
+    connection = pymysql.connect(**connect_args(settings))
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT password_hash, updated_at FROM users WHERE email = %s", ("alice@example.com",))
+            return cursor.fetchone()
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("new_password", [
+    PASSWORD,
+    # Fullwidth letters, which NFKC turns into the ASCII ones of PASSWORD.
+    "ｃｏｒｒｅｃｔ horse battery staple",
+], ids=["same_text", "fullwidth_spelling"])
+def test_password_change_same_password_rejected(client, tokens, settings, new_password):
+    other = login(client).get_json()
+    stored_before = password_row(settings)
+
+    response = client.post("/v1/users/me/password", headers=bearer(tokens["access_token"]),
+                           json={"current_password": PASSWORD, "new_password": new_password})
+
+    assert response.status_code == 422
+    assert response.mimetype == "application/problem+json"
+    assert response.get_json()["code"] == "password_unchanged"
+    assert response.get_json()["field"] == "new_password"
+    assert password_row(settings) == stored_before
+    assert client.get("/v1/users/me", headers=bearer(other["access_token"])).status_code == 200
+    assert client.post("/v1/auth/refresh", json={"refresh_token": other["refresh_token"]}).status_code == 200
+    sessions = client.get("/v1/auth/sessions", headers=bearer(tokens["access_token"])).get_json()["sessions"]
+    assert len(sessions) == 2
+
+
+def test_password_change_decomposed_spelling_rejected(client):
+    composed = "caf\u00e9 cr\u00e8me br\u00fbl\u00e9e"
+    decomposed = unicodedata.normalize("NFD", composed)
+    assert decomposed != composed
+    client.post("/v1/auth/register", json={"email": "alice@example.com", "password": composed})
+    pair = login(client, composed).get_json()
+
+    response = client.post("/v1/users/me/password", headers=bearer(pair["access_token"]),
+                           json={"current_password": composed, "new_password": decomposed})
+
+    assert response.status_code == 422
+    assert response.get_json()["code"] == "password_unchanged"
+    assert login(client, composed).status_code == 200
+
+
+def test_password_change_wrong_current_checked_first(client, tokens):
+    response = client.post("/v1/users/me/password", headers=bearer(tokens["access_token"]),
+                           json={"current_password": "not my password", "new_password": "not my password"})
+
+    assert response.status_code == 403
+    assert response.get_json()["code"] == "invalid_current_password"
+    assert response.get_json()["field"] == "current_password"
+
+
+def test_password_change_documents_422(client):
+    operation = client.get("/openapi.json").get_json()["paths"]["/v1/users/me/password"]["post"]
+
+    assert "422" in operation["responses"]
+    assert "password_unchanged" in operation["description"]
+    assert "invalid_current_password" in operation["description"]
 
 
 def test_password_change_weak_new_rejected(client, tokens):

@@ -145,3 +145,46 @@ def test_retry_after_matches_window(server):
     after = requests.get(url, headers=headers, timeout=10)
 
     assert after.status_code == 200
+
+
+def burst(server: Gunicorn, client_address: str, paths: list[str]) -> list[requests.Response]:
+    """Send GET requests on one keep-alive connection, so one worker and its memory counters see them all."""
+    with requests.Session() as session:
+        return [session.get(f"{server.url}{path}", headers={"X-Forwarded-For": client_address}, timeout=10)
+                for path in paths]
+
+
+def test_not_found_burst_limited(server):
+    *responses, refused = burst(server, "198.51.100.70", [f"/scan/{n}.php" for n in range(DEFAULT_LIMIT + 1)])
+
+    assert [response.status_code for response in responses] == [404] * DEFAULT_LIMIT
+    assert refused.status_code == 429
+    assert refused.json()["code"] == "rate_limited"
+    assert 1 <= int(refused.headers["Retry-After"]) <= DEFAULT_PERIOD
+    assert refused.headers["X-RateLimit-Limit"] == str(DEFAULT_LIMIT)
+    assert refused.headers["X-RateLimit-Remaining"] == "0"
+    assert "X-RateLimit-Reset" in refused.headers
+
+
+def test_encoded_separator_burst_limited(server):
+    *responses, refused = burst(server, "198.51.100.71",
+                                [f"/v1%2Fadmin%2Fusers%2F{n}" for n in range(DEFAULT_LIMIT + 1)])
+
+    assert [response.status_code for response in responses] == [400] * DEFAULT_LIMIT
+    assert {response.json()["code"] for response in responses} == {"encoded_path_separator"}
+    assert refused.status_code == 429
+    assert refused.headers["X-RateLimit-Remaining"] == "0"
+    assert "Retry-After" in refused.headers
+
+
+def test_probes_never_limited(server):
+    paths = [f"/scan/{n}" for n in range(DEFAULT_LIMIT + 1)] + ["/health", "/ready", "/metrics"] * 4
+    responses = burst(server, "198.51.100.72", paths)
+    probes = responses[DEFAULT_LIMIT + 1:]
+
+    assert responses[DEFAULT_LIMIT].status_code == 429
+    assert [response.status_code for response in probes] == [200] * len(probes)
+    assert all("X-RateLimit-Limit" not in response.headers for response in probes)
+    metrics = requests.get(f"{server.url}/metrics", timeout=10).text
+    assert 'gatehouse_rate_limit_hits_total{limit="client_ip",route="unmatched"}' in metrics
+    assert "/scan/" not in metrics
