@@ -1,4 +1,4 @@
-"""The warm path: GET /v1/users/me served from worker memory, before Flask's request machinery.
+"""The warm path: GET /v1/users/me and /health served from worker memory, before Flask's request machinery.
 
 Other backends call /v1/users/me with every request they serve, and when the token,
 its session and its account are all in this worker's memory (service.access_state)
@@ -23,6 +23,11 @@ token first, but it sends a request that is not warm to Flask before counting it
 each request is counted once either way. A request refused by its rate limit goes to
 Flask with its count (limits.COUNTED_KEY), and Flask renders the 429 without
 counting it again.
+
+The liveness probe, GET or HEAD /health without a body, gets its fixed response here
+too. Flask serves it as a bare endpoint (service.flask_app), without request hooks, so
+the response is the same either way: the body and X-Request-ID, no log line, metrics
+or ban check.
 
 Because the path repeats the request hooks, it checks at start-up that the app has
 exactly the hooks it mirrors. Adding, removing or reordering one raises
@@ -51,6 +56,8 @@ log = structlog.get_logger(__name__)
 
 ROUTE = "/v1/users/me"
 ENDPOINT = "users.me"
+HEALTH_ROUTE = "/health"
+HEALTH_ENDPOINT = "health.health"
 _STATUS_LINE = "200 OK"
 
 # The app's request hooks, in Flask's order, whose work WarmPath repeats.
@@ -100,7 +107,7 @@ def check_hooks(app: Flask) -> None:
     processors, app-context teardowns or request signal receivers, and the users.me view
     of service.blueprints.users as a bearer route without roles, body or query.
     """
-    from service.blueprints import users
+    from service.blueprints import health, users
 
     for kind, expected in MIRRORED_HOOKS.items():
         registered: dict[str | None, list[Callable[..., Any]]] = getattr(app, f"{kind}_funcs")
@@ -124,16 +131,22 @@ def check_hooks(app: Flask) -> None:
             or operation.request or operation.query:
         raise HookMismatch(f"{ENDPOINT} is no longer service.blueprints.users.me as a bearer route without roles, "
                            "body or query; review the warm path")
+    if app.view_functions.get(HEALTH_ENDPOINT) is not health.health \
+            or HEALTH_ENDPOINT not in getattr(app, "bare_endpoints", ()):
+        raise HookMismatch(f"{HEALTH_ENDPOINT} is no longer service.blueprints.health.health as a bare endpoint; "
+                           "review the warm path")
 
 
 class WarmPath:
     """WSGI layer in front of Flask that serves a warm GET /v1/users/me itself."""
 
     def __init__(self, app: Flask, wsgi_app: Callable[..., Iterable[bytes]]) -> None:
+        from service.blueprints.health import HEALTH_BODY
         from service.blueprints.users import current_user_body
 
         check_hooks(app)
         self._next = wsgi_app
+        self._health_body = HEALTH_BODY.encode()
         # The users.me view's own rendering, so both paths send the same bytes.
         self._body_for = current_user_body
         self._services: Services = app.extensions[EXTENSION_KEY]
@@ -144,7 +157,10 @@ class WarmPath:
         self.enabled = True
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        if environ.get("PATH_INFO") != ROUTE or environ["REQUEST_METHOD"] != "GET" or not self.enabled:
+        path = environ.get("PATH_INFO")
+        if path == HEALTH_ROUTE and self.enabled:
+            return self._health(environ, start_response)
+        if path != ROUTE or environ["REQUEST_METHOD"] != "GET" or not self.enabled:
             return self._next(environ, start_response)
 
         started = time.perf_counter()
@@ -167,9 +183,20 @@ class WarmPath:
         start_response(_STATUS_LINE, headers)
         return [body]
 
+    def _health(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        """Respond to GET or HEAD /health as the bare health view does, and pass other methods and bodies to Flask."""
+        method = environ["REQUEST_METHOD"]
+        if method not in ("GET", "HEAD") or _has_body(environ):
+            return self._next(environ, start_response)
+
+        body = self._health_body
+        start_response(_STATUS_LINE, [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+                                      (request_log.REQUEST_ID_HEADER, request_log.request_id_for(environ))])
+        return [body] if method == "GET" else []
+
     def _respond(self, environ: dict[str, Any], started: float) -> tuple[list[tuple[str, str]], bytes] | None:
         """Return the headers and body of a warm response, or None to leave the request to Flask."""
-        if environ.get("CONTENT_LENGTH") not in (None, "", "0") or "HTTP_TRANSFER_ENCODING" in environ:
+        if _has_body(environ):
             return None
         if ENCODED_SEPARATOR_KEY in environ:
             return None
@@ -202,3 +229,7 @@ class WarmPath:
         self._log.info("request_completed", status=200, duration_ms=round(seconds * 1000, 2), request_id=request_id,
                        route=ROUTE, user_id=user.id, method="GET", client_ip=environ.get("REMOTE_ADDR"))
         return headers, body
+
+
+def _has_body(environ: dict[str, Any]) -> bool:
+    return environ.get("CONTENT_LENGTH") not in (None, "", "0") or "HTTP_TRANSFER_ENCODING" in environ

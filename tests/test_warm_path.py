@@ -1,4 +1,4 @@
-"""The warm path for GET /v1/users/me: the same response as Flask's, and Flask whenever it is not warm."""
+"""The warm path for GET /v1/users/me and /health: the same response as Flask's, and Flask whenever it is not warm."""
 
 from __future__ import annotations
 
@@ -106,6 +106,41 @@ def test_warm_response_echoes_request_id(client, tokens, warm, flask_calls):
     response = client.get(ME, headers={**headers, "X-Request-ID": "trace-42"})
     assert response.status_code == 200
     assert response.headers["X-Request-ID"] == "trace-42"
+    assert flask_calls.count == 1
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_health_matches_flask(client, warm, flask_calls, method):
+    warm.enabled = False
+    from_flask = client.open("/health", method=method)
+    warm.enabled = True
+    from_warm = client.open("/health", method=method)
+
+    assert flask_calls.count == 1
+    assert from_warm.status == from_flask.status == "200 OK"
+    assert from_warm.data == from_flask.data
+    assert from_warm.data == (b'{"status":"ok"}\n' if method == "GET" else b"")
+    assert sorted(from_warm.headers.keys()) == sorted(from_flask.headers.keys())
+    for name, value in from_flask.headers.items():
+        if name not in PER_REQUEST_HEADERS:
+            assert from_warm.headers[name] == value, name
+
+
+def test_health_echoes_request_id(client, warm, flask_calls):
+    response = client.get("/health", headers={"X-Request-ID": "probe-7"})
+    assert response.headers["X-Request-ID"] == "probe-7"
+    assert flask_calls.count == 0
+
+
+@pytest.mark.parametrize(("request_args", "status"), [
+    ({"method": "POST"}, 405),
+    ({"method": "GET", "data": b"x"}, 200),
+    ({"method": "GET", "path": "/health/"}, 404),
+], ids=["post", "with_body", "trailing_slash"])
+def test_other_health_requests_go_to_flask(client, warm, flask_calls, request_args, status):
+    request_args = dict(request_args)
+    response = client.open(request_args.pop("path", "/health"), **request_args)
+    assert response.status_code == status
     assert flask_calls.count == 1
 
 
@@ -316,6 +351,12 @@ def test_replaced_view_raises(app):
 
     app.view_functions["users.me"] = deny_all
     with pytest.raises(HookMismatch, match="users.me"):
+        check_hooks(app)
+
+
+def test_health_not_bare_raises(app):
+    app.bare_endpoints = frozenset()
+    with pytest.raises(HookMismatch, match="health.health"):
         check_hooks(app)
 
 

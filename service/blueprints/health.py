@@ -14,14 +14,14 @@ from service.schemas import CheckResult, Health, Jwks, Readiness
 blueprint = Blueprint("health", __name__)
 
 # The liveness response body never changes, so it is serialized once.
-_HEALTH_BODY = Health(status="ok").model_dump_json() + "\n"
+HEALTH_BODY = Health(status="ok").model_dump_json() + "\n"
 
 
 @blueprint.get("/health")
 @operation("Liveness: the process can serve; never checks dependencies", responses={200: Health},
            tags=("operations",), uses_dependencies=False)
 def health() -> Response:
-    return Response(_HEALTH_BODY, mimetype="application/json")
+    return Response(HEALTH_BODY, mimetype="application/json")
 
 
 @blueprint.get("/ready")
