@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 
 import pytest
 from flask import Blueprint, signals
@@ -354,10 +355,21 @@ def test_replaced_view_raises(app):
         check_hooks(app)
 
 
-def test_health_not_bare_raises(app):
-    app.bare_endpoints = frozenset()
+def test_replaced_health_view_raises(app):
+    app.view_functions["health.health"] = lambda: "ok"
     with pytest.raises(HookMismatch, match="health.health"):
         check_hooks(app)
+
+
+def test_debug_level_health_goes_to_flask(settings):
+    app = create_app({"log_level": "debug"})
+    try:
+        calls = _FlaskCalls(_warm_path(app))
+        assert app.test_client().get("/health").status_code == 200
+        assert calls.count == 1
+    finally:
+        close_app(app)
+        logging.getLogger().setLevel(logging.INFO)
 
 
 @pytest.mark.parametrize("signal", [signals.request_started, signals.request_finished,
