@@ -25,9 +25,10 @@ Flask with its count (limits.COUNTED_KEY), and Flask renders the 429 without
 counting it again.
 
 The liveness probe, GET or HEAD /health without a body, gets its fixed response here
-too, unless the log level is debug. Flask then serves it as a bare endpoint
-(service.flask_app), without request hooks, so the response is the same either way: the
-body and X-Request-ID, no log line, metrics or ban check.
+too. Flask serves it as a bare endpoint (service.flask_app), without request hooks, so
+the response is the same either way: the body and X-Request-ID, and no log line,
+metrics or ban check. At log level debug, Flask runs the hooks for /health to log it,
+and this layer passes the probe on.
 
 Because the path repeats the request hooks, it checks at start-up that the app has
 exactly the hooks it mirrors. Adding, removing or reordering one raises
