@@ -232,7 +232,7 @@ def _operation_object(spec: Operation, path_parameters: list[tuple[str, str]], *
         if model is not None:
             entry["content"] = {"application/json": {"schema": _ref(model)}}
         responses[str(status)] = entry
-    # A path parameter sent with an encoded slash or backslash gets 400 encoded_path_separator.
+    # A path parameter sent with an encoded slash, backslash or unreserved character gets 400 encoded_path_*.
     path_errors = (400,) if path_parameters else ()
     for status in spec.errors + path_errors + ((429,) if rate_limited else ()):
         if status in spec.responses:

@@ -10,7 +10,7 @@ import structlog
 from flask import Flask, Response, g, json, request
 from werkzeug.exceptions import HTTPException
 
-from service.method_guard import ENCODED_SEPARATOR_KEY
+from service.method_guard import ENCODED_CHARACTER_KEY, ENCODED_SEPARATOR_KEY
 
 log = structlog.get_logger(__name__)
 
@@ -48,6 +48,12 @@ class EncodedPathSeparator(Problem):
     """The raw request path contains %2F or %5C, which the WSGI server would decode into a separator."""
 
     status, code, title = 400, "encoded_path_separator", "Encoded slash or backslash in the path"
+
+
+class EncodedPathCharacter(Problem):
+    """The raw request path percent-encodes a letter, digit or one of "-._~", which must be sent as itself."""
+
+    status, code, title = 400, "encoded_path_character", "Encoded letter, digit or unreserved mark in the path"
 
 
 class UnsupportedMediaType(Problem):
@@ -215,6 +221,10 @@ def _handle_http_exception(exc: HTTPException) -> Response:
         problem: Problem = EncodedPathSeparator(
             "The path contains an encoded slash or backslash (%2F or %5C), which no route accepts. "
             "Send path separators unencoded.", field="path")
+    elif exc.code == 404 and ENCODED_CHARACTER_KEY in request.environ:
+        problem = EncodedPathCharacter(
+            "The path percent-encodes a letter, digit or one of - . _ ~, which no route accepts. "
+            "Send these characters as themselves.", field="path")
     elif problem_class is None:
         problem = Problem(exc.description)
         problem.status, problem.code, problem.title = exc.code or 500, "http_error", exc.name

@@ -38,8 +38,8 @@ LIMITER_KEY = "gatehouse.limiter"
 # Probes and scrapes come from the platform every few seconds and must never be refused.
 EXEMPT_ROUTES = frozenset({"/health", "/ready", "/metrics"})
 # The route key of every request that matches no route: 404, 405, and 400
-# encoded_path_separator. One counter per client for all of them, and one metric label,
-# so a scanner's invented paths add neither counters nor series.
+# encoded_path_separator or encoded_path_character. One counter per client for all of
+# them, and one metric label, so a scanner's invented paths add neither counters nor series.
 UNMATCHED_ROUTE = "unmatched"
 # Route templates with a limit of their own, mapped to the name of the setting with that limit.
 ROUTE_LIMIT_SETTINGS = {
@@ -143,7 +143,7 @@ class RouteLimiter(Limiter):
     decides from the route instead, once per endpoint: probes pass unchecked, routes
     that require a bearer token and requests that match no route count in this
     worker's memory, and every other route counts in Redis through flask-limiter's
-    strategy. Unmatched requests (404, 405, 400 encoded_path_separator) share one
+    strategy. Unmatched requests (404, 405, 400 encoded_path_*) share one
     counter per client, UNMATCHED_ROUTE, against the default limit. Their 429s count
     toward a ban like any other.
 

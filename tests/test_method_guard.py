@@ -6,7 +6,13 @@ import re
 
 import pytest
 
-from service.method_guard import ENCODED_SEPARATOR_KEY, MethodGuard, has_encoded_separator
+from service.method_guard import (
+    ENCODED_CHARACTER_KEY,
+    ENCODED_SEPARATOR_KEY,
+    MethodGuard,
+    has_encoded_separator,
+    has_encoded_unreserved,
+)
 
 
 def passed_environ(environ: dict) -> dict:
@@ -37,6 +43,33 @@ def test_encoded_separator_detected(path, expected):
     assert has_encoded_separator(path) is expected
 
 
+@pytest.mark.parametrize(("path", "expected"), [
+    ("/v1/%61dmin/users", True),
+    ("/v1/%41dmin/users", True),
+    ("/v1/admin/users%2e", True),
+    ("/v1/admin/%7Eusers", True),
+    ("/v1/admin/%5Fusers", True),
+    ("/v1/admin/bans/%39", True),
+    ("/v1/admin/bans/2001%3Adb8%3A%3A1", False),
+    ("/v1/admin/bans/%5B2001:db8::1%5D:443", False),
+    ("/v1/admin/users%2F", False),
+    ("/v1/admin/users%25", False),
+    ("/v1/admin/users%6", False),
+    ("/v1/admin/users", False),
+], ids=["lower_letter", "upper_letter", "dot", "tilde", "underscore", "digit", "colon", "brackets", "separator",
+        "percent", "truncated_escape", "plain"])
+def test_encoded_unreserved_detected(path, expected):
+    assert has_encoded_unreserved(path) is expected
+
+
+def test_encoded_character_routed_by_raw_path():
+    received = passed_environ({"RAW_URI": "/v1/%61dmin/users?limit=1", "PATH_INFO": "/v1/admin/users"})
+
+    assert received["PATH_INFO"] == "/v1/%61dmin/users"
+    assert received[ENCODED_CHARACTER_KEY] is True
+    assert ENCODED_SEPARATOR_KEY not in received
+
+
 def test_encoded_separator_routed_by_raw_path():
     received = passed_environ({"RAW_URI": "/v1%2Fadmin%2Fusers?limit=1", "PATH_INFO": "/v1/admin/users"})
 
@@ -61,6 +94,7 @@ def test_other_requests_pass_unchanged(environ):
 
     assert received["PATH_INFO"] == environ["PATH_INFO"]
     assert ENCODED_SEPARATOR_KEY not in received
+    assert ENCODED_CHARACTER_KEY not in received
 
 
 def test_no_route_accepts_percent(app):

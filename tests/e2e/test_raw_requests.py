@@ -82,6 +82,21 @@ def test_encoded_separator_rejected(server, settings, target):
     assert count_status(server.url, 400) == before + 1
 
 
+@pytest.mark.parametrize("target", ["/v1/%61dmin/users", "/v1/admin/%75sers?limit=1", "/v1/users/%6De"])
+def test_encoded_character_rejected(server, settings, target):
+    token = admin_token(server, settings)
+    # Twice: the second /v1/users/me would come from the warm path.
+    for path in ("/v1/admin/users", "/v1/users/me", "/v1/users/me"):
+        assert raw_request(server.url, path, [f"Authorization: Bearer {token}"])[0] == 200
+
+    status, headers, body = raw_request(server.url, target, [f"Authorization: Bearer {token}"])
+
+    assert status == 400
+    assert headers["content-type"] == "application/problem+json"
+    assert json.loads(body)["code"] == "encoded_path_character"
+    assert json.loads(body)["field"] == "path"
+
+
 @pytest.mark.parametrize("target", ["//v1/admin/users", "///v1/admin/users", "//v1/users/me"])
 def test_leading_slashes_not_routed(server, settings, target):
     token = admin_token(server, settings)
