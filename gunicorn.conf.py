@@ -11,6 +11,7 @@ import tempfile
 import gunicorn.http.wsgi
 
 from service.config import InvalidConfiguration, load_settings
+from service.lifecycle import error_pages
 
 try:
     _settings = load_settings()
@@ -86,6 +87,10 @@ limit_request_field_size = 8190
 #       nothing new: every problem type contains it. tests/e2e/test_raw_requests.py
 #       fails if an upgrade ignores this.
 gunicorn.http.wsgi.SERVER = "gatehouse"
+#   Error responses of gunicorn itself (400, 414, 431, 501) - problem+json with a stable
+#       code instead of gunicorn's HTML page, so that clients parse every error alike
+#       (service/lifecycle/error_pages.py). tests/e2e/test_raw_requests.py checks them.
+error_pages.install()
 
 #
 # Logging

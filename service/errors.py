@@ -11,11 +11,9 @@ from flask import Flask, Response, g, json, request
 from werkzeug.exceptions import HTTPException
 
 from service.method_guard import ENCODED_CHARACTER_KEY, ENCODED_SEPARATOR_KEY
+from service.problem_format import PROBLEM_MEDIA_TYPE, PROBLEM_TYPE_PREFIX
 
 log = structlog.get_logger(__name__)
-
-PROBLEM_MEDIA_TYPE = "application/problem+json"
-PROBLEM_TYPE_PREFIX = "tag:gatehouse,2026:problem:"
 
 
 class Problem(Exception):

@@ -156,3 +156,46 @@ def test_server_header_names_no_software(server, target, expected_status, expect
     assert status == expected_status
     assert headers.get("server") == expected_server
     assert "gunicorn" not in json.dumps(headers).lower()
+
+
+def raw_exchange(url: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send request bytes as they are on a new connection; return the status, headers and body."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    fields = {name.strip().lower(): value.strip()
+              for name, _, value in (line.partition(":") for line in header_lines)}
+    return int(status_line.split(" ", 2)[1]), fields, body
+
+
+@pytest.mark.parametrize(("request_bytes", "status", "code", "field"), [
+    (b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "request_line_too_long", "request_line"),
+    (b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n", 431, "header_fields_too_large",
+     "headers"),
+    (b"GET /health HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n", 400, "malformed_request", None),
+    (b"GET /health HTTP/9.9\r\nHost: x\r\n\r\n", 400, "malformed_request", None),
+    # RFC 9112: chunked must be the final transfer coding of a request.
+    (b"POST /v1/auth/login HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 400,
+     "malformed_request", None),
+], ids=["long_request_line", "long_header", "bad_header_name", "bad_version", "chunked_not_final"])
+def test_gunicorn_errors_are_problems(server, request_bytes, status, code, field):
+    workers = server.worker_pids()
+
+    got_status, headers, body = raw_exchange(server.url, request_bytes)
+
+    assert got_status == status
+    assert headers["content-type"] == "application/problem+json"
+    assert headers["connection"] == "close"
+    assert int(headers["content-length"]) == len(body)
+    problem = json.loads(body)
+    assert problem["status"] == status
+    assert problem["code"] == code
+    assert problem["type"].endswith(":" + code)
+    assert problem.get("field") == field
+    assert problem["detail"]
+    assert server.worker_pids() == workers
