@@ -56,6 +56,10 @@ def _check(_args: argparse.Namespace) -> int:
 NEW_USER_PASSWORD_VARIABLE = "GATEHOUSE_NEW_USER_PASSWORD"
 
 
+class UsageError(Exception):
+    """A command's input is missing or invalid; the message says what to give instead."""
+
+
 def _read_password() -> str:
     """Read the new user's password from the environment, a terminal prompt, or standard input."""
     import getpass
@@ -68,12 +72,12 @@ def _read_password() -> str:
     if sys.stdin.isatty():
         password = getpass.getpass("Password: ")
         if getpass.getpass("Repeat password: ") != password:
-            raise InvalidConfiguration("the two passwords differ")
+            raise UsageError("the two passwords differ: run the command again and type the same password twice")
         return password
 
     password = sys.stdin.readline().rstrip("\n")
     if not password:
-        raise InvalidConfiguration(
+        raise UsageError(
             f"no password given: set {NEW_USER_PASSWORD_VARIABLE}, type it at the prompt, "
             "or send it as the first line of standard input")
     return password
@@ -260,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args)
     except InvalidConfiguration as exc:
         print(f"gatehouse: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    except UsageError as exc:
+        print(f"gatehouse: {exc}", file=sys.stderr)
         return 2
     except (pymysql.err.OperationalError, pymysql.err.InterfaceError) as exc:
         print(f"gatehouse: database connection failed (unreachable, or the login was rejected): {exc}", file=sys.stderr)

@@ -53,9 +53,10 @@ def test_create_duplicate_fails(client):
 
 def test_create_without_password_says_how():
     result = run_create("--email", "ops@example.com", stdin="")
-    assert result.returncode != 0
+    assert result.returncode == 2
     assert "no password given" in result.stderr
     assert "GATEHOUSE_NEW_USER_PASSWORD" in result.stderr
+    assert "configuration" not in result.stderr
 
 
 def test_create_invalid_email_without_pydantic_prefix():
