@@ -98,7 +98,15 @@ def parse_body(model: type[BaseModel]) -> Any:
 
 
 def parse_query(model: type[BaseModel]) -> Any:
-    """Validate the query string against a model; raise a Problem naming the failing parameter."""
+    """Validate the query string against a model; raise a Problem naming the failing parameter.
+
+    A parameter given more than once is refused: which of its values counts would be a
+    guess, and a proxy in front may have checked another one.
+    """
+    for name, values in request.args.lists():
+        if len(values) > 1:
+            field = name[:_MAX_FIELD_NAME]
+            raise InvalidRequest(f"{field}: given {len(values)} times; give each query parameter once", field=field)
     try:
         return model.model_validate(request.args.to_dict())
     except ValidationError as exc:

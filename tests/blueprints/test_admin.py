@@ -119,6 +119,16 @@ def test_list_users_rejects_bad_query(client, admin_tokens, query):
     assert response.get_json()["field"]
 
 
+@pytest.mark.parametrize("query", ["limit=1&limit=2", "status=active&status=active", "unknown=1&unknown=2"])
+def test_list_users_rejects_repeated_parameter(client, admin_tokens, query):
+    response = client.get(f"/v1/admin/users?{query}", headers=bearer(admin_tokens["access_token"]))
+
+    assert response.status_code == 400
+    assert response.get_json()["code"] == "invalid_request"
+    assert response.get_json()["field"] == query.partition("=")[0]
+    assert "once" in response.get_json()["detail"]
+
+
 @pytest.mark.parametrize("cursor", ["garbage", "", "alice", "alice@", "@example.com", "a" * 300 + "@example.com"],
                          ids=["word", "empty", "no_at", "no_domain", "no_local_part", "too_long"])
 def test_list_users_rejects_invalid_cursor(client, admin_tokens, cursor):
