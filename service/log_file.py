@@ -19,6 +19,9 @@ from service.logs import json_formatter
 _MARK = "_gatehouse_log_file"
 
 
+LOG_FILE_UMASK = 0o027
+
+
 def _handler_class() -> type[logging.Handler]:
     """Import the handler class without letting its lock library import redis.
 
@@ -67,6 +70,9 @@ def build_handler(settings: Settings) -> logging.Handler | None:
         use_gzip=True,
         utc=True,
         encoding="utf-8",
+        # rw-r----- for the log, its lock file and its archives: a log shipper can read them
+        # through the group, and other users cannot read client addresses and account ids.
+        umask=LOG_FILE_UMASK,
     )
     handler.namer = _archive_name
     handler.setFormatter(json_formatter())

@@ -40,3 +40,24 @@ def test_attach_replaces_earlier_handler(tmp_path):
         for handler in list(logger.handlers):
             logger.removeHandler(handler)
             handler.close()
+
+
+def test_log_files_not_readable_by_others(tmp_path):
+    settings = load_settings({"log_file": str(tmp_path / "gatehouse.log"), "log_file_max_bytes": 1024})
+    logger = logging.getLogger("tests.log_file.mode")
+    try:
+        log_file.attach(settings, logger)
+        for index in range(200):
+            logger.warning("line_%d", index)
+    finally:
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+            handler.close()
+
+    files = [path for path in tmp_path.iterdir() if path.is_file()]
+    assert any(path.name.endswith(".gz") for path in files), [path.name for path in files]
+    for path in files:
+        assert path.stat().st_mode & 0o007 == 0, path.name
+        if not path.name.startswith("."):
+            # The handler's lock file keeps the mode the library gives it.
+            assert path.stat().st_mode & 0o777 == 0o640, path.name
