@@ -122,14 +122,17 @@ run: venv services-dev keys-dev migrate-dev
 	cd $(ROOT)
 	exec $(VENV)/bin/gunicorn -c gunicorn.conf.py --pid $(STATE)/dev/gunicorn.pid wsgi:app
 
+# .state/tools/bin holds prometheus and promtool when scripts/services.sh unpacked them.
 test: venv services-test keys-test migrate-test
 	. $(STATE)/test/gatehouse.env
+	export PATH="$(STATE)/tools/bin:$$PATH"
 	cd $(ROOT)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 # The schemathesis run of `make test` with 1,000 examples per operation instead of 15.
 test-deep: venv services-test keys-test migrate-test
 	. $(STATE)/test/gatehouse.env
+	export PATH="$(STATE)/tools/bin:$$PATH"
 	cd $(ROOT)
 	GATEHOUSE_FUZZ_EXAMPLES=1000 $(VENV)/bin/pytest -p no:cacheprovider tests/test_schemathesis.py $(PYTEST_ARGS)
 

@@ -6,11 +6,12 @@
 # Usage: scripts/services.sh start|stop|status PROFILE
 #
 #   start   Install the Debian packages mariadb-server, mariadb-client,
-#           redis-server, redis-tools (redis-cli) and prometheus (with promtool,
-#           for the tests) with apt-get when their
+#           redis-server and redis-tools (redis-cli) with apt-get when their
 #           programs are missing, start MariaDB and Redis for PROFILE (or
 #           reuse the running ones), create the database and user
-#           "gatehouse", and write .state/PROFILE/gatehouse.env.
+#           "gatehouse", and write .state/PROFILE/gatehouse.env. For the
+#           test profile, also unpack prometheus and promtool into
+#           .state/tools/bin when they are not on PATH.
 #   stop    Stop the gunicorn, Redis and MariaDB of PROFILE that their pid
 #           files name.
 #   status  Print which of them are running.
@@ -138,6 +139,8 @@ redis_log=$redis_dir/redis-server.log
 secrets_dir=$state_dir/secrets
 keys_dir=$state_dir/keys
 prometheus_dir=$state_dir/prometheus
+# Shared by all profiles: programs the test suite needs (unpack_test_tools_if_missing).
+tools_dir=$repo_root/.state/tools/bin
 env_file=$state_dir/gatehouse.env
 gunicorn_pid_file=$state_dir/gunicorn.pid
 
@@ -260,24 +263,31 @@ require_unchanged_config() {
 # ---------------------------------------------------------------------------
 # Packages and secrets
 
+# Set the caller's array "privileged" to the prefix that runs a command as root:
+# nothing for root, else sudo. WHAT names the task in the error when sudo is missing.
+set_privileged() {
+    local what=$1
+    privileged=()
+    if ((EUID == 0)); then
+        return 0
+    fi
+    command -v sudo >/dev/null ||
+        die "$what needs root, and sudo is not installed: do it as root, then run this again"
+    privileged=(sudo)
+}
+
 install_packages_if_missing() {
     local program missing=()
-    # prometheus brings promtool too: the test suite checks the alert rules with it and
-    # scrapes a running service with a real Prometheus.
-    local -a packages=(mariadb-server mariadb-client redis-server redis-tools prometheus)
+    local -a packages=(mariadb-server mariadb-client redis-server redis-tools)
 
-    for program in mariadbd mariadb-install-db mariadb mariadb-admin redis-server redis-cli prometheus promtool; do
+    for program in mariadbd mariadb-install-db mariadb mariadb-admin redis-server redis-cli; do
         command -v "$program" >/dev/null || missing+=("$program")
     done
     ((${#missing[@]} == 0)) && return 0
 
     info "missing programs: ${missing[*]}; installing Debian packages ${packages[*]}"
-    local -a privileged=()
-    if ((EUID != 0)); then
-        command -v sudo >/dev/null ||
-            die "installing ${packages[*]} needs root, and sudo is not installed: install them as root, then run this again"
-        privileged=(sudo)
-    fi
+    local -a privileged
+    set_privileged "installing ${packages[*]}"
     "${privileged[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update
     "${privileged[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         -o DPkg::Lock::Timeout=300 "${packages[@]}"
@@ -286,6 +296,37 @@ install_packages_if_missing() {
         command -v "$program" >/dev/null ||
             die "$program is still missing after installing ${packages[*]}"
     done
+}
+
+# The test suite checks the alert rules with promtool and scrapes a running service with
+# a real Prometheus. Installing Debian's prometheus package would also enable and start
+# its system service on a systemd host, listening on port 9090 of every interface, so
+# the two programs are unpacked from the package into $tools_dir instead. Programs
+# already on PATH are used as they are.
+unpack_test_tools_if_missing() {
+    if command -v prometheus >/dev/null && command -v promtool >/dev/null; then
+        return 0
+    fi
+    if [[ -x $tools_dir/prometheus && -x $tools_dir/promtool ]]; then
+        return 0
+    fi
+
+    local work
+    work=$(mktemp -d)
+    info "unpacking prometheus and promtool from Debian's prometheus package into $tools_dir"
+    if ! (cd "$work" && apt-get download prometheus >/dev/null 2>&1); then
+        local -a privileged
+        set_privileged "updating the package lists"
+        "${privileged[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update
+        (cd "$work" && apt-get download prometheus) || {
+            rm -rf "$work"
+            die "apt-get download prometheus failed: check the apt sources, then run this again"
+        }
+    fi
+    dpkg-deb -x "$work"/prometheus_*.deb "$work/root"
+    mkdir -p "$tools_dir"
+    install -m 755 "$work/root/usr/bin/prometheus" "$work/root/usr/bin/promtool" "$tools_dir/"
+    rm -rf "$work"
 }
 
 generate_password() {
@@ -557,6 +598,9 @@ start() {
     local mysql_password redis_password
 
     install_packages_if_missing
+    if [[ $profile == test ]]; then
+        unpack_test_tools_if_missing
+    fi
 
     # Everything under .state contains passwords, keys or data, so only the
     # owner may read it. mariadbd and redis-server run as this user, or as root.
