@@ -49,9 +49,9 @@ help:
 	  soak "serve a mixed load for SOAK_SECONDS; fail on 5 % memory growth, errors or Redis keys left after the purge" \
 	  venv "create .venv and install the package with its test and deploy extras, pinned by constraints.txt" \
 	  lock "regenerate constraints.txt from a fresh resolve of pyproject.toml" \
-	  services-dev "start the dev MariaDB and Redis (ports 3307 and 6380 unless overridden)" \
-	  services-test "start the test MariaDB and Redis (ports 3308 and 6381 unless overridden)" \
-	  services-bench "start the bench MariaDB and Redis (ports 3318 and 6393 unless overridden)" \
+	  services-dev "start the dev MariaDB and Redis on ports $${GATEHOUSE_DEV_MYSQL_PORT:-3307} and $${GATEHOUSE_DEV_REDIS_PORT:-6380}" \
+	  services-test "start the test MariaDB and Redis on ports $${GATEHOUSE_TEST_MYSQL_PORT:-3308} and $${GATEHOUSE_TEST_REDIS_PORT:-6381}" \
+	  services-bench "start the bench MariaDB and Redis on ports $${GATEHOUSE_BENCH_MYSQL_PORT:-3318} and $${GATEHOUSE_BENCH_REDIS_PORT:-6393}" \
 	  keys-dev "generate a signing key for the dev profile unless one exists" \
 	  keys-test "generate a signing key for the test profile unless one exists" \
 	  keys-bench "generate a signing key for the bench profile unless one exists" \
