@@ -204,6 +204,19 @@ def test_unreadable_chunked_body_rejected(app, capsys, path, error):
     assert "exception" not in logged[0]
 
 
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_health_probe_reads_body(app, method):
+    # The probe skips the request hooks only without a body: this one is read and rejected.
+    environ = EnvironBuilder(path="/health", method=method, headers=CHUNKED).get_environ()
+    environ.update({"wsgi.input": FailingStream(InvalidChunkSize(b"zz")), "wsgi.input_terminated": True})
+    server = ServerResponse()
+
+    b"".join(app(environ, server.start_response))
+
+    assert server.status == 400
+    assert server.closed
+
+
 def test_truncated_body_rejected(app):
     server, problem = post_stream(app, "/v1/auth/login", io.BytesIO(b"{"), {"Content-Length": "50"})
 

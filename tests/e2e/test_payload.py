@@ -247,6 +247,20 @@ def test_malformed_chunked_body_rejected(server, path, body):
     assert logged_events(server, "server_error") == []
 
 
+def test_health_probe_rejects_malformed_body(server):
+    with connect(server.url) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: gatehouse\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     + MALFORMED_CHUNKED_BODIES["size_hex"])
+        received = b""
+        while data := sock.recv(65536):
+            received += data
+
+    # One response: gunicorn must not find the bad chunk itself and append its own 400.
+    assert received.count(b"HTTP/1.1 ") == 1
+    assert received.startswith(b"HTTP/1.1 400 ")
+    assert b'"code": "invalid_body_encoding"' in received
+
+
 @pytest.mark.parametrize("encodings", [["gzip, chunked"], ["identity, chunked"], ["gzip", "chunked"]],
                          ids=["gzip", "identity", "two_fields"])
 def test_other_transfer_codings_rejected(server, encodings):
