@@ -13,7 +13,8 @@
 #           test profile, also unpack prometheus and promtool into
 #           .state/tools/bin when they are not on PATH.
 #   stop    Stop the gunicorn, Redis and MariaDB of PROFILE that their pid
-#           files name.
+#           files name. gunicorn goes first, and Redis and MariaDB are stopped
+#           only after its master and every worker have exited.
 #   status  Print which of them are running.
 #
 # Each profile keeps all of its state under .state/PROFILE/ in the repository:
@@ -33,7 +34,9 @@
 #   GATEHOUSE_BENCH_MYSQL_PORT  MariaDB TCP port of the bench profile (default 3318)
 #   GATEHOUSE_BENCH_REDIS_PORT  Redis TCP port of the bench profile (default 6393)
 #   GATEHOUSE_SERVICES_TIMEOUT  seconds to wait for a server to start or stop
-#                               before giving up (default 30)
+#                               before giving up (default 30). gunicorn gets
+#                               at least its GATEHOUSE_SHUTDOWN_DRAIN_SECONDS
+#                               plus GATEHOUSE_GRACEFUL_TIMEOUT plus 10 s.
 #
 # Every server listens on 127.0.0.1 only.
 
@@ -91,6 +94,10 @@ esac
 
 profile_upper=${profile^^}
 timeout_seconds=${GATEHOUSE_SERVICES_TIMEOUT:-30}
+# Seconds a gunicorn stop may take beyond its drain delay and graceful timeout. In
+# that time the master kills the workers left at the end of the graceful timeout,
+# reaps them and logs its exit, and workers close their pools. An estimate with room.
+gunicorn_stop_margin_seconds=10
 
 validate_port() {
     local name=$1 value=$2
@@ -201,10 +208,97 @@ remove_stale_pid_file() {
     fi
 }
 
-# Send SIGTERM to the process that PID_FILE names and wait until it has
-# exited, then send SIGKILL if it is still running after the timeout.
+# Print the pids of the running processes in the arguments, separated by spaces.
+running_pids() {
+    local pid running=()
+
+    for pid in "$@"; do
+        if is_running "$pid"; then
+            running+=("$pid")
+        fi
+    done
+    echo "${running[*]}"
+}
+
+# Print the pids of the children of process PARENT, one per line, read from
+# the parent pid field of each /proc/PID/stat.
+child_pids() {
+    local parent=$1 stat_file stat fields
+
+    for stat_file in /proc/[0-9]*/stat; do
+        # A process may exit between the glob and the read.
+        { stat=$(<"$stat_file"); } 2>/dev/null || continue
+        # The command name in parentheses may contain spaces, so the fields
+        # are counted from the state letter that follows it.
+        read -r -a fields <<<"${stat##*) }"
+        if [[ ${fields[1]} == "$parent" ]]; then
+            stat_file=${stat_file%/stat}
+            echo "${stat_file#/proc/}"
+        fi
+    done
+}
+
+# Print the value of the variable NAME in the environment that process PID
+# started with. Fail when it is not set there or the environment is not readable.
+process_environment_value() {
+    local pid=$1 name=$2 entry
+
+    [[ -r /proc/$pid/environ ]] || return 1
+    while IFS= read -r -d '' entry; do
+        if [[ $entry == "$name="* ]]; then
+            echo "${entry#*=}"
+            return 0
+        fi
+    done <"/proc/$pid/environ"
+    return 1
+}
+
+# Print a number of seconds such as 30 or 2.5 rounded up to whole seconds.
+# Fail when VALUE is not such a number.
+round_up_seconds() {
+    local value=$1 whole
+
+    [[ $value =~ ^([0-9]{1,4})(\.([0-9]+))?$ ]] || return 1
+    whole=$((10#${BASH_REMATCH[1]}))
+    if [[ ${BASH_REMATCH[3]} =~ [1-9] ]]; then
+        whole=$((whole + 1))
+    fi
+    echo "$whole"
+}
+
+# Print the whole seconds of the gunicorn setting NAME: the value in the
+# environment of the gunicorn master PID, which is the one gunicorn read,
+# else the value in this environment, else DEFAULT (service/config.py's).
+gunicorn_setting_seconds() {
+    local pid=$1 name=$2 default=$3 value
+
+    value=$(process_environment_value "$pid" "$name") || value=${!name:-$default}
+    if ! round_up_seconds "$value"; then
+        echo "$script_name: ignoring $name='$value' of gunicorn (pid $pid), which is not a number of seconds; assuming $default" >&2
+        echo "$default"
+    fi
+}
+
+# Print the seconds to wait for the gunicorn master PID to stop: its drain
+# delay, then its graceful timeout, then a margin, and at least
+# GATEHOUSE_SERVICES_TIMEOUT.
+gunicorn_stop_seconds() {
+    local pid=$1 drain graceful seconds
+
+    drain=$(gunicorn_setting_seconds "$pid" GATEHOUSE_SHUTDOWN_DRAIN_SECONDS 0)
+    graceful=$(gunicorn_setting_seconds "$pid" GATEHOUSE_GRACEFUL_TIMEOUT 30)
+    seconds=$((drain + graceful + gunicorn_stop_margin_seconds))
+    echo $((seconds > timeout_seconds ? seconds : timeout_seconds))
+}
+
+# Send SIGTERM to the process that PID_FILE names and wait up to SECONDS
+# until it has exited, then send SIGKILL if it is still running. With
+# "children" as the fifth argument, wait for the children that the process
+# had when it got SIGTERM as well, and kill those that are left too: the
+# gunicorn master can exit before its workers do.
 stop_process() {
-    local name=$1 pid_file=$2 pattern=$3 pid deadline
+    local name=$1 pid_file=$2 pattern=$3 seconds=$4 with_children=${5:-} pid deadline
+    local -a pids left
 
     if ! pid=$(live_pid "$pid_file" "$pattern"); then
         remove_stale_pid_file "$pid_file" "$pattern"
@@ -212,22 +306,30 @@ stop_process() {
         return 0
     fi
 
-    info "stopping $name (pid $pid)"
+    pids=("$pid")
+    if [[ $with_children == children ]]; then
+        mapfile -t -O 1 pids < <(child_pids "$pid")
+    fi
+
+    info "stopping $name (pids ${pids[*]}), waiting up to ${seconds}s"
     kill -TERM "$pid" 2>/dev/null || true
-    deadline=$(deadline_after "$timeout_seconds")
-    while is_running "$pid" && before_deadline "$deadline"; do
+    deadline=$(deadline_after "$seconds")
+    while [[ -n $(running_pids "${pids[@]}") ]] && before_deadline "$deadline"; do
         sleep 0.1
     done
 
-    if is_running "$pid"; then
-        info "$name (pid $pid) did not stop within ${timeout_seconds}s after SIGTERM; sending SIGKILL"
-        kill -KILL "$pid" 2>/dev/null || true
+    read -r -a left <<<"$(running_pids "${pids[@]}")"
+    if ((${#left[@]} > 0)); then
+        info "$name (pids ${left[*]}) did not stop within ${seconds}s after SIGTERM; sending SIGKILL"
+        kill -KILL "${left[@]}" 2>/dev/null || true
         deadline=$(deadline_after 5)
-        while is_running "$pid" && before_deadline "$deadline"; do
+        while [[ -n $(running_pids "${left[@]}") ]] && before_deadline "$deadline"; do
             sleep 0.1
         done
-        if is_running "$pid"; then
-            die "$name (pid $pid) is still running 5s after SIGKILL: check its state with 'ps -o pid,stat,args -p $pid'"
+        read -r -a left <<<"$(running_pids "${left[@]}")"
+        if ((${#left[@]} > 0)); then
+            local pid_list="${left[*]}"
+            die "$name (pids $pid_list) is still running 5s after SIGKILL: check its state with 'ps -o pid,stat,args -p ${pid_list// /,}'"
         fi
     fi
 
@@ -619,10 +721,16 @@ start() {
 }
 
 stop() {
-    # gunicorn first, because it is a client of the two servers.
-    stop_process "gunicorn ($profile)" "$gunicorn_pid_file" gunicorn
-    stop_process "Redis ($profile)" "$redis_pid_file" redis-server
-    stop_process "MariaDB ($profile)" "$mariadb_pid_file" "$mariadb_cnf"
+    local pid gunicorn_seconds=$timeout_seconds
+
+    # gunicorn and all of its workers first, because they are clients of the two
+    # servers. Requests in flight then finish with MariaDB and Redis still up.
+    if pid=$(live_pid "$gunicorn_pid_file" gunicorn); then
+        gunicorn_seconds=$(gunicorn_stop_seconds "$pid")
+    fi
+    stop_process "gunicorn ($profile)" "$gunicorn_pid_file" gunicorn "$gunicorn_seconds" children
+    stop_process "Redis ($profile)" "$redis_pid_file" redis-server "$timeout_seconds"
+    stop_process "MariaDB ($profile)" "$mariadb_pid_file" "$mariadb_cnf" "$timeout_seconds"
 }
 
 # Print one line about the process that PID_FILE names.

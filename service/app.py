@@ -72,6 +72,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
 
 def _wrap_wsgi_app(app: Flask, settings: Settings) -> None:
     """Put the WSGI layers in front of Flask. The last one wrapped receives a request first."""
+    app.wsgi_app = payload.CloseConnection(app.wsgi_app)  # type: ignore[method-assign]
     app.wsgi_app = WarmPath(app, app.wsgi_app)  # type: ignore[method-assign]
     if settings.trusted_proxy_count:
         # The client address is the one the last trusted proxy saw; earlier entries are client-supplied.

@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         16_384, ge=1024, le=10_485_760, description="largest accepted request body in bytes, 1024-10485760"
     )
+    body_read_timeout_seconds: float = Field(
+        10.0, ge=1, le=300,
+        description="seconds a request body may take to arrive in full before the request gets 408, 1-300",
+    )
 
     # MySQL / MariaDB
     mysql_host: str = Field("127.0.0.1", min_length=1, description="MySQL host name or address")

@@ -62,6 +62,24 @@ class PayloadTooLarge(Problem):
     status, code, title = 413, "payload_too_large", "Request body too large"
 
 
+class InvalidBodyEncoding(Problem):
+    """The chunked framing of the body is malformed, or the connection ended inside the body."""
+
+    status, code, title = 400, "invalid_body_encoding", "Invalid request body encoding"
+
+
+class BodyTimedOut(Problem):
+    """The body did not arrive in full within GATEHOUSE_BODY_READ_TIMEOUT_SECONDS."""
+
+    status, code, title = 408, "body_timeout", "Request body timed out"
+
+
+class UnsupportedTransferEncoding(Problem):
+    """Transfer-Encoding names a coding other than chunked, which the service does not decode."""
+
+    status, code, title = 501, "unsupported_transfer_encoding", "Unsupported transfer encoding"
+
+
 class NotFound(Problem):
     status, code, title = 404, "not_found", "Not found"
 

@@ -10,7 +10,9 @@ Departures from Flask's defaults, the first three each worth microseconds on eve
   call it every few seconds, and its response does not depend on the client, so it
   skips the request hooks: no log line, metrics, rate limit or ban check. It still
   echoes or makes a request id. With debug logging on it takes the full path, so
-  that its log line appears as the other probes' lines do.
+  that its log line appears as the other probes' lines do. A request with a body
+  takes the full path too, so that service.payload reads the body within its limit
+  and deadline, and answers a malformed one before gunicorn would find it.
 - Canonical paths only. werkzeug's matcher (3.1) drops leading slashes before it
   matches, even with merge_slashes off, so //v1/admin/users would be routed like
   /v1/admin/users, past an edge proxy that allows or denies by path prefix. A path
@@ -78,7 +80,11 @@ class GatehouseFlask(Flask):
 
     def _is_bare(self) -> bool:
         rule = request.url_rule
-        return rule is not None and rule.endpoint in self.bare_endpoints
+        if rule is None or rule.endpoint not in self.bare_endpoints:
+            return False
+
+        environ = request.environ
+        return environ.get("CONTENT_LENGTH") in (None, "", "0") and "HTTP_TRANSFER_ENCODING" not in environ
 
     def full_dispatch_request(self) -> Response:
         if not self.bare_endpoints or not self._is_bare():

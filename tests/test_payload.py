@@ -1,15 +1,24 @@
-"""Body size limits and JSON input rules through the Flask test client.
+"""Body size limits, body read errors and JSON input rules through the Flask test client.
 
 Chunked bodies need a server that terminates the stream, so they are tested
-through gunicorn in tests/e2e/test_payload.py.
+through gunicorn in tests/e2e/test_payload.py. Here a stand-in for gunicorn's
+input stream raises the errors of gunicorn's chunked reader, or stalls.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import time
 
+import gevent
 import pytest
+from gunicorn.http.errors import (ChunkMissingTerminator, InvalidChunkExtension, InvalidChunkSize, InvalidHeader,
+                                  LimitRequestHeaders, NoMoreData)
 
+from werkzeug.test import EnvironBuilder
+
+from service.app import close_app, create_app
 from tests.conftest import PASSWORD
 
 AUTH_LIMIT = 8192
@@ -113,3 +122,162 @@ def test_unknown_field_rejected(client):
     assert response.status_code == 400
     assert response.get_json()["field"] == "remember_me"
     assert response.get_json()["errors"] == [{"field": "remember_me", "message": "unknown field"}]
+
+
+class FailingStream:
+    """A WSGI input stream that raises `error` on every read, as gunicorn's reader does on a bad body."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def read(self, size: int = -1) -> bytes:
+        raise self.error
+
+
+class StalledStream:
+    """A WSGI input stream whose client sends nothing more: every read waits `seconds`."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def read(self, size: int = -1) -> bytes:
+        gevent.sleep(self.seconds)
+        return b""
+
+
+class ServerResponse:
+    """A stand-in for gunicorn's response object, whose bound start_response the app receives."""
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.closed = False
+
+    def start_response(self, status: str, headers: list, exc_info=None):
+        self.status = int(status.split()[0])
+        return lambda data: None
+
+    def force_close(self) -> None:
+        self.closed = True
+
+
+def post_stream(app, path: str, stream, headers: dict[str, str]) -> tuple[ServerResponse, dict]:
+    """POST to the app with `stream` as gunicorn's input stream; return the server response and the JSON body."""
+    environ = EnvironBuilder(path=path, method="POST",
+                             headers={"Content-Type": "application/json", **headers}).get_environ()
+    # gunicorn sets wsgi.input_terminated, and werkzeug then reads the stream as it is.
+    environ.update({"wsgi.input": stream, "wsgi.input_terminated": True})
+    # EnvironBuilder takes CONTENT_LENGTH from its own data, which is empty here.
+    if "Content-Length" in headers:
+        environ["CONTENT_LENGTH"] = headers["Content-Length"]
+    server = ServerResponse()
+    body = b"".join(app(environ, server.start_response))
+    return server, json.loads(body)
+
+
+def log_events(text: str, event: str) -> list[dict]:
+    records = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    return [record for record in records if record.get("event") == event]
+
+
+CHUNKED = {"Transfer-Encoding": "chunked"}
+
+
+@pytest.mark.parametrize("error", [
+    InvalidChunkSize(b"zz"), InvalidChunkSize(b"-2"), InvalidChunkSize(b"2 "), ChunkMissingTerminator(b"XY"),
+    InvalidChunkExtension("bare CR not allowed"), LimitRequestHeaders("limit request trailer section size"),
+    InvalidHeader("bare LF as line terminator"), NoMoreData(), ConnectionResetError(104, "reset by peer"),
+], ids=["size_hex", "size_negative", "size_space", "terminator", "extension", "trailer_size", "trailer_header",
+        "no_more_data", "reset"])
+@pytest.mark.parametrize("path", ["/v1/auth/login", "/v1/auth/register", "/nowhere"])
+def test_unreadable_chunked_body_rejected(app, capsys, path, error):
+    server, problem = post_stream(app, path, FailingStream(error), CHUNKED)
+
+    assert server.status == 400
+    assert problem["code"] == "invalid_body_encoding"
+    assert problem["field"] == "body"
+    assert server.closed
+    output = capsys.readouterr().out
+    assert log_events(output, "server_error") == []
+    logged = log_events(output, "request_body_invalid")
+    assert len(logged) == 1
+    assert logged[0]["level"] == "warning"
+    assert "exception" not in logged[0]
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_health_probe_reads_body(app, method):
+    # The probe skips the request hooks only without a body: this one is read and rejected.
+    environ = EnvironBuilder(path="/health", method=method, headers=CHUNKED).get_environ()
+    environ.update({"wsgi.input": FailingStream(InvalidChunkSize(b"zz")), "wsgi.input_terminated": True})
+    server = ServerResponse()
+
+    b"".join(app(environ, server.start_response))
+
+    assert server.status == 400
+    assert server.closed
+
+
+def test_truncated_body_rejected(app):
+    server, problem = post_stream(app, "/v1/auth/login", io.BytesIO(b"{"), {"Content-Length": "50"})
+
+    assert server.status == 400
+    assert problem["code"] == "invalid_body_encoding"
+    assert server.closed
+
+
+def test_complete_body_keeps_connection(app):
+    body = json.dumps({"email": "nobody@example.com", "password": PASSWORD}).encode()
+
+    server, problem = post_stream(app, "/v1/auth/login", io.BytesIO(body), {"Content-Length": str(len(body))})
+
+    assert server.status == 401
+    assert problem["code"] == "invalid_credentials"
+    assert not server.closed
+
+
+@pytest.fixture
+def quick_timeout_app():
+    app = create_app({"body_read_timeout_seconds": 1})
+    app.config["TESTING"] = True
+    yield app
+    close_app(app)
+
+
+@pytest.mark.parametrize("headers", [CHUNKED, {"Content-Length": "50"}], ids=["chunked", "content_length"])
+def test_stalled_body_times_out(quick_timeout_app, capsys, headers):
+    started = time.monotonic()
+
+    server, problem = post_stream(quick_timeout_app, "/v1/auth/login", StalledStream(30), headers)
+
+    assert server.status == 408
+    assert problem["code"] == "body_timeout"
+    assert problem["field"] == "body"
+    assert server.closed
+    assert 1 <= time.monotonic() - started < 5
+    logged = log_events(capsys.readouterr().out, "request_body_timed_out")
+    assert len(logged) == 1
+    assert logged[0]["level"] == "warning"
+    assert logged[0]["timeout_seconds"] == 1
+
+
+@pytest.mark.parametrize("encoding", ["gzip, chunked", "gzip,chunked", "deflate, chunked", "compress, chunked",
+                                      "identity, chunked", "x-custom, chunked"])
+def test_other_transfer_codings_rejected(app, encoding):
+    stream = FailingStream(AssertionError("the body was read"))
+
+    server, problem = post_stream(app, "/v1/auth/register", stream, {"Transfer-Encoding": encoding})
+
+    assert server.status == 501
+    assert problem["code"] == "unsupported_transfer_encoding"
+    assert problem["field"] == "Transfer-Encoding"
+    assert server.closed
+
+
+@pytest.mark.parametrize("encoding", ["chunked", "Chunked", "CHUNKED", " chunked "])
+def test_chunked_alone_accepted(app, encoding):
+    body = json.dumps({"email": "alice@example.com", "password": PASSWORD}).encode()
+
+    server, problem = post_stream(app, "/v1/auth/register", io.BytesIO(body), {"Transfer-Encoding": encoding})
+
+    assert server.status == 201, problem
+    assert not server.closed

@@ -1,4 +1,4 @@
-"""Body and request-head limits through a real gunicorn master with 2 gevent workers.
+"""Body limits, body read errors and request-head limits through a real gunicorn master with gevent workers.
 
 Requests are written on raw sockets, because HTTP client libraries neither send
 a chunked body while reading an early response nor send oversized request heads.
@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 import select
+import signal
 import socket
 import time
 from pathlib import Path
 
 import pytest
 import requests
+
+from tests.helpers import Gunicorn
 
 pytestmark = pytest.mark.e2e
 
@@ -198,3 +201,151 @@ def test_gunicorn_request_head_limits(server, head, status):
     with connect(server.url) as sock:
         sock.sendall(head)
         assert read_response(sock)[0] == status
+
+
+# Chunked bodies that gunicorn's chunked reader rejects: a size that is not hexadecimal,
+# a negative size, a size with a trailing space, and a chunk without its CRLF.
+MALFORMED_CHUNKED_BODIES = {
+    "size_hex": b"zz\r\nabc\r\n0\r\n\r\n",
+    "size_negative": b"-2\r\nab\r\n0\r\n\r\n",
+    "size_space": b"2 \r\nab\r\n0\r\n\r\n",
+    "terminator": b"2\r\nabXY0\r\n\r\n",
+}
+READ_TIMEOUT_SECONDS = 2
+STALLED_HEAD = (b"POST /v1/auth/login HTTP/1.1\r\nHost: gatehouse\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 50\r\n\r\n{")
+
+
+def assert_closed(sock: socket.socket) -> None:
+    """Fail unless the server closes the connection within 5 s without sending more."""
+    sock.settimeout(5)
+    try:
+        rest = sock.recv(65536)
+    except ConnectionResetError:
+        return
+    assert rest == b""
+
+
+def logged_events(server, event: str) -> list[dict]:
+    records = [json.loads(line) for line in server.output().splitlines() if line.startswith("{")]
+    return [record for record in records if record.get("event") == event]
+
+
+@pytest.mark.parametrize("body", MALFORMED_CHUNKED_BODIES.values(), ids=MALFORMED_CHUNKED_BODIES.keys())
+@pytest.mark.parametrize("path", ["/v1/auth/login", "/v1/auth/register", "/nowhere"])
+def test_malformed_chunked_body_rejected(server, path, body):
+    with connect(server.url) as sock:
+        sock.sendall(post_head(path) + body)
+        status, headers, response = read_response(sock)
+
+        assert status == 400
+        assert headers["content-type"] == "application/problem+json"
+        assert headers["connection"] == "close"
+        assert json.loads(response)["code"] == "invalid_body_encoding"
+        assert json.loads(response)["field"] == "body"
+        assert_closed(sock)
+    assert logged_events(server, "server_error") == []
+
+
+def test_health_probe_rejects_malformed_body(server):
+    with connect(server.url) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: gatehouse\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     + MALFORMED_CHUNKED_BODIES["size_hex"])
+        received = b""
+        while data := sock.recv(65536):
+            received += data
+
+    # One response: gunicorn must not find the bad chunk itself and append its own 400.
+    assert received.count(b"HTTP/1.1 ") == 1
+    assert received.startswith(b"HTTP/1.1 400 ")
+    assert b'"code": "invalid_body_encoding"' in received
+
+
+@pytest.mark.parametrize("encodings", [["gzip, chunked"], ["identity, chunked"], ["gzip", "chunked"]],
+                         ids=["gzip", "identity", "two_fields"])
+def test_other_transfer_codings_rejected(server, encodings):
+    fields = "".join(f"Transfer-Encoding: {encoding}\r\n" for encoding in encodings)
+    head = (f"POST /v1/auth/register HTTP/1.1\r\nHost: gatehouse\r\nContent-Type: application/json\r\n"
+            f"{fields}\r\n").encode()
+    body = json.dumps({"email": "gzip@example.com", "password": PASSWORD}).encode()
+    with connect(server.url) as sock:
+        sock.sendall(head + chunk(body) + b"0\r\n\r\n")
+        status, headers, response = read_response(sock)
+
+        assert status == 501
+        assert headers["connection"] == "close"
+        assert json.loads(response)["code"] == "unsupported_transfer_encoding"
+        assert json.loads(response)["field"] == "Transfer-Encoding"
+        assert_closed(sock)
+
+
+def test_content_length_with_chunked_rejected(server):
+    # gunicorn rejects this itself (RFC 9112 section 6.3), because the two lengths could disagree.
+    with connect(server.url) as sock:
+        sock.sendall(post_head("/v1/auth/login", "Content-Length: 5\r\n") + chunk(b"{}") + b"0\r\n\r\n")
+        status, _, _ = read_response(sock)
+
+        assert status == 400
+        assert_closed(sock)
+
+
+@pytest.fixture(scope="module")
+def quick_timeout_server(tmp_path_factory):
+    """One worker with 10 connections and a short body read timeout, so stalled clients can fill it."""
+    env = {"GATEHOUSE_BODY_READ_TIMEOUT_SECONDS": str(READ_TIMEOUT_SECONDS), "GATEHOUSE_WORKER_CONNECTIONS": "10"}
+    with Gunicorn(tmp_path_factory.mktemp("quick-timeout"), env=env, workers=1) as gunicorn:
+        yield gunicorn
+
+
+def test_stalled_body_times_out(quick_timeout_server):
+    with connect(quick_timeout_server.url) as sock:
+        sock.sendall(STALLED_HEAD)
+        started = time.monotonic()
+        # /health must return while the stalled request still waits for its body.
+        health = requests.get(f"{quick_timeout_server.url}/health", timeout=READ_TIMEOUT_SECONDS / 2)
+        status, headers, response = read_response(sock)
+        waited = time.monotonic() - started
+
+        assert health.status_code == 200
+        assert status == 408
+        assert headers["connection"] == "close"
+        assert json.loads(response)["code"] == "body_timeout"
+        assert READ_TIMEOUT_SECONDS * 0.9 <= waited < READ_TIMEOUT_SECONDS + 3
+        assert_closed(sock)
+    assert len(logged_events(quick_timeout_server, "request_body_timed_out")) >= 1
+
+
+def test_stalled_bodies_release_connections(quick_timeout_server):
+    # As many stalled clients as the worker has connections, so /health waits in the listen
+    # queue until the body read timeout frees them.
+    stalled = [connect(quick_timeout_server.url) for _ in range(10)]
+    try:
+        for sock in stalled:
+            sock.sendall(STALLED_HEAD)
+        started = time.monotonic()
+        health = requests.get(f"{quick_timeout_server.url}/health", timeout=10)
+        waited = time.monotonic() - started
+
+        assert health.status_code == 200
+        assert waited < READ_TIMEOUT_SECONDS + 4
+        for sock in stalled:
+            assert read_response(sock)[0] == 408
+    finally:
+        for sock in stalled:
+            sock.close()
+
+
+def test_stalled_body_ends_before_shutdown(tmp_path):
+    env = {"GATEHOUSE_BODY_READ_TIMEOUT_SECONDS": "2", "GATEHOUSE_GRACEFUL_TIMEOUT": "30"}
+    with Gunicorn(tmp_path, env=env) as gunicorn, connect(gunicorn.url) as sock:
+        sock.sendall(STALLED_HEAD)
+        time.sleep(0.5)
+        started = time.monotonic()
+        gunicorn.process.send_signal(signal.SIGTERM)
+        status, headers, _ = read_response(sock)
+        gunicorn.wait_exit(timeout=20)
+        stopped = time.monotonic() - started
+
+        assert status == 408
+        assert headers["connection"] == "close"
+        assert stopped < 2 + 3
