@@ -262,8 +262,9 @@ def test_stalled_body_times_out(quick_timeout_app, capsys, headers):
 
 @pytest.mark.parametrize("encoding", ["gzip, chunked", "gzip,chunked", "deflate, chunked", "compress, chunked",
                                       "identity, chunked", "x-custom, chunked"])
-def test_other_transfer_codings_rejected(app, encoding):
+def test_other_transfer_codings_rejected(app, encoding, capsys):
     stream = FailingStream(AssertionError("the body was read"))
+    capsys.readouterr()
 
     server, problem = post_stream(app, "/v1/auth/register", stream, {"Transfer-Encoding": encoding})
 
@@ -271,6 +272,9 @@ def test_other_transfer_codings_rejected(app, encoding):
     assert problem["code"] == "unsupported_transfer_encoding"
     assert problem["field"] == "Transfer-Encoding"
     assert server.closed
+    # The client chose the coding: its request line is a warning, not an error.
+    completed = log_events(capsys.readouterr().out, "request_completed")
+    assert [line["level"] for line in completed] == ["warning"]
 
 
 @pytest.mark.parametrize("encoding", ["chunked", "Chunked", "CHUNKED", " chunked "])
