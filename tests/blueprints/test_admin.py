@@ -131,6 +131,18 @@ def test_list_users_rejects_invalid_cursor(client, admin_tokens, cursor):
     assert response.get_json()["field"] == "cursor"
 
 
+def test_list_users_cursor_accepts_long_local_part(client, admin_tokens):
+    # A cursor follows the login rules, so the email of an account from before the
+    # 64-octet limit on local parts can end a page.
+    register(client, "zed@example.com")
+
+    response = client.get("/v1/admin/users", query_string={"cursor": "a" * 65 + "@example.com"},
+                          headers=bearer(admin_tokens["access_token"]))
+
+    assert response.status_code == 200
+    assert [item["email"] for item in response.get_json()["items"]] == ["root@example.com", "zed@example.com"]
+
+
 def test_list_users_cursor_compared_normalized(client, admin_tokens):
     for index in range(3):
         register(client, f"user{index}@example.com")
