@@ -18,8 +18,9 @@ whether an account exists.
 Neither control is permanent: both expire on their own once the attempts stop.
 While they go on, the owner is held back too on every address the account does not
 know, because all those addresses share one counter and one delay. With the
-defaults, 14 failures set the delay to 300 s, and an attacker who keeps sending
-takes most of the attempts admitted after each delay. A client address that
+defaults, ten attempts a minute use up the account rate limit, 14 failures set the
+delay to 300 s, and an attacker who keeps sending takes most of the attempts
+admitted after each delay. A client address that
 logged in to the account successfully (or changed its password) within
 GATEHOUSE_LOGIN_KNOWN_CLIENT_TTL_SECONDS is known to it. The account rate limit
 skips known addresses, and their failures count and delay separately from
