@@ -166,15 +166,19 @@ class RoleNameConverter(BaseConverter):
 
 
 class AddressConverter(BaseConverter):
-    """An IPv4 or IPv6 address in a path, optionally with a prefix length (2001:db8::/64); validated by the view.
+    """An IPv4 or IPv6 address in a path, which the view validates.
 
-    The documented pattern leaves the prefix length out: a client built from the OpenAPI
-    document encodes the slash as %2F, which service.method_guard rejects. Any address of
-    the network names it as well.
+    Three forms match: an address with an optional prefix length (2001:db8::/64), an IPv4
+    address with a port (203.0.113.7:443), and an IPv6 address in brackets with an
+    optional port ([2001:db8::5]:443), as log lines show clients behind some proxies.
+    The brackets may come raw or percent-encoded (%5B, %5D), which the WSGI server
+    decodes before routing. The documented pattern leaves the prefix length out,
+    because a client built from the OpenAPI document encodes the slash as %2F, which
+    service.method_guard rejects. Any address of the network names it as well.
     """
 
-    regex = "[0-9A-Fa-f.:]{2,45}(?:/[0-9]{1,3})?"
-    pattern = "^[0-9A-Fa-f.:]{2,45}$"
+    regex = r"\[[0-9A-Fa-f.:]{2,45}\](?::[0-9]{1,5})?|[0-9A-Fa-f.:]{2,45}(?:/[0-9]{1,3})?"
+    pattern = r"^(?:\[[0-9A-Fa-f.:]{2,45}\](?::[0-9]{1,5})?|[0-9A-Fa-f.:]{2,45})$"
 
 
 CONVERTERS = {"id": IdConverter, "role": RoleNameConverter, "address": AddressConverter}

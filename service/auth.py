@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import redis
@@ -71,27 +73,45 @@ def _apply_ban(svc: Services, ban: AutomaticBan | None) -> None:
         svc.bans.apply_event({"kind": "ip_banned", "ip": ban.ip, "until": time.time() + ban.seconds})
 
 
+@contextmanager
+def guarded_password_check(svc: Services, guard: LoginGuard, account_email: str, ip: str) -> Iterator[None]:
+    """Run a check of an account's password under the login guard and record its outcome.
+
+    Every route that checks a user's password goes through here, so guessing costs the
+    same time and counts toward the same ban through any of them. The guard admits the
+    attempt before the block runs, so a refused attempt raises RateLimited and costs no
+    argon2 work. InvalidCredentials or InvalidCurrentPassword from the block counts as a
+    failure for the guard and toward an automatic ban of `ip`. Any other exception, such
+    as AccountDisabled, records nothing, and a block that returns records a success.
+    `account_email` is the account's lookup key (service.emails.fold_email).
+    """
+    attempt = guard.admit(account_email, ip)
+    try:
+        yield
+    except (InvalidCredentials, InvalidCurrentPassword):
+        guard.record_failure(attempt)
+        record_failed_login(svc, ip, account_email)
+        raise
+
+    guard.record_success(attempt)
+
+
 def login(svc: Services, email: str, password: str, *, user_agent: str, ip: str, guard: LoginGuard) -> TokenPair:
     """Check credentials and start a session, unless the guard refuses the attempt first."""
     # The guard and the ban counters key an account by its lookup key, so the fullwidth
     # spellings of an email, which reach the same account, share its limits.
-    account_email = fold_email(email)
-    # Before the password check, so a refused attempt costs no argon2 work.
-    attempt = guard.admit(account_email, ip)
     try:
-        user = users.authenticate(svc.database, svc.passwords, email, password)
+        with guarded_password_check(svc, guard, fold_email(email), ip):
+            user = users.authenticate(svc.database, svc.passwords, email, password)
     except InvalidCredentials:
-        guard.record_failure(attempt)
         metrics.LOGINS.labels(result="invalid_credentials").inc()
         log.warning("login_failed", reason="invalid_credentials", client_ip=ip)
-        record_failed_login(svc, ip, account_email)
         raise
     except AccountDisabled:
         metrics.LOGINS.labels(result="disabled").inc()
         log.warning("login_failed", reason="disabled", client_ip=ip)
         raise
 
-    guard.record_success(attempt)
     session_id, refresh_token = svc.sessions.create(user.id, user_agent=user_agent, ip=ip)
     metrics.LOGINS.labels(result="success").inc()
     structlog.contextvars.bind_contextvars(user_id=user.id)
@@ -173,16 +193,20 @@ def end_session(svc: Services, user_id: str, session_id: str) -> None:
     log.info("session_ended", session_id=session_id)
 
 
-def change_password(svc: Services, user_id: str, session_id: str, current: str, new: str) -> int:
+def change_password(svc: Services, user: users.User, session_id: str, current: str, new: str, *, ip: str,
+                    guard: LoginGuard) -> int:
     """Replace the password after checking the current one, and end every other session.
 
-    A wrong current password raises InvalidCurrentPassword, and a new password equal to
-    the current one then raises PasswordUnchanged. Either leaves the password and the
-    sessions as they were.
+    The current password is checked under the login guard of the user's email, so a
+    holder of an access token gets no more guesses here than at login. A refused attempt
+    raises RateLimited. A wrong current password raises InvalidCurrentPassword, and a new
+    password equal to the current one then raises PasswordUnchanged. Either leaves the
+    password and the sessions as they were.
     """
-    if not users.verify_password(svc.database, svc.passwords, user_id, current):
-        log.warning("password_change_rejected", reason="invalid_current_password")
-        raise InvalidCurrentPassword("The current password is wrong.", field="current_password")
+    with guarded_password_check(svc, guard, fold_email(user.email), ip):
+        if not users.verify_password(svc.database, svc.passwords, user.id, current):
+            log.warning("password_change_rejected", reason="invalid_current_password")
+            raise InvalidCurrentPassword("The current password is wrong.", field="current_password")
 
     # Compared in the NFKC form that is hashed, so two spellings of the same characters
     # are the same password. This check comes second, so that a caller who has a token
@@ -192,7 +216,7 @@ def change_password(svc: Services, user_id: str, session_id: str, current: str, 
         raise PasswordUnchanged("The new password is the current password. Choose a different one.",
                                 field="new_password")
 
-    users.set_password(svc.database, svc.passwords, user_id, new)
-    ended = svc.sessions.revoke_user(user_id, keep=session_id)
+    users.set_password(svc.database, svc.passwords, user.id, new)
+    ended = svc.sessions.revoke_user(user.id, keep=session_id)
     log.info("password_changed", other_sessions_ended=ended)
     return ended

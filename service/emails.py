@@ -26,8 +26,9 @@ def normalize_email(value: str) -> str:
     spelling. Emails are compared byte for byte after this. Deliverability is not
     checked: that needs DNS and proves nothing.
 
-    NOTE: This accepts a non-ASCII local part, unlike normalize_new_email, because
-    accounts registered before new addresses had to be ASCII may have one.
+    NOTE: This accepts a non-ASCII local part and one longer than 64 octets, unlike
+    normalize_new_email, because accounts registered before those rules may have one.
+    An address that no account has then fails its login like any unknown email.
     """
     return _stored_form(_validate(value.strip(), allow_smtputf8=True))
 
@@ -35,9 +36,9 @@ def normalize_email(value: str) -> str:
 def normalize_new_email(value: str) -> str:
     """Validate the address of a new account and return its stored form.
 
-    The rules of normalize_email apply, and the local part must be ASCII. ASCII text
-    is unchanged by NFKC, so the stored form of a new account is its own lookup key
-    (see fold_email).
+    The rules of normalize_email apply, the local part must be ASCII, and it may have
+    at most 64 octets (RFC 5321 section 4.5.3.1.1). ASCII text is unchanged by NFKC, so
+    the stored form of a new account is its own lookup key (see fold_email).
     """
     address = value.strip()
 
@@ -47,7 +48,9 @@ def normalize_new_email(value: str) -> str:
     if at_sign and not local_part.isascii():
         raise ValueError(_non_ascii_message(local_part))
 
-    return _stored_form(_validate(address, allow_smtputf8=False))
+    # email-validator's strict mode counts the local part in characters, which are
+    # octets here because the local part is ASCII.
+    return _stored_form(_validate(address, allow_smtputf8=False, strict=True))
 
 
 def fold_email(email: str) -> str:
@@ -77,9 +80,9 @@ def search_spellings(text: str) -> list[str]:
     return list(dict.fromkeys((fold_text(text), unicodedata.normalize("NFC", text).lower())))
 
 
-def _validate(address: str, *, allow_smtputf8: bool) -> ValidatedEmail:
+def _validate(address: str, *, allow_smtputf8: bool, strict: bool = False) -> ValidatedEmail:
     try:
-        return validate_email(address, check_deliverability=False, allow_smtputf8=allow_smtputf8)
+        return validate_email(address, check_deliverability=False, allow_smtputf8=allow_smtputf8, strict=strict)
     except EmailNotValidError as exc:
         raise ValueError(str(exc)) from None
 

@@ -1,4 +1,4 @@
-"""Per-account login protection that slows down guessing without locking out the account's owner.
+"""Per-account password-guessing protection for logins and password changes.
 
 Two controls apply to an account, keyed by a digest of its email's lookup key
 (service.emails.fold_email), so fullwidth spellings of an email count as that email.
@@ -15,8 +15,13 @@ whether an account exists.
   GATEHOUSE_LOGIN_DELAY_MAX_SECONDS. Attempts that come too early get 429 and no
   password check, so a guess costs time however many addresses send them.
 
-Neither control locks an account: both expire on their own. A client address
-that logged in to the account successfully within
+Neither control is permanent: both expire on their own once the attempts stop.
+While they go on, the owner is held back too on every address the account does not
+know, because all those addresses share one counter and one delay. With the
+defaults, ten attempts a minute use up the account rate limit, 14 failures set the
+delay to 300 s, and an attacker who keeps sending takes most of the attempts
+admitted after each delay. A client address that
+logged in to the account successfully (or changed its password) within
 GATEHOUSE_LOGIN_KNOWN_CLIENT_TTL_SECONDS is known to it. The account rate limit
 skips known addresses, and their failures count and delay separately from
 everyone else's. So an attacker who floods an account from other addresses slows
@@ -72,7 +77,11 @@ class LoginAttempt:
 
 
 class LoginGuard:
-    """Admit or reject login attempts per account, and record their outcome."""
+    """Admit or reject password checks per account, and record their outcome.
+
+    Logins and password changes both go through service.auth.guarded_password_check, so
+    they share one account's limits and delay.
+    """
 
     def __init__(self, storage: FailoverStorage, settings: Settings) -> None:
         self._storage = storage
@@ -134,7 +143,7 @@ class LoginGuard:
 
             reset_time, _ = self._limiter.get_window_stats(item, _ACCOUNT_LIMIT_NAMESPACE, account)
             retry_after = seconds_until(reset_time)
-            raise RateLimited(f"Too many login attempts for this account; retry after {retry_after} s.",
+            raise RateLimited(f"Too many password attempts for this account; retry after {retry_after} s.",
                               retry_after=retry_after, limit="account")
 
     def _check_delay(self, attempt: LoginAttempt, failures: int) -> None:
@@ -150,7 +159,7 @@ class LoginGuard:
 
         admitted_at, _ = self._storage.get_moving_window(gate, 1, delay)
         retry_after = seconds_until(admitted_at + delay)
-        raise RateLimited(f"Too many failed logins for this account; retry after {retry_after} s.",
+        raise RateLimited(f"Too many wrong passwords for this account; retry after {retry_after} s.",
                           retry_after=retry_after, limit="login_delay")
 
     @staticmethod

@@ -29,8 +29,8 @@ EmailAddress = Annotated[
 NewEmailAddress = Annotated[
     str,
     Field(min_length=3, max_length=EMAIL_MAX_LENGTH, examples=["alice@example.com"],
-          description="The part before the @-sign must be ASCII. A domain with other characters is stored "
-                      "and returned in its ASCII (xn--) form.",
+          description="The part before the @-sign must be ASCII and at most 64 characters long (RFC 5321). "
+                      "A domain with other characters is stored and returned in its ASCII (xn--) form.",
           json_schema_extra={"format": "email"}),
     AfterValidator(normalize_new_email),
 ]

@@ -293,6 +293,30 @@ def test_unban_with_port_from_log_line(ban_app, admin_tokens):
     assert client.get("/v1/admin/bans", headers=headers).get_json()["bans"] == []
 
 
+@pytest.mark.parametrize("path", ["[2001:db8:9:9::5]:443", "[2001:db8:9:9::5]", "%5B2001:db8:9:9::5%5D:443",
+                                  "%5b2001:db8:9:9::5%5d"],
+                         ids=["brackets_port", "brackets", "encoded_port", "encoded_lower_case"])
+def test_unban_bracketed_ipv6(ban_app, admin_tokens, path):
+    # curl -g sends the brackets raw, and most HTTP clients percent-encode them.
+    client = ban_app.test_client()
+    headers = bearer(admin_tokens["access_token"])
+    created = client.post("/v1/admin/bans", json={"ip": "2001:db8:9:9::5", "reason": "scanner"}, headers=headers)
+    assert created.status_code == 201
+
+    assert client.delete(f"/v1/admin/bans/{path}", headers=headers).status_code == 204
+    assert client.get("/v1/admin/bans", headers=headers).get_json()["bans"] == []
+
+
+@pytest.mark.parametrize("path", ["[2001:db8:9:9::5]:x", "[2001:db8:9:9::5", "2001:db8:9:9::5]:443",
+                                  "[203.0.113.7]]"],
+                         ids=["port_not_number", "no_closing_bracket", "no_opening_bracket", "two_brackets"])
+def test_unban_malformed_brackets_not_found(ban_app, admin_tokens, path):
+    response = ban_app.test_client().delete(f"/v1/admin/bans/{path}", headers=bearer(admin_tokens["access_token"]))
+
+    assert response.status_code == 404
+    assert response.get_json()["code"] == "not_found"
+
+
 def test_unban_any_spelling_lifts_ban(ban_app):
     blacklist = ban_app.extensions["gatehouse"].blacklist
     bans = ban_app.extensions["gatehouse"].bans

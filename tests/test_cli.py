@@ -73,3 +73,13 @@ def test_create_rejects_look_alike_email(client):
     assert "U+0430 CYRILLIC SMALL LETTER A" in result.stderr
     login = client.post("/v1/auth/login", json={"email": "\u0430lice@example.com", "password": "long enough password"})
     assert login.status_code == 401
+
+
+def test_create_rejects_long_local_part(client):
+    email = "a" * 65 + "@example.com"
+    result = run_create("--email", email, stdin="long enough password\n")
+
+    assert result.returncode == 2
+    assert "invalid email" in result.stderr
+    assert "too long before the @-sign" in result.stderr
+    assert client.post("/v1/auth/login", json={"email": email, "password": "long enough password"}).status_code == 401

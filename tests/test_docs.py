@@ -1,7 +1,10 @@
-"""The README documents every setting the service reads."""
+"""The README documents every setting the service reads, and docs/api.md every error code."""
 
 from __future__ import annotations
 
+import re
+
+from service import errors
 from service.config import ENV_PREFIX, Settings
 from tests.helpers import ROOT
 
@@ -11,3 +14,42 @@ def test_readme_lists_every_setting():
     missing = [ENV_PREFIX + name.upper() for name in Settings.model_fields
                if f"`{ENV_PREFIX}{name.upper()}`" not in readme]
     assert missing == []
+
+
+# The code of DependencyUnavailable, the base of database_unavailable and redis_unavailable,
+# which is never raised itself.
+UNSENT_CODES = {"service_unavailable"}
+
+
+def problem_statuses() -> dict[str, int]:
+    """Return the status of every problem code that service.errors defines."""
+    statuses = {}
+    pending = [errors.Problem]
+    while pending:
+        problem = pending.pop()
+        # Unauthorized sets only the status its subclasses share, not a code of its own.
+        if "code" in vars(problem):
+            statuses[problem.code] = problem.status
+        pending.extend(problem.__subclasses__())
+    return statuses
+
+
+def documented_errors() -> dict[str, str]:
+    """Return the status column of every code in the error table of docs/api.md."""
+    section = (ROOT / "docs" / "api.md").read_text().split("\n## Errors\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1:3] for line in section.splitlines() if line.startswith("| ") and "`" in line]
+    return {code: status.strip() for status, codes in rows for code in re.findall(r"`([a-z_]+)`", codes)}
+
+
+def test_api_error_table_lists_every_code():
+    documented = documented_errors()
+    defined = problem_statuses()
+
+    missing = sorted(set(defined) - UNSENT_CODES - set(documented))
+    unknown = sorted(set(documented) - set(defined) - {"http_error"})
+    wrong_status = sorted(code for code, status in defined.items()
+                          if code in documented and documented[code] != str(status))
+    assert missing == []
+    assert unknown == []
+    assert wrong_status == []
+    assert "http_error" in documented

@@ -64,3 +64,38 @@ def test_fold_keeps_new_email(email):
 ], ids=["mixed_case", "fullwidth", "cyrillic", "decomposed"])
 def test_search_spellings(text, spellings):
     assert search_spellings(text) == spellings
+
+
+# RFC 5321 section 4.5.3.1.1: at most 64 octets before the @-sign.
+MAX_LOCAL_PART = "a" * 64
+
+
+def test_new_email_local_part_at_limit_accepted():
+    assert normalize_new_email(f"{MAX_LOCAL_PART}@example.com") == f"{MAX_LOCAL_PART}@example.com"
+
+
+def test_new_email_local_part_over_limit_rejected():
+    with pytest.raises(ValueError, match="too long before the @-sign"):
+        normalize_new_email(f"{MAX_LOCAL_PART}b@example.com")
+
+
+def test_existing_email_accepts_long_local_part():
+    # An account registered before the limit keeps its login, so the login rules accept it.
+    assert normalize_email(f"{MAX_LOCAL_PART}b@example.com") == f"{MAX_LOCAL_PART}b@example.com"
+
+
+@pytest.mark.parametrize("normalize", [normalize_email, normalize_new_email], ids=["existing", "new"])
+def test_email_over_254_octets_rejected(normalize):
+    # 64 + 1 + 192 = 257 octets, in domain labels of at most 63 characters.
+    domain = ".".join(["b" * 62] * 3) + ".com"
+    with pytest.raises(ValueError, match="too long"):
+        normalize(f"{MAX_LOCAL_PART}@{domain}")
+
+
+def test_existing_email_length_counts_utf8_octets():
+    # 199 characters but 299 octets, because each é takes two octets in UTF-8.
+    address = "\u00e9" * 100 + "@" + "c" * 63 + "." + "d" * 30 + ".com"
+    assert len(address) <= 254
+
+    with pytest.raises(ValueError, match="too long"):
+        normalize_email(address)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import time
 
@@ -17,7 +18,7 @@ from service.limit_storage import RATE_LIMIT_KEY_PREFIX, FailoverStorage
 from service.login_guard import LoginGuard, account_key, delay_seconds
 from tests.blueprints.test_auth import run_sql
 from tests.conftest import PASSWORD
-from tests.helpers import free_port
+from tests.helpers import ROOT, free_port
 
 OWNER = "198.51.100.10"
 ATTACKER = "203.0.113.66"
@@ -359,3 +360,119 @@ def test_success_recorded_in_memory_without_redis(guard_on):
     # Admitted without RateLimited: the success cleared the failures and the delay.
     assert not guard.admit(EMAIL, ATTACKER).known_client
     assert guard.admit(EMAIL, OWNER).known_client
+
+
+NEW_PASSWORD = "a completely new passphrase"
+
+
+def change_password(client, access_token, address, current):
+    return client.post("/v1/users/me/password", json={"current_password": current, "new_password": NEW_PASSWORD},
+                       headers={"Authorization": f"Bearer {access_token}"}, environ_base={"REMOTE_ADDR": address})
+
+
+def access_token(client, address=OWNER):
+    response = login(client, address)
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()["access_token"]
+
+
+def test_password_change_delayed_after_failures(delayed):
+    token = access_token(delayed)
+    statuses = [change_password(delayed, token, ATTACKER, "wrong password").status_code for _ in range(3)]
+
+    refused = change_password(delayed, token, ATTACKER, PASSWORD)
+
+    # As on login, the right password is refused during the delay, so a 429 reveals nothing.
+    assert statuses == [403, 403, 403]
+    assert refused.status_code == 429
+    assert refused.get_json()["code"] == "rate_limited"
+    assert 1 <= int(refused.headers["Retry-After"]) <= 2
+    assert login(delayed, OWNER, NEW_PASSWORD).status_code == 401
+
+
+def test_password_change_admitted_after_retry_after(delayed):
+    token = access_token(delayed)
+    for _ in range(3):
+        change_password(delayed, token, ATTACKER, "wrong password")
+    refused = change_password(delayed, token, ATTACKER, PASSWORD)
+    assert refused.status_code == 429
+
+    time.sleep(int(refused.headers["Retry-After"]))
+
+    assert change_password(delayed, token, ATTACKER, PASSWORD).status_code == 200
+    assert login(delayed, OWNER, NEW_PASSWORD).status_code == 200
+
+
+def test_password_change_failures_delay_login(delayed):
+    # Logins and password changes count failures for the account together.
+    token = access_token(delayed)
+    for _ in range(3):
+        change_password(delayed, token, ATTACKER, "wrong password")
+
+    assert login(delayed, "192.0.2.77").status_code == 429
+
+
+def test_password_change_counts_account_limit(account_limited):
+    # The owner's first login counts too, because the address was not known to the account yet.
+    token = access_token(account_limited)
+    statuses = [change_password(account_limited, token, ATTACKER, "wrong password").status_code
+                for _ in range(ACCOUNT_LIMIT)]
+
+    assert statuses == [403] * (ACCOUNT_LIMIT - 1) + [429]
+
+
+def test_password_change_success_recorded(delayed, settings):
+    store = redis.Redis.from_url(settings.redis_url.get_secret_value())
+    account = account_key(EMAIL)
+    token = access_token(delayed)
+    change_password(delayed, token, ATTACKER, "wrong password")
+    assert store.exists(guard_key(f"login/failures/{account}")) == 1
+
+    assert change_password(delayed, token, ATTACKER, PASSWORD).status_code == 200
+
+    # As a successful login does, the change cleared the failures and made the address known.
+    assert store.exists(guard_key(f"login/failures/{account}")) == 0
+    assert store.get(guard_key(f"login/known/{account}/{ATTACKER}")) == b"1"
+
+
+def test_password_change_failures_count_toward_ban(make_client, settings):
+    client = make_client(rate_limit_login_account="1000/minute", login_delay_after_failures=100, ban_failed_logins=3,
+                         ban_allowlist="198.51.100.0/24")
+    token = access_token(client)
+    store = redis.Redis.from_url(settings.redis_url.get_secret_value())
+
+    first = change_password(client, token, ATTACKER, "wrong password")
+    assert first.status_code == 403
+    assert store.get(f"gh:abuse:logins:{ATTACKER}") == b"1"
+
+    statuses = [change_password(client, token, ATTACKER, "wrong password").status_code for _ in range(2)]
+    banned = change_password(client, token, ATTACKER, PASSWORD)
+
+    assert statuses == [403, 403]
+    assert banned.status_code == 403
+    assert banned.get_json()["code"] == "ip_banned"
+    assert change_password(client, token, OWNER, PASSWORD).status_code == 200
+
+
+PASSWORD_CHECKS = {"authenticate", "verify_password"}
+
+
+def password_check_calls(tree: ast.AST) -> list[ast.Call]:
+    return [node for node in ast.walk(tree) if isinstance(node, ast.Call)
+            and getattr(node.func, "attr", getattr(node.func, "id", None)) in PASSWORD_CHECKS]
+
+
+def test_every_password_check_is_guarded():
+    # A new route that checks a password outside guarded_password_check would give
+    # guesses without the login delay and the ban counters.
+    unguarded = []
+    for path in sorted((ROOT / "service").rglob("*.py")):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        guarded = {id(call) for node in ast.walk(tree) if isinstance(node, ast.With)
+                   and any(getattr(item.context_expr.func, "id", None) == "guarded_password_check"
+                           for item in node.items if isinstance(item.context_expr, ast.Call))
+                   for call in password_check_calls(node)}
+        unguarded += [f"{path.relative_to(ROOT)}:{call.lineno}" for call in password_check_calls(tree)
+                      if id(call) not in guarded]
+
+    assert unguarded == []

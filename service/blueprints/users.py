@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import functools
 
-from flask import Blueprint, Response
+from flask import Blueprint, Response, request
 
 from service import auth
 from service.api import json_response, operation
 from service.bearer import current_principal
 from service.context import services
+from service.login_guard import login_guard
 from service.schemas import ChangePasswordRequest, CurrentUser, SessionsEnded
 from service.users import User
 
@@ -40,9 +41,12 @@ def current_user_body(user: User) -> bytes:
            description="403 `invalid_current_password` when `current_password` is wrong. Then 422 "
                        "`password_unchanged` when `new_password` is the current password, compared after "
                        "NFKC normalization as passwords are hashed. Neither changes the password or ends a "
-                       "session.")
+                       "session. The current password is checked under the same per-account limits and "
+                       "login delay as a login, so too many attempts get 429 `rate_limited` with "
+                       "Retry-After, and wrong ones count toward an automatic ban of the address.")
 def change_password(body: ChangePasswordRequest) -> Response:
     principal = current_principal()
-    ended = auth.change_password(services(), principal.user.id, principal.claims.session_id,
-                                 body.current_password, body.new_password)
+    ended = auth.change_password(services(), principal.user, principal.claims.session_id,
+                                 body.current_password, body.new_password, ip=request.remote_addr or "",
+                                 guard=login_guard())
     return json_response(SessionsEnded(sessions_ended=ended))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import time
 import uuid
@@ -17,6 +18,11 @@ TOKEN_TYPE = "at+jwt"
 # Larger tokens are rejected before any parsing; ours are well under 1 KiB.
 MAX_TOKEN_LENGTH = 4096
 REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub", "sid", "jti"]
+# JSON types of the claims this service reads, checked after the signature. PyJWT converts
+# exp, iat and nbf with int(), so it accepts "1796456000" and true, which would then
+# break the arithmetic below.
+NUMERIC_DATE_CLAIMS = ("exp", "iat", "nbf")
+STRING_CLAIMS = ("sub", "sid", "jti")
 # gunicorn 27 (http/wsgi.py) joins repeated header fields with commas, so a request with
 # two Authorization headers arrives as one value containing both. No access token contains a comma.
 MULTIPLE_AUTHORIZATION_DETAIL = "Access token is malformed: send one Authorization header with one bearer token."
@@ -92,11 +98,39 @@ def verify_access_token(ring: KeyRing, settings: Settings, token: str) -> Access
     except jwt.InvalidTokenError:
         raise InvalidToken("Access token invalid.") from None
 
-    if not all(isinstance(claims[name], str) for name in ("sub", "sid", "jti")):
-        raise InvalidToken("Access token invalid.")
+    _check_claim_types(claims)
     # A token valid for longer than this service issues was not made by it. Without this
     # check a forged far-future token would outlive the revoked-session entry that blocks it.
     if claims["exp"] - claims["iat"] > settings.access_token_ttl_seconds + settings.jwt_leeway_seconds:
         raise InvalidToken("Access token lifetime exceeds what this service issues.")
 
     return AccessClaims(claims["sub"], claims["sid"], claims["jti"], int(claims["exp"]))
+
+
+def _is_numeric_date(value: object) -> bool:
+    """Return whether a claim value is a JSON number that is a NumericDate (RFC 7519 section 2)."""
+    # bool is a subclass of int, and Python's JSON parser turns 1e999 into infinity.
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
+
+
+def _check_claim_types(claims: dict[str, object]) -> None:
+    """Raise InvalidToken unless every claim this service reads has its JSON type.
+
+    The time claims must be numbers and the ids non-empty strings. This service neither
+    issues nor reads a `roles` claim, because access decisions use each user's current
+    roles, but a `roles` claim that is not a list of strings is rejected as malformed.
+    """
+    for name in NUMERIC_DATE_CLAIMS:
+        if name in claims and not _is_numeric_date(claims[name]):
+            raise InvalidToken(f"Access token invalid: the {name} claim must be a number.")
+
+    for name in STRING_CLAIMS:
+        value = claims[name]
+        if not isinstance(value, str) or not value:
+            raise InvalidToken(f"Access token invalid: the {name} claim must be a non-empty string.")
+
+    roles = claims.get("roles")
+    if roles is not None and not (isinstance(roles, list) and all(isinstance(role, str) for role in roles)):
+        raise InvalidToken("Access token invalid: the roles claim must be a list of strings.")

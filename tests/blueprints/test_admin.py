@@ -141,6 +141,18 @@ def test_list_users_rejects_invalid_cursor(client, admin_tokens, cursor):
     assert response.get_json()["field"] == "cursor"
 
 
+def test_list_users_cursor_accepts_long_local_part(client, admin_tokens):
+    # A cursor follows the login rules, so the email of an account from before the
+    # 64-octet limit on local parts can end a page.
+    register(client, "zed@example.com")
+
+    response = client.get("/v1/admin/users", query_string={"cursor": "a" * 65 + "@example.com"},
+                          headers=bearer(admin_tokens["access_token"]))
+
+    assert response.status_code == 200
+    assert [item["email"] for item in response.get_json()["items"]] == ["root@example.com", "zed@example.com"]
+
+
 def test_list_users_cursor_compared_normalized(client, admin_tokens):
     for index in range(3):
         register(client, f"user{index}@example.com")
@@ -167,6 +179,39 @@ def test_unknown_user_gets_404(client, admin_tokens):
     response = client.get("/v1/admin/users/nobody", headers=bearer(admin_tokens["access_token"]))
     assert response.status_code == 404
     assert response.get_json()["code"] == "not_found"
+
+
+def test_disable_answers_session_revoked(client, admin_tokens):
+    user_id = register(client, "bob@example.com")
+    bob = login(client, "bob@example.com")
+
+    disabled = client.post(f"/v1/admin/users/{user_id}/disable", headers=bearer(admin_tokens["access_token"]))
+    assert disabled.status_code == 200
+
+    # Disabling ends the sessions first, and a bearer request checks its session before its account.
+    me = client.get("/v1/users/me", headers=bearer(bob["access_token"]))
+    refresh = client.post("/v1/auth/refresh", json={"refresh_token": bob["refresh_token"]})
+    assert me.status_code == 401
+    assert me.get_json()["code"] == "session_revoked"
+    assert refresh.status_code == 401
+    assert refresh.get_json()["code"] == "invalid_refresh_token"
+
+
+def test_disable_in_database_answers_invalid_token(client, settings):
+    # Without an administrator, the sessions live on, but the account check rejects the token.
+    user_id = register(client, "bob@example.com")
+    bob = login(client, "bob@example.com")
+    connection = pymysql.connect(**connect_args(settings))
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("UPDATE users SET status = 'disabled' WHERE id = %s", (user_id,))
+    finally:
+        connection.close()
+
+    me = client.get("/v1/users/me", headers=bearer(bob["access_token"]))
+
+    assert me.status_code == 401
+    assert me.get_json()["code"] == "invalid_token"
 
 
 def test_disable_ends_sessions_and_login(client, admin_tokens):

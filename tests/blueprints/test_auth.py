@@ -511,3 +511,45 @@ def test_grace_refreshes_capped(client, tokens):
     # The first use rotates, five more are grace refreshes, the seventh is reuse.
     assert statuses == [200] * 6 + [401]
     assert client.get("/v1/users/me", headers={"Authorization": f"Bearer {tokens['access_token']}"}).status_code == 401
+
+
+# RFC 5321 section 4.5.3.1.1 limits the part before the @-sign to 64 octets.
+LONG_LOCAL_PART = "a" * 65
+
+
+def test_register_long_local_part_rejected(client, settings):
+    response = register(client, f"{LONG_LOCAL_PART}@example.com")
+
+    assert response.status_code == 400
+    assert response.get_json()["code"] == "invalid_request"
+    assert response.get_json()["field"] == "email"
+    assert "too long before the @-sign" in response.get_json()["detail"]
+    assert run_sql(settings, "SELECT id FROM users") == ()
+
+
+def test_register_64_octet_local_part_accepted(client):
+    response = register(client, f"{'a' * 64}@example.com")
+
+    assert response.status_code == 201
+    assert response.get_json()["email"] == f"{'a' * 64}@example.com"
+
+
+def test_login_long_local_part_as_unknown_email(client, user):
+    # No new account can have such an address, so its login fails as an unknown email's does.
+    unknown = login(client, email="nobody@example.com")
+    long = login(client, email=f"{LONG_LOCAL_PART}@example.com")
+
+    assert long.status_code == 401
+    assert without_request_id(long.get_json()) == without_request_id(unknown.get_json())
+    assert long.headers.get("WWW-Authenticate") == unknown.headers.get("WWW-Authenticate")
+
+
+def test_login_older_long_local_part_account(client, settings):
+    # An account registered before the 64-octet limit still logs in.
+    email = f"{LONG_LOCAL_PART}@example.com"
+    user_id = existing_account(client, settings, email, PASSWORD)
+
+    response = login(client, email=email)
+
+    assert response.status_code == 200
+    assert run_sql(settings, "SELECT email FROM users WHERE id = %s", (user_id,))[0]["email"] == email

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import jwt
 import pymysql
+import pytest
 
 from service.database import connect_args
 
@@ -50,3 +52,28 @@ def test_me_joined_authorization_headers_rejected(client, tokens):
         assert response.status_code == 401, header
         assert response.get_json()["code"] == "invalid_token", header
         assert "one Authorization header" in response.get_json()["detail"], header
+
+
+@pytest.mark.parametrize("change", [
+    lambda claims: {"exp": str(claims["exp"])},
+    lambda claims: {"iat": str(claims["iat"])},
+    lambda claims: {"nbf": str(claims["iat"])},
+    lambda claims: {"exp": True},
+    lambda claims: {"sub": 42},
+    lambda claims: {"sid": [claims["sid"]]},
+    lambda claims: {"jti": None},
+    lambda claims: {"roles": "admin"},
+], ids=["exp_string", "iat_string", "nbf_string", "exp_bool", "sub_number", "sid_list", "no_jti", "roles_string"])
+def test_me_claim_of_wrong_type_rejected(app, client, tokens, change):
+    # The claims of a real session, re-signed with the app's own key, so only the changed claim is wrong.
+    claims = jwt.decode(tokens["access_token"], options={"verify_signature": False})
+    claims.update(change(claims))
+    claims = {name: value for name, value in claims.items() if value is not None}
+    key = app.extensions["gatehouse"].keys.signing_key
+    token = jwt.encode(claims, key.private_key, algorithm=key.algorithm, headers={"kid": key.kid, "typ": "at+jwt"})
+
+    response = client.get("/v1/users/me", headers={"Authorization": f"Bearer {token}"})
+
+    assert response.status_code == 401
+    assert response.get_json()["code"] == "invalid_token"
+    assert 'error="invalid_token"' in response.headers["WWW-Authenticate"]

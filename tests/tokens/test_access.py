@@ -183,3 +183,62 @@ def test_characters_outside_base64url_rejected(ring, settings, junk):
 def test_not_three_segments_rejected(ring, settings, token):
     with pytest.raises(InvalidToken, match="malformed"):
         verify_access_token(ring, settings, token)
+
+
+def future_time(seconds: int = 300) -> int:
+    return int(time.time()) + seconds
+
+
+@pytest.mark.parametrize("changes", [
+    {"exp": str(future_time())},
+    {"iat": str(int(time.time()))},
+    {"nbf": str(int(time.time()))},
+    {"exp": True},
+    {"iat": False},
+    {"nbf": False},
+    {"exp": [future_time()]},
+    {"iat": {"seconds": int(time.time())}},
+    {"exp": 10**400},
+    {"sub": ["u1"]},
+    {"sid": 7},
+    {"jti": None},
+    {"jti": ""},
+    {"sid": True},
+    {"roles": "admin"},
+    {"roles": ["admin", 1]},
+    {"roles": {"admin": True}},
+    {"iss": ["gatehouse"]},
+    {"aud": 5},
+    {"sub": None},
+    {"iss": None},
+    {"aud": None},
+], ids=["exp_string", "iat_string", "nbf_string", "exp_true", "iat_false", "nbf_false", "exp_list", "iat_object",
+        "exp_huge", "sub_list", "sid_number", "no_jti", "jti_empty", "sid_bool", "roles_string", "roles_mixed",
+        "roles_object", "iss_list", "aud_number", "no_sub", "no_iss", "no_aud"])
+def test_claim_of_wrong_type_rejected(ring, settings, changes):
+    # Signed without PyJWT, which refuses to encode some of these claims.
+    token = sign_raw(ring, {"alg": "EdDSA", "typ": "at+jwt", "kid": ring.signing_key.kid}, claims(settings, **changes))
+
+    with pytest.raises(InvalidToken):
+        verify_access_token(ring, settings, token)
+
+
+def test_infinite_exp_rejected(ring, settings):
+    # Python's JSON parser reads 1e999 as infinity, which json.dumps cannot write as a number.
+    valid = claims(settings)
+    payload = json.dumps(valid).replace(f'"exp": {valid["exp"]}', '"exp": 1e999')
+    assert "1e999" in payload
+    header = {"alg": "EdDSA", "typ": "at+jwt", "kid": ring.signing_key.kid}
+    signing_input = f"{b64(json.dumps(header).encode())}.{b64(payload.encode())}"
+    token = f"{signing_input}.{b64(ring.signing_key.private_key.sign(signing_input.encode()))}"
+
+    with pytest.raises(InvalidToken):
+        verify_access_token(ring, settings, token)
+
+
+def test_fractional_time_claims_accepted(ring, settings):
+    # RFC 7519 section 2: a NumericDate may have a fraction.
+    now = time.time()
+    token = sign(ring, claims(settings, iat=now, nbf=now, exp=now + 300))
+
+    assert verify_access_token(ring, settings, token).expires_at == int(now + 300)
