@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from service import errors
+from service.lifecycle import error_pages
 from service.config import ENV_PREFIX, Settings
 from tests.helpers import ROOT
 
@@ -34,10 +35,11 @@ def problem_statuses() -> dict[str, int]:
     return statuses
 
 
-def documented_errors() -> dict[str, str]:
-    """Return the status column of every code in the error table of docs/api.md."""
+def documented_errors(table: int = 0) -> dict[str, str]:
+    """Return the status column of every code in an error table of docs/api.md: 0 the app's, 1 gunicorn's."""
     section = (ROOT / "docs" / "api.md").read_text().split("\n## Errors\n", 1)[1].split("\n## ", 1)[0]
-    rows = [line.split("|")[1:3] for line in section.splitlines() if line.startswith("| ") and "`" in line]
+    tables = [block for block in section.split("\n\n") if block.startswith("| status | code |")]
+    rows = [line.split("|")[1:3] for line in tables[table].splitlines() if line.startswith("| ") and "`" in line]
     return {code: status.strip() for status, codes in rows for code in re.findall(r"`([a-z_]+)`", codes)}
 
 
@@ -53,3 +55,11 @@ def test_api_error_table_lists_every_code():
     assert unknown == []
     assert wrong_status == []
     assert "http_error" in documented
+
+
+def test_api_gunicorn_error_table_matches_error_pages():
+    documented = documented_errors(table=1)
+    written = {code: str(status) for status, (code, _field) in error_pages._PROBLEMS.items()}
+
+    assert documented
+    assert {code: written.get(code) for code in documented} == documented
