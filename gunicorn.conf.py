@@ -67,7 +67,7 @@ preload_app = False
 
 #
 # Request limits (gunicorn itself returns 414 for the request line and 431 for headers,
-# in HTML; the body limits are the app's, see service/payload.py)
+# as problem+json, see below; the body limits are the app's, see service/payload.py)
 #
 #   limit_request_line - longest request line in bytes; 0-8190.
 limit_request_line = 4094

@@ -1,4 +1,4 @@
-"""Refuse banned client addresses with 403 on every route but the probes and /metrics."""
+"""Refuse banned client addresses with 403 on every request but GET and HEAD of the probes and /metrics."""
 
 from __future__ import annotations
 
@@ -13,10 +13,13 @@ from service.errors import IpBanned
 
 # Kubernetes probes and Prometheus must keep working whatever their source address.
 EXEMPT_PATHS = frozenset({"/health", "/ready", "/metrics"})
+# They only send GET (and HEAD). Another method there is a 405 that counts as an unmatched
+# request, so a banned client would get 429 and escalate its own ban instead of a 403.
+EXEMPT_METHODS = frozenset({"GET", "HEAD"})
 
 
 def _check_ban() -> None:
-    if request.path in EXEMPT_PATHS:
+    if request.path in EXEMPT_PATHS and request.method in EXEMPT_METHODS:
         return
 
     svc: Services | None = current_app.extensions.get(EXTENSION_KEY)

@@ -41,7 +41,13 @@ def test_failed_logins_ban_address(ban_app, user):
     assert refused.get_json()["code"] == "ip_banned"
     assert 55 <= int(refused.headers["Retry-After"]) <= 60
     assert client.get("/health", environ_base={"REMOTE_ADDR": ATTACKER}).status_code == 200
+    assert client.head("/ready", environ_base={"REMOTE_ADDR": ATTACKER}).status_code in (200, 503)
     assert client.get("/metrics", environ_base={"REMOTE_ADDR": ATTACKER}).status_code == 200
+    # Probes send GET: another method on their paths is refused like any other request.
+    for path in ("/health", "/ready", "/metrics"):
+        probe_post = client.post(path, environ_base={"REMOTE_ADDR": ATTACKER})
+        assert probe_post.status_code == 403, path
+        assert probe_post.get_json()["code"] == "ip_banned"
     other = client.post("/v1/auth/login", json={"email": "alice@example.com", "password": PASSWORD},
                         environ_base={"REMOTE_ADDR": "192.0.2.11"})
     assert other.status_code == 200

@@ -13,6 +13,7 @@ the same status line as an RFC 9457 document with a stable code. The handler aro
 from __future__ import annotations
 
 import json
+from http import HTTPStatus
 from typing import Any
 
 from gunicorn import util
@@ -50,6 +51,11 @@ def problem_document(status: int, reason: str, message: str) -> dict[str, Any]:
 
 def write_problem(sock: Any, status_int: int, reason: str, mesg: str) -> None:
     """Write a complete error response and ask the client to close, as gunicorn.util.write_error does."""
+    # gunicorn 27 passes "Bad Request" with its 501, so the phrase comes from the status.
+    try:
+        reason = HTTPStatus(status_int).phrase
+    except ValueError:
+        pass
     # ASCII JSON, so the body is valid in the latin-1 head that HTTP/1.1 requires too.
     body = (json.dumps(problem_document(status_int, reason, mesg)) + "\n").encode("ascii")
     head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: {PROBLEM_MEDIA_TYPE}\r\n"

@@ -23,6 +23,11 @@ REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub", "sid", "jti"]
 # break the arithmetic below.
 NUMERIC_DATE_CLAIMS = ("exp", "iat", "nbf")
 STRING_CLAIMS = ("sub", "sid", "jti")
+# The user, session and token ids this service issues: uuid4().hex, 32 lower-case hex
+# digits. A signed token with any other id would reach MySQL with it: a lone surrogate
+# failed to encode (500), an emoji failed the column's collation (503), and an upper-case
+# spelling matched the user, since the column compares without regard to case.
+ID_CLAIM = re.compile(r"[0-9a-f]{32}")
 # gunicorn 27 (http/wsgi.py) joins repeated header fields with commas, so a request with
 # two Authorization headers arrives as one value containing both. No access token contains a comma.
 MULTIPLE_AUTHORIZATION_DETAIL = "Access token is malformed: send one Authorization header with one bearer token."
@@ -118,7 +123,7 @@ def _is_numeric_date(value: object) -> bool:
 def _check_claim_types(claims: dict[str, object]) -> None:
     """Raise InvalidToken unless every claim this service reads has its JSON type.
 
-    The time claims must be numbers and the ids non-empty strings. This service neither
+    The time claims must be numbers and the ids strings of the form it issues. This service neither
     issues nor reads a `roles` claim, because access decisions use each user's current
     roles, but a `roles` claim that is not a list of strings is rejected as malformed.
     """
@@ -128,8 +133,8 @@ def _check_claim_types(claims: dict[str, object]) -> None:
 
     for name in STRING_CLAIMS:
         value = claims[name]
-        if not isinstance(value, str) or not value:
-            raise InvalidToken(f"Access token invalid: the {name} claim must be a non-empty string.")
+        if not isinstance(value, str) or not ID_CLAIM.fullmatch(value):
+            raise InvalidToken(f"Access token invalid: the {name} claim must be 32 lower-case hex digits.")
 
     roles = claims.get("roles")
     if roles is not None and not (isinstance(roles, list) and all(isinstance(role, str) for role in roles)):

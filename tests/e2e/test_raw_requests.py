@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+from http import HTTPStatus
 
 import pytest
 import requests
@@ -170,6 +171,8 @@ def raw_exchange(url: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
     status_line, *header_lines = head.decode("latin-1").split("\r\n")
     fields = {name.strip().lower(): value.strip()
               for name, _, value in (line.partition(":") for line in header_lines)}
+    # The reason phrase under a key no header field can have.
+    fields[":reason"] = status_line.split(" ", 2)[2]
     return int(status_line.split(" ", 2)[1]), fields, body
 
 
@@ -182,13 +185,18 @@ def raw_exchange(url: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
     # RFC 9112: chunked must be the final transfer coding of a request.
     (b"POST /v1/auth/login HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 400,
      "malformed_request", None),
-], ids=["long_request_line", "long_header", "bad_header_name", "bad_version", "chunked_not_final"])
+    (b"POST /v1/auth/login HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: foo\r\n\r\n", 501,
+     "unsupported_transfer_encoding", "Transfer-Encoding"),
+    (b"GET /health HTTP/1.1\r\nHost: x\r\nExpect: 200-ok\r\n\r\n", 417, "expectation_failed", "Expect"),
+], ids=["long_request_line", "long_header", "bad_header_name", "bad_version", "chunked_not_final",
+        "unknown_transfer_coding", "unknown_expectation"])
 def test_gunicorn_errors_are_problems(server, request_bytes, status, code, field):
     workers = server.worker_pids()
 
     got_status, headers, body = raw_exchange(server.url, request_bytes)
 
     assert got_status == status
+    assert headers[":reason"] == HTTPStatus(status).phrase
     assert headers["content-type"] == "application/problem+json"
     assert headers["connection"] == "close"
     assert int(headers["content-length"]) == len(body)

@@ -23,9 +23,14 @@ def ring(tmp_path) -> KeyRing:
     return KeyRing.load(tmp_path, "EdDSA")
 
 
+# Ids of the form the service issues: uuid4().hex.
+USER_ID = "a" * 32
+SESSION_ID = "b" * 32
+
+
 def claims(settings, **changes) -> dict:
     now = int(time.time())
-    base = {"iss": settings.jwt_issuer, "aud": settings.jwt_audience, "sub": "u1", "sid": "s1", "jti": "j1",
+    base = {"iss": settings.jwt_issuer, "aud": settings.jwt_audience, "sub": USER_ID, "sid": SESSION_ID, "jti": "c" * 32,
             "iat": now, "exp": now + 300}
     base.update(changes)
     return {name: value for name, value in base.items() if value is not None}
@@ -48,10 +53,10 @@ def sign_raw(ring: KeyRing, header: dict, payload: dict) -> str:
 
 
 def test_valid_token_accepted(ring, settings):
-    token = issue_access_token(ring, settings, "u1", "s1")
+    token = issue_access_token(ring, settings, USER_ID, SESSION_ID)
     result = verify_access_token(ring, settings, token)
-    assert result.user_id == "u1"
-    assert result.session_id == "s1"
+    assert result.user_id == USER_ID
+    assert result.session_id == SESSION_ID
 
 
 def test_alg_none_rejected(ring, settings):
@@ -89,14 +94,14 @@ def test_bad_claims_rejected(ring, settings, changes):
 
 
 def test_tampered_payload_rejected(ring, settings):
-    header, _, signature = issue_access_token(ring, settings, "u1", "s1").split(".")
+    header, _, signature = issue_access_token(ring, settings, USER_ID, SESSION_ID).split(".")
     forged = b64(json.dumps(claims(settings, sub="admin")).encode())
     with pytest.raises(InvalidToken):
         verify_access_token(ring, settings, f"{header}.{forged}.{signature}")
 
 
 def test_truncated_signature_rejected(ring, settings):
-    token = issue_access_token(ring, settings, "u1", "s1")
+    token = issue_access_token(ring, settings, USER_ID, SESSION_ID)
     with pytest.raises(InvalidToken):
         verify_access_token(ring, settings, token[:-6])
 
@@ -111,7 +116,7 @@ def test_unknown_or_hostile_kid_rejected(ring, settings, kid):
 def test_sign_raw_produces_accepted_token(ring, settings):
     # Guards the helper above: with the real kid its tokens pass, so the rejections are about the kid.
     token = sign_raw(ring, {"alg": "EdDSA", "typ": "at+jwt", "kid": ring.signing_key.kid}, claims(settings))
-    assert verify_access_token(ring, settings, token).user_id == "u1"
+    assert verify_access_token(ring, settings, token).user_id == USER_ID
 
 
 def test_key_from_token_header_ignored(ring, settings, tmp_path):
@@ -135,11 +140,11 @@ def test_oversized_token_rejected(ring, settings):
 
 
 def test_older_key_still_verifies(ring, settings, tmp_path):
-    old_token = issue_access_token(ring, settings, "u1", "s1")
+    old_token = issue_access_token(ring, settings, USER_ID, SESSION_ID)
     generate_key(tmp_path, "EdDSA")
     rotated = KeyRing.load(tmp_path, "EdDSA")
     assert rotated.signing_key.kid != ring.signing_key.kid
-    assert verify_access_token(rotated, settings, old_token).user_id == "u1"
+    assert verify_access_token(rotated, settings, old_token).user_id == USER_ID
     assert len(rotated.jwks()["keys"]) == 2
 
 
@@ -164,7 +169,7 @@ def test_full_issued_lifetime_accepted(ring, settings):
                          ids=["comma", "comma_space", "comma_junk", "comma_padding", "comma_basic", "second_token"])
 def test_comma_joined_tokens_rejected(ring, settings, suffix):
     # gunicorn joins two Authorization headers into one value with a comma.
-    token = issue_access_token(ring, settings, "u1", "s1")
+    token = issue_access_token(ring, settings, USER_ID, SESSION_ID)
 
     with pytest.raises(InvalidToken, match="one Authorization header"):
         verify_access_token(ring, settings, token + suffix.format(token=token))
@@ -172,7 +177,7 @@ def test_comma_joined_tokens_rejected(ring, settings, suffix):
 
 @pytest.mark.parametrize("junk", ["!", "=", "+", "/", "~", " ", "\t", "%2E"])
 def test_characters_outside_base64url_rejected(ring, settings, junk):
-    header, payload, signature = issue_access_token(ring, settings, "u1", "s1").split(".")
+    header, payload, signature = issue_access_token(ring, settings, USER_ID, SESSION_ID).split(".")
 
     for token in (f"{header}{junk}.{payload}.{signature}", f"{header}.{payload}.{signature}{junk}"):
         with pytest.raises(InvalidToken, match="malformed"):
@@ -199,7 +204,7 @@ def future_time(seconds: int = 300) -> int:
     {"exp": [future_time()]},
     {"iat": {"seconds": int(time.time())}},
     {"exp": 10**400},
-    {"sub": ["u1"]},
+    {"sub": [USER_ID]},
     {"sid": 7},
     {"jti": None},
     {"jti": ""},
@@ -212,9 +217,16 @@ def future_time(seconds: int = 300) -> int:
     {"sub": None},
     {"iss": None},
     {"aud": None},
+    {"sub": "\ud800"},
+    {"sub": "\U0001F600" * 8},
+    {"sub": "A" * 32},
+    {"sid": "b" * 31},
+    {"jti": "g" * 32},
+    {"sub": "a" * 32 + "\n"},
 ], ids=["exp_string", "iat_string", "nbf_string", "exp_true", "iat_false", "nbf_false", "exp_list", "iat_object",
         "exp_huge", "sub_list", "sid_number", "no_jti", "jti_empty", "sid_bool", "roles_string", "roles_mixed",
-        "roles_object", "iss_list", "aud_number", "no_sub", "no_iss", "no_aud"])
+        "roles_object", "iss_list", "aud_number", "no_sub", "no_iss", "no_aud", "sub_surrogate", "sub_emoji",
+        "sub_upper_case", "sid_short", "jti_not_hex", "sub_newline"])
 def test_claim_of_wrong_type_rejected(ring, settings, changes):
     # Signed without PyJWT, which refuses to encode some of these claims.
     token = sign_raw(ring, {"alg": "EdDSA", "typ": "at+jwt", "kid": ring.signing_key.kid}, claims(settings, **changes))
