@@ -24,9 +24,9 @@ REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub", "sid", "jti"]
 NUMERIC_DATE_CLAIMS = ("exp", "iat", "nbf")
 STRING_CLAIMS = ("sub", "sid", "jti")
 # The user, session and token ids this service issues: uuid4().hex, 32 lower-case hex
-# digits. A signed token with any other id would reach MySQL with it: a lone surrogate
-# failed to encode (500), an emoji failed the column's collation (503), and an upper-case
-# spelling matched the user, since the column compares without regard to case.
+# digits. A signed token with any other id would reach MySQL with it. There a lone
+# surrogate failed to encode (500) and an emoji failed the column's collation (503). An
+# upper-case spelling matched the user, since the column ignores case.
 ID_CLAIM = re.compile(r"[0-9a-f]{32}")
 # gunicorn 27 (http/wsgi.py) joins repeated header fields with commas, so a request with
 # two Authorization headers arrives as one value containing both. No access token contains a comma.
