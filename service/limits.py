@@ -42,10 +42,16 @@ EXEMPT_ROUTES = frozenset({"/health", "/ready", "/metrics"})
 # them, and one metric label, so a scanner's invented paths add neither counters nor series.
 UNMATCHED_ROUTE = "unmatched"
 # Route templates with a limit of their own, mapped to the name of the setting with that limit.
+# These routes count in Redis even when they require a bearer token: their limit guards a
+# secret (a password, a refresh token) rather than a worker's capacity, so it must hold
+# across workers and replicas.
 ROUTE_LIMIT_SETTINGS = {
     "/v1/auth/login": "rate_limit_login",
     "/v1/auth/refresh": "rate_limit_refresh",
     "/v1/auth/register": "rate_limit_register",
+    # The password change checks the current password, so a stolen access token must not
+    # give more guesses than a login from the same address.
+    "/v1/users/me/password": "rate_limit_login",
 }
 
 HEADER_LIMIT = "X-RateLimit-Limit"
@@ -93,9 +99,10 @@ def _route_kind(app: Flask, kinds: dict[str | None, RouteKind]) -> RouteKind:
     if kind is None:
         view = app.view_functions.get(endpoint or "")
         operation = getattr(view, "openapi_operation", None)
-        if _route_key() in EXEMPT_ROUTES:
+        route = _route_key()
+        if route in EXEMPT_ROUTES:
             kind = RouteKind.EXEMPT
-        elif endpoint is None or getattr(operation, "bearer", False):
+        elif endpoint is None or (getattr(operation, "bearer", False) and route not in ROUTE_LIMIT_SETTINGS):
             # The response to an unmatched request (endpoint None) needs no I/O, so a
             # Redis counter would cost more than the response itself.
             kind = RouteKind.WORKER
@@ -142,8 +149,8 @@ class RouteLimiter(Limiter):
     request, which cost a refresh more CPU than its Redis round trip. This subclass
     decides from the route instead, once per endpoint: probes pass unchecked, routes
     that require a bearer token and requests that match no route count in this
-    worker's memory, and every other route counts in Redis through flask-limiter's
-    strategy. Unmatched requests (404, 405, 400 encoded_path_*) share one
+    worker's memory, and every other route, and every route of ROUTE_LIMIT_SETTINGS,
+    counts in Redis through flask-limiter's strategy. Unmatched requests (404, 405, 400 encoded_path_*) share one
     counter per client, UNMATCHED_ROUTE, against the default limit. Their 429s count
     toward a ban like any other.
 

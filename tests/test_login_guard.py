@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import secrets
 import time
 
 import pytest
@@ -410,6 +411,23 @@ def test_password_change_failures_delay_login(delayed):
         change_password(delayed, token, ATTACKER, "wrong password")
 
     assert login(delayed, "192.0.2.77").status_code == 429
+
+
+def test_password_change_burst_from_known_address_limited(make_client):
+    # The owner's own address is known to the account, so neither the account limit nor
+    # the delay (which starts after recorded failures) applies to a concurrent burst. The
+    # route's limit, the login's per-address limit counted in Redis, still does.
+    client = make_client(rate_limit_login="5/minute", rate_limit_login_account="1000/minute",
+                         login_delay_after_failures=100)
+    # An address of its own, so that the Redis window of an earlier run cannot count here.
+    owner_address = f"2001:db8:{secrets.randbelow(0xffff):x}:{secrets.randbelow(0xffff):x}::1"
+    token = access_token(client, owner_address)
+
+    statuses = [change_password(client, token, owner_address, "wrong password").status_code for _ in range(8)]
+
+    # The login above counted toward the login route's own counter, not this one.
+    assert statuses == [403] * 5 + [429] * 3
+    assert metrics.RATE_LIMIT_HITS.labels(route="/v1/users/me/password", limit="client_ip")._value.get() >= 3
 
 
 def test_password_change_counts_account_limit(account_limited):
