@@ -104,11 +104,13 @@ def ban_address(svc: Services, actor_id: str, client_ip: str, ip: str, reason: s
 
 
 def unban_address(svc: Services, actor_id: str, client_ip: str, ip: str) -> None:
-    """Lift the ban of an address's network key; raise NotFound when it is not banned."""
+    """Lift the ban of an address's network key; raise InvalidRequest for no address, NotFound when it is not banned."""
     try:
         address = parse_network_key(ip)
     except ValueError:
-        raise NotFound("No ban for this address.", field="ip") from None
+        raise InvalidRequest(
+            "ip: not an IPv4 or IPv6 address, an address with a port, or a network key such as 2001:db8::/64.",
+            field="ip") from None
     if not svc.blacklist.unban(address, actor=actor_id):
         raise NotFound("No ban for this address.", field="ip")
 
