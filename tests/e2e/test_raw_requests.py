@@ -23,20 +23,9 @@ pytestmark = pytest.mark.e2e
 
 def raw_request(url: str, target: str, headers: list[str]) -> tuple[int, dict[str, str], bytes]:
     """Send GET target with header lines on a new connection; return the status, headers and body."""
-    host, port = url.removeprefix("http://").split(":")
+    host = url.removeprefix("http://").split(":")[0]
     lines = [f"GET {target} HTTP/1.1", f"Host: {host}", "Connection: close", *headers]
-    with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
-        chunks = []
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
-    status_line, *header_lines = head.decode("latin-1").split("\r\n")
-    fields = {}
-    for line in header_lines:
-        name, _, value = line.partition(":")
-        fields[name.strip().lower()] = value.strip()
-    return int(status_line.split(" ", 2)[1]), fields, body
+    return raw_exchange(url, ("\r\n".join(lines) + "\r\n\r\n").encode())
 
 
 def admin_token(server, settings) -> str:
