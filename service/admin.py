@@ -104,13 +104,15 @@ def ban_address(svc: Services, actor_id: str, client_ip: str, ip: str, reason: s
 
 
 def unban_address(svc: Services, actor_id: str, client_ip: str, ip: str) -> None:
-    """Lift the ban of an address's network key; raise InvalidRequest for no address, NotFound when it is not banned."""
+    """Lift the ban of an address's network key; raise NotFound when it is no address or not banned."""
     try:
         address = parse_network_key(ip)
     except ValueError:
-        raise InvalidRequest(
-            "ip: not an IPv4 or IPv6 address, an address with a port, or a network key such as 2001:db8::/64.",
-            field="ip") from None
+        # 404 rather than 400: the path has the form /openapi.json documents, which cannot
+        # tell an address from other hex digits and colons. The detail says what is wrong.
+        raise NotFound(
+            "No ban for this value: it is not an IPv4 or IPv6 address, an address with a port, "
+            "or a network key such as 2001:db8::/64.", field="ip") from None
     if not svc.blacklist.unban(address, actor=actor_id):
         raise NotFound("No ban for this address.", field="ip")
 

@@ -325,13 +325,14 @@ def test_unban_malformed_brackets_not_found(ban_app, admin_tokens, path):
 
 @pytest.mark.parametrize("path", ["1.2.3.4/33", "1.2.3.4:", "...", "2001:db8::/129"],
                          ids=["prefix_too_long", "empty_port", "dots", "ipv6_prefix_too_long"])
-def test_unban_invalid_address_rejected(ban_app, admin_tokens, path):
-    # The path has the shape of an address but is none, which the client can fix: 400, not "no such ban".
+def test_unban_invalid_address_says_so(ban_app, admin_tokens, path):
+    # The path has the documented form but is no address: the 404 says it is none.
     response = ban_app.test_client().delete(f"/v1/admin/bans/{path}", headers=bearer(admin_tokens["access_token"]))
 
-    assert response.status_code == 400
-    assert response.get_json()["code"] == "invalid_request"
+    assert response.status_code == 404
+    assert response.get_json()["code"] == "not_found"
     assert response.get_json()["field"] == "ip"
+    assert "not an IPv4 or IPv6 address" in response.get_json()["detail"]
 
 
 def test_unban_any_spelling_lifts_ban(ban_app):
