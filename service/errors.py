@@ -48,6 +48,12 @@ class EncodedPathSeparator(Problem):
     status, code, title = 400, "encoded_path_separator", "Encoded slash or backslash in the path"
 
 
+class MissingHost(Problem):
+    """An HTTP/1.1 request without a Host header, which RFC 9112 section 3.2 requires a server to refuse."""
+
+    status, code, title = 400, "missing_host", "Missing Host header"
+
+
 class EncodedPathCharacter(Problem):
     """The raw request path percent-encodes a letter, digit or one of "-._~", which must be sent as itself."""
 

@@ -29,6 +29,8 @@ from flask.ctx import RequestContext
 from flask.sessions import NullSession, SessionInterface
 from werkzeug.exceptions import NotFound
 
+from service.errors import MissingHost
+
 
 class NoSessions(SessionInterface):
     """Hand every request the same empty null session, which Flask never saves."""
@@ -49,14 +51,25 @@ class NoSessions(SessionInterface):
 
 
 class CanonicalPathContext(RequestContext):
-    """A request context whose routing leaves a path that starts with "//" unmatched."""
+    """A request context whose routing leaves a path that starts with "//" unmatched, and an HTTP/1.1 request without Host."""
 
     def match_request(self) -> None:
+        environ = self.request.environ
         # request.path has the leading slashes dropped as well, so the environ is read.
-        if self.request.environ.get("PATH_INFO", "").startswith("//"):
+        if environ.get("PATH_INFO", "").startswith("//"):
             self.request.routing_exception = NotFound()
             return
+        if lacks_host(environ):
+            # gunicorn 27 accepts such a request; RFC 9112 section 3.2 requires a 400.
+            self.request.routing_exception = MissingHost(
+                "An HTTP/1.1 request must have a Host header.", field="Host")
+            return
         super().match_request()
+
+
+def lacks_host(environ: dict[str, Any]) -> bool:
+    """Tell whether an HTTP/1.1 request came without a Host header."""
+    return environ.get("SERVER_PROTOCOL") == "HTTP/1.1" and not environ.get("HTTP_HOST")
 
 
 class GatehouseFlask(Flask):

@@ -47,6 +47,7 @@ from flask import Flask, signals
 
 from service import metrics, request_log
 from service.bearer import bearer_token_of
+from service.flask_app import lacks_host
 from service.context import EXTENSION_KEY, Services
 from service.http_metrics import RECORDER_KEY
 from service.limits import COUNTED_KEY, LIMITER_KEY, window_headers
@@ -188,7 +189,7 @@ class WarmPath:
     def _health(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         """Respond to GET or HEAD /health as the bare health view does, and pass other methods and bodies to Flask."""
         method = environ["REQUEST_METHOD"]
-        if method not in ("GET", "HEAD") or _has_body(environ):
+        if method not in ("GET", "HEAD") or _for_flask_only(environ):
             return self._next(environ, start_response)
 
         body = self._health_body
@@ -198,7 +199,7 @@ class WarmPath:
 
     def _respond(self, environ: dict[str, Any], started: float) -> tuple[list[tuple[str, str]], bytes] | None:
         """Return the headers and body of a warm response, or None to leave the request to Flask."""
-        if _has_body(environ):
+        if _for_flask_only(environ):
             return None
         if ENCODED_SEPARATOR_KEY in environ:
             return None
@@ -233,5 +234,7 @@ class WarmPath:
         return headers, body
 
 
-def _has_body(environ: dict[str, Any]) -> bool:
-    return environ.get("CONTENT_LENGTH") not in (None, "", "0") or "HTTP_TRANSFER_ENCODING" in environ
+def _for_flask_only(environ: dict[str, Any]) -> bool:
+    """Tell whether a request has a body, which Flask reads, or lacks Host, which Flask refuses (flask_app)."""
+    return environ.get("CONTENT_LENGTH") not in (None, "", "0") or "HTTP_TRANSFER_ENCODING" in environ \
+        or lacks_host(environ)

@@ -165,6 +165,23 @@ def raw_exchange(url: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
     return int(status_line.split(" ", 2)[1]), fields, body
 
 
+@pytest.mark.parametrize("target", ["/health", "/v1/users/me", "/v1/auth/login", "/nowhere"])
+def test_http11_without_host_rejected(server, target):
+    status, headers, body = raw_exchange(server.url, f"GET {target} HTTP/1.1\r\nConnection: close\r\n\r\n".encode())
+
+    assert status == 400
+    assert headers["content-type"] == "application/problem+json"
+    assert json.loads(body)["code"] == "missing_host"
+    assert json.loads(body)["field"] == "Host"
+
+
+def test_http10_without_host_served(server):
+    status, _, body = raw_exchange(server.url, b"GET /health HTTP/1.0\r\n\r\n")
+
+    assert status == 200
+    assert json.loads(body) == {"status": "ok"}
+
+
 @pytest.mark.parametrize(("request_bytes", "status", "code", "field"), [
     (b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "request_line_too_long", "request_line"),
     (b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n", 431, "header_fields_too_large",
