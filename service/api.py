@@ -91,6 +91,10 @@ def parse_body(model: type[BaseModel]) -> Any:
         raise UnsupportedMediaType("Send the body as application/json.")
 
     raw = request.get_data(cache=False)
+    if not raw:
+        # Also an HTTP/1.0 request without Content-Length, whose body the server cannot read.
+        raise InvalidJson("The request body is empty: send a JSON object, with a Content-Length header or chunked.",
+                          field="body")
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:

@@ -85,6 +85,16 @@ def test_invalid_json_rejected(client):
     assert response.get_json()["code"] == "invalid_json"
 
 
+@pytest.mark.parametrize("path", ["/v1/auth/login", "/v1/auth/register", "/v1/auth/refresh"])
+def test_empty_body_named(client, path):
+    response = client.post(path, data=b"", content_type="application/json")
+
+    assert response.status_code == 400
+    assert response.get_json()["code"] == "invalid_json"
+    assert response.get_json()["field"] == "body"
+    assert "empty" in response.get_json()["detail"]
+
+
 def test_wrong_content_type_rejected(client):
     response = client.post("/v1/auth/register", data="email=a@b.c&password=x", content_type="application/x-www-form-urlencoded")
     assert response.status_code == 415
