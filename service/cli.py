@@ -57,7 +57,7 @@ NEW_USER_PASSWORD_VARIABLE = "GATEHOUSE_NEW_USER_PASSWORD"
 
 
 class UsageError(Exception):
-    """A command's input is missing or invalid; the message says what to give instead."""
+    """A command's input is missing or invalid; the message names what to give instead."""
 
 
 def _read_password() -> str:

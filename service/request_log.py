@@ -65,7 +65,7 @@ def _finish_request(response: Response) -> Response:
     else:
         fields = {"status": status, "duration_ms": duration_ms}
 
-    # 501 answers a transfer coding the client chose, so it is the client's error.
+    # A 501 rejects a transfer coding that the client chose, so it is the client's error.
     if status >= 500 and status != 501:
         log.error("request_completed", **fields)
     elif status >= 400:

@@ -326,7 +326,7 @@ def test_unban_malformed_brackets_not_found(ban_app, admin_tokens, path):
 @pytest.mark.parametrize("path", ["1.2.3.4/33", "1.2.3.4:", "...", "2001:db8::/129"],
                          ids=["prefix_too_long", "empty_port", "dots", "ipv6_prefix_too_long"])
 def test_unban_invalid_address_says_so(ban_app, admin_tokens, path):
-    # The path has the documented form but is no address: the 404 says it is none.
+    # The path has the documented form but names no address, and the 404 detail states that.
     response = ban_app.test_client().delete(f"/v1/admin/bans/{path}", headers=bearer(admin_tokens["access_token"]))
 
     assert response.status_code == 404
