@@ -30,6 +30,7 @@ from flask.sessions import NullSession, SessionInterface
 from werkzeug.exceptions import NotFound
 
 from service.errors import MissingHost
+from service.payload import has_body
 
 
 class NoSessions(SessionInterface):
@@ -93,11 +94,7 @@ class GatehouseFlask(Flask):
 
     def _is_bare(self) -> bool:
         rule = request.url_rule
-        if rule is None or rule.endpoint not in self.bare_endpoints:
-            return False
-
-        environ = request.environ
-        return environ.get("CONTENT_LENGTH") in (None, "", "0") and "HTTP_TRANSFER_ENCODING" not in environ
+        return rule is not None and rule.endpoint in self.bare_endpoints and not has_body(request.environ)
 
     def full_dispatch_request(self) -> Response:
         if not self.bare_endpoints or not self._is_bare():

@@ -60,9 +60,11 @@ def body_limit(settings: Settings, path: str) -> int:
     return settings.max_auth_body_bytes if path.startswith(AUTH_PATH_PREFIX) else settings.max_body_bytes
 
 
-def _has_body() -> bool:
-    # Read from the environ: request.content_length and request.headers parse on each access.
-    environ = request.environ
+def has_body(environ: dict[str, Any]) -> bool:
+    """Tell whether a request has a body: a Content-Length above 0, or chunked transfer coding.
+
+    Reads the environ, because request.content_length and request.headers parse on each access.
+    """
     length = environ.get("CONTENT_LENGTH")
     if length and length.isdigit() and int(length) > 0:
         return True
@@ -71,7 +73,7 @@ def _has_body() -> bool:
 
 
 def _read_body(settings: Settings) -> None:
-    if not _has_body():
+    if not has_body(request.environ):
         # A request with neither Content-Length nor chunked encoding has no body (RFC 9112).
         return
 
@@ -162,7 +164,7 @@ def _mark_stream_broken() -> None:
 def _close_unread_body(response: Response) -> Response:
     if g.get("close_connection"):
         request.environ[CLOSE_CONNECTION_KEY] = True
-    if not _has_body() or g.get("body_complete") or g.get("body_failed"):
+    if not has_body(request.environ) or g.get("body_complete") or g.get("body_failed"):
         return response
 
     sock = request.environ.get("gunicorn.socket")

@@ -47,11 +47,12 @@ from flask import Flask, signals
 
 from service import metrics, request_log
 from service.bearer import bearer_token_of
-from service.flask_app import lacks_host
 from service.context import EXTENSION_KEY, Services
+from service.flask_app import lacks_host
 from service.http_metrics import RECORDER_KEY
 from service.limits import COUNTED_KEY, LIMITER_KEY, window_headers
 from service.method_guard import ENCODED_SEPARATOR_KEY
+from service.payload import has_body
 from service.users import STATUS_ACTIVE
 
 log = structlog.get_logger(__name__)
@@ -138,7 +139,7 @@ def check_hooks(app: Flask) -> None:
 
 
 class WarmPath:
-    """WSGI layer in front of Flask that serves a warm GET /v1/users/me itself."""
+    """WSGI layer in front of Flask that serves a warm GET /v1/users/me and the liveness probe itself."""
 
     def __init__(self, app: Flask, wsgi_app: Callable[..., Iterable[bytes]]) -> None:
         from service.blueprints.health import HEALTH_BODY
@@ -235,6 +236,5 @@ class WarmPath:
 
 
 def _for_flask_only(environ: dict[str, Any]) -> bool:
-    """Tell whether a request has a body, which Flask reads, or lacks Host, which Flask refuses (flask_app)."""
-    return environ.get("CONTENT_LENGTH") not in (None, "", "0") or "HTTP_TRANSFER_ENCODING" in environ \
-        or lacks_host(environ)
+    """Tell whether a request has a body, which Flask reads, or lacks Host, which Flask rejects (flask_app)."""
+    return has_body(environ) or lacks_host(environ)
