@@ -109,7 +109,7 @@ def unban_address(svc: Services, actor_id: str, client_ip: str, ip: str) -> None
         address = parse_network_key(ip)
     except ValueError:
         # 404 rather than 400: the path has the form /openapi.json documents, which cannot
-        # tell an address from other hex digits and colons. The detail says what is wrong.
+        # tell an address from other hex digits and colons. The detail names the problem.
         raise NotFound(
             "No ban for this value: it is not an IPv4 or IPv6 address, an address with a port, "
             "or a network key such as 2001:db8::/64.", field="ip") from None

@@ -20,8 +20,8 @@ While they go on, the owner is held back too on every address the account does n
 know, because all those addresses share one counter and one delay. With the
 defaults, ten attempts a minute use up the account rate limit, 14 failures set the
 delay to 300 s, and an attacker who keeps sending takes most of the attempts
-admitted after each delay. A client address that
-logged in to the account successfully (or changed its password) within
+admitted after each delay. A client address that logged in to the account
+successfully (or changed its password) within
 GATEHOUSE_LOGIN_KNOWN_CLIENT_TTL_SECONDS is known to it. The account rate limit
 skips known addresses, and their failures count and delay separately from
 everyone else's. So an attacker who floods an account from other addresses slows

@@ -1,9 +1,14 @@
 """gunicorn's own error responses as problem+json documents, like the application's.
 
-gunicorn rejects some requests itself, before the application sees them. It sends 400
-for a malformed request line or header, 414 for a request line longer than
-limit_request_line, 431 for too many or too large header fields, 501 for a transfer
-coding it does not support, and 500 when the application fails before it responds.
+gunicorn rejects some requests itself, before they reach the application:
+
+- 400 for a malformed request line or header;
+- 414 for a request line longer than limit_request_line;
+- 417 for an Expect header other than 100-continue;
+- 431 for too many or too large header fields;
+- 501 for a transfer coding it does not support;
+- 500 when the application fails before it responds.
+
 gunicorn 27 writes these through gunicorn.util.write_error as an HTML page. install()
 replaces that function, in the master before it forks, with write_problem, which sends
 the same status line as an RFC 9457 document with a stable code. The handler around it
