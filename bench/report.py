@@ -8,12 +8,10 @@ import re
 import sys
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from bench.results import Results
 from bench.wrk import CONNECTIONS, TIMEOUT_SECONDS, RunResult
-
-if TYPE_CHECKING:
-    from bench.run import Results
 
 RESULTS_BEGIN = "<!-- bench:results:begin -->"
 RESULTS_END = "<!-- bench:results:end -->"
@@ -45,8 +43,6 @@ def save_json(results: Results, directory: Path) -> Path:
 
 def load_json(path: Path) -> Results:
     """Read a file written by save_json back into Results."""
-    from bench.run import Results
-
     data = json.loads(path.read_text())
     known = {field.name for field in fields(Results)}
     results = Results(**{name: value for name, value in data.items() if name in known})

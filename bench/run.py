@@ -25,9 +25,8 @@ import os
 import signal
 import statistics
 import sys
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
@@ -40,7 +39,8 @@ if __name__ == "__main__":
 import argon2  # noqa: E402
 import requests  # noqa: E402
 
-from bench import fixtures, peer_setup, report  # noqa: E402
+from bench import argon2_cost, fixtures, peer_setup, report  # noqa: E402
+from bench.results import QUIET_LOAD_1M, Results  # noqa: E402
 from bench.servers import Server, stop_leftovers  # noqa: E402
 from bench.system import (  # noqa: E402
     OtherLoadMeter,
@@ -48,6 +48,7 @@ from bench.system import (  # noqa: E402
     load_average_1m,
     machine_description,
     program_version,
+    service_pids,
 )
 from bench.wrk import RunResult, ensure_wrk, run_wrk  # noqa: E402
 from service.config import Settings, load_settings  # noqa: E402
@@ -66,10 +67,6 @@ ARGON2_SAMPLES = 40
 PAUSE_SECONDS = 2.0
 # Wait beyond GATEHOUSE_ARGON2_RELEASE_IDLE_SECONDS before sampling the workers' memory at rest.
 IDLE_MARGIN_SECONDS = 2.0
-# A run is "quiet" when the machine was this idle before the benchmark and other
-# processes used at most this much CPU during each run.
-QUIET_LOAD_1M = 0.5
-QUIET_OTHER_CORES = 0.10
 
 # Settings of the measured Gatehouse instance on top of .state/bench/gatehouse.env;
 # everything else keeps its default, including GATEHOUSE_WORKERS and the gunicorn
@@ -112,56 +109,7 @@ class Results:
 
     started_at: str
     command: str
-    seconds: float
-    warmup_seconds: float
-    machine: dict[str, str]
-    versions: dict[str, str]
-    load_1m_at_start: float
-    workers: int
-    floor: dict[str, RunResult] = field(default_factory=dict)
-    # CPU time of one argon2id verification, alone and with one per core at once
-    # (then the cores share caches and memory bandwidth, and each takes longer).
-    argon2_verify_ms: float = 0.0
-    argon2_parallel_verify_ms: float = 0.0
-    gatehouse: dict[str, RunResult] = field(default_factory=dict)
-    mixed: dict[str, object] = field(default_factory=dict)
-    startup_seconds: list[float] = field(default_factory=list)
-    metrics_scrape: dict[str, object] = field(default_factory=dict)
-    peer: dict[str, RunResult] = field(default_factory=dict)
-    peer_versions: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def floor_rate(self) -> float:
-        """Mean throughput of the floor runs before and after the others."""
-        rates = [self.floor[key].rate for key in ("before", "after") if key in self.floor]
-        return statistics.mean(rates) if rates else 0.0
-
-    @property
-    def floor_cpu_us_per_request(self) -> float:
-        costs = [self.floor[key].server_cpu_us_per_request for key in ("before", "after") if key in self.floor]
-        return statistics.mean(costs) if costs else 0.0
-
-    @property
-    def cores(self) -> int:
-        return int(self.machine["cores"])
-
-    @property
-    def argon2_limit(self) -> float:
-        """Logins per second that the cores allow when each costs one argon2id verification."""
-        return self.cores / (self.argon2_verify_ms / 1000) if self.argon2_verify_ms else 0.0
-
-    def all_runs(self) -> list[RunResult]:
-        return [*self.floor.values(), *self.gatehouse.values(), *self.peer.values()]
-
-    def quiet(self) -> bool:
-        return (self.load_1m_at_start < QUIET_LOAD_1M
-                and all(run.other_cores <= QUIET_OTHER_CORES for run in self.all_runs()))
-
-
-class Harness:
-    """Starts the servers, drives them with wrk and collects the Results."""
-
-    def __init__(self, args: argparse.Namespace, settings: Settings, state_dir: Path) -> None:
+    seconds: floatNone:
         self.args = args
         self.settings = settings
         self.state_dir = state_dir
@@ -175,7 +123,7 @@ class Harness:
         # earlier run, one line per request, would only fill the disk.
         for old_log in self.run_dir.glob("*.log"):
             old_log.unlink()
-        self.meter = OtherLoadMeter(_service_pids(state_dir))
+        self.meter = OtherLoadMeter(service_pids(state_dir))
         self.servers: list[Server] = []
         self.password = fixtures.new_password()
         self.results = Results(
@@ -257,31 +205,8 @@ class Harness:
         hasher = argon2.PasswordHasher(time_cost=self.settings.argon2_time_cost,
                                        memory_cost=self.settings.argon2_memory_kib,
                                        parallelism=self.settings.argon2_parallelism, type=argon2.Type.ID)
-        stored = hasher.hash(self.password)
-        for _ in range(3):
-            hasher.verify(stored, self.password)
-
-        # CPU time of the calling thread, so that other processes taking turns on the
-        # cores do not count; their use of shared caches still does.
-        def verify_timed(samples: list[float], count: int) -> None:
-            for _ in range(count):
-                started = time.thread_time()
-                hasher.verify(stored, self.password)
-                samples.append(time.thread_time() - started)
-
-        alone: list[float] = []
-        verify_timed(alone, ARGON2_SAMPLES)
-        self.results.argon2_verify_ms = statistics.median(alone) * 1000
-
-        # argon2-cffi releases the GIL while hashing, so the threads hash in parallel.
-        together: list[float] = []
-        threads = [threading.Thread(target=verify_timed, args=(together, ARGON2_SAMPLES // 2))
-                   for _ in range(cpu_count())]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        self.results.argon2_parallel_verify_ms = statistics.median(together) * 1000
+        self.results.argon2_verify_ms, self.results.argon2_parallel_verify_ms = argon2_cost.measure(
+            hasher, self.password, ARGON2_SAMPLES, cpu_count())
         print(f"bench: argon2id verification {self.results.argon2_verify_ms:.1f} ms of CPU alone, "
               f"{self.results.argon2_parallel_verify_ms:.1f} ms with {cpu_count()} at once; "
               f"limit {self.results.argon2_limit:.0f} logins/s on {cpu_count()} cores", flush=True)
@@ -455,17 +380,6 @@ class Harness:
         self.measure_peer()
         self.measure_floor("after", fixed=False)
         return self.results
-
-
-def _service_pids(state_dir: Path) -> list[int]:
-    """Pids of the bench MariaDB and Redis, from their pid files."""
-    pids = []
-    for pid_file in (state_dir / "mariadb" / "mariadbd.pid", state_dir / "redis" / "redis-server.pid"):
-        try:
-            pids.append(int(pid_file.read_text().strip()))
-        except (OSError, ValueError):
-            continue
-    return pids
 
 
 def _versions() -> dict[str, str]:

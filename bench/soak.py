@@ -30,7 +30,8 @@ if __name__ == "__main__":
     isolate_metrics_dir()
 
 from bench import fixtures, redis_keys, report  # noqa: E402
-from bench.run import QUIET_LOAD_1M, QUIET_OTHER_CORES, Harness, bench_state_dir, install_signal_handlers  # noqa: E402
+from bench.results import QUIET_LOAD_1M, QUIET_OTHER_CORES  # noqa: E402
+from bench.run import Harness, bench_state_dir, install_signal_handlers  # noqa: E402
 from bench.servers import stop_leftovers  # noqa: E402
 from bench.system import load_average_1m  # noqa: E402
 from bench.wrk import RunResult, ensure_wrk  # noqa: E402

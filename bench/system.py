@@ -171,3 +171,14 @@ def program_version(command: list[str]) -> str:
         return "unknown"
     output = (result.stdout or result.stderr).strip()
     return output.splitlines()[0] if output else "unknown"
+
+
+def service_pids(state_dir: Path) -> list[int]:
+    """Return the pids of a profile's MariaDB and Redis, read from their pid files under state_dir."""
+    pids = []
+    for pid_file in (state_dir / "mariadb" / "mariadbd.pid", state_dir / "redis" / "redis-server.pid"):
+        try:
+            pids.append(int(pid_file.read_text().strip()))
+        except (OSError, ValueError):
+            continue
+    return pids

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from bench.fixtures import tokens_needed
 from bench.report import RESULTS_BEGIN, RESULTS_END, replace_block
+from bench.results import Results
 
 
 def test_replace_block_keeps_text_around(tmp_path):
@@ -43,7 +44,6 @@ def _run(label: str, requests: int, target_rate: float | None = None):
 
 def test_results_json_round_trip(tmp_path):
     from bench.report import load_json, render_results, save_json
-    from bench.run import Results
 
     results = Results(started_at="2026-01-01 00:00 UTC", command="make bench", seconds=10, warmup_seconds=3,
                       machine={"cpu": "test", "cores": "2", "memory": "1 GiB", "kernel": "6", "distribution": "d",
@@ -63,7 +63,6 @@ def test_results_json_round_trip(tmp_path):
 
 def test_half_rate_rows_only_when_measured(tmp_path):
     from bench.report import render_results
-    from bench.run import Results
 
     results = Results(started_at="2026-01-01 00:00 UTC", command="make bench", seconds=10, warmup_seconds=3,
                       machine={"cpu": "test", "cores": "2", "memory": "1 GiB", "kernel": "6", "distribution": "d",
@@ -81,7 +80,6 @@ def test_half_rate_rows_only_when_measured(tmp_path):
 
 def test_idle_memory_shown_when_measured():
     from bench.report import render_results
-    from bench.run import Results
 
     results = Results(started_at="2026-01-01 00:00 UTC", command="make bench", seconds=10, warmup_seconds=3,
                       machine={"cpu": "test", "cores": "2", "memory": "1 GiB", "kernel": "6", "distribution": "d",
