@@ -1,10 +1,11 @@
 """The master's exclusive claim on PROMETHEUS_MULTIPROC_DIR, held for the master's lifetime.
 
-prometheus_client sums every metric file in the directory, so the master empties it
-at start: files left by an earlier run would be added to this run's counters. A
-second server started with the same directory would empty it under the first one,
+prometheus_client sums every metric file (*.db) in the directory, so the master deletes
+them at start: files left by an earlier run would be added to this run's counters. It
+deletes nothing else, so a mistaken value such as a home directory loses no data. A
+second server started with the same directory would delete them under the first one,
 whose /metrics would then lose its counters without any error. So the master takes
-an flock on a lock file inside the directory before it empties anything, and a
+an flock on a lock file inside the directory before it deletes anything, and a
 master that cannot take the lock stops instead.
 
 The lock file sits inside the directory because the directory may be a volume
@@ -19,8 +20,9 @@ from __future__ import annotations
 
 import fcntl
 import os
-import shutil
 
+# prometheus_client's multiprocess mode reads and writes only files with this suffix.
+METRIC_FILE_SUFFIX = ".db"
 # Not a *.db file, so prometheus_client never reads it as metrics.
 LOCK_FILE_NAME = ".gatehouse-master.lock"
 
@@ -41,11 +43,11 @@ class MetricsDirInUse(RuntimeError):
 
 
 def claim_metrics_dir(path: str) -> None:
-    """Lock the metrics directory for this process, then empty it.
+    """Lock the metrics directory for this process, then delete the metric files in it.
 
     Raise MetricsDirInUse when another live master holds the lock. The lock stays until
-    this process exits. It is taken before the directory is emptied, so that a master
-    that loses the race deletes nothing.
+    this process exits. It is taken before any file is deleted, so that a master that
+    loses the race deletes nothing.
     """
     global _lock_fd
 
@@ -64,7 +66,7 @@ def claim_metrics_dir(path: str) -> None:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     _lock_fd = fd
-    _empty_except_lock(path)
+    _delete_metric_files(path)
 
 
 def close_inherited_lock() -> None:
@@ -85,15 +87,12 @@ def _read_pid(fd: int) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-def _empty_except_lock(path: str) -> None:
-    """Delete everything in the directory but the lock file, which must keep its inode for the lock to hold."""
+def _delete_metric_files(path: str) -> None:
+    """Delete the metric files that prometheus_client writes (*.db), and leave every other entry alone."""
     for entry in os.scandir(path):
-        if entry.name == LOCK_FILE_NAME:
+        if not entry.name.endswith(METRIC_FILE_SUFFIX) or not entry.is_file(follow_symlinks=False):
             continue
-        if entry.is_dir(follow_symlinks=False):
-            shutil.rmtree(entry.path, ignore_errors=True)
-        else:
-            try:
-                os.unlink(entry.path)
-            except FileNotFoundError:
-                pass
+        try:
+            os.unlink(entry.path)
+        except FileNotFoundError:
+            pass
