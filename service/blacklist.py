@@ -83,8 +83,17 @@ return {seconds, offences, cause}
 """
 
 
+# The range of a manual ban's length in seconds, for the admin API and the CLI alike.
+MIN_MANUAL_BAN_SECONDS = 60
+MAX_MANUAL_BAN_SECONDS = 31_536_000
+
+
 class AddressAllowlisted(Exception):
     """The address or network overlaps an allowlisted network and is never banned."""
+
+
+class InvalidBanLength(ValueError):
+    """A manual ban's length in seconds is outside MIN_MANUAL_BAN_SECONDS to MAX_MANUAL_BAN_SECONDS."""
 
 
 @dataclass(frozen=True)
@@ -207,8 +216,11 @@ class Blacklist:
     def ban(self, target: str, *, reason: str, seconds: int | None, actor: str) -> Ban:
         """Ban the network key of an address or IPv6 /64 by hand, for `seconds` or permanently (None).
 
-        Raise ValueError for any other text and AddressAllowlisted for an allowlisted network.
+        Raise ValueError for any other text, InvalidBanLength for a length outside the
+        manual range, and AddressAllowlisted for an allowlisted network.
         """
+        if seconds is not None and not MIN_MANUAL_BAN_SECONDS <= seconds <= MAX_MANUAL_BAN_SECONDS:
+            raise InvalidBanLength(f"{seconds} s is outside {MIN_MANUAL_BAN_SECONDS}-{MAX_MANUAL_BAN_SECONDS} s")
         ip = parse_network_key(target)
         if self.is_allowlisted(ip):
             raise AddressAllowlisted(ip)

@@ -7,9 +7,11 @@ import sys
 from pathlib import Path
 
 import pymysql
+import redis
 import structlog
 
-from service.config import InvalidConfiguration, load_settings
+from service.blacklist import MAX_MANUAL_BAN_SECONDS, MIN_MANUAL_BAN_SECONDS
+from service.config import InvalidConfiguration, Settings, load_settings
 from service.errors import Problem
 from service.logs import configure_logging
 
@@ -137,6 +139,26 @@ def _blacklist():  # type: ignore[no-untyped-def]
     return settings, Blacklist(create_client(settings), ban_policy(settings))
 
 
+def _ban_seconds(value: str) -> int:
+    """Parse --seconds of a manual ban: whole seconds in the range that the admin API accepts too."""
+    try:
+        seconds = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of seconds") from None
+    if not MIN_MANUAL_BAN_SECONDS <= seconds <= MAX_MANUAL_BAN_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"{seconds} is outside {MIN_MANUAL_BAN_SECONDS}-{MAX_MANUAL_BAN_SECONDS}; "
+            "leave --seconds out for a permanent ban")
+    return seconds
+
+
+def _ban_reason(value: str) -> str:
+    """Parse --reason of a manual ban: 1 to 255 characters, as the admin API accepts."""
+    if not 1 <= len(value) <= 255:
+        raise argparse.ArgumentTypeError(f"the reason has {len(value)} characters; give 1 to 255")
+    return value
+
+
 def _blacklist_list(_args: argparse.Namespace) -> int:
     import json
 
@@ -148,9 +170,7 @@ def _blacklist_list(_args: argparse.Namespace) -> int:
 
 
 def _blacklist_ban(args: argparse.Namespace) -> int:
-    from service import audit
     from service.blacklist import AddressAllowlisted
-    from service.database import Database
     from service.networks import parse_network_key
 
     settings, blacklist = _blacklist()
@@ -164,19 +184,10 @@ def _blacklist_ban(args: argparse.Namespace) -> int:
         print(f"gatehouse: {address} overlaps GATEHOUSE_BAN_ALLOWLIST and cannot be banned", file=sys.stderr)
         return 2
     print(f"banned {address}")
-
-    database = Database(settings)
-    try:
-        audit.record(database, actor_id=None, action="ip_banned", target_type="ip", target_id=address, client_ip="",
-                     detail={"reason": args.reason, "seconds": args.seconds, "via": "cli"})
-    finally:
-        database.close()
-    return 0
+    return _record_ban_change(settings, "ip_banned", address, {"reason": args.reason, "seconds": args.seconds})
 
 
 def _blacklist_unban(args: argparse.Namespace) -> int:
-    from service import audit
-    from service.database import Database
     from service.networks import parse_network_key
 
     settings, blacklist = _blacklist()
@@ -189,13 +200,27 @@ def _blacklist_unban(args: argparse.Namespace) -> int:
         print(f"gatehouse: {address} is not banned", file=sys.stderr)
         return 1
     print(f"unbanned {address}")
+    return _record_ban_change(settings, "ip_unbanned", address, {})
 
-    database = Database(settings)
+
+def _record_ban_change(settings: Settings, action: str, address: str, detail: dict[str, object]) -> int:
+    """Write the audit entry of a ban change made by the CLI; return the command's exit code."""
+    from service import audit
+    from service.database import Database
+
+    database = None
     try:
-        audit.record(database, actor_id=None, action="ip_unbanned", target_type="ip", target_id=address,
-                     client_ip="", detail={"via": "cli"})
+        database = Database(settings)
+        audit.record(database, actor_id=None, action=action, target_type="ip", target_id=address, client_ip="",
+                     detail={**detail, "via": "cli"})
+    except pymysql.err.MySQLError as exc:
+        # The change stands in Redis, so the operator must learn that its audit entry is missing.
+        print(f"gatehouse: {action.removeprefix('ip_')} {address}, but writing its audit entry failed: {exc}",
+              file=sys.stderr)
+        return 1
     finally:
-        database.close()
+        if database is not None:
+            database.close()
     return 0
 
 
@@ -238,8 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
         handler=_blacklist_list)
     ban = blacklist_commands.add_parser("ban", help="ban an address")
     ban.add_argument("ip", help="IPv4 address, IPv6 address (bans its /64) or IPv6 /64 network")
-    ban.add_argument("--reason", required=True, help="why, for the audit trail")
-    ban.add_argument("--seconds", type=int, default=None, help="ban length in seconds (default: permanent)")
+    ban.add_argument("--reason", required=True, type=_ban_reason, help="why, for the audit trail (1-255 characters)")
+    ban.add_argument("--seconds", type=_ban_seconds, default=None,
+                     help=f"ban length in seconds, {MIN_MANUAL_BAN_SECONDS}-{MAX_MANUAL_BAN_SECONDS} "
+                          "(default: permanent)")
     ban.set_defaults(handler=_blacklist_ban)
     unban = blacklist_commands.add_parser("unban", help="lift a ban")
     unban.add_argument("ip", help="IPv4 address, or IPv6 address or /64 network")
@@ -259,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging("info")
+    # Log lines go to stderr, so stdout carries only a command's results (a new user's id, the bans).
+    configure_logging("info", stream="stderr")
     try:
         return args.handler(args)
     except InvalidConfiguration as exc:
@@ -270,6 +298,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (pymysql.err.OperationalError, pymysql.err.InterfaceError) as exc:
         print(f"gatehouse: database connection failed (unreachable, or the login was rejected): {exc}", file=sys.stderr)
+        return 1
+    except redis.RedisError as exc:
+        # redis-py's messages name the host and port, never the password of GATEHOUSE_REDIS_URL.
+        print(f"gatehouse: Redis command failed (unreachable, or the login was rejected): {exc}", file=sys.stderr)
         return 1
 
 

@@ -66,7 +66,7 @@ def _write_line(logger: Any, method: str, event: dict[str, Any]) -> str:
 
     The standard library's path for one line (a LogRecord, the logger and handler
     locks, the handler chain) cost more than rendering it. The line goes straight to
-    stdout instead; any other handler (the log file, a test's capture) still gets a
+    stdout (or stderr) instead; any other handler (the log file, a test's capture) still gets a
     record, built once. Handlers are found the way logging finds them: the logger's
     own, then its ancestors' while propagate is set.
     """
@@ -80,8 +80,8 @@ def _write_line(logger: Any, method: str, event: dict[str, Any]) -> str:
         for handler in current.handlers:
             if levelno < handler.level:
                 continue
-            if type(handler) is _StdoutHandler:
-                stream = sys.stdout
+            if type(handler) is _ConsoleHandler:
+                stream = handler.stream
                 stream.write(line + "\n")
                 stream.flush()
                 continue
@@ -124,16 +124,20 @@ def json_formatter() -> logging.Formatter:
     )
 
 
-class _StdoutHandler(logging.StreamHandler):
-    """A stream handler bound to whatever sys.stdout is when a record is emitted.
+class _ConsoleHandler(logging.StreamHandler):
+    """A stream handler bound to whatever sys.stdout (or sys.stderr) is when a record is emitted.
 
     Test runners and gunicorn's capture_output swap sys.stdout after start-up; a
     handler holding the old object would write to a closed file.
     """
 
+    def __init__(self, stream_name: str) -> None:
+        self._stream_name = stream_name
+        super().__init__()
+
     @property  # type: ignore[override]
     def stream(self):  # noqa: ANN201
-        return sys.stdout
+        return getattr(sys, self._stream_name)
 
     @stream.setter
     def stream(self, _value: object) -> None:
@@ -142,13 +146,20 @@ class _StdoutHandler(logging.StreamHandler):
 
 def stdout_handler() -> logging.Handler:
     """Build a stdout handler with the JSON formatter."""
-    handler = _StdoutHandler()
+    handler = _ConsoleHandler("stdout")
     handler.setFormatter(json_formatter())
     return handler
 
 
-def configure_logging(level: str = "info") -> None:
-    """Route structlog and the root logger to JSON lines on stdout."""
+def stderr_handler() -> logging.Handler:
+    """Build a stderr handler with the JSON formatter, for commands whose stdout carries their results."""
+    handler = _ConsoleHandler("stderr")
+    handler.setFormatter(json_formatter())
+    return handler
+
+
+def configure_logging(level: str = "info", *, stream: str = "stdout") -> None:
+    """Route structlog and the root logger to JSON lines on `stream`: "stdout" (the server) or "stderr"."""
     # The level check comes first, so a debug event below the level costs no processing.
     structlog.configure(
         processors=[structlog.stdlib.filter_by_level, *_SHARED_PROCESSORS, *_RENDER_PROCESSORS, _write_line],
@@ -165,7 +176,7 @@ def configure_logging(level: str = "info") -> None:
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    root.addHandler(stdout_handler())
+    root.addHandler(stdout_handler() if stream == "stdout" else stderr_handler())
     root.setLevel(level.upper())
 
 

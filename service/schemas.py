@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from service.blacklist import MAX_MANUAL_BAN_SECONDS, MIN_MANUAL_BAN_SECONDS
 from service.emails import normalize_email, normalize_new_email
 from service.passwords import normalize_password
 
@@ -257,5 +258,5 @@ class CreateBanRequest(RequestBody):
     )
     reason: str = Field(min_length=1, max_length=255)
     # Lax: JSON Schema counts 90.0 as an integer, so the API accepts it too.
-    duration_seconds: int | None = Field(None, ge=60, le=31_536_000, strict=False,
+    duration_seconds: int | None = Field(None, ge=MIN_MANUAL_BAN_SECONDS, le=MAX_MANUAL_BAN_SECONDS, strict=False,
                                          description="omit or null for a permanent ban")

@@ -175,7 +175,8 @@ def create_user(settings: Settings, email: str, password: str, roles: tuple[str,
         command += ["--role", role]
     result = subprocess.run(command, input=password + "\n", capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert result.returncode == 0, result.stderr
-    return result.stdout.strip().splitlines()[-1]
+    # Log lines go to stderr, so stdout is the id alone.
+    return result.stdout.strip()
 
 
 def bearer(token: str) -> dict[str, str]:

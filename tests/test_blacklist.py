@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 
 import pytest
 
 from service import metrics
 from service.app import close_app, create_app
-from service.blacklist import parse_networks
+from service.blacklist import InvalidBanLength, parse_networks
 from service.networks import UNPARSABLE_CLIENT, parse_network_key
 from tests.conftest import PASSWORD
-from tests.helpers import bearer, wait_until
+from tests.helpers import ROOT, bearer, wait_until
 
 ATTACKER = "192.0.2.10"
 # The login delay is pushed out of reach, so repeated failed logins reach the ban thresholds.
@@ -353,8 +357,6 @@ def test_unban_any_spelling_lifts_ban(ban_app):
 
 def test_raw_stored_ban_read_as_64_and_unbanned(ban_app):
     """A ban that an older release stored under a raw IPv6 address covers its /64 and goes on unban."""
-    import json
-
     from service.blacklist import BANS_KEY, PERMANENT_SCORE
     from service.redis_store import KEY_PREFIX
 
@@ -375,28 +377,51 @@ def test_raw_stored_ban_read_as_64_and_unbanned(ban_app):
     assert redis_client.exists(f"{KEY_PREFIX}ban:2001:db8:7::1") == 0
 
 
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run `gatehouse blacklist ARGS` as the operator would."""
+    return subprocess.run([sys.executable, "-m", "service.cli", "blacklist", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})})
+
+
 def test_cli_shows_network_key(ban_app):
-    import json
-    import subprocess
-    import sys
-
-    from tests.helpers import ROOT
-
-    def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "service.cli", "blacklist", *args], cwd=ROOT,
-                              capture_output=True, text=True, timeout=60)
-
     banned = cli("ban", "2001:DB8:9::1", "--reason", "scanner", "--seconds", "600")
     assert banned.returncode == 0, banned.stderr
-    # Log events share stdout with the command's own output.
-    assert "banned 2001:db8:9::/64" in banned.stdout.splitlines()
+    # Log lines go to stderr, so stdout holds only the command's output.
+    assert banned.stdout.splitlines() == ["banned 2001:db8:9::/64"]
     records = [json.loads(line) for line in cli("list").stdout.splitlines()]
-    listed = [record["ip"] for record in records if "event" not in record]
-    assert listed == ["2001:db8:9::/64"]
+    assert [record["ip"] for record in records] == ["2001:db8:9::/64"]
     unbanned = cli("unban", "2001:db8:9:0:0:0:0:2")
     assert unbanned.returncode == 0, unbanned.stderr
-    assert "unbanned 2001:db8:9::/64" in unbanned.stdout.splitlines()
+    assert unbanned.stdout.splitlines() == ["unbanned 2001:db8:9::/64"]
     assert cli("ban", "2001:db8::/48", "--reason", "x").returncode == 2
+
+
+@pytest.mark.parametrize("seconds", ["0", "-5", "59", "31536001", "99999999999999", "1.5"])
+def test_cli_rejects_ban_length_outside_range(ban_app, seconds):
+    result = cli("ban", "198.51.100.9", "--reason", "typo", f"--seconds={seconds}")
+
+    assert result.returncode == 2
+    assert "--seconds" in result.stderr
+    assert cli("list").stdout == ""
+
+
+def test_ban_rejects_zero_seconds(ban_app):
+    blacklist = ban_app.extensions["gatehouse"].blacklist
+
+    with pytest.raises(InvalidBanLength):
+        blacklist.ban("198.51.100.9", reason="typo", seconds=0, actor="test")
+    assert blacklist.list() == []
+
+
+def test_cli_reports_redis_failure_in_one_line(ban_app):
+    url = "redis://:not-the-password@127.0.0.1:1/0"
+
+    result = cli("list", env={"GATEHOUSE_REDIS_URL": url})
+
+    assert result.returncode == 1
+    assert result.stderr.startswith("gatehouse: Redis command failed")
+    assert "Traceback" not in result.stderr
+    assert "not-the-password" not in result.stderr
 
 
 def test_refused_requests_leave_in_flight_gauge(ban_app, user):

@@ -83,3 +83,12 @@ def test_create_rejects_long_local_part(client):
     assert "invalid email" in result.stderr
     assert "too long before the @-sign" in result.stderr
     assert client.post("/v1/auth/login", json={"email": email, "password": "long enough password"}).status_code == 401
+
+
+def test_create_prints_only_the_id(client):
+    result = run_create("--email", "ops@example.com", stdin="long enough password\n")
+    assert result.returncode == 0, result.stderr
+    user_id = result.stdout.strip()
+    assert result.stdout == user_id + "\n"
+    assert len(user_id) == 32
+    assert '"event": "user_created"' in result.stderr or '"event":"user_created"' in result.stderr

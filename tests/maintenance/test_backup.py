@@ -28,7 +28,7 @@ def gatehouse(backup_dir: Path, *args: str, **env: str) -> tuple[int, list[dict]
         [sys.executable, "-m", "service.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
         env={**os.environ, "GATEHOUSE_BACKUP_DIR": str(backup_dir), **env},
     )
-    events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
     return result.returncode, events, result.stderr
 
 

@@ -131,7 +131,7 @@ def test_purge_command_logs_and_records(redis_client, sessions):
     result = run_purge_command()
 
     assert result.returncode == 0, result.stderr
-    succeeded = [event for event in log_events(result.stdout) if event["event"] == "job_succeeded"]
+    succeeded = [event for event in log_events(result.stderr) if event["event"] == "job_succeeded"]
     assert len(succeeded) == 1
     assert succeeded[0]["job"] == "tokens_purge"
     assert succeeded[0]["index_entries_removed"] == 1
@@ -149,7 +149,7 @@ def test_purge_command_skips_while_locked(redis_client):
     result = run_purge_command()
 
     assert result.returncode == EXIT_LOCKED
-    assert [event["event"] for event in log_events(result.stdout)] == ["job_skipped"]
+    assert [event["event"] for event in log_events(result.stderr)] == ["job_skipped"]
     assert read_record(redis_client, "tokens_purge").last_success_at is None
     assert redis_client.get(lock_key("tokens_purge")) == "another-run"
 
@@ -166,7 +166,7 @@ def test_purge_commands_at_once_agree(redis_client, sessions):
 
     codes = sorted(run.returncode for run in runs)
     assert codes in ([0, 0], [0, EXIT_LOCKED]), outputs
-    removed = sum(event.get("index_entries_removed", 0) for stdout, _ in outputs for event in log_events(stdout)
+    removed = sum(event.get("index_entries_removed", 0) for _, stderr in outputs for event in log_events(stderr)
                   if event["event"] == "job_succeeded")
     assert removed == 200
     assert sum(redis_client.zcard(user_sessions_key(f"busy-{number}")) for number in range(200)) == 200
@@ -179,6 +179,6 @@ def test_purge_command_fails_without_redis(redis_client):
                                ("GATEHOUSE_REDIS_CONNECT_TIMEOUT", "0.5"))
 
     assert result.returncode == 1
-    failed = [event for event in log_events(result.stdout) if event["event"] == "job_failed"]
+    failed = [event for event in log_events(result.stderr) if event["event"] == "job_failed"]
     assert len(failed) == 1
     assert "Redis unreachable" in failed[0]["error"]
