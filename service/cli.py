@@ -214,7 +214,7 @@ def _record_ban_change(settings: Settings, action: str, address: str, detail: di
         audit.record(database, actor_id=None, action=action, target_type="ip", target_id=address, client_ip="",
                      detail={**detail, "via": "cli"})
     except pymysql.err.MySQLError as exc:
-        # The change stands in Redis, so the operator must learn that its audit entry is missing.
+        # The change is already in Redis, so the operator must learn that its audit entry is missing.
         print(f"gatehouse: {action.removeprefix('ip_')} {address}, but writing its audit entry failed: {exc}",
               file=sys.stderr)
         return 1
@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gatehouse: database connection failed (unreachable, or the login was rejected): {exc}", file=sys.stderr)
         return 1
     except redis.RedisError as exc:
-        # redis-py's messages name the host and port, never the password of GATEHOUSE_REDIS_URL.
+        # redis-py's connection errors name the host and port, not the password of GATEHOUSE_REDIS_URL.
         print(f"gatehouse: Redis command failed (unreachable, or the login was rejected): {exc}", file=sys.stderr)
         return 1
 
