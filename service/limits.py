@@ -3,8 +3,9 @@
 Every route gets GATEHOUSE_RATE_LIMIT_DEFAULT unless ROUTE_LIMIT_SETTINGS names a
 setting of its own, and the probes and /metrics are exempt. Each route counts
 separately, in a moving window: in Redis, shared by every worker and replica, except
-on routes that require a bearer token, which count in each worker's memory. Requests
-that match no route count in worker memory too, all of them under one route key.
+on routes that require a bearer token and the static documents (JWKS, API description),
+which count in each worker's memory. Requests that match no route count in worker
+memory too, all of them under one route key.
 limit_storage describes what happens while Redis fails.
 """
 
@@ -37,6 +38,9 @@ log = structlog.get_logger(__name__)
 LIMITER_KEY = "gatehouse.limiter"
 # Probes and scrapes come from the platform every few seconds and must never be refused.
 EXEMPT_ROUTES = frozenset({"/health", "/ready", "/metrics"})
+# Documents served from memory. They count in worker memory, so a stalled Redis does not
+# hold up the key discovery of the services that verify tokens.
+STATIC_ROUTES = frozenset({"/.well-known/jwks.json", "/openapi.json"})
 # The route key of every request that matches no route: 404, 405, and 400
 # encoded_path_separator or encoded_path_character. One counter per client for all of
 # them, and one metric label, so a scanner's invented paths add neither counters nor series.
@@ -102,9 +106,10 @@ def _route_kind(app: Flask, kinds: dict[str | None, RouteKind]) -> RouteKind:
         route = _route_key()
         if route in EXEMPT_ROUTES:
             kind = RouteKind.EXEMPT
-        elif endpoint is None or (getattr(operation, "bearer", False) and route not in ROUTE_LIMIT_SETTINGS):
-            # The response to an unmatched request (endpoint None) needs no I/O, so a
-            # Redis counter would cost more than the response itself.
+        elif endpoint is None or route in STATIC_ROUTES \
+                or (getattr(operation, "bearer", False) and route not in ROUTE_LIMIT_SETTINGS):
+            # The response to an unmatched request (endpoint None) or a static document needs
+            # no I/O, so a Redis counter would cost more than the response itself.
             kind = RouteKind.WORKER
         else:
             kind = RouteKind.SHARED
@@ -148,8 +153,8 @@ class RouteLimiter(Limiter):
     configuration. Its own check resolves, parses and filters every limit on each
     request, which cost a refresh more CPU than its Redis round trip. This subclass
     decides from the route instead, once per endpoint: probes pass unchecked, routes
-    that require a bearer token and requests that match no route count in this
-    worker's memory, and every other route, and every route of ROUTE_LIMIT_SETTINGS,
+    that require a bearer token, the STATIC_ROUTES and requests that match no route count
+    in this worker's memory, and every other route, and every route of ROUTE_LIMIT_SETTINGS,
     counts in Redis through flask-limiter's strategy. Unmatched requests (404, 405, 400 encoded_path_*) share one
     counter per client, UNMATCHED_ROUTE, against the default limit. Their 429s count
     toward a ban like any other.
@@ -157,8 +162,8 @@ class RouteLimiter(Limiter):
     Bearer routes count in memory so that a warm authenticated request makes no
     Redis call. Their limit guards the worker's capacity, not a secret, and an
     invalid token costs one signature check.
-    NOTE: with W workers and R replicas, a bearer route or the unmatched requests of a
-    client get up to W x R times the limit.
+    NOTE: with W workers and R replicas, a bearer route, a static route or the unmatched
+    requests of a client get up to W x R times the limit.
     """
 
     def __init__(self, *args: Any, limit_for_route: Callable[[str | None], str], **kwargs: Any) -> None:

@@ -212,6 +212,18 @@ def test_bearer_routes_count_in_memory(limited_app, settings):
     assert [key for key in keys if b"users.me" in key] == []
 
 
+@pytest.mark.parametrize("path", ["/.well-known/jwks.json", "/openapi.json"])
+def test_static_documents_count_in_memory(limited_app, settings, path):
+    client = limited_app.test_client()
+
+    statuses = [client.get(path, environ_base={"REMOTE_ADDR": "192.0.2.81"}).status_code for _ in range(5)]
+
+    assert statuses == [200, 200, 200, 200, 429]
+    # Counted in this worker's memory, so a stalled Redis does not hold up key discovery.
+    keys = redis.Redis.from_url(settings.redis_url.get_secret_value()).keys(f"{RATE_LIMIT_KEY_PREFIX}:*")
+    assert [key for key in keys if b"192.0.2.81" in key] == []
+
+
 def test_openapi_lists_429_except_exempt(client):
     paths = client.get("/openapi.json").get_json()["paths"]
 
