@@ -44,11 +44,11 @@ def _handler_class() -> type[logging.Handler]:
 
 
 def _archive_name(default_name: str) -> str:
-    """Add the UTC time of day in microseconds to an archive name: NAME.YYYY-MM-DD.HHMMSSffffff.
+    """Add the UTC time of day in microseconds to an archive name: NAME.PERIOD.HHMMSSffffff.
 
-    The handler names every archive of one period NAME.YYYY-MM-DD, adding .1, .2 and so
-    on for further size rotations, and reuses the lowest free number once retention has
-    deleted its file. Retention deletes the lowest numbers first, so a reused number made
+    The handler names every archive of one period NAME.PERIOD (NAME.YYYY-MM-DD for daily
+    rotation), adding .1, .2 and so on for further size rotations, and reuses the lowest
+    free number once retention has deleted its file. Retention deletes the lowest numbers first, so a reused number made
     it delete the newest archive and keep older ones. A number that grows with the time of
     rotation sorts archives in the order they were written.
     """
