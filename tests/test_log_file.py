@@ -42,6 +42,23 @@ def test_attach_replaces_earlier_handler(tmp_path):
             handler.close()
 
 
+def test_lock_file_mode_750_corrected(tmp_path):
+    lock_file = tmp_path / ".__gatehouse.lock"
+    lock_file.touch()
+    lock_file.chmod(0o750)
+    settings = load_settings({"log_file": str(tmp_path / "gatehouse.log")})
+    logger = logging.getLogger("tests.log_file.old_lock")
+    try:
+        log_file.attach(settings, logger)
+        logger.warning("written")
+    finally:
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+            handler.close()
+
+    assert lock_file.stat().st_mode & 0o777 == 0o640
+
+
 def test_log_files_not_readable_by_others(tmp_path):
     settings = load_settings({"log_file": str(tmp_path / "gatehouse.log"), "log_file_max_bytes": 1024})
     logger = logging.getLogger("tests.log_file.mode")
@@ -56,8 +73,6 @@ def test_log_files_not_readable_by_others(tmp_path):
 
     files = [path for path in tmp_path.iterdir() if path.is_file()]
     assert any(path.name.endswith(".gz") for path in files), [path.name for path in files]
+    assert (tmp_path / ".__gatehouse.lock") in files
     for path in files:
-        assert path.stat().st_mode & 0o007 == 0, path.name
-        if not path.name.startswith("."):
-            # The handler's lock file keeps the mode the library gives it.
-            assert path.stat().st_mode & 0o777 == 0o640, path.name
+        assert path.stat().st_mode & 0o777 == 0o640, path.name
