@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,6 +42,43 @@ def parse_host_ports(value: str) -> list[tuple[str, int]]:
             raise ValueError(f"{entry!r} is not host:port, such as sentinel-0:26379")
         addresses.append((host, int(port)))
     return addresses
+
+
+def log_lock_file(log_file: Path) -> Path:
+    """Return the lock file that concurrent-log-handler keeps beside a log file: .__NAME.lock.
+
+    NAME is the file name without a final ".log", as the handler's baseLockFilename
+    (concurrent-log-handler 0.9.31) builds it.
+    """
+    name = log_file.name.removesuffix(".log")
+    return log_file.with_name(f".__{name}.lock")
+
+
+def _check_can_create_file(directory: Path) -> None:
+    """Raise ValueError unless this process can create a file in directory.
+
+    The check creates a temporary file because os.access() reports directories such
+    as /sys as writable for root, although creating a file there fails. TemporaryFile
+    deletes the file before it returns.
+    """
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        raise ValueError(f"cannot create a file in directory {directory}: {exc.strerror}") from None
+
+
+def _check_can_open(path: Path, flags: int) -> None:
+    """Raise ValueError when path exists but is not a regular file or does not open with the os.open flags."""
+    if not path.exists():
+        return
+    if not path.is_file():
+        raise ValueError(f"{path} exists and is not a regular file")
+
+    try:
+        os.close(os.open(path, flags))
+    except OSError as exc:
+        raise ValueError(f"cannot open {path} to write: {exc.strerror}") from None
 
 
 class InvalidConfiguration(Exception):
@@ -196,7 +235,9 @@ class Settings(AbuseProtectionSettings):
         description="seconds workers keep serving after SIGTERM or SIGINT while /ready returns 503, 0-300",
     )
     log_file: Path | None = Field(
-        None, description="path of a JSON log file written besides stdout, rotated and gzip-archived; unset for none"
+        None,
+        description="path of a JSON log file written besides stdout, rotated and gzip-archived, in a directory "
+                    "this user can write to; unset for none",
     )
     log_file_max_bytes: int = Field(
         104_857_600, ge=1024, le=10_737_418_240,
@@ -265,6 +306,14 @@ class Settings(AbuseProtectionSettings):
         path = Path(value)
         if not path.parent.is_dir():
             raise ValueError(f"directory {path.parent} does not exist")
+        if path.is_dir():
+            raise ValueError(f"{path} is a directory, not a file")
+
+        # The handler creates the log, its lock file and the archives in this directory,
+        # opens the log to append and the lock file to read and write.
+        _check_can_create_file(path.parent)
+        _check_can_open(path, os.O_WRONLY | os.O_APPEND)
+        _check_can_open(log_lock_file(path), os.O_RDWR)
         return path
 
     @field_validator("bind")

@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 
 import pytest
 
 from service import log_file
-from service.config import InvalidConfiguration, load_settings
+from service.config import InvalidConfiguration, load_settings, log_lock_file
+
+
+def log_file_error(path: Path | str) -> str:
+    with pytest.raises(InvalidConfiguration) as excinfo:
+        load_settings({"log_file": str(path)})
+    return str(excinfo.value)
+
+
+# Root bypasses the file modes that these cases rely on.
+unprivileged = pytest.mark.skipif(os.geteuid() == 0, reason="root may write to read-only modes")
 
 
 def test_log_file_in_missing_directory_is_refused(tmp_path):
@@ -18,6 +30,96 @@ def test_log_file_in_missing_directory_is_refused(tmp_path):
 
     assert "GATEHOUSE_LOG_FILE" in str(excinfo.value)
     assert "does not exist" in str(excinfo.value)
+
+
+def test_log_file_that_is_directory_rejected(tmp_path):
+    message = log_file_error(tmp_path)
+
+    assert message.startswith("GATEHOUSE_LOG_FILE is invalid (")
+    assert f"{tmp_path} is a directory" in message
+
+
+def test_log_file_that_is_fifo_rejected(tmp_path):
+    fifo = tmp_path / "gatehouse.log"
+    os.mkfifo(fifo)
+
+    message = log_file_error(fifo)
+
+    assert message.startswith("GATEHOUSE_LOG_FILE is invalid (")
+    assert "is not a regular file" in message
+
+
+@pytest.mark.skipif(not Path("/sys/kernel").is_dir(), reason="needs Linux sysfs")
+def test_log_file_in_sysfs_rejected():
+    # Creating a file in sysfs fails for root too, although os.access() reports /sys as writable.
+    message = log_file_error("/sys/gatehouse.log")
+
+    assert message.startswith("GATEHOUSE_LOG_FILE is invalid (")
+    assert "cannot create a file in directory /sys" in message
+    assert "\n" not in message
+
+
+@unprivileged
+def test_log_file_in_read_only_directory_rejected(tmp_path):
+    directory = tmp_path / "logs"
+    directory.mkdir(mode=0o555)
+
+    message = log_file_error(directory / "gatehouse.log")
+
+    assert "GATEHOUSE_LOG_FILE is invalid" in message
+    assert f"cannot create a file in directory {directory}" in message
+
+
+@unprivileged
+def test_read_only_log_file_rejected(tmp_path):
+    path = tmp_path / "gatehouse.log"
+    path.touch()
+    path.chmod(0o444)
+
+    message = log_file_error(path)
+
+    assert "GATEHOUSE_LOG_FILE is invalid" in message
+    assert f"cannot open {path} to write" in message
+
+
+@unprivileged
+def test_read_only_lock_file_rejected(tmp_path):
+    lock_file = tmp_path / ".__gatehouse.lock"
+    lock_file.touch()
+    lock_file.chmod(0o444)
+
+    message = log_file_error(tmp_path / "gatehouse.log")
+
+    assert "GATEHOUSE_LOG_FILE is invalid" in message
+    assert f"cannot open {lock_file} to write" in message
+
+
+def test_lock_file_that_is_directory_rejected(tmp_path):
+    (tmp_path / ".__gatehouse.lock").mkdir()
+
+    message = log_file_error(tmp_path / "gatehouse.log")
+
+    assert "GATEHOUSE_LOG_FILE is invalid" in message
+    assert ".__gatehouse.lock exists and is not a regular file" in message
+
+
+def test_writable_log_file_accepted_without_side_effects(tmp_path):
+    path = tmp_path / "gatehouse.log"
+    path.write_text("old line\n")
+
+    assert load_settings({"log_file": str(path)}).log_file == path
+    assert path.read_text() == "old line\n"
+    assert sorted(entry.name for entry in tmp_path.iterdir()) == ["gatehouse.log"]
+
+
+@pytest.mark.parametrize("name", ["gatehouse.log", "gatehouse.json", "gatehouse.log.txt", "log"])
+def test_lock_file_named_like_handler(tmp_path, name):
+    settings = load_settings({"log_file": str(tmp_path / name)})
+    handler = log_file.build_handler(settings)
+    try:
+        assert log_lock_file(settings.log_file) == Path(handler.clh.lockFilename)
+    finally:
+        handler.close()
 
 
 def test_empty_log_file_means_none():

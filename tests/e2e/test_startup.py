@@ -76,6 +76,31 @@ def test_malformed_workers_stops_start(tmp_path):
     assert "invalid" in output
 
 
+def assert_one_line_configuration_error(returncode: int, output: str, variable: str) -> None:
+    """Check that the master exited 2 with one line naming the variable, and no stack trace."""
+    assert returncode == 2, output
+    lines = [line for line in output.splitlines() if variable in line]
+    assert len(lines) == 1, output
+    assert lines[0].startswith(f"gatehouse: invalid configuration: {variable} is invalid ("), output
+    assert "Traceback" not in output
+
+
+def test_log_file_that_is_directory_stops_start(tmp_path):
+    returncode, output = start_until_exit(tmp_path, {"GATEHOUSE_LOG_FILE": str(tmp_path)})
+
+    assert_one_line_configuration_error(returncode, output, "GATEHOUSE_LOG_FILE")
+    assert "is a directory" in output
+    assert "Logging error" not in output
+
+
+@pytest.mark.skipif(not Path("/sys/kernel").is_dir(), reason="needs Linux sysfs")
+def test_log_file_in_sysfs_stops_start(tmp_path):
+    returncode, output = start_until_exit(tmp_path, {"GATEHOUSE_LOG_FILE": "/sys/gatehouse.log"})
+
+    assert_one_line_configuration_error(returncode, output, "GATEHOUSE_LOG_FILE")
+    assert "cannot create a file in directory /sys" in output
+
+
 def test_missing_mysql_password_stops_start(tmp_path):
     returncode, output = start_until_exit(tmp_path, unset=("GATEHOUSE_MYSQL_PASSWORD",))
 
