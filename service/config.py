@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -12,6 +11,7 @@ from pydantic_core import PydanticCustomError
 from pydantic_settings import SettingsConfigDict
 
 from service.abuse_settings import AbuseProtectionSettings
+from service.setting_checks import check_can_create_file, check_can_open, log_lock_file
 
 ENV_PREFIX = "GATEHOUSE_"
 
@@ -42,43 +42,6 @@ def parse_host_ports(value: str) -> list[tuple[str, int]]:
             raise ValueError(f"{entry!r} is not host:port, such as sentinel-0:26379")
         addresses.append((host, int(port)))
     return addresses
-
-
-def log_lock_file(log_file: Path) -> Path:
-    """Return the lock file that concurrent-log-handler keeps beside a log file: .__NAME.lock.
-
-    NAME is the file name without a final ".log", as the handler's baseLockFilename
-    (concurrent-log-handler 0.9.31) builds it.
-    """
-    name = log_file.name.removesuffix(".log")
-    return log_file.with_name(f".__{name}.lock")
-
-
-def _check_can_create_file(directory: Path) -> None:
-    """Raise ValueError unless this process can create a file in directory.
-
-    The check creates a temporary file because os.access() reports directories such
-    as /sys as writable for root, although creating a file there fails. TemporaryFile
-    deletes the file before it returns.
-    """
-    try:
-        with tempfile.TemporaryFile(dir=directory):
-            pass
-    except OSError as exc:
-        raise ValueError(f"cannot create a file in directory {directory}: {exc.strerror}") from None
-
-
-def _check_can_open(path: Path, flags: int) -> None:
-    """Raise ValueError when path exists but is not a regular file or does not open with the os.open flags."""
-    if not path.exists():
-        return
-    if not path.is_file():
-        raise ValueError(f"{path} exists and is not a regular file")
-
-    try:
-        os.close(os.open(path, flags))
-    except OSError as exc:
-        raise ValueError(f"cannot open {path} to write: {exc.strerror}") from None
 
 
 class InvalidConfiguration(Exception):
@@ -311,9 +274,9 @@ class Settings(AbuseProtectionSettings):
 
         # The handler creates the log, its lock file and the archives in this directory,
         # opens the log to append and the lock file to read and write.
-        _check_can_create_file(path.parent)
-        _check_can_open(path, os.O_WRONLY | os.O_APPEND)
-        _check_can_open(log_lock_file(path), os.O_RDWR)
+        check_can_create_file(path.parent)
+        check_can_open(path, os.O_WRONLY | os.O_APPEND)
+        check_can_open(log_lock_file(path), os.O_RDWR)
         return path
 
     @field_validator("bind")

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from service import log_file
-from service.config import InvalidConfiguration, load_settings, log_lock_file
+from service.config import InvalidConfiguration, load_settings
+from service.setting_checks import log_lock_file
 
 
 def log_file_error(path: Path | str) -> str:
