@@ -13,8 +13,11 @@ import gunicorn.http.wsgi
 from service.config import InvalidConfiguration, load_settings
 from service.lifecycle import error_pages
 
+# Parsing GATEHOUSE_REDIS_URL imports redis, which the master must not import before it
+# forks (see on_starting). The start-up check process parses it, and on_starting exits 2
+# when that process does.
 try:
-    _settings = load_settings()
+    _settings = load_settings(check_redis_url=False)
 except InvalidConfiguration as _exc:
     print(f"gatehouse: invalid configuration: {_exc}", file=sys.stderr)
     sys.exit(2)
@@ -153,7 +156,8 @@ def on_starting(server):
         sys.exit(3)
     if check.returncode != 0:
         server.log.error("startup_check_failed", extra={"returncode": check.returncode})
-        sys.exit(3)
+        # 2: the check process found an invalid setting and printed the line naming it.
+        sys.exit(2 if check.returncode == 2 else 3)
 
 
 def on_reload(server):

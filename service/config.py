@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
@@ -11,7 +12,7 @@ from pydantic_core import PydanticCustomError
 from pydantic_settings import SettingsConfigDict
 
 from service.abuse_settings import AbuseProtectionSettings
-from service.setting_checks import check_can_create_file, check_can_open, log_lock_file
+from service.setting_checks import check_can_create_file, check_can_open, check_redis_url, log_lock_file
 
 ENV_PREFIX = "GATEHOUSE_"
 
@@ -42,6 +43,11 @@ def parse_host_ports(value: str) -> list[tuple[str, int]]:
             raise ValueError(f"{entry!r} is not host:port, such as sentinel-0:26379")
         addresses.append((host, int(port)))
     return addresses
+
+
+# Whether Settings parses GATEHOUSE_REDIS_URL with redis-py, which imports redis.
+# load_settings sets it for the one call.
+_CHECK_REDIS_URL: ContextVar[bool] = ContextVar("check_redis_url", default=True)
 
 
 class InvalidConfiguration(Exception):
@@ -250,6 +256,13 @@ class Settings(AbuseProtectionSettings):
             parse_host_ports(value)
         return value
 
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and _CHECK_REDIS_URL.get():
+            check_redis_url(value.get_secret_value())
+        return value
+
     @property
     def sentinel_addresses(self) -> list[tuple[str, int]]:
         """Return the Sentinels of GATEHOUSE_REDIS_SENTINELS as (host, port) pairs."""
@@ -307,12 +320,19 @@ class Settings(AbuseProtectionSettings):
             summary[name] = value
         return summary
 
-def load_settings(overrides: dict[str, Any] | None = None) -> Settings:
-    """Read settings from the environment, then overrides; raise InvalidConfiguration on the first problem."""
+def load_settings(overrides: dict[str, Any] | None = None, *, check_redis_url: bool = True) -> Settings:
+    """Read settings from the environment, then overrides; raise InvalidConfiguration on the first problem.
+
+    check_redis_url=False skips parsing GATEHOUSE_REDIS_URL with redis-py, for the
+    gunicorn master, which must not import redis before it forks.
+    """
+    token = _CHECK_REDIS_URL.set(check_redis_url)
     try:
         return Settings(**(overrides or {}))
     except ValidationError as exc:
         raise InvalidConfiguration(_describe(exc)) from None
+    finally:
+        _CHECK_REDIS_URL.reset(token)
 
 
 def _describe(exc: ValidationError) -> str:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from service import setting_checks
 from service.config import ENV_PREFIX, InvalidConfiguration, load_settings
 
 MYSQL_PASSWORD = "mysql-secret-7f3a"
@@ -166,3 +169,78 @@ def test_float_setting_rejects_nan_and_infinity(environment, variable, value):
 
     assert variable in message
     assert "finite" in message
+
+
+# Each URL contains REDIS_PASSWORD where a password could be, and none of it may reach the message.
+INVALID_REDIS_URLS = {
+    "notaurl": "one of the following schemes",
+    f"redis://:{REDIS_PASSWORD}@127.0.0.1:abc/0": "the port after the host is not a number",
+    f"redis://:{REDIS_PASSWORD}@[::1/0": "Invalid IPv6 URL",
+    f"redis://:{REDIS_PASSWORD}@127.0.0.1:6379/0?socket_timeout=abc": "'socket_timeout'",
+    f"redis://:{REDIS_PASSWORD}/0": "the port after the host is not a number",
+    f"redis://:{REDIS_PASSWORD}@127.0.0.1:70000/0": "Port out of range",
+    f"redis://:{REDIS_PASSWORD}@127.0.0.1:0/0": "1-65535, not 0",
+    f"redis://:{REDIS_PASSWORD}@127.0.0.1:6379/zero": "database number",
+    f"redis://:{REDIS_PASSWORD}@127.0.0.1:6379/-1": "0 or more",
+    f"redis://:{REDIS_PASSWORD}@127.0.0.1:6379/0?db=one": "'db'",
+    f"redis://:{REDIS_PASSWORD}@127.0.0.1:6379/0?pool_size=5": "unknown query option 'pool_size'",
+    f"redis://:{REDIS_PASSWORD}@127.0.0.1:6379/0?protocol=4": "protocol",
+    f"unix://:{REDIS_PASSWORD}@": "socket path",
+}
+
+
+@pytest.mark.parametrize("url", INVALID_REDIS_URLS)
+def test_invalid_redis_url_rejected(environment, url):
+    environment.setenv("GATEHOUSE_REDIS_URL", url)
+
+    message = invalid_configuration_message()
+
+    assert message.startswith("GATEHOUSE_REDIS_URL is invalid ("), message
+    assert INVALID_REDIS_URLS[url] in message
+    assert REDIS_PASSWORD not in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("url", [
+    "redis://127.0.0.1:6379/0",
+    "redis://:p%40ss@redis:6379/15",
+    "redis://gatehouse:secret@[::1]:6379/0?socket_keepalive=true",
+    "rediss://:secret@redis.example:6380/0?ssl_cert_reqs=required",
+    "unix:///run/redis/redis.sock?db=1",
+    "redis://localhost",
+])
+def test_valid_redis_url_accepted(environment, url):
+    environment.setenv("GATEHOUSE_REDIS_URL", url)
+
+    assert load_settings().redis_url.get_secret_value() == url
+
+
+def test_redis_url_credentials_redacted_from_message():
+    # Defence for a redis-py release whose messages repeat parts of the URL.
+    url = "redis://user%3Aname:p%61ss%2Fword@127.0.0.1:6379/0"
+    message = "user%3Aname user:name p%61ss%2Fword pass/word 127.0.0.1"
+
+    redacted = setting_checks._without_credentials(message, url)
+
+    for secret in ("user%3Aname", "user:name", "p%61ss", "pass/word"):
+        assert secret not in redacted
+    assert "127.0.0.1" in redacted
+
+
+def test_redis_url_parse_skipped_on_request(environment):
+    environment.setenv("GATEHOUSE_REDIS_URL", "notaurl")
+
+    assert load_settings(check_redis_url=False).redis_url.get_secret_value() == "notaurl"
+    # The switch applies to that one call only.
+    assert "GATEHOUSE_REDIS_URL" in invalid_configuration_message()
+
+
+def test_master_settings_import_no_redis(environment):
+    # gunicorn.conf.py loads the settings this way in the master, which must not import
+    # redis before it forks.
+    code = ("import sys; from service.config import load_settings; load_settings(check_redis_url=False); "
+            "print('redis' in sys.modules)")
+
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+
+    assert result.stdout.strip() == "False"

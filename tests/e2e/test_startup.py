@@ -101,6 +101,17 @@ def test_log_file_in_sysfs_stops_start(tmp_path):
     assert "cannot create a file in directory /sys" in output
 
 
+@pytest.mark.parametrize("url", ["notaurl", "redis://:{password}@127.0.0.1:abc/0", "redis://:{password}@[::1/0",
+                                 "redis://:{password}@127.0.0.1:6379/0?socket_timeout=abc"])
+def test_invalid_redis_url_stops_start(tmp_path, url):
+    password = "redis-url-secret-5d2b"
+
+    returncode, output = start_until_exit(tmp_path, {"GATEHOUSE_REDIS_URL": url.format(password=password)})
+
+    assert_one_line_configuration_error(returncode, output, "GATEHOUSE_REDIS_URL")
+    assert password not in output
+
+
 def test_missing_mysql_password_stops_start(tmp_path):
     returncode, output = start_until_exit(tmp_path, unset=("GATEHOUSE_MYSQL_PASSWORD",))
 
