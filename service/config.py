@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
@@ -33,16 +35,38 @@ REDIS_OPTIONAL_SETTINGS = {
 }
 
 
+# Characters of a host name or IPv4 address. An IPv6 address goes in brackets instead.
+HOST_NAME = re.compile(r"[A-Za-z0-9_.-]{1,253}")
+# The characters that sentinel.conf allows in a master name.
+SENTINEL_SERVICE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
 def parse_host_ports(value: str) -> list[tuple[str, int]]:
     """Parse "host:port,[::1]:port" into (host, port) pairs; raise ValueError naming the bad entry."""
     addresses = []
     for entry in (part.strip() for part in value.split(",")):
         host, sep, port = entry.rpartition(":")
-        host = host.removeprefix("[").removesuffix("]")
-        if not entry or not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not sep or not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError(f"{entry!r} is not host:port, such as sentinel-0:26379")
+
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+            valid_host = _is_ipv6_address(host)
+        else:
+            valid_host = HOST_NAME.fullmatch(host) is not None
+        if not valid_host:
+            raise ValueError(f"{entry!r} has an invalid host: give a host name, an IPv4 address or an IPv6 "
+                             "address in brackets, such as [::1]:26379")
         addresses.append((host, int(port)))
     return addresses
+
+
+def _is_ipv6_address(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
 
 
 # Whether Settings parses GATEHOUSE_REDIS_URL with redis-py, which imports redis.
@@ -254,6 +278,8 @@ class Settings(AbuseProtectionSettings):
             raise PydanticCustomError("not_applicable", f"GATEHOUSE_REDIS_MODE is {mode}")
         if info.field_name == "redis_sentinels" and value:
             parse_host_ports(value)
+        if info.field_name == "redis_sentinel_service" and value and not SENTINEL_SERVICE_NAME.fullmatch(value):
+            raise ValueError(f"{value!r} contains characters other than A-Z, a-z, 0-9, '.', '-' and '_'")
         return value
 
     @field_validator("redis_url")
@@ -296,7 +322,7 @@ class Settings(AbuseProtectionSettings):
     @classmethod
     def _check_bind(cls, value: str) -> str:
         host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not sep or not host or not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError("expected host:port, for example 127.0.0.1:8000")
 
         return value

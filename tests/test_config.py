@@ -74,7 +74,7 @@ def test_out_of_range_mysql_port_rejected(environment, value):
 
 
 @pytest.mark.parametrize("value", ["localhost", "127.0.0.1", ":8000", "127.0.0.1:", "127.0.0.1:http",
-                                   "127.0.0.1:0", "127.0.0.1:65536"])
+                                   "127.0.0.1:0", "127.0.0.1:65536", "127.0.0.1:\u00b2"])
 def test_bad_bind_rejected(environment, value):
     environment.setenv("GATEHOUSE_BIND", value)
 
@@ -244,3 +244,52 @@ def test_master_settings_import_no_redis(environment):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
 
     assert result.stdout.strip() == "False"
+
+
+@pytest.fixture
+def sentinel_environment(environment):
+    """The minimal environment switched to sentinel mode."""
+    environment.delenv("GATEHOUSE_REDIS_URL")
+    environment.setenv("GATEHOUSE_REDIS_MODE", "sentinel")
+    environment.setenv("GATEHOUSE_REDIS_SENTINELS", "sentinel-0:26379")
+    environment.setenv("GATEHOUSE_REDIS_SENTINEL_SERVICE", "mymaster")
+    return environment
+
+
+def test_sentinel_environment_loads(sentinel_environment):
+    assert load_settings().sentinel_addresses == [("sentinel-0", 26379)]
+
+
+@pytest.mark.parametrize("value", [
+    "sentinel-0", "sentinel-0:", ":26379", "sentinel-0:0", "sentinel-0:65536", "sentinel-0:2637x",
+    "sentinel-0:\u00b2", "sentinel-0:\uff12\uff16\uff13\uff17\uff19", "sentinel-0:26379,", "sentinel 0:26379",
+    "::1:26379", "[::1:26379", "::1]:26379", "[sentinel-0]:26379", "[::g]:26379", "user@sentinel-0:26379",
+])
+def test_invalid_sentinels_rejected(sentinel_environment, value):
+    sentinel_environment.setenv("GATEHOUSE_REDIS_SENTINELS", value)
+
+    message = invalid_configuration_message()
+
+    assert message.startswith("GATEHOUSE_REDIS_SENTINELS is invalid ("), message
+    assert repr(value.split(",")[-1].strip()) in message or repr(value) in message
+
+
+@pytest.mark.parametrize("value, addresses", [
+    ("sentinel-0:26379,sentinel-1.sentinel.svc:26380", [("sentinel-0", 26379), ("sentinel-1.sentinel.svc", 26380)]),
+    ("10.0.0.7:26379, [::1]:26379", [("10.0.0.7", 26379), ("::1", 26379)]),
+    ("[fe80::1%eth0]:26379", [("fe80::1%eth0", 26379)]),
+])
+def test_valid_sentinels_accepted(sentinel_environment, value, addresses):
+    sentinel_environment.setenv("GATEHOUSE_REDIS_SENTINELS", value)
+
+    assert load_settings().sentinel_addresses == addresses
+
+
+@pytest.mark.parametrize("value", ["my master", "mymaster\n", "master/1", "mäster"])
+def test_invalid_sentinel_service_rejected(sentinel_environment, value):
+    sentinel_environment.setenv("GATEHOUSE_REDIS_SENTINEL_SERVICE", value)
+
+    message = invalid_configuration_message()
+
+    assert message.startswith("GATEHOUSE_REDIS_SENTINEL_SERVICE is invalid ("), message
+    assert "A-Z, a-z, 0-9" in message
