@@ -7,7 +7,7 @@ import os
 import re
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
@@ -34,6 +34,21 @@ REDIS_OPTIONAL_SETTINGS = {
     "sentinel": {"redis_sentinel_password", "redis_password", "redis_db"},
 }
 
+
+# Text settings where an empty value means unset or none. Every other str, Path and
+# SecretStr setting rejects an empty value: GATEHOUSE_KEYS_DIR= would otherwise name the
+# current directory, and GATEHOUSE_MYSQL_PASSWORD= a login without a password.
+# An empty GATEHOUSE_BAN_ALLOWLIST exempts no address from bans.
+EMPTY_MEANS_UNSET = {
+    "redis_url", "redis_sentinels", "redis_sentinel_service", "redis_sentinel_password", "redis_password",
+    "log_file", "backup_dir", "ban_allowlist",
+}
+TEXT_TYPES = (str, Path, SecretStr)
+
+
+def is_text_setting(annotation: Any) -> bool:
+    """Tell whether a field annotation is str, Path or SecretStr, alone or in a union such as Path | None."""
+    return annotation in TEXT_TYPES or any(member in TEXT_TYPES for member in get_args(annotation))
 
 # Characters of a host name or IPv4 address. An IPv6 address goes in brackets instead.
 HOST_NAME = re.compile(r"[A-Za-z0-9_.-]{1,253}")
@@ -256,6 +271,20 @@ class Settings(AbuseProtectionSettings):
     )
     backup_keep: int = Field(7, ge=1, le=1000, description="newest backups kept by `gatehouse backup create`, 1-1000")
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _reject_empty(cls, value: Any, info: ValidationInfo) -> Any:
+        annotation = cls.model_fields[info.field_name].annotation
+        if not isinstance(value, str) or not is_text_setting(annotation) or info.field_name in EMPTY_MEANS_UNSET:
+            return value
+
+        if value == "":
+            raise PydanticCustomError("empty", "is empty")
+        # A password may consist of spaces, but no name, path or address can.
+        if not value.strip() and SecretStr not in (annotation, *get_args(annotation)):
+            raise PydanticCustomError("empty", "contains only whitespace")
+        return value
+
     @field_validator("redis_url", "redis_sentinel_password", "redis_password", mode="before")
     @classmethod
     def _empty_as_unset(cls, value: Any) -> Any:
@@ -369,6 +398,8 @@ def _describe(exc: ValidationError) -> str:
     expected = info.description if info and info.description else "a valid value"
     if error["type"] == "missing":
         return f"{variable} is not set: set it to {expected}"
+    if error["type"] == "empty":
+        return f"{variable} {error['msg']}: set it to {expected}"
 
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "not_applicable":

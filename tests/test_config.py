@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from service import setting_checks
-from service.config import ENV_PREFIX, InvalidConfiguration, load_settings
+from service.config import ENV_PREFIX, EMPTY_MEANS_UNSET, InvalidConfiguration, Settings, is_text_setting, load_settings
 
 MYSQL_PASSWORD = "mysql-secret-7f3a"
 REDIS_PASSWORD = "redis-secret-9c1e"
@@ -293,3 +293,61 @@ def test_invalid_sentinel_service_rejected(sentinel_environment, value):
 
     assert message.startswith("GATEHOUSE_REDIS_SENTINEL_SERVICE is invalid ("), message
     assert "A-Z, a-z, 0-9" in message
+
+
+def text_settings() -> list[str]:
+    return [name for name, field in Settings.model_fields.items() if is_text_setting(field.annotation)]
+
+
+def test_empty_means_unset_names_text_settings():
+    assert EMPTY_MEANS_UNSET <= set(text_settings())
+
+
+@pytest.mark.parametrize("name", sorted(set(text_settings()) - EMPTY_MEANS_UNSET))
+def test_empty_text_setting_rejected(environment, name):
+    variable = ENV_PREFIX + name.upper()
+    environment.setenv(variable, "")
+
+    message = invalid_configuration_message()
+
+    assert message.startswith(f"{variable} is empty: set it to "), message
+
+
+@pytest.mark.parametrize("name", sorted(set(text_settings()) - EMPTY_MEANS_UNSET - {"mysql_password"}))
+def test_blank_text_setting_rejected(environment, name):
+    variable = ENV_PREFIX + name.upper()
+    environment.setenv(variable, " \t")
+
+    message = invalid_configuration_message()
+
+    assert message.startswith(f"{variable} contains only whitespace: set it to "), message
+
+
+def test_blank_mysql_password_accepted(environment):
+    environment.setenv("GATEHOUSE_MYSQL_PASSWORD", "   ")
+
+    assert load_settings().mysql_password.get_secret_value() == "   "
+
+
+def test_empty_keys_dir_not_current_directory(environment, tmp_path, monkeypatch):
+    # A current directory with some other private key, such as a TLS key, must not become the key ring.
+    (tmp_path / "tls.pem").write_text("-----BEGIN PRIVATE KEY-----\n")
+    monkeypatch.chdir(tmp_path)
+    environment.setenv("GATEHOUSE_KEYS_DIR", "")
+
+    assert invalid_configuration_message().startswith("GATEHOUSE_KEYS_DIR is empty")
+
+
+@pytest.mark.parametrize("name", sorted(EMPTY_MEANS_UNSET - {"redis_url", "redis_sentinels", "redis_sentinel_service"}))
+def test_empty_optional_setting_unset(environment, name):
+    environment.setenv(ENV_PREFIX + name.upper(), "")
+
+    settings = load_settings()
+
+    assert getattr(settings, name) in (None, "")
+
+
+def test_empty_redis_url_not_set(environment):
+    environment.setenv("GATEHOUSE_REDIS_URL", "")
+
+    assert invalid_configuration_message().startswith("GATEHOUSE_REDIS_URL is not set")

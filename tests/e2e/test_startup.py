@@ -76,12 +76,13 @@ def test_malformed_workers_stops_start(tmp_path):
     assert "invalid" in output
 
 
-def assert_one_line_configuration_error(returncode: int, output: str, variable: str) -> None:
-    """Check that the master exited 2 with one line naming the variable, and no stack trace."""
+def assert_one_line_configuration_error(returncode: int, output: str, variable: str,
+                                        problem: str = "is invalid (") -> None:
+    """Check that the master exited 2 with one line naming the variable and the problem, and no stack trace."""
     assert returncode == 2, output
     lines = [line for line in output.splitlines() if variable in line]
     assert len(lines) == 1, output
-    assert lines[0].startswith(f"gatehouse: invalid configuration: {variable} is invalid ("), output
+    assert lines[0].startswith(f"gatehouse: invalid configuration: {variable} {problem}"), output
     assert "Traceback" not in output
 
 
@@ -110,6 +111,14 @@ def test_invalid_redis_url_stops_start(tmp_path, url):
 
     assert_one_line_configuration_error(returncode, output, "GATEHOUSE_REDIS_URL")
     assert password not in output
+
+
+@pytest.mark.parametrize("variable", ["GATEHOUSE_KEYS_DIR", "GATEHOUSE_MYSQL_PASSWORD", "GATEHOUSE_MYSQL_HOST"])
+def test_empty_setting_stops_start(tmp_path, variable):
+    returncode, output = start_until_exit(tmp_path, {variable: ""})
+
+    assert_one_line_configuration_error(returncode, output, variable, problem="is empty: ")
+    assert "startup_check_retrying" not in output
 
 
 def test_missing_mysql_password_stops_start(tmp_path):
