@@ -23,7 +23,13 @@ except InvalidConfiguration as _exc:
     sys.exit(2)
 
 # prometheus_client picks its multiprocess mode when first imported, so the
-# directory must be in the environment before any worker imports it.
+# directory must be in the environment before any worker imports it. An empty value is
+# rejected: prometheus_client would write its files to the current directory, and
+# service.metrics would treat multiprocess mode as off.
+if "PROMETHEUS_MULTIPROC_DIR" in os.environ and not os.environ["PROMETHEUS_MULTIPROC_DIR"].strip():
+    print("gatehouse: invalid configuration: PROMETHEUS_MULTIPROC_DIR is empty: set it to a directory for this "
+          "server's metric files, or unset it for gatehouse-prometheus in the temporary directory", file=sys.stderr)
+    sys.exit(2)
 os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", os.path.join(tempfile.gettempdir(), "gatehouse-prometheus"))
 
 #
@@ -144,6 +150,10 @@ def on_starting(server):
         server.log.error("metrics_dir_in_use", extra={"error": str(exc), "path": exc.path,
                                                       "holder_pid": exc.holder_pid})
         sys.exit(3)
+    except OSError as exc:
+        print(f"gatehouse: invalid configuration: PROMETHEUS_MULTIPROC_DIR is invalid (cannot create, lock or empty "
+              f"{metrics_dir}: {exc.strerror}): set it to a directory that this user can write", file=sys.stderr)
+        sys.exit(2)
 
     server.log.info("master_starting", extra={"pid": os.getpid(), "settings": _settings.summary()})
     try:

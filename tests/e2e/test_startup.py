@@ -121,6 +121,20 @@ def test_empty_setting_stops_start(tmp_path, variable):
     assert "startup_check_retrying" not in output
 
 
+def test_empty_metrics_dir_stops_start(tmp_path):
+    returncode, output = start_until_exit(tmp_path, {"PROMETHEUS_MULTIPROC_DIR": ""})
+
+    assert_one_line_configuration_error(returncode, output, "PROMETHEUS_MULTIPROC_DIR", problem="is empty: ")
+
+
+@pytest.mark.skipif(not Path("/sys/kernel").is_dir(), reason="needs Linux sysfs")
+def test_metrics_dir_in_sysfs_stops_start(tmp_path):
+    returncode, output = start_until_exit(tmp_path, {"PROMETHEUS_MULTIPROC_DIR": "/sys/gatehouse-metrics"})
+
+    assert_one_line_configuration_error(returncode, output, "PROMETHEUS_MULTIPROC_DIR")
+    assert "/sys/gatehouse-metrics" in output
+
+
 def test_missing_mysql_password_stops_start(tmp_path):
     returncode, output = start_until_exit(tmp_path, unset=("GATEHOUSE_MYSQL_PASSWORD",))
 
