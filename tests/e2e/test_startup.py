@@ -65,7 +65,19 @@ def test_unreachable_mysql_stops_start(tmp_path):
 
     assert returncode != 0, output
     assert "mysql unreachable" in output
+    assert "startup_check_retrying" in output
     assert_no_mysql_password(output)
+
+
+def test_rejected_mysql_login_stops_start_at_once(tmp_path):
+    # The bound is below the default start-up timeout of 30 s, so a master that retries fails here.
+    returncode, output = start_until_exit(tmp_path, {"GATEHOUSE_MYSQL_PASSWORD": "wrong-password"}, timeout=20)
+
+    assert returncode == 3, output
+    assert "MySQL error 1045" in output
+    assert "GATEHOUSE_MYSQL_PASSWORD" in output
+    assert "startup_check_retrying" not in output
+    assert "wrong-password" not in output
 
 
 def test_malformed_workers_stops_start(tmp_path):
