@@ -17,7 +17,7 @@ from service.lifecycle import error_pages
 # forks (see on_starting). The start-up check process parses it, and on_starting exits 2
 # when that process does.
 try:
-    _settings = load_settings(check_redis_url=False)
+    _settings = load_settings(parse_redis_url=False)
 except InvalidConfiguration as _exc:
     print(f"gatehouse: invalid configuration: {_exc}", file=sys.stderr)
     sys.exit(2)

@@ -50,6 +50,7 @@ def is_text_setting(annotation: Any) -> bool:
     """Tell whether a field annotation is str, Path or SecretStr, alone or in a union such as Path | None."""
     return annotation in TEXT_TYPES or any(member in TEXT_TYPES for member in get_args(annotation))
 
+
 # Characters of a host name or IPv4 address. An IPv6 address goes in brackets instead.
 HOST_NAME = re.compile(r"[A-Za-z0-9_.-]{1,253}")
 # The characters that sentinel.conf allows in a master name.
@@ -86,7 +87,7 @@ def _is_ipv6_address(text: str) -> bool:
 
 # Whether Settings parses GATEHOUSE_REDIS_URL with redis-py, which imports redis.
 # load_settings sets it for the one call.
-_CHECK_REDIS_URL: ContextVar[bool] = ContextVar("check_redis_url", default=True)
+_PARSE_REDIS_URL: ContextVar[bool] = ContextVar("parse_redis_url", default=True)
 
 
 class InvalidConfiguration(Exception):
@@ -314,7 +315,7 @@ class Settings(AbuseProtectionSettings):
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and _CHECK_REDIS_URL.get():
+        if value is not None and _PARSE_REDIS_URL.get():
             check_redis_url(value.get_secret_value())
         return value
 
@@ -375,19 +376,19 @@ class Settings(AbuseProtectionSettings):
             summary[name] = value
         return summary
 
-def load_settings(overrides: dict[str, Any] | None = None, *, check_redis_url: bool = True) -> Settings:
+def load_settings(overrides: dict[str, Any] | None = None, *, parse_redis_url: bool = True) -> Settings:
     """Read settings from the environment, then overrides; raise InvalidConfiguration on the first problem.
 
-    check_redis_url=False skips parsing GATEHOUSE_REDIS_URL with redis-py, for the
+    parse_redis_url=False skips parsing GATEHOUSE_REDIS_URL with redis-py, for the
     gunicorn master, which must not import redis before it forks.
     """
-    token = _CHECK_REDIS_URL.set(check_redis_url)
+    token = _PARSE_REDIS_URL.set(parse_redis_url)
     try:
         return Settings(**(overrides or {}))
     except ValidationError as exc:
         raise InvalidConfiguration(_describe(exc)) from None
     finally:
-        _CHECK_REDIS_URL.reset(token)
+        _PARSE_REDIS_URL.reset(token)
 
 
 def _describe(exc: ValidationError) -> str:

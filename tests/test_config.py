@@ -230,7 +230,7 @@ def test_redis_url_credentials_redacted_from_message():
 def test_redis_url_parse_skipped_on_request(environment):
     environment.setenv("GATEHOUSE_REDIS_URL", "notaurl")
 
-    assert load_settings(check_redis_url=False).redis_url.get_secret_value() == "notaurl"
+    assert load_settings(parse_redis_url=False).redis_url.get_secret_value() == "notaurl"
     # The switch applies to that one call only.
     assert "GATEHOUSE_REDIS_URL" in invalid_configuration_message()
 
@@ -238,7 +238,7 @@ def test_redis_url_parse_skipped_on_request(environment):
 def test_master_settings_import_no_redis(environment):
     # gunicorn.conf.py loads the settings this way in the master, which must not import
     # redis before it forks.
-    code = ("import sys; from service.config import load_settings; load_settings(check_redis_url=False); "
+    code = ("import sys; from service.config import load_settings; load_settings(parse_redis_url=False); "
             "print('redis' in sys.modules)")
 
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
