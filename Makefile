@@ -36,6 +36,20 @@ SOAK_RATE ?= 1000
 # and the offline chart and Dockerfile checks (Helm's SDK, Kubernetes schemas).
 EXTRAS := test,deploy
 
+# `make run` checks PORT before it starts anything, because gunicorn would report a bad
+# value as an invalid GATEHOUSE_BIND, which PORT only fills in. $(and) stops at the first
+# empty condition, so the shell compares only a single word of digits.
+remove_digits = $(subst 0,,$(subst 1,,$(subst 2,,$(subst 3,,$(subst 4,,$(subst 5,,$(subst 6,,$(subst 7,,$(subst 8,,$(subst 9,,$(1)))))))))))
+port_is_valid = $(and $(filter 1,$(words $(PORT))),$(if $(call remove_digits,$(PORT)),,digits),$(shell \
+	[ $(PORT) -ge 1 ] 2>/dev/null && [ $(PORT) -le 65535 ] 2>/dev/null && echo valid))
+ifneq ($(filter run,$(MAKECMDGOALS)),)
+ifeq ($(GATEHOUSE_BIND),)
+ifeq ($(port_is_valid),)
+$(error PORT is invalid ($(PORT)): set it to a TCP port number, 1-65535, such as PORT=8080)
+endif
+endif
+endif
+
 .PHONY: help venv runtime-venv lock run test test-deep bench soak stop clean-state \
 	$(addprefix services-,$(PROFILES)) $(addprefix keys-,$(PROFILES)) $(addprefix migrate-,$(PROFILES))
 

@@ -13,14 +13,23 @@ import gunicorn.http.wsgi
 from service.config import InvalidConfiguration, load_settings
 from service.lifecycle import error_pages
 
+# Parsing GATEHOUSE_REDIS_URL imports redis, which the master must not import before it
+# forks (see on_starting). The start-up check process parses it, and on_starting exits 2
+# when that process does.
 try:
-    _settings = load_settings()
+    _settings = load_settings(parse_redis_url=False)
 except InvalidConfiguration as _exc:
     print(f"gatehouse: invalid configuration: {_exc}", file=sys.stderr)
     sys.exit(2)
 
 # prometheus_client picks its multiprocess mode when first imported, so the
-# directory must be in the environment before any worker imports it.
+# directory must be in the environment before any worker imports it. An empty value is
+# rejected: prometheus_client would write its files to the current directory, and
+# service.metrics would treat multiprocess mode as off.
+if "PROMETHEUS_MULTIPROC_DIR" in os.environ and not os.environ["PROMETHEUS_MULTIPROC_DIR"].strip():
+    print("gatehouse: invalid configuration: PROMETHEUS_MULTIPROC_DIR is empty: set it to a directory for this "
+          "server's metric files, or unset it for gatehouse-prometheus in the temporary directory", file=sys.stderr)
+    sys.exit(2)
 os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", os.path.join(tempfile.gettempdir(), "gatehouse-prometheus"))
 
 #
@@ -133,7 +142,7 @@ def on_starting(server):
     _attach_log_file()
 
     # Files left by an earlier master would be summed into this run's counters, and
-    # emptying a directory that a running master uses would erase its counters.
+    # deleting the metric files of a running master would erase its counters.
     metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     try:
         claim_metrics_dir(metrics_dir)
@@ -141,6 +150,10 @@ def on_starting(server):
         server.log.error("metrics_dir_in_use", extra={"error": str(exc), "path": exc.path,
                                                       "holder_pid": exc.holder_pid})
         sys.exit(3)
+    except OSError as exc:
+        print(f"gatehouse: invalid configuration: PROMETHEUS_MULTIPROC_DIR is invalid (cannot create, lock or clean "
+              f"{metrics_dir}: {exc.strerror}): set it to a directory that this user can write", file=sys.stderr)
+        sys.exit(2)
 
     server.log.info("master_starting", extra={"pid": os.getpid(), "settings": _settings.summary()})
     try:
@@ -153,7 +166,8 @@ def on_starting(server):
         sys.exit(3)
     if check.returncode != 0:
         server.log.error("startup_check_failed", extra={"returncode": check.returncode})
-        sys.exit(3)
+        # 2: the check process found an invalid setting and printed the line naming it.
+        sys.exit(2 if check.returncode == 2 else 3)
 
 
 def on_reload(server):

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import ipaddress
+import os
+import re
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 from pydantic_settings import SettingsConfigDict
 
 from service.abuse_settings import AbuseProtectionSettings
+from service.setting_checks import check_can_create_file, check_can_open, check_redis_url, log_lock_file
 
 ENV_PREFIX = "GATEHOUSE_"
 
@@ -30,16 +35,59 @@ REDIS_OPTIONAL_SETTINGS = {
 }
 
 
+# Text settings where an empty value means unset or none. Every other str, Path and
+# SecretStr setting rejects an empty value: GATEHOUSE_KEYS_DIR= would otherwise name the
+# current directory, and GATEHOUSE_MYSQL_PASSWORD= a login without a password.
+# An empty GATEHOUSE_BAN_ALLOWLIST exempts no address from bans.
+EMPTY_MEANS_UNSET = {
+    "redis_url", "redis_sentinels", "redis_sentinel_service", "redis_sentinel_password", "redis_password",
+    "log_file", "backup_dir", "ban_allowlist",
+}
+TEXT_TYPES = (str, Path, SecretStr)
+
+
+def is_text_setting(annotation: Any) -> bool:
+    """Tell whether a field annotation is str, Path or SecretStr, alone or in a union such as Path | None."""
+    return annotation in TEXT_TYPES or any(member in TEXT_TYPES for member in get_args(annotation))
+
+
+# Characters of a host name or IPv4 address. An IPv6 address goes in brackets instead.
+HOST_NAME = re.compile(r"[A-Za-z0-9_.-]{1,253}")
+# The characters that sentinel.conf allows in a master name.
+SENTINEL_SERVICE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
 def parse_host_ports(value: str) -> list[tuple[str, int]]:
     """Parse "host:port,[::1]:port" into (host, port) pairs; raise ValueError naming the bad entry."""
     addresses = []
     for entry in (part.strip() for part in value.split(",")):
         host, sep, port = entry.rpartition(":")
-        host = host.removeprefix("[").removesuffix("]")
-        if not entry or not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not sep or not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError(f"{entry!r} is not host:port, such as sentinel-0:26379")
+
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+            valid_host = _is_ipv6_address(host)
+        else:
+            valid_host = HOST_NAME.fullmatch(host) is not None
+        if not valid_host:
+            raise ValueError(f"{entry!r} has an invalid host: give a host name, an IPv4 address or an IPv6 "
+                             "address in brackets, such as [::1]:26379")
         addresses.append((host, int(port)))
     return addresses
+
+
+def _is_ipv6_address(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+# Whether Settings parses GATEHOUSE_REDIS_URL with redis-py, which imports redis.
+# load_settings sets it for the one call.
+_PARSE_REDIS_URL: ContextVar[bool] = ContextVar("parse_redis_url", default=True)
 
 
 class InvalidConfiguration(Exception):
@@ -196,7 +244,9 @@ class Settings(AbuseProtectionSettings):
         description="seconds workers keep serving after SIGTERM or SIGINT while /ready returns 503, 0-300",
     )
     log_file: Path | None = Field(
-        None, description="path of a JSON log file written besides stdout, rotated and gzip-archived; unset for none"
+        None,
+        description="path of a JSON log file written besides stdout, rotated and gzip-archived, in a directory "
+                    "this user can write to; unset for none",
     )
     log_file_max_bytes: int = Field(
         104_857_600, ge=1024, le=10_737_418_240,
@@ -222,6 +272,20 @@ class Settings(AbuseProtectionSettings):
     )
     backup_keep: int = Field(7, ge=1, le=1000, description="newest backups kept by `gatehouse backup create`, 1-1000")
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _reject_empty(cls, value: Any, info: ValidationInfo) -> Any:
+        annotation = cls.model_fields[info.field_name].annotation
+        if not isinstance(value, str) or not is_text_setting(annotation) or info.field_name in EMPTY_MEANS_UNSET:
+            return value
+
+        if value == "":
+            raise PydanticCustomError("empty", "is empty")
+        # A password may consist of spaces, but no name, path or address can.
+        if not value.strip() and SecretStr not in (annotation, *get_args(annotation)):
+            raise PydanticCustomError("empty", "contains only whitespace")
+        return value
+
     @field_validator("redis_url", "redis_sentinel_password", "redis_password", mode="before")
     @classmethod
     def _empty_as_unset(cls, value: Any) -> Any:
@@ -244,6 +308,15 @@ class Settings(AbuseProtectionSettings):
             raise PydanticCustomError("not_applicable", f"GATEHOUSE_REDIS_MODE is {mode}")
         if info.field_name == "redis_sentinels" and value:
             parse_host_ports(value)
+        if info.field_name == "redis_sentinel_service" and value and not SENTINEL_SERVICE_NAME.fullmatch(value):
+            raise ValueError(f"{value!r} contains characters other than A-Z, a-z, 0-9, '.', '-' and '_'")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and _PARSE_REDIS_URL.get():
+            check_redis_url(value.get_secret_value())
         return value
 
     @property
@@ -265,13 +338,21 @@ class Settings(AbuseProtectionSettings):
         path = Path(value)
         if not path.parent.is_dir():
             raise ValueError(f"directory {path.parent} does not exist")
+        if path.is_dir():
+            raise ValueError(f"{path} is a directory, not a file")
+
+        # The handler creates the log, its lock file and the archives in this directory,
+        # opens the log to append and the lock file to read and write.
+        check_can_create_file(path.parent)
+        check_can_open(path, os.O_WRONLY | os.O_APPEND)
+        check_can_open(log_lock_file(path), os.O_RDWR)
         return path
 
     @field_validator("bind")
     @classmethod
     def _check_bind(cls, value: str) -> str:
         host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not sep or not host or not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError("expected host:port, for example 127.0.0.1:8000")
 
         return value
@@ -295,12 +376,19 @@ class Settings(AbuseProtectionSettings):
             summary[name] = value
         return summary
 
-def load_settings(overrides: dict[str, Any] | None = None) -> Settings:
-    """Read settings from the environment, then overrides; raise InvalidConfiguration on the first problem."""
+def load_settings(overrides: dict[str, Any] | None = None, *, parse_redis_url: bool = True) -> Settings:
+    """Read settings from the environment, then overrides; raise InvalidConfiguration on the first problem.
+
+    parse_redis_url=False skips parsing GATEHOUSE_REDIS_URL with redis-py, for the
+    gunicorn master, which must not import redis before it forks.
+    """
+    token = _PARSE_REDIS_URL.set(parse_redis_url)
     try:
         return Settings(**(overrides or {}))
     except ValidationError as exc:
         raise InvalidConfiguration(_describe(exc)) from None
+    finally:
+        _PARSE_REDIS_URL.reset(token)
 
 
 def _describe(exc: ValidationError) -> str:
@@ -311,6 +399,8 @@ def _describe(exc: ValidationError) -> str:
     expected = info.description if info and info.description else "a valid value"
     if error["type"] == "missing":
         return f"{variable} is not set: set it to {expected}"
+    if error["type"] == "empty":
+        return f"{variable} {error['msg']}: set it to {expected}"
 
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "not_applicable":

@@ -19,6 +19,9 @@ from service.logs import json_formatter
 _MARK = "_gatehouse_log_file"
 
 
+# rw-r----- for the log, its lock file and its archives: a log shipper can read them
+# through the group, and other users cannot read client addresses and account ids.
+LOG_FILE_MODE = 0o640
 LOG_FILE_UMASK = 0o027
 
 
@@ -70,8 +73,10 @@ def build_handler(settings: Settings) -> logging.Handler | None:
         use_gzip=True,
         utc=True,
         encoding="utf-8",
-        # rw-r----- for the log, its lock file and its archives: a log shipper can read them
-        # through the group, and other users cannot read client addresses and account ids.
+        # concurrent-log-handler 0.9.31 creates the lock file with os.open's default mode
+        # 0o777, so the umask alone leaves it rwxr-x---. chmod sets every file the handler
+        # opens to LOG_FILE_MODE, which also corrects a lock file left with mode 750.
+        chmod=LOG_FILE_MODE,
         umask=LOG_FILE_UMASK,
     )
     handler.namer = _archive_name

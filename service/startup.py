@@ -9,6 +9,8 @@ from typing import TypeVar
 import pymysql
 import redis
 import structlog
+from pymysql.constants import CR, ER
+from redis.sentinel import SentinelConnectionPool
 
 from service.config import Settings
 from service.database import connect_args
@@ -20,18 +22,52 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 
+# MySQL and MariaDB errors that no retry fixes, with what to change. The server rejects the
+# login or the database, or the account lacks a privilege, until someone changes the
+# settings or the server's accounts.
+_LOGIN_HINT = "check GATEHOUSE_MYSQL_USER and GATEHOUSE_MYSQL_PASSWORD"
+_GRANT_HINT = "grant GATEHOUSE_MYSQL_USER its privileges on GATEHOUSE_MYSQL_DATABASE"
+# MariaDB and MySQL report a database that does not exist as 1044 to an account that may not see it.
+_DATABASE_HINT = "check GATEHOUSE_MYSQL_DATABASE, or grant GATEHOUSE_MYSQL_USER its privileges on that database"
+ER_ACCESS_DENIED_NO_PASSWORD_ERROR = 1698  # MariaDB and MySQL, missing from pymysql.constants.ER
+MYSQL_PERMANENT_ERRORS = {
+    ER.ACCESS_DENIED_ERROR: _LOGIN_HINT,
+    ER_ACCESS_DENIED_NO_PASSWORD_ERROR: _LOGIN_HINT,
+    ER.NOT_SUPPORTED_AUTH_MODE: _LOGIN_HINT,
+    CR.CR_AUTH_PLUGIN_CANNOT_LOAD: _LOGIN_HINT,
+    ER.MUST_CHANGE_PASSWORD: "the password of GATEHOUSE_MYSQL_USER has expired: set a new one",
+    ER.MUST_CHANGE_PASSWORD_LOGIN: "the password of GATEHOUSE_MYSQL_USER has expired: set a new one",
+    ER.HOST_NOT_PRIVILEGED: "GATEHOUSE_MYSQL_USER may not connect from this host: check the account's host part",
+    ER.BAD_DB_ERROR: "check GATEHOUSE_MYSQL_DATABASE, or create the database and run `gatehouse migrate`",
+    ER.DBACCESS_DENIED_ERROR: _DATABASE_HINT,
+    ER.TABLEACCESS_DENIED_ERROR: _GRANT_HINT,
+    ER.COLUMNACCESS_DENIED_ERROR: _GRANT_HINT,
+}
+# The server's reply to SELECT with a database number beyond its `databases` setting.
+REDIS_DB_OUT_OF_RANGE = "DB index is out of range"
+
+
 class StartupCheckFailed(Exception):
     """A dependency or the key ring is not usable; the message says which and why."""
 
 
+class _PermanentFailure(Exception):
+    """A start-up check failed in a way that retrying cannot fix; the message contains the fix."""
+
+
 def _retry(name: str, attempt: Callable[[], T], deadline: float) -> T:
-    """Call attempt until it succeeds or the deadline passes, backing off up to 2 s."""
+    """Call attempt until it succeeds or the deadline passes, backing off up to 2 s.
+
+    A _PermanentFailure ends the retries at once.
+    """
     delay = 0.2
     tries = 0
     while True:
         tries += 1
         try:
             return attempt()
+        except _PermanentFailure as exc:
+            raise StartupCheckFailed(f"{name} check failed: {exc}") from None
         except (pymysql.err.OperationalError, pymysql.err.InterfaceError, redis.RedisError, OSError) as exc:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -43,6 +79,17 @@ def _retry(name: str, attempt: Callable[[], T], deadline: float) -> T:
 
 
 def _check_mysql(settings: Settings) -> None:
+    try:
+        _check_mysql_schema(settings)
+    except pymysql.err.OperationalError as exc:
+        hint = MYSQL_PERMANENT_ERRORS.get(exc.args[0]) if exc.args else None
+        if hint is None:
+            raise
+        text = exc.args[1] if len(exc.args) > 1 else ""
+        raise _PermanentFailure(f"MySQL error {exc.args[0]} ({text}): {hint}") from None
+
+
+def _check_mysql_schema(settings: Settings) -> None:
     connection = pymysql.connect(**connect_args(settings))
     try:
         with connection.cursor() as cursor:
@@ -64,9 +111,46 @@ def _check_mysql(settings: Settings) -> None:
 def _check_redis(settings: Settings) -> None:
     client = create_client(settings)
     try:
+        if isinstance(client.connection_pool, SentinelConnectionPool):
+            _check_sentinels(client.connection_pool)
         client.ping()
+    except (redis.AuthenticationError, redis.exceptions.AuthorizationError,
+            redis.exceptions.AuthenticationWrongNumberOfArgsError) as exc:
+        if settings.redis_mode == "sentinel":
+            hint = "check GATEHOUSE_REDIS_PASSWORD"
+        else:
+            hint = "check the user name and password in GATEHOUSE_REDIS_URL"
+        raise _PermanentFailure(f"Redis rejected the login ({exc}): {hint}") from None
+    except redis.exceptions.NoPermissionError as exc:
+        raise _PermanentFailure(f"Redis denied a command ({exc}): grant the Redis user the commands the service "
+                                "runs") from None
+    except redis.ResponseError as exc:
+        if not str(exc).startswith(REDIS_DB_OUT_OF_RANGE):
+            raise
+        variable = "GATEHOUSE_REDIS_DB" if settings.redis_mode == "sentinel" else "the path of GATEHOUSE_REDIS_URL"
+        raise _PermanentFailure(f"Redis has no such database ({exc}): check the database number in {variable}, "
+                                "or the server's databases setting") from None
     finally:
         close_client(client)
+
+
+def _check_sentinels(pool: SentinelConnectionPool) -> None:
+    """Fail at once when no Sentinel replies and at least one rejects GATEHOUSE_REDIS_SENTINEL_PASSWORD.
+
+    redis-py turns every Sentinel's error into one MasterNotFoundError, which reads the
+    same for a wrong password as for Sentinels that are still starting.
+    """
+    rejected = None
+    for sentinel in pool.sentinel_manager.sentinels:
+        try:
+            sentinel.ping()
+            return
+        except redis.AuthenticationError as exc:
+            rejected = exc
+        except redis.RedisError:
+            pass
+    if rejected is not None:
+        raise _PermanentFailure(f"a Sentinel rejected the login ({rejected}): check GATEHOUSE_REDIS_SENTINEL_PASSWORD")
 
 
 def run_startup_checks(settings: Settings) -> None:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from service.config import ENV_PREFIX, InvalidConfiguration, load_settings
+from service import setting_checks
+from service.config import ENV_PREFIX, EMPTY_MEANS_UNSET, InvalidConfiguration, Settings, is_text_setting, load_settings
 
 MYSQL_PASSWORD = "mysql-secret-7f3a"
 REDIS_PASSWORD = "redis-secret-9c1e"
@@ -71,7 +74,7 @@ def test_out_of_range_mysql_port_rejected(environment, value):
 
 
 @pytest.mark.parametrize("value", ["localhost", "127.0.0.1", ":8000", "127.0.0.1:", "127.0.0.1:http",
-                                   "127.0.0.1:0", "127.0.0.1:65536"])
+                                   "127.0.0.1:0", "127.0.0.1:65536", "127.0.0.1:\u00b2"])
 def test_bad_bind_rejected(environment, value):
     environment.setenv("GATEHOUSE_BIND", value)
 
@@ -166,3 +169,185 @@ def test_float_setting_rejects_nan_and_infinity(environment, variable, value):
 
     assert variable in message
     assert "finite" in message
+
+
+# Each URL contains REDIS_PASSWORD where a password could be, and none of it may reach the message.
+INVALID_REDIS_URLS = {
+    "notaurl": "one of the following schemes",
+    f"redis://:{REDIS_PASSWORD}@127.0.0.1:abc/0": "the port after the host is not a number",
+    f"redis://:{REDIS_PASSWORD}@[::1/0": "Invalid IPv6 URL",
+    f"redis://:{REDIS_PASSWORD}@127.0.0.1:6379/0?socket_timeout=abc": "'socket_timeout'",
+    f"redis://:{REDIS_PASSWORD}/0": "the port after the host is not a number",
+    f"redis://:{REDIS_PASSWORD}@127.0.0.1:70000/0": "Port out of range",
+    f"redis://:{REDIS_PASSWORD}@127.0.0.1:0/0": "1-65535, not 0",
+    f"redis://:{REDIS_PASSWORD}@127.0.0.1:6379/zero": "database number",
+    f"redis://:{REDIS_PASSWORD}@127.0.0.1:6379/-1": "0 or more",
+    f"redis://:{REDIS_PASSWORD}@127.0.0.1:6379/0?db=one": "'db'",
+    f"redis://:{REDIS_PASSWORD}@127.0.0.1:6379/0?pool_size=5": "unknown query option 'pool_size'",
+    f"redis://:{REDIS_PASSWORD}@127.0.0.1:6379/0?protocol=4": "protocol",
+    f"unix://:{REDIS_PASSWORD}@": "socket path",
+}
+
+
+@pytest.mark.parametrize("url", INVALID_REDIS_URLS)
+def test_invalid_redis_url_rejected(environment, url):
+    environment.setenv("GATEHOUSE_REDIS_URL", url)
+
+    message = invalid_configuration_message()
+
+    assert message.startswith("GATEHOUSE_REDIS_URL is invalid ("), message
+    assert INVALID_REDIS_URLS[url] in message
+    assert REDIS_PASSWORD not in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("url", [
+    "redis://127.0.0.1:6379/0",
+    "redis://:p%40ss@redis:6379/15",
+    "redis://gatehouse:secret@[::1]:6379/0?socket_keepalive=true",
+    "rediss://:secret@redis.example:6380/0?ssl_cert_reqs=required",
+    "unix:///run/redis/redis.sock?db=1",
+    "redis://localhost",
+])
+def test_valid_redis_url_accepted(environment, url):
+    environment.setenv("GATEHOUSE_REDIS_URL", url)
+
+    assert load_settings().redis_url.get_secret_value() == url
+
+
+def test_redis_url_credentials_redacted_from_message():
+    # Defence for a redis-py release whose messages repeat parts of the URL.
+    url = "redis://user%3Aname:p%61ss%2Fword@127.0.0.1:6379/0"
+    message = "user%3Aname user:name p%61ss%2Fword pass/word 127.0.0.1"
+
+    redacted = setting_checks._without_credentials(message, url)
+
+    for secret in ("user%3Aname", "user:name", "p%61ss", "pass/word"):
+        assert secret not in redacted
+    assert "127.0.0.1" in redacted
+
+
+def test_redis_url_parse_skipped_on_request(environment):
+    environment.setenv("GATEHOUSE_REDIS_URL", "notaurl")
+
+    assert load_settings(parse_redis_url=False).redis_url.get_secret_value() == "notaurl"
+    # The switch applies to that one call only.
+    assert "GATEHOUSE_REDIS_URL" in invalid_configuration_message()
+
+
+def test_master_settings_import_no_redis(environment):
+    # gunicorn.conf.py loads the settings this way in the master, which must not import
+    # redis before it forks.
+    code = ("import sys; from service.config import load_settings; load_settings(parse_redis_url=False); "
+            "print('redis' in sys.modules)")
+
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+
+    assert result.stdout.strip() == "False"
+
+
+@pytest.fixture
+def sentinel_environment(environment):
+    """The minimal environment switched to sentinel mode."""
+    environment.delenv("GATEHOUSE_REDIS_URL")
+    environment.setenv("GATEHOUSE_REDIS_MODE", "sentinel")
+    environment.setenv("GATEHOUSE_REDIS_SENTINELS", "sentinel-0:26379")
+    environment.setenv("GATEHOUSE_REDIS_SENTINEL_SERVICE", "mymaster")
+    return environment
+
+
+def test_sentinel_environment_loads(sentinel_environment):
+    assert load_settings().sentinel_addresses == [("sentinel-0", 26379)]
+
+
+@pytest.mark.parametrize("value", [
+    "sentinel-0", "sentinel-0:", ":26379", "sentinel-0:0", "sentinel-0:65536", "sentinel-0:2637x",
+    "sentinel-0:\u00b2", "sentinel-0:\uff12\uff16\uff13\uff17\uff19", "sentinel-0:26379,", "sentinel 0:26379",
+    "::1:26379", "[::1:26379", "::1]:26379", "[sentinel-0]:26379", "[::g]:26379", "user@sentinel-0:26379",
+])
+def test_invalid_sentinels_rejected(sentinel_environment, value):
+    sentinel_environment.setenv("GATEHOUSE_REDIS_SENTINELS", value)
+
+    message = invalid_configuration_message()
+
+    assert message.startswith("GATEHOUSE_REDIS_SENTINELS is invalid ("), message
+    assert repr(value.split(",")[-1].strip()) in message or repr(value) in message
+
+
+@pytest.mark.parametrize("value, addresses", [
+    ("sentinel-0:26379,sentinel-1.sentinel.svc:26380", [("sentinel-0", 26379), ("sentinel-1.sentinel.svc", 26380)]),
+    ("10.0.0.7:26379, [::1]:26379", [("10.0.0.7", 26379), ("::1", 26379)]),
+    ("[fe80::1%eth0]:26379", [("fe80::1%eth0", 26379)]),
+])
+def test_valid_sentinels_accepted(sentinel_environment, value, addresses):
+    sentinel_environment.setenv("GATEHOUSE_REDIS_SENTINELS", value)
+
+    assert load_settings().sentinel_addresses == addresses
+
+
+@pytest.mark.parametrize("value", ["my master", "mymaster\n", "master/1", "mäster"])
+def test_invalid_sentinel_service_rejected(sentinel_environment, value):
+    sentinel_environment.setenv("GATEHOUSE_REDIS_SENTINEL_SERVICE", value)
+
+    message = invalid_configuration_message()
+
+    assert message.startswith("GATEHOUSE_REDIS_SENTINEL_SERVICE is invalid ("), message
+    assert "A-Z, a-z, 0-9" in message
+
+
+def text_settings() -> list[str]:
+    return [name for name, field in Settings.model_fields.items() if is_text_setting(field.annotation)]
+
+
+def test_empty_means_unset_names_text_settings():
+    assert EMPTY_MEANS_UNSET <= set(text_settings())
+
+
+@pytest.mark.parametrize("name", sorted(set(text_settings()) - EMPTY_MEANS_UNSET))
+def test_empty_text_setting_rejected(environment, name):
+    variable = ENV_PREFIX + name.upper()
+    environment.setenv(variable, "")
+
+    message = invalid_configuration_message()
+
+    assert message.startswith(f"{variable} is empty: set it to "), message
+
+
+@pytest.mark.parametrize("name", sorted(set(text_settings()) - EMPTY_MEANS_UNSET - {"mysql_password"}))
+def test_blank_text_setting_rejected(environment, name):
+    variable = ENV_PREFIX + name.upper()
+    environment.setenv(variable, " \t")
+
+    message = invalid_configuration_message()
+
+    assert message.startswith(f"{variable} contains only whitespace: set it to "), message
+
+
+def test_blank_mysql_password_accepted(environment):
+    environment.setenv("GATEHOUSE_MYSQL_PASSWORD", "   ")
+
+    assert load_settings().mysql_password.get_secret_value() == "   "
+
+
+def test_empty_keys_dir_not_current_directory(environment, tmp_path, monkeypatch):
+    # A current directory with some other private key, such as a TLS key, must not become the key ring.
+    (tmp_path / "tls.pem").write_text("-----BEGIN PRIVATE KEY-----\n")
+    monkeypatch.chdir(tmp_path)
+    environment.setenv("GATEHOUSE_KEYS_DIR", "")
+
+    assert invalid_configuration_message().startswith("GATEHOUSE_KEYS_DIR is empty")
+
+
+@pytest.mark.parametrize("name", sorted(EMPTY_MEANS_UNSET - {"redis_url", "redis_sentinels", "redis_sentinel_service"}))
+def test_empty_optional_setting_unset(environment, name):
+    environment.setenv(ENV_PREFIX + name.upper(), "")
+
+    settings = load_settings()
+
+    assert getattr(settings, name) in (None, "")
+
+
+def test_empty_redis_url_not_set(environment):
+    environment.setenv("GATEHOUSE_REDIS_URL", "")
+
+    assert invalid_configuration_message().startswith("GATEHOUSE_REDIS_URL is not set")

@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 
 import pytest
 
 from service import log_file
 from service.config import InvalidConfiguration, load_settings
+from service.setting_checks import log_lock_file
+
+
+def log_file_error(path: Path | str) -> str:
+    with pytest.raises(InvalidConfiguration) as excinfo:
+        load_settings({"log_file": str(path)})
+    return str(excinfo.value)
+
+
+# Root bypasses the file modes that these cases rely on.
+unprivileged = pytest.mark.skipif(os.geteuid() == 0, reason="root may write to read-only modes")
 
 
 def test_log_file_in_missing_directory_is_refused(tmp_path):
@@ -18,6 +31,96 @@ def test_log_file_in_missing_directory_is_refused(tmp_path):
 
     assert "GATEHOUSE_LOG_FILE" in str(excinfo.value)
     assert "does not exist" in str(excinfo.value)
+
+
+def test_log_file_that_is_directory_rejected(tmp_path):
+    message = log_file_error(tmp_path)
+
+    assert message.startswith("GATEHOUSE_LOG_FILE is invalid (")
+    assert f"{tmp_path} is a directory" in message
+
+
+def test_log_file_that_is_fifo_rejected(tmp_path):
+    fifo = tmp_path / "gatehouse.log"
+    os.mkfifo(fifo)
+
+    message = log_file_error(fifo)
+
+    assert message.startswith("GATEHOUSE_LOG_FILE is invalid (")
+    assert "is not a regular file" in message
+
+
+@pytest.mark.skipif(not Path("/sys/kernel").is_dir(), reason="needs Linux sysfs")
+def test_log_file_in_sysfs_rejected():
+    # Creating a file in sysfs fails for root too, although os.access() reports /sys as writable.
+    message = log_file_error("/sys/gatehouse.log")
+
+    assert message.startswith("GATEHOUSE_LOG_FILE is invalid (")
+    assert "cannot create a file in directory /sys" in message
+    assert "\n" not in message
+
+
+@unprivileged
+def test_log_file_in_read_only_directory_rejected(tmp_path):
+    directory = tmp_path / "logs"
+    directory.mkdir(mode=0o555)
+
+    message = log_file_error(directory / "gatehouse.log")
+
+    assert "GATEHOUSE_LOG_FILE is invalid" in message
+    assert f"cannot create a file in directory {directory}" in message
+
+
+@unprivileged
+def test_read_only_log_file_rejected(tmp_path):
+    path = tmp_path / "gatehouse.log"
+    path.touch()
+    path.chmod(0o444)
+
+    message = log_file_error(path)
+
+    assert "GATEHOUSE_LOG_FILE is invalid" in message
+    assert f"cannot open {path} to write" in message
+
+
+@unprivileged
+def test_read_only_lock_file_rejected(tmp_path):
+    lock_file = tmp_path / ".__gatehouse.lock"
+    lock_file.touch()
+    lock_file.chmod(0o444)
+
+    message = log_file_error(tmp_path / "gatehouse.log")
+
+    assert "GATEHOUSE_LOG_FILE is invalid" in message
+    assert f"cannot open {lock_file} to write" in message
+
+
+def test_lock_file_that_is_directory_rejected(tmp_path):
+    (tmp_path / ".__gatehouse.lock").mkdir()
+
+    message = log_file_error(tmp_path / "gatehouse.log")
+
+    assert "GATEHOUSE_LOG_FILE is invalid" in message
+    assert ".__gatehouse.lock exists and is not a regular file" in message
+
+
+def test_writable_log_file_accepted_without_side_effects(tmp_path):
+    path = tmp_path / "gatehouse.log"
+    path.write_text("old line\n")
+
+    assert load_settings({"log_file": str(path)}).log_file == path
+    assert path.read_text() == "old line\n"
+    assert sorted(entry.name for entry in tmp_path.iterdir()) == ["gatehouse.log"]
+
+
+@pytest.mark.parametrize("name", ["gatehouse.log", "gatehouse.json", "gatehouse.log.txt", "log"])
+def test_lock_file_named_like_handler(tmp_path, name):
+    settings = load_settings({"log_file": str(tmp_path / name)})
+    handler = log_file.build_handler(settings)
+    try:
+        assert log_lock_file(settings.log_file) == Path(handler.clh.lockFilename)
+    finally:
+        handler.close()
 
 
 def test_empty_log_file_means_none():
@@ -42,6 +145,23 @@ def test_attach_replaces_earlier_handler(tmp_path):
             handler.close()
 
 
+def test_lock_file_mode_750_corrected(tmp_path):
+    lock_file = tmp_path / ".__gatehouse.lock"
+    lock_file.touch()
+    lock_file.chmod(0o750)
+    settings = load_settings({"log_file": str(tmp_path / "gatehouse.log")})
+    logger = logging.getLogger("tests.log_file.old_lock")
+    try:
+        log_file.attach(settings, logger)
+        logger.warning("written")
+    finally:
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+            handler.close()
+
+    assert lock_file.stat().st_mode & 0o777 == 0o640
+
+
 def test_log_files_not_readable_by_others(tmp_path):
     settings = load_settings({"log_file": str(tmp_path / "gatehouse.log"), "log_file_max_bytes": 1024})
     logger = logging.getLogger("tests.log_file.mode")
@@ -56,8 +176,6 @@ def test_log_files_not_readable_by_others(tmp_path):
 
     files = [path for path in tmp_path.iterdir() if path.is_file()]
     assert any(path.name.endswith(".gz") for path in files), [path.name for path in files]
+    assert (tmp_path / ".__gatehouse.lock") in files
     for path in files:
-        assert path.stat().st_mode & 0o007 == 0, path.name
-        if not path.name.startswith("."):
-            # The handler's lock file keeps the mode the library gives it.
-            assert path.stat().st_mode & 0o777 == 0o640, path.name
+        assert path.stat().st_mode & 0o777 == 0o640, path.name

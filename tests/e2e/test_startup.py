@@ -65,7 +65,19 @@ def test_unreachable_mysql_stops_start(tmp_path):
 
     assert returncode != 0, output
     assert "mysql unreachable" in output
+    assert "startup_check_retrying" in output
     assert_no_mysql_password(output)
+
+
+def test_rejected_mysql_login_stops_start_at_once(tmp_path):
+    # The bound is below the default start-up timeout of 30 s, so a master that retries fails here.
+    returncode, output = start_until_exit(tmp_path, {"GATEHOUSE_MYSQL_PASSWORD": "wrong-password"}, timeout=20)
+
+    assert returncode == 3, output
+    assert "MySQL error 1045" in output
+    assert "GATEHOUSE_MYSQL_PASSWORD" in output
+    assert "startup_check_retrying" not in output
+    assert "wrong-password" not in output
 
 
 def test_malformed_workers_stops_start(tmp_path):
@@ -74,6 +86,65 @@ def test_malformed_workers_stops_start(tmp_path):
     assert returncode != 0, output
     assert "GATEHOUSE_WORKERS" in output
     assert "invalid" in output
+
+
+def assert_one_line_configuration_error(returncode: int, output: str, variable: str,
+                                        problem: str = "is invalid (") -> None:
+    """Check that the master exited 2 with one line naming the variable and the problem, and no stack trace."""
+    assert returncode == 2, output
+    lines = [line for line in output.splitlines() if variable in line]
+    assert len(lines) == 1, output
+    assert lines[0].startswith(f"gatehouse: invalid configuration: {variable} {problem}"), output
+    assert "Traceback" not in output
+
+
+def test_log_file_that_is_directory_stops_start(tmp_path):
+    returncode, output = start_until_exit(tmp_path, {"GATEHOUSE_LOG_FILE": str(tmp_path)})
+
+    assert_one_line_configuration_error(returncode, output, "GATEHOUSE_LOG_FILE")
+    assert "is a directory" in output
+    assert "Logging error" not in output
+
+
+@pytest.mark.skipif(not Path("/sys/kernel").is_dir(), reason="needs Linux sysfs")
+def test_log_file_in_sysfs_stops_start(tmp_path):
+    returncode, output = start_until_exit(tmp_path, {"GATEHOUSE_LOG_FILE": "/sys/gatehouse.log"})
+
+    assert_one_line_configuration_error(returncode, output, "GATEHOUSE_LOG_FILE")
+    assert "cannot create a file in directory /sys" in output
+
+
+@pytest.mark.parametrize("url", ["notaurl", "redis://:{password}@127.0.0.1:abc/0", "redis://:{password}@[::1/0",
+                                 "redis://:{password}@127.0.0.1:6379/0?socket_timeout=abc"])
+def test_invalid_redis_url_stops_start(tmp_path, url):
+    password = "redis-url-secret-5d2b"
+
+    returncode, output = start_until_exit(tmp_path, {"GATEHOUSE_REDIS_URL": url.format(password=password)})
+
+    assert_one_line_configuration_error(returncode, output, "GATEHOUSE_REDIS_URL")
+    assert password not in output
+
+
+@pytest.mark.parametrize("variable", ["GATEHOUSE_KEYS_DIR", "GATEHOUSE_MYSQL_PASSWORD", "GATEHOUSE_MYSQL_HOST"])
+def test_empty_setting_stops_start(tmp_path, variable):
+    returncode, output = start_until_exit(tmp_path, {variable: ""})
+
+    assert_one_line_configuration_error(returncode, output, variable, problem="is empty: ")
+    assert "startup_check_retrying" not in output
+
+
+def test_empty_metrics_dir_stops_start(tmp_path):
+    returncode, output = start_until_exit(tmp_path, {"PROMETHEUS_MULTIPROC_DIR": ""})
+
+    assert_one_line_configuration_error(returncode, output, "PROMETHEUS_MULTIPROC_DIR", problem="is empty: ")
+
+
+@pytest.mark.skipif(not Path("/sys/kernel").is_dir(), reason="needs Linux sysfs")
+def test_metrics_dir_in_sysfs_stops_start(tmp_path):
+    returncode, output = start_until_exit(tmp_path, {"PROMETHEUS_MULTIPROC_DIR": "/sys/gatehouse-metrics"})
+
+    assert_one_line_configuration_error(returncode, output, "PROMETHEUS_MULTIPROC_DIR")
+    assert "/sys/gatehouse-metrics" in output
 
 
 def test_missing_mysql_password_stops_start(tmp_path):
