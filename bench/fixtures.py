@@ -28,6 +28,10 @@ SETUP_CONCURRENCY = 8
 SETUP_TIMEOUT_SECONDS = 30
 # The sessions the benchmark creates outlive any run.
 SESSION_TTL_SECONDS = 86_400
+# GATEHOUSE_MAX_SESSIONS_PER_USER of the measured server and of the sessions made here.
+# The refresh runs leave some thousands of live sessions per account, and a login beyond
+# the maximum would end the oldest ones, whose tokens later requests of the run present.
+MAX_SESSIONS_PER_USER = 10_000
 
 
 class SetupFailed(Exception):
@@ -110,7 +114,8 @@ def create_refresh_tokens(settings: Settings, user_ids: list[str], count: int) -
     """Start COUNT sessions spread over the users; return the first refresh token of each."""
     store = SessionStore(create_client(settings), session_ttl=SESSION_TTL_SECONDS,
                          grace_seconds=settings.refresh_grace_seconds,
-                         revoked_ttl=settings.access_token_ttl_seconds + settings.jwt_leeway_seconds + 60)
+                         revoked_ttl=settings.access_token_ttl_seconds + settings.jwt_leeway_seconds + 60,
+                         max_sessions_per_user=MAX_SESSIONS_PER_USER)
 
     def create(index: int) -> str:
         _session_id, refresh_token = store.create(user_ids[index % len(user_ids)], user_agent="wrk", ip="127.0.0.1")

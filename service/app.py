@@ -104,6 +104,7 @@ def _init_services(app: Flask, settings: Settings) -> None:
         session_ttl=settings.session_ttl_seconds,
         grace_seconds=settings.refresh_grace_seconds,
         revoked_ttl=settings.access_token_ttl_seconds + settings.jwt_leeway_seconds + 60,
+        max_sessions_per_user=settings.max_sessions_per_user,
         on_revoked=access.mark_revoked,
         wait_replicas=settings.redis_wait_replicas,
         wait_timeout_seconds=settings.redis_wait_timeout_seconds,

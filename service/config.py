@@ -203,6 +203,12 @@ class Settings(AbuseProtectionSettings):
     refresh_grace_seconds: float = Field(
         10.0, ge=0, le=60, description="seconds a rotated refresh token may still be presented, 0-60"
     )
+    # A login beyond this ends the account's oldest sessions in the script that creates the new
+    # one (service.session_scripts.CREATE_LUA). The maximum bounds the work of that eviction.
+    max_sessions_per_user: int = Field(
+        100, ge=1, le=10_000,
+        description="live sessions one account may have, 1-10000; a login beyond it ends the oldest ones",
+    )
 
     # Passwords (argon2id)
     argon2_memory_kib: int = Field(

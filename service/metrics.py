@@ -34,6 +34,8 @@ SESSION_WRITES_UNREPLICATED = Counter(
     "(written to a replaced master) or accepted (on the current master).", ["result"])
 REGISTRATIONS = Counter("gatehouse_registrations_total", "Accounts registered.")
 LOGOUTS = Counter("gatehouse_logouts_total", "Sessions ended by their owner.")
+SESSIONS_EVICTED = Counter("gatehouse_sessions_evicted_total",
+                           "Oldest sessions ended because a login exceeded GATEHOUSE_MAX_SESSIONS_PER_USER.")
 BANS = Counter("gatehouse_ip_bans_total", "Client addresses banned, by cause.", ["cause"])
 UNBANS = Counter("gatehouse_ip_unbans_total", "Bans lifted by an administrator.", ["cause"])
 

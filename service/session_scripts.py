@@ -87,10 +87,13 @@ return {outcome, sid, uid}
 """
 
 # KEYS: sess:<sid>, rt:<digest>, sess:<sid>:tokens, user:<uid>:sessions
-# ARGV: sid, uid, now, expires_at, user agent, ip, digest, token retention past session end
+# ARGV: sid, uid, now, expires_at, user agent, ip, digest, token retention past session end,
+#       prefix, revoked-until, max live sessions of the user
+# Returns the ids of the sessions it ended to stay within the maximum, oldest first.
+# Like ROTATE_LUA, it derives the keys of those sessions inside the script.
 # Expired members of the user index are left for the purge job. The index itself
 # lives as long as its newest session.
-CREATE_LUA = """
+CREATE_LUA = _REVOKE_FUNCTION + """
 local sid, uid, now, expires_at = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 redis.call('HSET', KEYS[1], 'uid', uid, 'created_at', now, 'last_used_at', now, 'expires_at', expires_at,
            'user_agent', ARGV[5], 'ip', ARGV[6], 'generation', 0)
@@ -102,7 +105,44 @@ redis.call('EXPIREAT', KEYS[3], expires_at)
 redis.call('ZADD', KEYS[4], expires_at, sid)
 redis.call('EXPIREAT', KEYS[4], expires_at, 'GT')
 redis.call('EXPIREAT', KEYS[4], expires_at, 'NX')
-return 1
+
+-- Live sessions are the index members that SessionStore.list returns: scored at or after now.
+local prefix, max_sessions = ARGV[9], tonumber(ARGV[11])
+local live = redis.call('ZCOUNT', KEYS[4], now, '+inf')
+if live <= max_sessions then
+    return {}
+end
+
+-- Oldest by created_at, not by the index score: the score is the expiry time, which
+-- orders sessions by age only while GATEHOUSE_SESSION_TTL_SECONDS stays the same.
+-- The new session is never a candidate, even when another worker's clock is ahead.
+local candidates = {}
+for _, other in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], now, '+inf')) do
+    if other ~= sid then
+        local created_at = redis.call('HGET', prefix .. 'sess:' .. other, 'created_at')
+        if created_at then
+            table.insert(candidates, {tonumber(created_at) or 0, other})
+        else
+            -- An index entry whose session is gone is no live session: drop it, as the purge job would.
+            redis.call('ZREM', KEYS[4], other)
+            live = live - 1
+        end
+    end
+end
+table.sort(candidates, function(a, b)
+    if a[1] ~= b[1] then
+        return a[1] < b[1]
+    end
+    return a[2] < b[2]
+end)
+
+local evicted = {}
+for i = 1, live - max_sessions do
+    local other = candidates[i][2]
+    revoke(prefix, other, uid, ARGV[10], now)
+    table.insert(evicted, other)
+end
+return evicted
 """
 
 # ARGV: prefix, sid, revoked-until, now, expected uid ("" for any)

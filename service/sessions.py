@@ -50,6 +50,8 @@ TOKEN_RETENTION_SECONDS = 86400
 # (concurrent tabs, retried requests); one more is treated as reuse, so a thief who
 # replays it quickly cannot mint tokens without limit.
 MAX_GRACE_REFRESHES = 5
+# At most this many ids of sessions ended by the per-user maximum go into one log line.
+MAX_LOGGED_EVICTIONS = 20
 REVOKED_KEY = f"{KEY_PREFIX}revoked"
 EVENTS_CHANNEL = f"{KEY_PREFIX}events"
 
@@ -114,7 +116,8 @@ class SessionStore:
     """Create, rotate, list and revoke sessions; every change is atomic in Redis."""
 
     def __init__(self, client: redis.Redis, *, session_ttl: int, grace_seconds: float,
-                 revoked_ttl: int, on_revoked: Callable[[str, float], None] | None = None,
+                 revoked_ttl: int, max_sessions_per_user: int,
+                 on_revoked: Callable[[str, float], None] | None = None,
                  wait_replicas: int = 0, wait_timeout_seconds: float = 0.5) -> None:
         self._redis = client
         # With wait_replicas > 0, a new session or rotated token counts as stored only
@@ -129,13 +132,19 @@ class SessionStore:
         self._grace_seconds = grace_seconds
         # Long enough to outlive every access token issued for a revoked session.
         self._revoked_ttl = revoked_ttl
+        self._max_sessions_per_user = max_sessions_per_user
         self._create = client.register_script(session_scripts.CREATE_LUA)
         self._rotate = client.register_script(session_scripts.ROTATE_LUA)
         self._revoke = client.register_script(session_scripts.REVOKE_SESSION_LUA)
         self._revoke_user = client.register_script(session_scripts.REVOKE_USER_LUA)
 
     def create(self, user_id: str, *, user_agent: str, ip: str, now: float | None = None) -> tuple[str, str]:
-        """Start a session; return its id and first refresh token."""
+        """Start a session and return its id and first refresh token.
+
+        When the user would then have more than max_sessions_per_user live sessions,
+        the same script revokes the oldest ones by creation time, as revoke() does, so
+        concurrent logins cannot leave more.
+        """
         now = now if now is not None else time.time()
         session_id = uuid.uuid4().hex
         refresh_token = new_refresh_token()
@@ -144,10 +153,19 @@ class SessionStore:
         session_key = f"{KEY_PREFIX}sess:{session_id}"
         user_key = f"{KEY_PREFIX}user:{user_id}:sessions"
 
-        self._write(self._create,
-                    keys=[session_key, f"{KEY_PREFIX}rt:{token_digest}", f"{session_key}:tokens", user_key],
-                    args=[session_id, user_id, repr(now), expires_at, user_agent[:256], ip, token_digest,
-                          TOKEN_RETENTION_SECONDS])
+        revoked_until = self._revoked_until(now)
+        evicted = self._write(
+            self._create,
+            keys=[session_key, f"{KEY_PREFIX}rt:{token_digest}", f"{session_key}:tokens", user_key],
+            args=[session_id, user_id, repr(now), expires_at, user_agent[:256], ip, token_digest,
+                  TOKEN_RETENTION_SECONDS, KEY_PREFIX, revoked_until, self._max_sessions_per_user],
+        )
+        if evicted:
+            for evicted_id in evicted:
+                self._on_revoked(evicted_id, revoked_until)
+            metrics.SESSIONS_EVICTED.inc(len(evicted))
+            log.info("sessions_evicted", user_id=user_id, count=len(evicted),
+                     max_sessions=self._max_sessions_per_user, session_ids=evicted[:MAX_LOGGED_EVICTIONS])
         return session_id, refresh_token
 
     def find_token_owner(self, refresh_token: str) -> tuple[str, str] | None:

@@ -140,6 +140,28 @@ def test_invalid_argon2_release_idle_seconds_rejected(environment, value):
     assert "0-3600" in message
 
 
+def test_max_sessions_per_user_default(environment):
+    assert load_settings().max_sessions_per_user == 100
+
+
+@pytest.mark.parametrize("value", ["1", "10000"])
+def test_max_sessions_per_user_bounds_accepted(environment, value):
+    environment.setenv("GATEHOUSE_MAX_SESSIONS_PER_USER", value)
+
+    assert load_settings().max_sessions_per_user == int(value)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "10001", "12.5", "many", ""])
+def test_invalid_max_sessions_per_user_rejected(environment, value):
+    environment.setenv("GATEHOUSE_MAX_SESSIONS_PER_USER", value)
+
+    message = invalid_configuration_message()
+
+    assert "GATEHOUSE_MAX_SESSIONS_PER_USER" in message
+    assert "invalid" in message
+    assert "1-10000" in message
+
+
 def test_override_validated_like_environment(environment):
     with pytest.raises(InvalidConfiguration) as excinfo:
         load_settings({"mysql_port": 70000})

@@ -111,7 +111,8 @@ def _write_canary(settings: Settings, client: redis.Redis) -> dict[str, Any]:
 
     sessions = SessionStore(client, session_ttl=settings.session_ttl_seconds,
                             grace_seconds=settings.refresh_grace_seconds,
-                            revoked_ttl=settings.access_token_ttl_seconds + settings.jwt_leeway_seconds + 60)
+                            revoked_ttl=settings.access_token_ttl_seconds + settings.jwt_leeway_seconds + 60,
+                            max_sessions_per_user=settings.max_sessions_per_user)
     previous = client.get(CANARY_SESSION_KEY)
     if previous:
         sessions.revoke(previous)

@@ -8,7 +8,9 @@ import unicodedata
 
 import pymysql
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from service.app import close_app, create_app
 from service.database import connect_args
 from tests.conftest import PASSWORD
 from tests.helpers import bearer
@@ -189,3 +191,89 @@ def test_superseded_sibling_ends_session(client, tokens, caplog):
     assert len(sessions) == 1
     assert sessions[0]["current"] is True
     assert client.get("/v1/users/me", headers=bearer(sibling["access_token"])).status_code == 401
+
+
+def evicted_total(client) -> float:
+    """Return gatehouse_sessions_evicted_total as /metrics reports it."""
+    text = client.get("/metrics").get_data(as_text=True)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "gatehouse_sessions_evicted_total":
+                return sample.value
+    raise AssertionError("gatehouse_sessions_evicted_total is missing from /metrics")
+
+
+@pytest.fixture
+def capped_client(user):
+    """A test client of an app that keeps at most 3 live sessions per account."""
+    app = create_app({"max_sessions_per_user": 3})
+    yield app.test_client()
+    close_app(app)
+
+
+def test_login_beyond_cap_ends_oldest(capped_client, user, caplog):
+    pairs = [login(capped_client, user_agent=f"device-{index}").get_json() for index in range(3)]
+    evicted_before = evicted_total(capped_client)
+
+    with caplog.at_level(logging.INFO):
+        pairs.append(login(capped_client, user_agent="device-3").get_json())
+
+    oldest, *kept = pairs
+    refresh = capped_client.post("/v1/auth/refresh", json={"refresh_token": oldest["refresh_token"]})
+    assert refresh.status_code == 401
+    assert refresh.get_json()["code"] == "invalid_refresh_token"
+    me = capped_client.get("/v1/users/me", headers=bearer(oldest["access_token"]))
+    assert me.status_code == 401
+    assert me.get_json()["code"] == "session_revoked"
+    for pair in kept:
+        assert capped_client.get("/v1/users/me", headers=bearer(pair["access_token"])).status_code == 200
+
+    sessions = capped_client.get("/v1/auth/sessions", headers=bearer(kept[-1]["access_token"])).get_json()["sessions"]
+    assert [session["user_agent"] for session in sessions] == ["device-3", "device-2", "device-1"]
+
+    events = [json.loads(record.getMessage()) for record in caplog.records if record.getMessage().startswith("{")]
+    evicted = [event for event in events if event["event"] == "sessions_evicted"]
+    assert len(evicted) == 1
+    assert evicted[0]["user_id"] == user["id"]
+    assert evicted[0]["count"] == 1
+    assert evicted[0]["max_sessions"] == 3
+    assert evicted[0]["level"] == "info"
+    assert len(evicted[0]["session_ids"]) == 1
+    assert evicted_total(capped_client) == evicted_before + 1
+
+
+def test_login_within_cap_ends_nothing(capped_client, user):
+    pairs = [login(capped_client).get_json() for _ in range(3)]
+
+    for pair in pairs:
+        assert capped_client.get("/v1/users/me", headers=bearer(pair["access_token"])).status_code == 200
+        assert capped_client.post("/v1/auth/refresh", json={"refresh_token": pair["refresh_token"]}).status_code == 200
+
+
+def test_evicted_refreshed_session_rejected(capped_client, user):
+    # Eviction ends the whole session, so the token that a refresh issued stops working too.
+    first = login(capped_client).get_json()
+    rotated = capped_client.post("/v1/auth/refresh", json={"refresh_token": first["refresh_token"]}).get_json()
+    for _ in range(3):
+        login(capped_client)
+
+    response = capped_client.post("/v1/auth/refresh", json={"refresh_token": rotated["refresh_token"]})
+    assert response.status_code == 401
+    assert response.get_json()["code"] == "invalid_refresh_token"
+    me = capped_client.get("/v1/users/me", headers=bearer(rotated["access_token"]))
+    assert me.status_code == 401
+    assert me.get_json()["code"] == "session_revoked"
+
+
+def test_admin_user_view_bounded_by_cap(capped_client, user, admin_tokens):
+    for _ in range(5):
+        login(capped_client)
+    headers = bearer(admin_tokens["access_token"])
+
+    detail = capped_client.get(f"/v1/admin/users/{user['id']}", headers=headers)
+    listing = capped_client.get(f"/v1/admin/users/{user['id']}/sessions", headers=headers)
+
+    assert detail.status_code == 200
+    assert len(detail.get_json()["sessions"]) == 3
+    assert listing.status_code == 200
+    assert len(listing.get_json()["sessions"]) == 3

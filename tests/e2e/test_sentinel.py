@@ -394,7 +394,7 @@ def test_wait_cost(group, monkeypatch):
     try:
         for wait_replicas in (0, 1, 0, 1):
             store = SessionStore(client, session_ttl=3600, grace_seconds=10, revoked_ttl=960,
-                                 wait_replicas=wait_replicas, wait_timeout_seconds=0.5)
+                                 max_sessions_per_user=100, wait_replicas=wait_replicas, wait_timeout_seconds=0.5)
             _, token = store.create("cost-user", user_agent="bench", ip="127.0.0.1")
             started = time.perf_counter()
             for _ in range(2000):

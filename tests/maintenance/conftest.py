@@ -19,4 +19,5 @@ def redis_client(settings: Settings):
 @pytest.fixture
 def sessions(redis_client, settings: Settings) -> SessionStore:
     return SessionStore(redis_client, session_ttl=settings.session_ttl_seconds,
-                        grace_seconds=settings.refresh_grace_seconds, revoked_ttl=900)
+                        grace_seconds=settings.refresh_grace_seconds, revoked_ttl=900,
+                        max_sessions_per_user=settings.max_sessions_per_user)
