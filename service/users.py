@@ -1,4 +1,4 @@
-"""User accounts in MySQL: registration, credential checks and profile reads."""
+"""User accounts in MySQL: registration, credential checks, profile reads and password resets."""
 
 from __future__ import annotations
 
@@ -135,13 +135,16 @@ def verify_password(database: Database, passwords: Passwords, user_id: str, pass
     return passwords.verify(row["password_hash"] if row else None, password) and row is not None
 
 
-def set_password(database: Database, passwords: Passwords, user_id: str, password: str) -> None:
+def set_password(database: Database, passwords: Passwords, user_id: str, password: str) -> bool:
+    """Replace a user's password hash, and return whether the user exists."""
     new_hash = passwords.hash(password)
     with database.cursor() as cursor:
+        # Each hash has a new random salt, so the row counts as changed whenever it exists.
         cursor.execute(
             "UPDATE users SET password_hash = %s, updated_at = %s WHERE id = %s",
             (new_hash, datetime.now(UTC).replace(tzinfo=None), user_id),
         )
+        return cursor.rowcount > 0
 
 
 def set_status(database: Database, user_id: str, status: str) -> bool:
