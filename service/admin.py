@@ -102,6 +102,34 @@ def reset_password(svc: AccountServices, actor_id: str | None, client_ip: str, u
     return ended
 
 
+def delete_user(svc: AccountServices, actor_id: str | None, client_ip: str, user_id: str, **detail: object) -> int:
+    """Delete an account with its role grants, sessions and login-guard state, and return how many sessions ended.
+
+    Raise NotFound for an unknown user, and Conflict when an administrator names their
+    own account. The audit entry keeps the user id and leaves the email out, because
+    erasing the account's personal data is the reason to delete it. actor_id None is the
+    command line, and `detail` adds facts to the audit entry.
+    """
+    if user_id == actor_id:
+        raise Conflict("Administrators cannot delete their own account.", field="user_id")
+    if users.find_user(svc.database, user_id) is None:
+        raise NotFound("No such user.", field="user_id")
+
+    # The sessions end before the row goes, so a Redis failure leaves the account in place
+    # for a retry. The second pass ends a session that a login started in between. As with
+    # disabling, the revocations reach every worker through the channel, and user_changed
+    # drops their cached copies of the account.
+    ended = svc.sessions.revoke_user(user_id)
+    email = users.delete_user(svc.database, user_id)
+    if email is None:
+        raise NotFound("No such user.", field="user_id")
+    ended += svc.sessions.revoke_user(user_id)
+    _user_changed(svc, user_id)
+    login_guard.erase_account(svc.redis, fold_email(email))
+    _audit(svc, actor_id, client_ip, "user_deleted", "user", user_id, sessions_ended=ended, **detail)
+    return ended
+
+
 def grant_role(svc: Services, actor_id: str, client_ip: str, user_id: str, role: str) -> users.User:
     changed = roles.grant(svc.database, user_id, role)
     _user_changed(svc, user_id)

@@ -27,7 +27,8 @@ skips known addresses, and their failures count and delay separately from
 everyone else's. So an attacker who floods an account from other addresses slows
 down only the other addresses, not its owner on a known one.
 
-An administrator's password reset clears the account's failures and delays (clear_failures).
+An administrator's password reset clears the account's failures and delays
+(clear_failures), and deleting an account erases every key that names it (erase_account).
 """
 
 from __future__ import annotations
@@ -188,6 +189,8 @@ _REDIS_KEY_PREFIX = RATE_LIMIT_KEY_PREFIX + ":"
 _SCAN_COUNT = 1000
 # The key kinds of an account's failure state: the failure windows and delay gates, shared and per known address.
 _FAILURE_KINDS = ("login/failures/", "login/gate/")
+# Every key kind that names an account: also the known-address markers and the account rate limit's windows.
+_ACCOUNT_KINDS = (*_FAILURE_KINDS, "login/known/", f"LIMITER/{_ACCOUNT_LIMIT_NAMESPACE}/")
 
 
 def clear_failures(client: redis.Redis, email: str) -> int:
@@ -198,6 +201,16 @@ def clear_failures(client: redis.Redis, email: str) -> int:
     account rate limit stay. `email` is the account's lookup key (service.emails.fold_email).
     """
     return _delete_account_keys(client, email, _FAILURE_KINDS)
+
+
+def erase_account(client: redis.Redis, email: str) -> int:
+    """Delete every key of the login guard that names an account, and return how many keys went.
+
+    For an account deletion: the known-address markers link the account to the client
+    networks that logged in to it, and a new account with the same email must not
+    inherit them. `email` is the account's lookup key (service.emails.fold_email).
+    """
+    return _delete_account_keys(client, email, _ACCOUNT_KINDS)
 
 
 def _delete_account_keys(client: redis.Redis, email: str, kinds: tuple[str, ...]) -> int:

@@ -1,4 +1,4 @@
-"""User accounts in MySQL: registration, credential checks, profile reads and password resets."""
+"""User accounts in MySQL: registration, credential checks, profile reads, password resets and deletion."""
 
 from __future__ import annotations
 
@@ -145,6 +145,21 @@ def set_password(database: Database, passwords: Passwords, user_id: str, passwor
             (new_hash, datetime.now(UTC).replace(tzinfo=None), user_id),
         )
         return cursor.rowcount > 0
+
+
+def delete_user(database: Database, user_id: str) -> str | None:
+    """Delete a user and, by the foreign key's cascade, their role grants. Return the email, or None when absent.
+
+    Audit rows stay, because audit_log has no foreign key to users, and they keep the id.
+    """
+    with database.transaction() as cursor:
+        cursor.execute("SELECT email FROM users WHERE id = %s FOR UPDATE", (user_id,))
+        row = cursor.fetchone()
+        if row is None:
+            return None
+
+        cursor.execute("DELETE FROM users WHERE id = %s", (user_id,))
+    return row["email"]
 
 
 def set_status(database: Database, user_id: str, status: str) -> bool:

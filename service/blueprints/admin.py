@@ -62,6 +62,18 @@ def get_user(user_id: str) -> Response:
     return json_response(detail)
 
 
+@blueprint.delete("/users/<id:user_id>")
+@operation("Delete a user: the account, its role grants and its sessions", responses={204: None},
+           errors=(404, 409), roles=ADMIN_ONLY, tags=TAGS,
+           description="Every session of the account ends, so its access tokens get 401 `session_revoked` and "
+                       "its refresh tokens 401 `invalid_refresh_token`. The email can register again. Audit "
+                       "entries about the account stay and keep its id, and the `user_deleted` entry leaves "
+                       "the email out. 409 `conflict` when administrators name their own account.")
+def delete_user(user_id: str) -> Response:
+    admin.delete_user(services(), *_actor(), user_id)
+    return Response(status=204, mimetype=None, content_type=None)
+
+
 @blueprint.put("/users/<id:user_id>/password")
 @operation("Set a user's password and end all their sessions", request_model=SetPasswordRequest,
            responses={200: SessionsEnded}, errors=(404, 409), roles=ADMIN_ONLY, tags=TAGS,

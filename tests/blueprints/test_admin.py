@@ -12,8 +12,10 @@ from service.app import close_app, create_app
 from service.database import connect_args
 from service.limit_storage import RATE_LIMIT_KEY_PREFIX
 from service.login_guard import account_key
+from service.sessions import user_sessions_key
+from tests.blueprints.test_auth import run_sql
 from tests.conftest import PASSWORD
-from tests.helpers import bearer, create_user
+from tests.helpers import bearer, create_user, wait_until
 
 # Client addresses of the login-guard tests: the account owner's, and any other.
 OWNER = "198.51.100.10"
@@ -548,3 +550,153 @@ def test_set_password_keeps_known_addresses(delayed_client, settings):
     assert [key for key in keys if "/known/" in key] != []
     assert [key for key in keys if "/failures/" in key or "/gate/" in key] == []
 
+
+def delete_user(client, admin_tokens, user_id: str, **kwargs):
+    return client.delete(f"/v1/admin/users/{user_id}", headers=bearer(admin_tokens["access_token"]), **kwargs)
+
+
+def test_delete_user_ends_tokens(client, admin_tokens):
+    user_id = register(client, "bob@example.com")
+    first = login(client, "bob@example.com")
+    second = login(client, "bob@example.com")
+    # Warm this worker's cached copy of bob, which the deletion must drop.
+    assert client.get("/v1/users/me", headers=bearer(first["access_token"])).status_code == 200
+
+    response = delete_user(client, admin_tokens, user_id)
+
+    assert response.status_code == 204
+    assert response.data == b""
+    for pair in (first, second):
+        me = client.get("/v1/users/me", headers=bearer(pair["access_token"]))
+        refresh = client.post("/v1/auth/refresh", json={"refresh_token": pair["refresh_token"]})
+        assert me.status_code == 401
+        assert me.get_json()["code"] == "session_revoked"
+        assert refresh.status_code == 401
+        assert refresh.get_json()["code"] == "invalid_refresh_token"
+
+
+def test_delete_user_removes_row_and_roles(client, admin_tokens, settings):
+    user_id = register(client, "bob@example.com")
+    headers = bearer(admin_tokens["access_token"])
+    client.put(f"/v1/admin/users/{user_id}/roles/admin", headers=headers)
+    login(client, "bob@example.com")
+
+    assert delete_user(client, admin_tokens, user_id).status_code == 204
+
+    assert list(run_sql(settings, "SELECT id FROM users WHERE id = %s", (user_id,))) == []
+    assert list(run_sql(settings, "SELECT role_id FROM user_roles WHERE user_id = %s", (user_id,))) == []
+    assert client.get(f"/v1/admin/users/{user_id}", headers=headers).status_code == 404
+    refused = client.post("/v1/auth/login", json={"email": "bob@example.com", "password": PASSWORD})
+    assert refused.status_code == 401
+    assert refused.get_json()["code"] == "invalid_credentials"
+    sessions_index = redis.Redis.from_url(settings.redis_url.get_secret_value()).exists(user_sessions_key(user_id))
+    assert sessions_index == 0
+
+
+def test_delete_user_keeps_audit_trail_without_email(client, admin_tokens, capsys):
+    user_id = register(client, "bob@example.com")
+    login(client, "bob@example.com")
+    client.put(f"/v1/admin/users/{user_id}/roles/admin", headers=bearer(admin_tokens["access_token"]))
+    capsys.readouterr()
+
+    delete_user(client, admin_tokens, user_id, environ_base={"REMOTE_ADDR": "192.0.2.7"})
+
+    output = capsys.readouterr().out
+    entries = client.get("/v1/admin/audit", headers=bearer(admin_tokens["access_token"])).get_json()["entries"]
+    [deleted] = [entry for entry in entries if entry["action"] == "user_deleted"]
+    assert deleted["target_type"] == "user"
+    assert deleted["target_id"] == user_id
+    assert deleted["actor_id"] == admin_tokens["user_id"]
+    assert deleted["client_ip"] == "192.0.2.7"
+    assert deleted["detail"] == {"sessions_ended": 1}
+    assert ("role_granted", user_id) in [(entry["action"], entry["target_id"]) for entry in entries]
+    assert "bob" not in json.dumps(entries)
+    [logged] = log_events(output, "admin_action")
+    assert logged["action"] == "user_deleted"
+    assert "bob" not in json.dumps(logged)
+
+
+def test_deleted_email_registers_again(client, admin_tokens):
+    old_id = register(client, "bob@example.com")
+    delete_user(client, admin_tokens, old_id)
+
+    new_id = register(client, "bob@example.com")
+
+    assert new_id != old_id
+    assert login(client, "bob@example.com")["access_token"]
+
+
+def test_delete_user_erases_login_guard_state(delayed_client, settings):
+    admin_pair = admin_login(delayed_client, settings)
+    user_id = register(delayed_client, "bob@example.com")
+    assert delay_login(delayed_client, OWNER, PASSWORD).status_code == 200
+    for address in (OWNER, OTHER):
+        for _ in range(4):
+            delay_login(delayed_client, address, "wrong password")
+    kinds = {key.split(":", 2)[2].split("/")[1] for key in guard_keys(settings, "bob@example.com")}
+    assert {"known", "failures", "gate", "login-account"} <= kinds
+    admin_keys = guard_keys(settings, "root@example.com")
+    assert admin_keys != []
+
+    assert delete_user(delayed_client, admin_pair, user_id).status_code == 204
+
+    assert guard_keys(settings, "bob@example.com") == []
+    assert guard_keys(settings, "root@example.com") == admin_keys
+    # A new account with the email starts without the old one's delay or known addresses.
+    register(delayed_client, "bob@example.com")
+    assert delay_login(delayed_client, OTHER, PASSWORD).status_code == 200
+
+
+def test_delete_own_account_gets_409(client, admin_tokens):
+    own_id = admin_tokens["user_id"]
+
+    response = delete_user(client, admin_tokens, own_id)
+
+    assert response.status_code == 409
+    assert response.get_json()["code"] == "conflict"
+    assert response.get_json()["field"] == "user_id"
+    assert client.get("/v1/users/me", headers=bearer(admin_tokens["access_token"])).status_code == 200
+
+
+def test_delete_needs_admin_role(client, tokens, admin_tokens):
+    bob_id = register(client, "bob@example.com")
+
+    response = client.delete(f"/v1/admin/users/{bob_id}", headers=bearer(tokens["access_token"]))
+
+    assert response.status_code == 403
+    assert response.get_json()["code"] == "missing_role"
+    assert client.get(f"/v1/admin/users/{bob_id}", headers=bearer(admin_tokens["access_token"])).status_code == 200
+
+
+def test_delete_unknown_user_gets_404(client, admin_tokens):
+    user_id = register(client, "bob@example.com")
+    assert delete_user(client, admin_tokens, user_id).status_code == 204
+
+    again = delete_user(client, admin_tokens, user_id)
+    unknown = delete_user(client, admin_tokens, "0" * 32)
+
+    for response in (again, unknown):
+        assert response.status_code == 404
+        assert response.get_json()["code"] == "not_found"
+        assert response.get_json()["field"] == "user_id"
+
+
+def test_delete_reaches_other_app(client, admin_tokens):
+    # A second app in this process stands for another worker: it learns the deletion from pub/sub.
+    other = create_app()
+    other_client = other.test_client()
+    user_id = register(client, "bob@example.com")
+    bob = login(client, "bob@example.com")
+    assert other_client.get("/v1/users/me", headers=bearer(bob["access_token"])).status_code == 200
+
+    delete_user(client, admin_tokens, user_id)
+
+    def rejected() -> bool:
+        return other_client.get("/v1/users/me", headers=bearer(bob["access_token"])).status_code == 401
+
+    try:
+        wait_until(rejected, 1.0, "the other app still accepts the deleted account's access token")
+        me = other_client.get("/v1/users/me", headers=bearer(bob["access_token"]))
+        assert me.get_json()["code"] == "session_revoked"
+    finally:
+        close_app(other)
