@@ -147,6 +147,16 @@ def set_password(database: Database, passwords: Passwords, user_id: str, passwor
         return cursor.rowcount > 0
 
 
+def find_by_email(database: Database, email: str) -> User | None:
+    """Return the account that a login with this stored-form email reaches, with its roles, or None."""
+    with database.cursor() as cursor:
+        row = _find_login_row(cursor, email)
+    if row is None:
+        return None
+
+    return find_user(database, row["id"])
+
+
 def delete_user(database: Database, user_id: str) -> str | None:
     """Delete a user and, by the foreign key's cascade, their role grants. Return the email, or None when absent.
 
