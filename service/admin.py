@@ -2,23 +2,55 @@
 
 from __future__ import annotations
 
-from service import audit, metrics, roles, users
+from typing import Protocol
+
+import redis
+
+from service import audit, login_guard, metrics, roles, users
+from service.access_state import AccessState
 from service.blacklist import PERMANENT_SCORE, AddressAllowlisted, Ban
 from service.context import Services
+from service.database import Database
+from service.emails import fold_email
 from service.errors import Conflict, InvalidRequest, NotFound
 from service.networks import parse_network_key
-from service.sessions import SessionInfo
+from service.passwords import Passwords
+from service.sessions import SessionInfo, SessionStore
 from service.sync import publish_user_changed
 
 
-def _user_changed(svc: Services, user_id: str) -> None:
+class AccountServices(Protocol):
+    """The services that a password reset and an account deletion use.
+
+    The app's Services has them all. The `gatehouse users` commands build them without
+    an app, with access None because the command keeps no cached users.
+    """
+
+    @property
+    def database(self) -> Database: ...
+
+    @property
+    def passwords(self) -> Passwords: ...
+
+    @property
+    def sessions(self) -> SessionStore: ...
+
+    @property
+    def redis(self) -> redis.Redis: ...
+
+    @property
+    def access(self) -> AccessState | None: ...
+
+
+def _user_changed(svc: AccountServices, user_id: str) -> None:
     """Drop the user from this worker's cache now and from every other worker's through the channel."""
-    svc.access.forget_user(user_id)
+    if svc.access is not None:
+        svc.access.forget_user(user_id)
     publish_user_changed(svc.redis, user_id)
 
 
-def _audit(svc: Services, actor_id: str, client_ip: str, action: str, target_type: str, target_id: str,
-           **detail: object) -> None:
+def _audit(svc: AccountServices, actor_id: str | None, client_ip: str, action: str, target_type: str,
+           target_id: str, **detail: object) -> None:
     audit.record(svc.database, actor_id=actor_id, action=action, target_type=target_type, target_id=target_id,
                  client_ip=client_ip, detail=detail)
 
@@ -44,6 +76,58 @@ def set_status(svc: Services, actor_id: str, client_ip: str, user_id: str, statu
     _audit(svc, actor_id, client_ip, action, "user", user_id, sessions_ended=ended)
     user, _ = get_user(svc, user_id)
     return user
+
+
+def reset_password(svc: AccountServices, actor_id: str | None, client_ip: str, user_id: str, password: str,
+                   **detail: object) -> int:
+    """Set a user's password without the current one, end all their sessions, and clear their login failures.
+
+    Return how many sessions ended. Raise NotFound for an unknown user. Raise Conflict for
+    the administrator's own account, whose password POST /v1/users/me/password changes
+    after checking the current one. actor_id None is the command line, and `detail` adds
+    facts to the audit entry. No log line or audit entry contains the password.
+    """
+    if user_id == actor_id:
+        raise Conflict("Administrators change their own password with POST /v1/users/me/password, "
+                       "which checks the current one.", field="user_id")
+    user = users.find_user(svc.database, user_id)
+    if user is None or not users.set_password(svc.database, svc.passwords, user_id, password):
+        raise NotFound("No such user.", field="user_id")
+
+    # The sessions end after the new hash is stored, so no login with the old password
+    # can start a session that outlives the reset.
+    ended = svc.sessions.revoke_user(user_id)
+    login_guard.clear_failures(svc.redis, fold_email(user.email))
+    _audit(svc, actor_id, client_ip, "password_reset", "user", user_id, sessions_ended=ended, **detail)
+    return ended
+
+
+def delete_user(svc: AccountServices, actor_id: str | None, client_ip: str, user_id: str, **detail: object) -> int:
+    """Delete an account with its role grants, sessions and login-guard state, and return how many sessions ended.
+
+    Raise NotFound for an unknown user, and Conflict when an administrator names their
+    own account. The audit entry keeps the user id and leaves the email out, because
+    erasing the account's personal data is the reason to delete it. actor_id None is the
+    command line, and `detail` adds facts to the audit entry.
+    """
+    if user_id == actor_id:
+        raise Conflict("Administrators cannot delete their own account.", field="user_id")
+    if users.find_user(svc.database, user_id) is None:
+        raise NotFound("No such user.", field="user_id")
+
+    # The sessions end before the row goes, so a Redis failure leaves the account in place
+    # for a retry. The second pass ends a session that a login started in between. As with
+    # disabling, the revocations reach every worker through the channel, and user_changed
+    # drops their cached copies of the account.
+    ended = svc.sessions.revoke_user(user_id)
+    email = users.delete_user(svc.database, user_id)
+    if email is None:
+        raise NotFound("No such user.", field="user_id")
+    ended += svc.sessions.revoke_user(user_id)
+    _user_changed(svc, user_id)
+    login_guard.erase_account(svc.redis, fold_email(email))
+    _audit(svc, actor_id, client_ip, "user_deleted", "user", user_id, sessions_ended=ended, **detail)
+    return ended
 
 
 def grant_role(svc: Services, actor_id: str, client_ip: str, user_id: str, role: str) -> users.User:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
+import redis
 import structlog
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -99,16 +101,7 @@ def _init_services(app: Flask, settings: Settings) -> None:
         user_max_entries=settings.user_cache_max_entries,
         user_ttl_seconds=settings.user_cache_seconds,
     )
-    sessions = SessionStore(
-        client,
-        session_ttl=settings.session_ttl_seconds,
-        grace_seconds=settings.refresh_grace_seconds,
-        revoked_ttl=settings.access_token_ttl_seconds + settings.jwt_leeway_seconds + 60,
-        max_sessions_per_user=settings.max_sessions_per_user,
-        on_revoked=access.mark_revoked,
-        wait_replicas=settings.redis_wait_replicas,
-        wait_timeout_seconds=settings.redis_wait_timeout_seconds,
-    )
+    sessions = session_store(settings, client, on_revoked=access.mark_revoked)
     blacklist = Blacklist(client, ban_policy(settings))
     bans = BanList(blacklist)
     listener = EventListener(create_listener_client(settings), [AccessStateSync(sessions, access), bans])
@@ -134,6 +127,21 @@ def _init_services(app: Flask, settings: Settings) -> None:
         job_records=lambda: _job_records(app.extensions[EXTENSION_KEY]),
         banned_addresses=lambda: app.extensions[EXTENSION_KEY].blacklist.count(),
     ))
+
+
+def session_store(settings: Settings, client: redis.Redis,
+                  on_revoked: Callable[[str, float], None] | None = None) -> SessionStore:
+    """Build the session store on a Redis client. The app and the `gatehouse users` commands share it."""
+    return SessionStore(
+        client,
+        session_ttl=settings.session_ttl_seconds,
+        grace_seconds=settings.refresh_grace_seconds,
+        revoked_ttl=settings.access_token_ttl_seconds + settings.jwt_leeway_seconds + 60,
+        max_sessions_per_user=settings.max_sessions_per_user,
+        on_revoked=on_revoked,
+        wait_replicas=settings.redis_wait_replicas,
+        wait_timeout_seconds=settings.redis_wait_timeout_seconds,
+    )
 
 
 def ban_policy(settings: Settings) -> BanPolicy:

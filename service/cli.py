@@ -1,10 +1,14 @@
-"""The `gatehouse` command: migrations, keys and start-up checks."""
+"""The `gatehouse` command: migrations, keys, start-up checks, accounts and bans."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pymysql
 import redis
@@ -14,6 +18,15 @@ from service.blacklist import MAX_MANUAL_BAN_SECONDS, MIN_MANUAL_BAN_SECONDS
 from service.config import InvalidConfiguration, Settings, load_settings
 from service.errors import Problem
 from service.logs import configure_logging
+
+if TYPE_CHECKING:
+    # Imported where used, so that commands which need none of them start faster.
+    from pydantic import ValidationError
+
+    from service import users
+    from service.database import Database
+    from service.passwords import Passwords
+    from service.sessions import SessionStore
 
 log = structlog.get_logger("gatehouse.cli")
 
@@ -62,8 +75,12 @@ class UsageError(Exception):
     """A command's input is missing or invalid; the message names what to give instead."""
 
 
+class AccountNotFound(Exception):
+    """No account has the email that a `gatehouse users` command names."""
+
+
 def _read_password() -> str:
-    """Read the new user's password from the environment, a terminal prompt, or standard input."""
+    """Read a new password from the environment, a terminal prompt, or standard input."""
     import getpass
     import os
 
@@ -85,6 +102,13 @@ def _read_password() -> str:
     return password
 
 
+def _validation_message(exc: ValidationError, name: str | None = None) -> str:
+    """Describe the first error of a validation: the field, named by `name` or its location, and the rule."""
+    error = exc.errors()[0]
+    message = error["msg"].removeprefix("Value error, ")
+    return f"invalid {name or error['loc'][0]}: {message}"
+
+
 def _users_create(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
@@ -97,9 +121,7 @@ def _users_create(args: argparse.Namespace) -> int:
     try:
         request = RegisterRequest(email=args.email, password=_read_password())
     except ValidationError as exc:
-        error = exc.errors()[0]
-        message = error["msg"].removeprefix("Value error, ")
-        print(f"gatehouse: invalid {error['loc'][0]}: {message}", file=sys.stderr)
+        print(f"gatehouse: {_validation_message(exc)}", file=sys.stderr)
         return 2
 
     settings = load_settings()
@@ -126,6 +148,87 @@ def _users_create(args: argparse.Namespace) -> int:
         database.close()
 
     log.info("user_created", user_id=user.id, roles=args.role)
+    print(user.id)
+    return 0
+
+
+@dataclass
+class _AccountServices:
+    """The services of service.admin.AccountServices, built without an app. The command caches no users."""
+
+    database: Database
+    passwords: Passwords
+    sessions: SessionStore
+    redis: redis.Redis
+    access: None = None
+
+
+@contextmanager
+def _account_services(settings: Settings) -> Iterator[_AccountServices]:
+    """Open MySQL and Redis for a password reset or an account deletion, and close them afterwards."""
+    from service.app import session_store
+    from service.database import Database
+    from service.passwords import Passwords
+    from service.redis_store import close_client, create_client
+
+    database = Database(settings)
+    client = create_client(settings)
+    try:
+        yield _AccountServices(database, Passwords(settings), session_store(settings, client), client)
+    finally:
+        database.close()
+        close_client(client)
+
+
+def _find_account(svc: _AccountServices, email: str) -> users.User:
+    """Return the account that a login with this email reaches.
+
+    Raise UsageError for an invalid email and AccountNotFound when no account has it.
+    """
+    from pydantic import TypeAdapter, ValidationError
+
+    from service import users
+    from service.schemas import EmailAddress
+
+    try:
+        stored = TypeAdapter(EmailAddress).validate_python(email)
+    except ValidationError as exc:
+        raise UsageError(_validation_message(exc, "email")) from None
+    user = users.find_by_email(svc.database, stored)
+    if user is None:
+        raise AccountNotFound(f"no account has the email {stored}: check the spelling, or search by part "
+                              "of the email with GET /v1/admin/users?query=...")
+    return user
+
+
+def _users_set_password(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from service import admin
+    from service.schemas import SetPasswordRequest
+
+    with _account_services(load_settings()) as svc:
+        user = _find_account(svc, args.email)
+        try:
+            request = SetPasswordRequest(password=_read_password())
+        except ValidationError as exc:
+            raise UsageError(_validation_message(exc)) from None
+        admin.reset_password(svc, None, "", user.id, request.password, via="cli")
+    print(user.id)
+    return 0
+
+
+def _users_delete(args: argparse.Namespace) -> int:
+    from service import admin
+
+    if not args.yes:
+        print(f"gatehouse: deleting the account of {args.email} removes it, its roles and its sessions for good; "
+              "run again with --yes to do it", file=sys.stderr)
+        return 2
+
+    with _account_services(load_settings()) as svc:
+        user = _find_account(svc, args.email)
+        admin.delete_user(svc, None, "", user.id, via="cli")
     print(user.id)
     return 0
 
@@ -256,6 +359,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="email address of the new account; the part before the @-sign must be ASCII")
     create.add_argument("--role", action="append", default=[], help="role to grant, repeatable (e.g. admin)")
     create.set_defaults(handler=_users_create)
+    set_password = users_commands.add_parser(
+        "set-password",
+        help=f"set an account's password and end all its sessions; the password comes from "
+             f"${NEW_USER_PASSWORD_VARIABLE}, a prompt, or the first line of standard input",
+    )
+    set_password.add_argument("--email", required=True, help="email address of the account, as it logs in")
+    set_password.set_defaults(handler=_users_set_password)
+    delete = users_commands.add_parser(
+        "delete", help="delete an account with its roles, sessions and login-guard state; audit entries stay")
+    delete.add_argument("--email", required=True, help="email address of the account, as it logs in")
+    delete.add_argument("--yes", action="store_true", help="confirm the deletion; without it nothing is deleted")
+    delete.set_defaults(handler=_users_delete)
 
     blacklist = commands.add_parser("blacklist", help="list, add and lift IP bans")
     blacklist_commands = blacklist.add_subparsers(dest="blacklist_command", required=True)
@@ -296,6 +411,13 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"gatehouse: {exc}", file=sys.stderr)
         return 2
+    except AccountNotFound as exc:
+        print(f"gatehouse: {exc}", file=sys.stderr)
+        return 1
+    except Problem as exc:
+        # A domain error of the shared admin code, such as an account deleted meanwhile.
+        print(f"gatehouse: {exc.detail}", file=sys.stderr)
+        return 1
     except (pymysql.err.OperationalError, pymysql.err.InterfaceError) as exc:
         print(f"gatehouse: database connection failed (unreachable, or the login was rejected): {exc}", file=sys.stderr)
         return 1

@@ -26,6 +26,9 @@ GATEHOUSE_LOGIN_KNOWN_CLIENT_TTL_SECONDS is known to it. The account rate limit
 skips known addresses, and their failures count and delay separately from
 everyone else's. So an attacker who floods an account from other addresses slows
 down only the other addresses, not its owner on a known one.
+
+An administrator's password reset clears the account's failures and delays
+(clear_failures), and deleting an account erases every key that names it (erase_account).
 """
 
 from __future__ import annotations
@@ -34,13 +37,14 @@ import hashlib
 import math
 from dataclasses import dataclass
 
+import redis
 from flask import Flask, current_app
 from limits import parse_many
 from limits.strategies import MovingWindowRateLimiter
 
 from service.config import Settings
 from service.errors import RateLimited
-from service.limit_storage import FailoverStorage
+from service.limit_storage import RATE_LIMIT_KEY_PREFIX, FailoverStorage
 from service.limits import client_network, limit_storage, seconds_until
 
 # Namespace of the account rate limit in the limits library's key format.
@@ -177,6 +181,57 @@ class LoginGuard:
     @staticmethod
     def _known_key(account: str, client: str) -> str:
         return f"login/known/{account}/{client}"
+
+
+# The Redis key of a limits key, as the library's RedisStorage.prefixed_key joins them.
+_REDIS_KEY_PREFIX = RATE_LIMIT_KEY_PREFIX + ":"
+# Keys that one SCAN step reads, so a whole pass takes about (number of keys / this) round trips.
+_SCAN_COUNT = 1000
+# The key kinds of an account's failure state: the failure windows and delay gates, shared and per known address.
+_FAILURE_KINDS = ("login/failures/", "login/gate/")
+# Every key kind that names an account: also the known-address markers and the account rate limit's windows.
+_ACCOUNT_KINDS = (*_FAILURE_KINDS, "login/known/", f"LIMITER/{_ACCOUNT_LIMIT_NAMESPACE}/")
+
+
+def clear_failures(client: redis.Redis, email: str) -> int:
+    """Delete an account's recorded failures and login delays on every address, and return how many keys went.
+
+    For a password reset: the failures were guesses of a password that is gone, and its
+    owner should not wait out a delay with the new one. The known addresses and the
+    account rate limit stay. `email` is the account's lookup key (service.emails.fold_email).
+    """
+    return _delete_account_keys(client, email, _FAILURE_KINDS)
+
+
+def erase_account(client: redis.Redis, email: str) -> int:
+    """Delete every key of the login guard that names an account, and return how many keys went.
+
+    For an account deletion: the known-address markers link the account to the client
+    networks that logged in to it, and a new account with the same email must not
+    inherit them. `email` is the account's lookup key (service.emails.fold_email).
+    """
+    return _delete_account_keys(client, email, _ACCOUNT_KINDS)
+
+
+def _delete_account_keys(client: redis.Redis, email: str, kinds: tuple[str, ...]) -> int:
+    """Delete the account's keys of the given kinds in Redis, found by one SCAN of the whole keyspace.
+
+    Raise redis.RedisError when Redis fails. The in-memory counters that workers use
+    while Redis is down are not reached, and they are dropped when Redis is back.
+    NOTE: an account from before local parts had to be ASCII can share its lookup key
+    with another account (ａlice@ and alice@), and then both lose these keys.
+    """
+    account = account_key(email)
+    # A stem alone is the key that every address the account does not know shares. Under
+    # stem/ are the keys of each known address (see LoginAttempt.delay_key) and the
+    # account rate limit's windows.
+    stems = {_REDIS_KEY_PREFIX + kind + account for kind in kinds}
+    stem_prefixes = tuple(stem + "/" for stem in stems)
+    keys = [key for key in client.scan_iter(match=f"{_REDIS_KEY_PREFIX}*/{account}*", count=_SCAN_COUNT)
+            if key in stems or key.startswith(stem_prefixes)]
+    if keys:
+        client.delete(*keys)
+    return len(keys)
 
 
 _EXTENSION_KEY = "gatehouse.login_guard"

@@ -134,6 +134,10 @@ class ChangePasswordRequest(RequestBody):
     new_password: NewPassword
 
 
+class SetPasswordRequest(RequestBody):
+    password: NewPassword
+
+
 class Session(BaseModel):
     id: str
     created_at: datetime

@@ -1,4 +1,4 @@
-"""User accounts in MySQL: registration, credential checks and profile reads."""
+"""User accounts in MySQL: registration, credential checks, profile reads, password resets and deletion."""
 
 from __future__ import annotations
 
@@ -135,13 +135,41 @@ def verify_password(database: Database, passwords: Passwords, user_id: str, pass
     return passwords.verify(row["password_hash"] if row else None, password) and row is not None
 
 
-def set_password(database: Database, passwords: Passwords, user_id: str, password: str) -> None:
+def set_password(database: Database, passwords: Passwords, user_id: str, password: str) -> bool:
+    """Replace a user's password hash, and return whether the user exists."""
     new_hash = passwords.hash(password)
     with database.cursor() as cursor:
+        # Each hash has a new random salt, so the row counts as changed whenever it exists.
         cursor.execute(
             "UPDATE users SET password_hash = %s, updated_at = %s WHERE id = %s",
             (new_hash, datetime.now(UTC).replace(tzinfo=None), user_id),
         )
+        return cursor.rowcount > 0
+
+
+def find_by_email(database: Database, email: str) -> User | None:
+    """Return the account that a login with this stored-form email reaches, with its roles, or None."""
+    with database.cursor() as cursor:
+        row = _find_login_row(cursor, email)
+    if row is None:
+        return None
+
+    return find_user(database, row["id"])
+
+
+def delete_user(database: Database, user_id: str) -> str | None:
+    """Delete a user and, by the foreign key's cascade, their role grants. Return the email, or None when absent.
+
+    Audit rows stay, because audit_log has no foreign key to users, and they keep the id.
+    """
+    with database.transaction() as cursor:
+        cursor.execute("SELECT email FROM users WHERE id = %s FOR UPDATE", (user_id,))
+        row = cursor.fetchone()
+        if row is None:
+            return None
+
+        cursor.execute("DELETE FROM users WHERE id = %s", (user_id,))
+    return row["email"]
 
 
 def set_status(database: Database, user_id: str, status: str) -> bool:

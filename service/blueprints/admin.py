@@ -26,6 +26,7 @@ from service.schemas import (
     RoleList,
     SessionList,
     SessionsEnded,
+    SetPasswordRequest,
     UserPage,
     UserSearch,
 )
@@ -59,6 +60,30 @@ def get_user(user_id: str) -> Response:
     detail = AdminUserDetail(**admin_user_view(user).model_dump(),
                              sessions=[session_view(session) for session in sessions])
     return json_response(detail)
+
+
+@blueprint.delete("/users/<id:user_id>")
+@operation("Delete a user: the account, its role grants and its sessions", responses={204: None},
+           errors=(404, 409), roles=ADMIN_ONLY, tags=TAGS,
+           description="Every session of the account ends, so its access tokens get 401 `session_revoked` and "
+                       "its refresh tokens 401 `invalid_refresh_token`. The email can register again. Audit "
+                       "entries about the account stay and keep its id, and the `user_deleted` entry leaves "
+                       "the email out. 409 `conflict` when administrators name their own account.")
+def delete_user(user_id: str) -> Response:
+    admin.delete_user(services(), *_actor(), user_id)
+    return Response(status=204, mimetype=None, content_type=None)
+
+
+@blueprint.put("/users/<id:user_id>/password")
+@operation("Set a user's password and end all their sessions", request_model=SetPasswordRequest,
+           responses={200: SessionsEnded}, errors=(404, 409), roles=ADMIN_ONLY, tags=TAGS,
+           description="The password follows the rules of registration. The account's recorded login failures "
+                       "and login delay are cleared. A disabled account stays disabled. 409 `conflict` when "
+                       "administrators name their own account: they use `POST /v1/users/me/password`, which "
+                       "checks the current password.")
+def set_user_password(user_id: str, body: SetPasswordRequest) -> Response:
+    ended = admin.reset_password(services(), *_actor(), user_id, body.password)
+    return json_response(SessionsEnded(sessions_ended=ended))
 
 
 @blueprint.post("/users/<id:user_id>/disable")

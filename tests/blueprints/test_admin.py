@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import json
+
 import pymysql
 import pytest
+import redis
 
-from service.app import create_app
+from service.app import close_app, create_app
 from service.database import connect_args
+from service.limit_storage import RATE_LIMIT_KEY_PREFIX
+from service.login_guard import account_key
+from service.sessions import user_sessions_key
+from tests.blueprints.test_auth import run_sql
 from tests.conftest import PASSWORD
-from tests.helpers import bearer
+from tests.helpers import bearer, create_user, wait_until
+
+# Client addresses of the login-guard tests: the account owner's, and any other.
+OWNER = "198.51.100.10"
+OTHER = "203.0.113.66"
 
 
 def register(client, email: str) -> str:
@@ -358,3 +369,334 @@ def test_role_change_reaches_other_app(client, admin_tokens, settings):
         status = other_client.get("/v1/admin/users", headers=bearer(bob["access_token"])).status_code
         time.sleep(0.05)
     assert status == 200
+
+
+NEW_PASSWORD = "a new password for bob"
+
+
+def set_password(client, admin_tokens, user_id: str, password: str = NEW_PASSWORD, **kwargs):
+    return client.put(f"/v1/admin/users/{user_id}/password", json={"password": password},
+                      headers=bearer(admin_tokens["access_token"]), **kwargs)
+
+
+def audit_entries(client, admin_tokens, action: str) -> list[dict]:
+    entries = client.get("/v1/admin/audit", headers=bearer(admin_tokens["access_token"])).get_json()["entries"]
+    return [entry for entry in entries if entry["action"] == action]
+
+
+def log_events(text: str, event: str) -> list[dict]:
+    records = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    return [record for record in records if record.get("event") == event]
+
+
+def test_set_password_ends_sessions(client, admin_tokens):
+    user_id = register(client, "bob@example.com")
+    first = login(client, "bob@example.com")
+    second = login(client, "bob@example.com")
+
+    response = set_password(client, admin_tokens, user_id)
+
+    assert response.status_code == 200
+    assert response.get_json() == {"sessions_ended": 2}
+    for pair in (first, second):
+        me = client.get("/v1/users/me", headers=bearer(pair["access_token"]))
+        refresh = client.post("/v1/auth/refresh", json={"refresh_token": pair["refresh_token"]})
+        assert me.status_code == 401
+        assert me.get_json()["code"] == "session_revoked"
+        assert refresh.status_code == 401
+        assert refresh.get_json()["code"] == "invalid_refresh_token"
+
+
+def test_set_password_replaces_old_one(client, admin_tokens):
+    user_id = register(client, "bob@example.com")
+
+    assert set_password(client, admin_tokens, user_id).status_code == 200
+
+    old = client.post("/v1/auth/login", json={"email": "bob@example.com", "password": PASSWORD})
+    new = client.post("/v1/auth/login", json={"email": "bob@example.com", "password": NEW_PASSWORD})
+    assert old.status_code == 401
+    assert old.get_json()["code"] == "invalid_credentials"
+    assert new.status_code == 200
+
+
+def test_set_password_is_audited_without_password(client, admin_tokens, capsys):
+    user_id = register(client, "bob@example.com")
+    login(client, "bob@example.com")
+    capsys.readouterr()
+
+    set_password(client, admin_tokens, user_id, environ_base={"REMOTE_ADDR": "192.0.2.7"})
+
+    output = capsys.readouterr().out
+    [entry] = audit_entries(client, admin_tokens, "password_reset")
+    assert entry["target_type"] == "user"
+    assert entry["target_id"] == user_id
+    assert entry["actor_id"] == admin_tokens["user_id"]
+    assert entry["client_ip"] == "192.0.2.7"
+    assert entry["detail"] == {"sessions_ended": 1}
+    [logged] = log_events(output, "admin_action")
+    assert logged["action"] == "password_reset"
+    assert logged["target_id"] == user_id
+    assert NEW_PASSWORD not in output
+
+
+def test_set_password_keeps_disabled_account_disabled(client, admin_tokens):
+    user_id = register(client, "bob@example.com")
+    client.post(f"/v1/admin/users/{user_id}/disable", headers=bearer(admin_tokens["access_token"]))
+
+    assert set_password(client, admin_tokens, user_id).status_code == 200
+
+    refused = client.post("/v1/auth/login", json={"email": "bob@example.com", "password": NEW_PASSWORD})
+    assert refused.status_code == 403
+    assert refused.get_json()["code"] == "account_disabled"
+
+
+@pytest.mark.parametrize("body", [
+    {"password": "short"},
+    {"password": "x" * 257},
+    {"password": 12345678},
+    {},
+    {"password": NEW_PASSWORD, "current_password": PASSWORD},
+], ids=["too_short", "too_long", "not_a_string", "missing", "unknown_field"])
+def test_set_password_validates_like_registration(client, admin_tokens, body):
+    user_id = register(client, "bob@example.com")
+
+    response = client.put(f"/v1/admin/users/{user_id}/password", json=body,
+                          headers=bearer(admin_tokens["access_token"]))
+
+    assert response.status_code == 400
+    assert response.get_json()["code"] == "invalid_request"
+    assert client.post("/v1/auth/login", json={"email": "bob@example.com", "password": PASSWORD}).status_code == 200
+
+
+def test_set_password_of_unknown_user_gets_404(client, admin_tokens):
+    response = set_password(client, admin_tokens, "0" * 32)
+
+    assert response.status_code == 404
+    assert response.get_json()["field"] == "user_id"
+
+
+def test_set_own_password_gets_409(client, admin_tokens):
+    response = set_password(client, admin_tokens, admin_tokens["user_id"])
+
+    assert response.status_code == 409
+    assert response.get_json()["code"] == "conflict"
+    assert "/v1/users/me/password" in response.get_json()["detail"]
+    assert client.get("/v1/users/me", headers=bearer(admin_tokens["access_token"])).status_code == 200
+
+
+def test_set_password_needs_admin_role(client, tokens):
+    bob_id = register(client, "bob@example.com")
+
+    response = client.put(f"/v1/admin/users/{bob_id}/password", json={"password": NEW_PASSWORD},
+                          headers=bearer(tokens["access_token"]))
+
+    assert response.status_code == 403
+    assert response.get_json()["code"] == "missing_role"
+    assert client.post("/v1/auth/login", json={"email": "bob@example.com", "password": PASSWORD}).status_code == 200
+
+
+@pytest.fixture
+def delayed_client(settings):
+    """A client whose login delay starts after two failures and lasts a minute, longer than any test."""
+    app = create_app({"login_delay_after_failures": 2, "login_delay_base_seconds": 60,
+                      "login_delay_max_seconds": 60, "rate_limit_login_account": "1000/minute"})
+    yield app.test_client()
+    close_app(app)
+
+
+def delay_login(client, address: str, password: str):
+    return client.post("/v1/auth/login", json={"email": "bob@example.com", "password": password},
+                       environ_base={"REMOTE_ADDR": address})
+
+
+def admin_login(client, settings) -> dict:
+    """Create an administrator, log in through `client`, and return the token pair with the user id."""
+    user_id = create_user(settings, "root@example.com", PASSWORD, roles=("admin",))
+    response = client.post("/v1/auth/login", json={"email": "root@example.com", "password": PASSWORD})
+    assert response.status_code == 200, response.get_json()
+    return {**response.get_json(), "user_id": user_id}
+
+
+def guard_keys(settings, email: str) -> list[str]:
+    client = redis.Redis.from_url(settings.redis_url.get_secret_value(), decode_responses=True)
+    return sorted(client.scan_iter(match=f"{RATE_LIMIT_KEY_PREFIX}:*{account_key(email)}*"))
+
+
+def test_set_password_clears_login_delay(delayed_client, settings):
+    admin_pair = admin_login(delayed_client, settings)
+    user_id = register(delayed_client, "bob@example.com")
+    # The owner's address becomes known, so its failures count apart from the shared ones.
+    assert delay_login(delayed_client, OWNER, PASSWORD).status_code == 200
+    for address in (OWNER, OTHER):
+        statuses = [delay_login(delayed_client, address, "wrong password").status_code for _ in range(4)]
+        assert statuses[-1] == 429, address
+
+    assert set_password(delayed_client, admin_pair, user_id).status_code == 200
+
+    assert delay_login(delayed_client, OWNER, NEW_PASSWORD).status_code == 200
+    assert delay_login(delayed_client, OTHER, NEW_PASSWORD).status_code == 200
+
+
+def test_set_password_keeps_known_addresses(delayed_client, settings):
+    admin_pair = admin_login(delayed_client, settings)
+    user_id = register(delayed_client, "bob@example.com")
+    assert delay_login(delayed_client, OWNER, PASSWORD).status_code == 200
+    for _ in range(4):
+        delay_login(delayed_client, OWNER, "wrong password")
+
+    set_password(delayed_client, admin_pair, user_id)
+
+    keys = guard_keys(settings, "bob@example.com")
+    assert [key for key in keys if "/known/" in key] != []
+    assert [key for key in keys if "/failures/" in key or "/gate/" in key] == []
+
+
+def delete_user(client, admin_tokens, user_id: str, **kwargs):
+    return client.delete(f"/v1/admin/users/{user_id}", headers=bearer(admin_tokens["access_token"]), **kwargs)
+
+
+def test_delete_user_ends_tokens(client, admin_tokens):
+    user_id = register(client, "bob@example.com")
+    first = login(client, "bob@example.com")
+    second = login(client, "bob@example.com")
+    # Warm this worker's cached copy of bob, which the deletion must drop.
+    assert client.get("/v1/users/me", headers=bearer(first["access_token"])).status_code == 200
+
+    response = delete_user(client, admin_tokens, user_id)
+
+    assert response.status_code == 204
+    assert response.data == b""
+    for pair in (first, second):
+        me = client.get("/v1/users/me", headers=bearer(pair["access_token"]))
+        refresh = client.post("/v1/auth/refresh", json={"refresh_token": pair["refresh_token"]})
+        assert me.status_code == 401
+        assert me.get_json()["code"] == "session_revoked"
+        assert refresh.status_code == 401
+        assert refresh.get_json()["code"] == "invalid_refresh_token"
+
+
+def test_delete_user_removes_row_and_roles(client, admin_tokens, settings):
+    user_id = register(client, "bob@example.com")
+    headers = bearer(admin_tokens["access_token"])
+    client.put(f"/v1/admin/users/{user_id}/roles/admin", headers=headers)
+    login(client, "bob@example.com")
+
+    assert delete_user(client, admin_tokens, user_id).status_code == 204
+
+    assert list(run_sql(settings, "SELECT id FROM users WHERE id = %s", (user_id,))) == []
+    assert list(run_sql(settings, "SELECT role_id FROM user_roles WHERE user_id = %s", (user_id,))) == []
+    assert client.get(f"/v1/admin/users/{user_id}", headers=headers).status_code == 404
+    refused = client.post("/v1/auth/login", json={"email": "bob@example.com", "password": PASSWORD})
+    assert refused.status_code == 401
+    assert refused.get_json()["code"] == "invalid_credentials"
+    sessions_index = redis.Redis.from_url(settings.redis_url.get_secret_value()).exists(user_sessions_key(user_id))
+    assert sessions_index == 0
+
+
+def test_delete_user_keeps_audit_trail_without_email(client, admin_tokens, capsys):
+    user_id = register(client, "bob@example.com")
+    login(client, "bob@example.com")
+    client.put(f"/v1/admin/users/{user_id}/roles/admin", headers=bearer(admin_tokens["access_token"]))
+    capsys.readouterr()
+
+    delete_user(client, admin_tokens, user_id, environ_base={"REMOTE_ADDR": "192.0.2.7"})
+
+    output = capsys.readouterr().out
+    entries = client.get("/v1/admin/audit", headers=bearer(admin_tokens["access_token"])).get_json()["entries"]
+    [deleted] = [entry for entry in entries if entry["action"] == "user_deleted"]
+    assert deleted["target_type"] == "user"
+    assert deleted["target_id"] == user_id
+    assert deleted["actor_id"] == admin_tokens["user_id"]
+    assert deleted["client_ip"] == "192.0.2.7"
+    assert deleted["detail"] == {"sessions_ended": 1}
+    assert ("role_granted", user_id) in [(entry["action"], entry["target_id"]) for entry in entries]
+    assert "bob" not in json.dumps(entries)
+    [logged] = log_events(output, "admin_action")
+    assert logged["action"] == "user_deleted"
+    assert "bob" not in json.dumps(logged)
+
+
+def test_deleted_email_registers_again(client, admin_tokens):
+    old_id = register(client, "bob@example.com")
+    delete_user(client, admin_tokens, old_id)
+
+    new_id = register(client, "bob@example.com")
+
+    assert new_id != old_id
+    assert login(client, "bob@example.com")["access_token"]
+
+
+def test_delete_user_erases_login_guard_state(delayed_client, settings):
+    admin_pair = admin_login(delayed_client, settings)
+    user_id = register(delayed_client, "bob@example.com")
+    assert delay_login(delayed_client, OWNER, PASSWORD).status_code == 200
+    for address in (OWNER, OTHER):
+        for _ in range(4):
+            delay_login(delayed_client, address, "wrong password")
+    kinds = {key.split(":", 2)[2].split("/")[1] for key in guard_keys(settings, "bob@example.com")}
+    assert {"known", "failures", "gate", "login-account"} <= kinds
+    admin_keys = guard_keys(settings, "root@example.com")
+    assert admin_keys != []
+
+    assert delete_user(delayed_client, admin_pair, user_id).status_code == 204
+
+    assert guard_keys(settings, "bob@example.com") == []
+    assert guard_keys(settings, "root@example.com") == admin_keys
+    # A new account with the email starts without the old one's delay or known addresses.
+    register(delayed_client, "bob@example.com")
+    assert delay_login(delayed_client, OTHER, PASSWORD).status_code == 200
+
+
+def test_delete_own_account_gets_409(client, admin_tokens):
+    own_id = admin_tokens["user_id"]
+
+    response = delete_user(client, admin_tokens, own_id)
+
+    assert response.status_code == 409
+    assert response.get_json()["code"] == "conflict"
+    assert response.get_json()["field"] == "user_id"
+    assert client.get("/v1/users/me", headers=bearer(admin_tokens["access_token"])).status_code == 200
+
+
+def test_delete_needs_admin_role(client, tokens, admin_tokens):
+    bob_id = register(client, "bob@example.com")
+
+    response = client.delete(f"/v1/admin/users/{bob_id}", headers=bearer(tokens["access_token"]))
+
+    assert response.status_code == 403
+    assert response.get_json()["code"] == "missing_role"
+    assert client.get(f"/v1/admin/users/{bob_id}", headers=bearer(admin_tokens["access_token"])).status_code == 200
+
+
+def test_delete_unknown_user_gets_404(client, admin_tokens):
+    user_id = register(client, "bob@example.com")
+    assert delete_user(client, admin_tokens, user_id).status_code == 204
+
+    again = delete_user(client, admin_tokens, user_id)
+    unknown = delete_user(client, admin_tokens, "0" * 32)
+
+    for response in (again, unknown):
+        assert response.status_code == 404
+        assert response.get_json()["code"] == "not_found"
+        assert response.get_json()["field"] == "user_id"
+
+
+def test_delete_reaches_other_app(client, admin_tokens):
+    # A second app in this process stands for another worker: it learns the deletion from pub/sub.
+    other = create_app()
+    other_client = other.test_client()
+    user_id = register(client, "bob@example.com")
+    bob = login(client, "bob@example.com")
+    assert other_client.get("/v1/users/me", headers=bearer(bob["access_token"])).status_code == 200
+
+    delete_user(client, admin_tokens, user_id)
+
+    def rejected() -> bool:
+        return other_client.get("/v1/users/me", headers=bearer(bob["access_token"])).status_code == 401
+
+    try:
+        wait_until(rejected, 1.0, "the other app still accepts the deleted account's access token")
+        me = other_client.get("/v1/users/me", headers=bearer(bob["access_token"]))
+        assert me.get_json()["code"] == "session_revoked"
+    finally:
+        close_app(other)

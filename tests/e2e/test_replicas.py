@@ -93,6 +93,23 @@ def test_disable_reaches_other_replica(replicas, admin):
     assert probe_statuses(second.url, "/v1/users/me", dave["access_token"]) == [401] * PROBES
 
 
+def test_delete_reaches_other_replica(replicas, admin):
+    first, second = replicas
+    user_id = register(first.url, "frank@example.com")
+    frank = login(first.url, "frank@example.com")
+    assert probe_statuses(second.url, "/v1/users/me", frank["access_token"]) == [200] * PROBES
+
+    deleted = requests.delete(f"{first.url}/v1/admin/users/{user_id}", headers=bearer(admin["access_token"]),
+                              timeout=10)
+    assert deleted.status_code == 204
+    time.sleep(1.0)
+
+    assert probe_statuses(second.url, "/v1/users/me", frank["access_token"]) == [401] * PROBES
+    refresh = requests.post(f"{second.url}/v1/auth/refresh", json={"refresh_token": frank["refresh_token"]},
+                            timeout=10)
+    assert refresh.status_code == 401
+
+
 def redis_command_calls(client: redis.Redis) -> int:
     """Count every command Redis has run, leaving out INFO (this probe) and PING (connection health checks)."""
     stats = client.info("commandstats")
