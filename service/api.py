@@ -29,6 +29,7 @@ class Operation:
     tags: tuple[str, ...] = ()
     query: type[BaseModel] | None = None
     description: str | None = None
+    uses_dependencies: bool = True
 
 
 def operation(summary: str, *, request_model: type[BaseModel] | None = None,
@@ -41,15 +42,15 @@ def operation(summary: str, *, request_model: type[BaseModel] | None = None,
     With bearer=True (implied by roles) the access token is checked first, so a 401
     or 403 comes before any body error; the caller is then current_principal(). The
     validated body arrives as the `body` argument, the query string as `query`.
+    errors lists the statuses of the route's own problems, and service.openapi_responses
+    adds the ones that follow from the other arguments and from the request hooks.
     uses_dependencies=False documents a route that never returns 503. description is
     the operation's Markdown description in /openapi.json, for rules the schemas cannot
     express.
     """
     bearer = bearer or bool(roles)
-    extra_errors = (((400, 413, 415) if request_model else ()) + ((400,) if query_model else ())
-                    + ((401,) if bearer else ()) + ((403,) if roles else ()) + ((503,) if uses_dependencies else ()))
-    spec = Operation(summary, request_model, responses, tuple(sorted(set(errors + extra_errors))), bearer,
-                     roles, tags, query_model, description)
+    spec = Operation(summary, request_model, responses, tuple(sorted(set(errors))), bearer, roles, tags,
+                     query_model, description, uses_dependencies)
 
     def decorator(view: Callable) -> Callable:
         @functools.wraps(view)
