@@ -51,6 +51,8 @@ GUNICORN_CAUSES = (
 )
 # Checks of the request line and Host, for any path. Such a request matches no route, so
 # it counts against the limit of unmatched requests, and its X-RateLimit headers describe that.
+# NOTE: this holds on /health and /ready too, so a client that sends many requests there
+# without Host gets 429, which their operations do not list.
 REQUEST_LINE_CAUSES = (
     _problem(errors.MissingHost, "an HTTP/1.1 request has no Host header", counted=False),
     _problem(errors.EncodedPathSeparator, "the path contains %2F or %5C", counted=False),
