@@ -18,8 +18,13 @@ EXEMPT_PATHS = frozenset({"/health", "/ready", "/metrics"})
 EXEMPT_METHODS = frozenset({"GET", "HEAD"})
 
 
+def is_exempt(path: str, method: str) -> bool:
+    """Tell whether a request to a path with a method is served to a banned address."""
+    return path in EXEMPT_PATHS and method in EXEMPT_METHODS
+
+
 def _check_ban() -> None:
-    if request.path in EXEMPT_PATHS and request.method in EXEMPT_METHODS:
+    if is_exempt(request.path, request.method):
         return
 
     svc: Services | None = current_app.extensions.get(EXTENSION_KEY)

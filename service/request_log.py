@@ -15,7 +15,7 @@ log = structlog.get_logger("gatehouse.request")
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # An incoming id is reused only when it is short and plain, so it cannot forge log content.
-_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # Successful probe and scrape requests arrive every few seconds; they log at debug level.
 _QUIET_ROUTES = frozenset({"/health", "/ready", "/metrics"})
 
@@ -23,7 +23,7 @@ _QUIET_ROUTES = frozenset({"/health", "/ready", "/metrics"})
 def request_id_for(environ: dict) -> str:
     """Return the client's X-Request-ID when it is short and plain, else a new random id."""
     incoming = environ.get("HTTP_X_REQUEST_ID")
-    if incoming and _SAFE_REQUEST_ID.match(incoming):
+    if incoming and SAFE_REQUEST_ID.match(incoming):
         return incoming
     # Unique, not secret: random's generator avoids a system call per request, and
     # Python reseeds it in each forked worker.

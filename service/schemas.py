@@ -92,14 +92,19 @@ class FieldError(BaseModel):
 
 
 class ProblemDetails(BaseModel):
-    """application/problem+json (RFC 9457) with a stable code and the request id."""
+    """application/problem+json (RFC 9457) with a stable code and, from the app, the request id."""
 
     type: str
     title: str
     status: int
     detail: str
     code: str
-    request_id: str | None
+    request_id: str | None = Field(
+        default=None,
+        description="The request id, as in the X-Request-ID response header. Problems that gunicorn writes "
+                    "before the request reaches the app leave it out, and their responses have no X-Request-ID: "
+                    "400 `malformed_request`, 414 `request_line_too_long`, 417 `expectation_failed`, 431 "
+                    "`header_fields_too_large` and gunicorn's 501 `unsupported_transfer_encoding`.")
     field: str | None = None
     errors: list[FieldError] | None = None
 

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pymysql
 import redis
@@ -308,3 +309,26 @@ def scrape(url: str) -> dict[str, float]:
             name, value = line.rsplit(" ", 1)
             samples[name] = float(value)
     return samples
+
+
+def load_openapi(document: dict) -> Any:
+    """Load an /openapi.json document for assert_documented."""
+    import schemathesis
+
+    return schemathesis.openapi.from_dict(document)
+
+
+def assert_documented(schema: Any, path: str, method: str, response: Any,
+                      path_parameters: dict[str, str] | None = None) -> None:
+    """Fail unless the operation lists the response's status, media type, body and required headers.
+
+    `path` is the document's path template, `path_parameters` the values sent in it, and
+    `response` a Flask test or requests response. The checks are schemathesis's own, as
+    its property tests run them.
+    """
+    from schemathesis.specs.openapi import checks
+
+    case = schema[path][method].Case(path_parameters=path_parameters or {})
+    case.validate_response(response, checks=[checks.status_code_conformance, checks.content_type_conformance,
+                                             checks.response_headers_conformance,
+                                             checks.response_schema_conformance])

@@ -6,9 +6,10 @@ from importlib.metadata import version
 
 from flask import Blueprint, Response, current_app, jsonify
 
-from service.api import json_response, openapi_document, operation
+from service.api import json_response, operation
 from service.context import services
 from service.lifecycle import state
+from service.openapi import openapi_document
 from service.schemas import CheckResult, Health, Jwks, Readiness
 
 blueprint = Blueprint("health", __name__)

@@ -39,6 +39,11 @@ _PROBLEMS: dict[int, tuple[str, str | None]] = {
 MAX_DETAIL_CHARACTERS = 300
 
 
+def problem_code(status: int) -> str:
+    """Return the code of gunicorn's error response with a status."""
+    return _PROBLEMS.get(status, ("http_error", None))[0]
+
+
 def problem_document(status: int, reason: str, message: str) -> dict[str, Any]:
     """Return the problem document for one of gunicorn's own error responses."""
     code, field = _PROBLEMS.get(status, ("http_error", None))
