@@ -14,6 +14,8 @@ from service.schemas import CheckResult, Health, Jwks, Readiness
 
 blueprint = Blueprint("health", __name__)
 
+# The API description, serialized on its first request, in app.extensions.
+_OPENAPI_BODY_KEY = "gatehouse.openapi_body"
 # The liveness response body never changes, so it is serialized once.
 HEALTH_BODY = Health(status="ok").model_dump_json() + "\n"
 
@@ -55,4 +57,10 @@ def jwks() -> Response:
 
 @blueprint.get("/openapi.json")
 def openapi() -> Response:
-    return jsonify(openapi_document(current_app, version=version("gatehouse")))
+    # The routes are fixed once the app serves, and building the document takes several
+    # milliseconds, so each worker builds it on the first request only.
+    body = current_app.extensions.get(_OPENAPI_BODY_KEY)
+    if body is None:
+        document = openapi_document(current_app, version=version("gatehouse"))
+        body = current_app.extensions[_OPENAPI_BODY_KEY] = current_app.json.dumps(document) + "\n"
+    return Response(body, mimetype="application/json")
