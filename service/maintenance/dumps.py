@@ -23,6 +23,7 @@ from redis.connection import parse_url
 from service import redis_store
 from service.config import Settings
 from service.maintenance.jobs import JobFailed
+from service.maintenance.option_files import mysql_option
 from service.maintenance.scratch import find_program
 
 MANIFEST_NAME = "manifest.json"
@@ -84,19 +85,20 @@ def mysql_defaults_file(settings: Settings) -> Iterator[Path]:
     """Yield a client option file with the connection settings, readable by the owner only.
 
     The password goes into the file rather than the command line, where any user of the
-    machine could read it from the process list.
+    machine could read it from the process list. Every value is quoted, so a password
+    with `#` or surrounding spaces reaches the server unchanged.
     """
     with tempfile.TemporaryDirectory(prefix="gatehouse-mysql-") as directory:
         path = Path(directory) / "client.cnf"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as options:
+        with os.fdopen(fd, "w", encoding="utf-8") as options:
             options.write(
                 "[client]\n"
-                f"host={settings.mysql_host}\n"
-                f"port={settings.mysql_port}\n"
-                f"user={settings.mysql_user}\n"
-                f"password={settings.mysql_password.get_secret_value()}\n"
-                "protocol=TCP\n"
+                + mysql_option("host", settings.mysql_host)
+                + mysql_option("port", settings.mysql_port)
+                + mysql_option("user", settings.mysql_user)
+                + mysql_option("password", settings.mysql_password.get_secret_value())
+                + "protocol=TCP\n"
             )
         yield path
 

@@ -19,6 +19,8 @@ import pymysql
 import pymysql.cursors
 import redis
 
+from service.maintenance.option_files import mysql_option, redis_config_string
+
 # Debian installs mariadbd and mariadb-install-db in /usr/sbin, often missing from PATH.
 _EXTRA_PATH = ("/usr/sbin", "/sbin", "/usr/local/sbin")
 
@@ -79,11 +81,11 @@ class ScratchRedis:
         config = self.dir / "redis.conf"
         config.write_text(
             "port 0\n"
-            f'unixsocket "{self.socket}"\n'
+            f"unixsocket {redis_config_string(self.socket)}\n"
             "unixsocketperm 700\n"
-            f'dir "{self.dir}"\n'
+            f"dir {redis_config_string(self.dir)}\n"
             "dbfilename dump.rdb\n"
-            f'logfile "{self._log}"\n'
+            f"logfile {redis_config_string(self._log)}\n"
             'save ""\n'
             "appendonly no\n"
             "daemonize no\n"
@@ -140,22 +142,23 @@ class ScratchMariaDB:
         data_dir.mkdir(parents=True, exist_ok=True)
         # user=root is required when the server runs as root; skip-networking keeps it off TCP.
         server_user = "user=root\n" if os.geteuid() == 0 else ""
+        # The paths come from TMPDIR, so they are quoted like any other value.
         self.defaults_file.write_text(
             "[mysqld]\n"
             f"{server_user}"
-            f"datadir={data_dir}\n"
-            f"socket={self.socket}\n"
-            f"pid-file={self.dir / 'mariadbd.pid'}\n"
-            f"log-error={self._log}\n"
-            "skip-networking\n"
+            + mysql_option("datadir", data_dir)
+            + mysql_option("socket", self.socket)
+            + mysql_option("pid-file", self.dir / "mariadbd.pid")
+            + mysql_option("log-error", self._log)
+            + "skip-networking\n"
             "skip-name-resolve\n"
             "character-set-server=utf8mb4\n"
             "collation-server=utf8mb4_unicode_ci\n"
             "innodb_buffer_pool_size=32M\n"
             "innodb_log_file_size=16M\n"
             "[client]\n"
-            f"socket={self.socket}\n"
-            "user=root\n"
+            + mysql_option("socket", self.socket)
+            + "user=root\n"
         )
         install = subprocess.run(
             [find_program("mariadb-install-db"), f"--defaults-file={self.defaults_file}",
