@@ -7,11 +7,12 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from service.config import Settings
 from service.maintenance.jobs import JobFailed
 from service.maintenance.option_files import mysql_option
 from service.maintenance.scratch import find_program
+from service.maintenance.tool_output import mariadb_client_error
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
@@ -44,8 +46,15 @@ class BackupFailed(JobFailed):
 
 
 def run(command: list[str], *, env: dict[str, str] | None = None, stdin: Path | None = None,
-        stdout: Path | None = None) -> str:
-    """Run a client program; return its standard output, or raise BackupFailed with its error output."""
+        stdout: Path | None = None, describe_failure: Callable[[str, str], str] | None = None) -> str:
+    """Run a program; return its standard output, or raise BackupFailed with its exit status.
+
+    The error is logged and recorded in Redis. describe_failure(stdout, stderr) returns
+    the part of the program's output that goes into it, and stdout is empty when it went
+    to a file. Without describe_failure, the end of stderr goes in. mariadb-dump and
+    redis-cli write their connection and server errors there, and the data they copy
+    only to stdout.
+    """
     with (open(stdin, "rb") if stdin else open(os.devnull, "rb")) as input_file, \
             (open(stdout, "wb") if stdout else tempfile.TemporaryFile()) as output_file:
         try:
@@ -53,13 +62,24 @@ def run(command: list[str], *, env: dict[str, str] | None = None, stdin: Path | 
                                     env={**os.environ, **(env or {})}, timeout=COMMAND_TIMEOUT_SECONDS)
         except subprocess.TimeoutExpired:
             raise BackupFailed(f"{Path(command[0]).name} did not finish within {COMMAND_TIMEOUT_SECONDS} s") from None
+
+        output = ""
+        if not stdout:
+            output_file.seek(0)
+            output = output_file.read().decode(errors="replace")
         if result.returncode != 0:
-            error = result.stderr.decode(errors="replace").strip()[-2000:]
-            raise BackupFailed(f"{Path(command[0]).name} exited with {result.returncode}: {error}")
-        if stdout:
-            return ""
-        output_file.seek(0)
-        return output_file.read().decode(errors="replace")
+            error_output = result.stderr.decode(errors="replace")
+            detail = (describe_failure(output, error_output) if describe_failure
+                      else error_output.strip()[-2000:])
+            raise BackupFailed(f"{Path(command[0]).name} {_exit_status(result.returncode)}: "
+                               f"{detail or 'no error message'}")
+        return output
+
+
+def _exit_status(returncode: int) -> str:
+    if returncode < 0:
+        return f"was killed by {signal.Signals(-returncode).name}"
+    return f"exited with {returncode}"
 
 
 def tool_version(program: str) -> str:
@@ -117,7 +137,8 @@ def count_dump_rows(dump: Path) -> dict[str, int]:
 
 def load_dump(defaults_file: Path, database: str, dump: Path) -> None:
     """Run the statements of a dump against one database with the mariadb client."""
-    run([find_program("mariadb"), f"--defaults-file={defaults_file}", "--batch", database], stdin=dump)
+    run([find_program("mariadb"), f"--defaults-file={defaults_file}", "--batch", database], stdin=dump,
+        describe_failure=lambda _stdout, stderr: mariadb_client_error(stderr))
 
 
 def redis_cli_args(settings: Settings) -> tuple[list[str], dict[str, str]]:

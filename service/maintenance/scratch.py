@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -20,6 +21,7 @@ import pymysql.cursors
 import redis
 
 from service.maintenance.option_files import mysql_option, redis_config_string
+from service.maintenance.tool_output import redact_quoted
 
 # Debian installs mariadbd and mariadb-install-db in /usr/sbin, often missing from PATH.
 _EXTRA_PATH = ("/usr/sbin", "/sbin", "/usr/local/sbin")
@@ -40,10 +42,10 @@ def find_program(name: str) -> str:
     return found
 
 
-def _log_tail(path: Path, lines: int = 15) -> str:
+def _log_tail(path: Path, lines: int = 15, clean: Callable[[str], str] = str) -> str:
     if not path.exists():
         return "(no log written)"
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    return "\n".join(clean(line) for line in path.read_text(errors="replace").splitlines()[-lines:])
 
 
 def _stop(process: subprocess.Popen | None, timeout: float) -> None:
@@ -96,7 +98,7 @@ class ScratchRedis:
         while True:
             if self._process.poll() is not None:
                 raise ScratchServerFailed(f"scratch redis-server exited with {self._process.returncode}:\n"
-                                          f"{_log_tail(self._log)}")
+                                          f"{self._safe_log_tail()}")
             try:
                 # A server still loading the RDB returns a LOADING error (ResponseError).
                 if self.client().ping():
@@ -105,8 +107,12 @@ class ScratchRedis:
                 pass
             if time.monotonic() > deadline:
                 raise ScratchServerFailed(f"scratch redis-server did not respond to PING within {timeout} s:\n"
-                                          f"{_log_tail(self._log)}")
+                                          f"{self._safe_log_tail()}")
             time.sleep(0.05)
+
+    def _safe_log_tail(self) -> str:
+        # Loading errors can quote a key name (`RDB has duplicated key '...'`), which contains ids.
+        return _log_tail(self._log, clean=redact_quoted)
 
     def pid(self) -> int:
         assert self._process is not None

@@ -26,6 +26,7 @@ from service.maintenance.backup import CANARY_USER_ID, complete_backups, require
 from service.maintenance.dumps import DUMP_NAME, RDB_NAME, BackupFailed
 from service.maintenance.jobs import JobFailed
 from service.maintenance.scratch import ScratchMariaDB, ScratchRedis, ScratchServerFailed, find_program
+from service.maintenance.tool_output import rdb_check_error
 from service.sessions import session_key
 
 SCRATCH_DATABASE = "gatehouse_verify"
@@ -89,9 +90,11 @@ def _check_rdb(rdb: Path, problems: list[str]) -> bool:
         return False
 
     try:
-        dumps.run([find_program("redis-check-rdb"), str(rdb)])
+        # redis-check-rdb writes its diagnosis to stdout, and nothing to stderr.
+        dumps.run([find_program("redis-check-rdb"), str(rdb)],
+                  describe_failure=lambda stdout, _stderr: rdb_check_error(stdout))
     except BackupFailed as exc:
-        problems.append(f"redis-check-rdb rejects {RDB_NAME}: {str(exc)[-300:]}")
+        problems.append(f"redis-check-rdb rejects {RDB_NAME}: {exc}")
         return False
     return True
 

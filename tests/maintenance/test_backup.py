@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pymysql
@@ -22,14 +23,25 @@ PASSWORD = "correct horse battery staple"
 USERS = ("ann@example.com", "ben@example.com", "cid@example.com")
 
 
+def split_output(stdout: str, stderr: str) -> tuple[list[dict], str]:
+    """Return the JSON log events and the other lines of both streams.
+
+    Log lines may go to either stream, so both are read.
+    """
+    lines = stdout.splitlines() + stderr.splitlines()
+    events = [json.loads(line) for line in lines if line.startswith("{")]
+    messages = "\n".join(line for line in lines if not line.startswith("{"))
+    return events, messages
+
+
 def gatehouse(backup_dir: Path, *args: str, **env: str) -> tuple[int, list[dict], str]:
-    """Run `gatehouse ARGS` with the backup directory; return the exit code, the log events and stderr."""
+    """Run `gatehouse ARGS` with the backup directory; return the exit code, the log events and the other lines."""
     result = subprocess.run(
         [sys.executable, "-m", "service.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
         env={**os.environ, "GATEHOUSE_BACKUP_DIR": str(backup_dir), **env},
     )
-    events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-    return result.returncode, events, result.stderr
+    events, messages = split_output(result.stdout, result.stderr)
+    return result.returncode, events, messages
 
 
 def only_event(events: list[dict], name: str) -> dict:
@@ -63,8 +75,8 @@ def data(client) -> dict[str, str]:
 @pytest.fixture
 def backup(tmp_path, data) -> Path:
     """A backup of the data, made by `gatehouse backup create`."""
-    code, events, stderr = gatehouse(tmp_path, "backup", "create")
-    assert code == 0, (events, stderr)
+    code, events, messages = gatehouse(tmp_path, "backup", "create")
+    assert code == 0, (events, messages)
     return Path(only_event(events, "job_succeeded")["backup"])
 
 
@@ -75,9 +87,45 @@ def edit_manifest(backup: Path, change) -> None:
 
 
 def verify_error(backup: Path) -> str:
-    code, events, stderr = gatehouse(backup.parent, "backup", "verify", str(backup))
-    assert code == 1, (events, stderr)
+    code, events, messages = gatehouse(backup.parent, "backup", "verify", str(backup))
+    assert code == 1, (events, messages)
     return only_event(events, "job_failed")["error"]
+
+
+def fix_dump_checksum(backup: Path) -> None:
+    """Make the manifest agree with the dump as it is now, so that only loading the dump can find a change."""
+    dump = backup / DUMP_NAME
+
+    def fix_checksum(manifest: dict) -> None:
+        manifest["files"][DUMP_NAME] = {"sha256": sha256_of(dump), "bytes": dump.stat().st_size}
+
+    edit_manifest(backup, fix_checksum)
+
+
+def duplicate_email(lines: list[str], row: int) -> None:
+    """Insert a copy of a users row with a new id, which fails on the unique email."""
+    lines.insert(row + 1, lines[row].replace("VALUES ('", "VALUES ('x", 1))
+
+
+def break_syntax(lines: list[str], row: int) -> None:
+    """Cut the row's statement after its password hash, so that the client reports the text near the cut."""
+    lines[row] = lines[row][: lines[row].index("$argon2") + 40] + ";\n"
+
+
+def damage_user_row(backup: Path, damage: Callable[[list[str], int], None]) -> None:
+    """Apply damage to the dump at the first user's row, and make the manifest's checksum agree."""
+    dump = backup / DUMP_NAME
+    lines = dump.read_text().splitlines(keepends=True)
+    row = next(index for index, line in enumerate(lines)
+               if line.startswith("INSERT INTO `users`") and USERS[0] in line)
+    damage(lines, row)
+    dump.write_text("".join(lines))
+    fix_dump_checksum(backup)
+
+
+def assert_no_row_content(text: str) -> None:
+    assert USERS[0] not in text
+    assert "$argon2" not in text
 
 
 def test_create_writes_files_and_manifest(backup, redis_client):
@@ -99,9 +147,9 @@ def test_create_writes_files_and_manifest(backup, redis_client):
 
 
 def test_verify_accepts_good_backup(backup, redis_client):
-    code, events, stderr = gatehouse(backup.parent, "backup", "verify", "--latest")
+    code, events, messages = gatehouse(backup.parent, "backup", "verify", "--latest")
 
-    assert code == 0, (events, stderr)
+    assert code == 0, (events, messages)
     assert only_event(events, "job_succeeded")["backup"] == str(backup)
     assert read_record(redis_client, "backup_verify").last_success_at is not None
 
@@ -124,11 +172,7 @@ def test_verify_counts_rows_of_truncated_dump(backup):
     lines = dump.read_text().splitlines(keepends=True)
     user_rows = [index for index, line in enumerate(lines) if line.startswith("INSERT INTO `users`")]
     dump.write_text("".join(lines[: user_rows[1] + 1]))
-
-    def fix_checksum(manifest: dict) -> None:
-        manifest["files"][DUMP_NAME] = {"sha256": sha256_of(dump), "bytes": dump.stat().st_size}
-
-    edit_manifest(backup, fix_checksum)
+    fix_dump_checksum(backup)
 
     error = verify_error(backup)
 
@@ -145,7 +189,10 @@ def test_verify_rejects_flipped_rdb_byte(backup):
     error = verify_error(backup)
 
     assert f"{RDB_NAME} SHA-256 does not match the manifest" in error
-    assert "redis-check-rdb rejects" in error
+    # redis-check-rdb's report (on its stdout) without the key it was reading.
+    assert f"redis-check-rdb rejects {RDB_NAME}: redis-check-rdb exited with 1: [offset " in error, error
+    assert "Reading key" not in error
+    assert "gh:sess:" not in error
 
 
 def test_verify_rejects_mismatched_manifest(backup):
@@ -183,12 +230,12 @@ def test_restore_brings_back_data(backup, data, settings, redis_client):
     redis_client.delete(user_sessions_key(ann), session_key(sessions_before[0]))
     redis_client.set(lock_key("tokens_purge"), "held-by-a-live-run", ex=60)
 
-    refused, _, stderr = gatehouse(backup.parent, "backup", "restore", str(backup))
-    code, events, restore_stderr = gatehouse(backup.parent, "backup", "restore", str(backup), "--yes")
+    refused, _, messages = gatehouse(backup.parent, "backup", "restore", str(backup))
+    code, events, restore_messages = gatehouse(backup.parent, "backup", "restore", str(backup), "--yes")
 
     assert refused == 2
-    assert "--yes" in stderr
-    assert code == 0, (events, restore_stderr)
+    assert "--yes" in messages
+    assert code == 0, (events, restore_messages)
     assert count_users(settings) == len(USERS) + 1
     assert redis_client.zrange(user_sessions_key(ann), 0, -1) == sessions_before
     assert redis_client.ttl(session_key(sessions_before[0])) > 0
@@ -205,9 +252,9 @@ def test_retention_keeps_newest(tmp_path, data):
     leftover = tmp_path / ".incomplete-crashed"
     leftover.mkdir()
 
-    code, events, stderr = gatehouse(tmp_path, "backup", "create", GATEHOUSE_BACKUP_KEEP="2")
+    code, events, messages = gatehouse(tmp_path, "backup", "create", GATEHOUSE_BACKUP_KEEP="2")
 
-    assert code == 0, (events, stderr)
+    assert code == 0, (events, messages)
     assert only_event(events, "job_succeeded")["removed_backups"] == ["gatehouse-20200101T000000Z"]
     remaining = sorted(path.name for path in tmp_path.iterdir())
     assert len(remaining) == 2
@@ -222,3 +269,38 @@ def test_create_skips_while_backup_locked(tmp_path, redis_client):
     assert code == EXIT_LOCKED
     assert only_event(events, "job_skipped")["job"] == "backup_create"
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("damage", [duplicate_email, break_syntax], ids=["duplicate_email", "syntax_error"])
+def test_verify_error_leaves_out_rows(backup, redis_client, damage):
+    damage_user_row(backup, damage)
+
+    code, events, messages = gatehouse(backup.parent, "backup", "verify", str(backup))
+
+    error = only_event(events, "job_failed")["error"]
+    assert code == 1, (events, messages)
+    assert f"{DUMP_NAME} does not load into a scratch MariaDB: mariadb exited with 1: ERROR " in error, error
+    assert "left out because it can quote rows" in error
+    assert_no_row_content(json.dumps(events) + messages)
+    assert_no_row_content(read_record(redis_client, "backup_verify").last_error)
+
+
+def test_verify_names_duplicate_entry_error(backup):
+    damage_user_row(backup, duplicate_email)
+
+    error = verify_error(backup)
+
+    assert "ERROR 1062 (23000) at line " in error
+    assert "ER_DUP_ENTRY" in error
+
+
+def test_restore_error_leaves_out_rows(backup, redis_client):
+    damage_user_row(backup, duplicate_email)
+
+    code, events, messages = gatehouse(backup.parent, "backup", "restore", str(backup), "--yes")
+
+    error = only_event(events, "job_failed")["error"]
+    assert code == 1, (events, messages)
+    assert "mariadb exited with 1: ERROR 1062 (23000) at line " in error, error
+    assert_no_row_content(json.dumps(events) + messages)
+    assert_no_row_content(read_record(redis_client, "backup_restore").last_error)
