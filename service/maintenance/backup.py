@@ -28,8 +28,8 @@ import structlog
 from service.config import Settings
 from service.database import connect_args
 from service.maintenance import dumps
-from service.maintenance.dumps import DUMP_NAME, MANIFEST_FORMAT, MANIFEST_NAME, RDB_NAME, BackupFailed
-from service.maintenance.scratch import ScratchRedis, find_program
+from service.maintenance.dumps import DUMP_NAME, DUMP_PROGRAMS, MANIFEST_FORMAT, MANIFEST_NAME, RDB_NAME, BackupFailed
+from service.maintenance.scratch import ScratchRedis, find_program, require_programs
 from service.redis_store import KEY_PREFIX
 from service.sessions import SessionStore, session_key
 
@@ -60,6 +60,7 @@ def complete_backups(backup_dir: Path) -> list[Path]:
 
 def create_backup(settings: Settings, client: redis.Redis) -> dict[str, Any]:
     """Write the canary, dump MySQL, snapshot Redis, write the manifest, apply retention."""
+    require_programs(DUMP_PROGRAMS, "redis-cli", "redis-server")
     backup_dir = require_backup_dir(settings)
     created = time.time()
     final = backup_dir / (BACKUP_PREFIX + dumps.utc_stamp(created))

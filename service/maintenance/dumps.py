@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import tempfile
@@ -32,6 +31,8 @@ MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
 DUMP_NAME = "mysql.sql"
 RDB_NAME = "redis.rdb"
+# The dump program: MariaDB's, or MySQL's where only MySQL's client is installed.
+DUMP_PROGRAMS = ("mariadb-dump", "mysqldump")
 # Expiry times are counted per hour, so the manifest stays small with millions of keys.
 EXPIRY_BUCKET_SECONDS = 3600
 # Client programs get this long before the backup is declared failed.
@@ -88,8 +89,8 @@ def tool_version(program: str) -> str:
 
 
 def dump_program() -> str:
-    """Return mariadb-dump, or mysqldump where only MySQL's client is installed."""
-    return shutil.which("mariadb-dump") or find_program("mysqldump")
+    """Return the path of mariadb-dump, or of mysqldump where only MySQL's client is installed."""
+    return find_program(*DUMP_PROGRAMS)
 
 
 def sha256_of(path: Path) -> str:

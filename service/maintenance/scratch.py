@@ -20,26 +20,59 @@ import pymysql
 import pymysql.cursors
 import redis
 
+from service.maintenance.jobs import JobFailed
 from service.maintenance.option_files import mysql_option, redis_config_string
 from service.maintenance.tool_output import redact_quoted
 
-# Debian installs mariadbd and mariadb-install-db in /usr/sbin, often missing from PATH.
+# Debian installs mariadbd in /usr/sbin, often missing from PATH.
 _EXTRA_PATH = ("/usr/sbin", "/sbin", "/usr/local/sbin")
+# The Debian 12 package of each program that the backup commands run.
+_PACKAGES = {
+    "mariadb": "mariadb-client",
+    "mariadb-dump": "mariadb-client",
+    "mysqldump": "mariadb-client",
+    "mariadbd": "mariadb-server",
+    "mariadb-install-db": "mariadb-server",
+    "redis-cli": "redis-tools",
+    "redis-check-rdb": "redis-tools",
+    "redis-server": "redis-server",
+}
 
 
-class ScratchServerFailed(Exception):
+class ScratchServerFailed(JobFailed):
     """A scratch server could not be started; the message includes the end of its log."""
 
 
-def find_program(name: str) -> str:
-    """Return the path of a server or client program, or raise with the package that provides it."""
-    found = shutil.which(name) or shutil.which(name, path=os.pathsep.join(_EXTRA_PATH))
-    if found is None:
-        raise ScratchServerFailed(
-            f"{name} not found on PATH or in {', '.join(_EXTRA_PATH)}: install mariadb-server, "
-            "mariadb-client, redis-server and redis-tools"
-        )
-    return found
+class ProgramNotFound(JobFailed):
+    """A program that a backup command runs is not installed; the message names it and its package."""
+
+
+def _which(name: str) -> str | None:
+    return shutil.which(name) or shutil.which(name, path=os.pathsep.join(_EXTRA_PATH))
+
+
+def _missing_programs_message(missing: list[tuple[str, ...]]) -> str:
+    described = [names[0] if len(names) == 1 else f"{names[0]} (or {' or '.join(names[1:])})" for names in missing]
+    packages = sorted({_PACKAGES.get(names[0], names[0]) for names in missing})
+    pronoun = "it" if len(missing) == 1 else "them"
+    return (f"{', '.join(described)} not found on PATH or in {', '.join(_EXTRA_PATH)}: "
+            f"install {pronoun} (Debian package{'s' if len(packages) > 1 else ''} {', '.join(packages)})")
+
+
+def find_program(name: str, *alternatives: str) -> str:
+    """Return the path of the first of name and alternatives that is installed, or raise ProgramNotFound."""
+    for candidate in (name, *alternatives):
+        if found := _which(candidate):
+            return found
+    raise ProgramNotFound(_missing_programs_message([(name, *alternatives)]))
+
+
+def require_programs(*programs: str | tuple[str, ...]) -> None:
+    """Raise ProgramNotFound naming every missing program; a tuple means that any one of its names will do."""
+    wanted = [(program,) if isinstance(program, str) else program for program in programs]
+    missing = [names for names in wanted if not any(_which(name) for name in names)]
+    if missing:
+        raise ProgramNotFound(_missing_programs_message(missing))
 
 
 def _log_tail(path: Path, lines: int = 15, clean: Callable[[str], str] = str) -> str:

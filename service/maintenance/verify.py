@@ -25,7 +25,13 @@ from service.maintenance import dumps
 from service.maintenance.backup import CANARY_USER_ID, complete_backups, require_backup_dir
 from service.maintenance.dumps import DUMP_NAME, RDB_NAME, BackupFailed
 from service.maintenance.jobs import JobFailed
-from service.maintenance.scratch import ScratchMariaDB, ScratchRedis, ScratchServerFailed, find_program
+from service.maintenance.scratch import (
+    ScratchMariaDB,
+    ScratchRedis,
+    ScratchServerFailed,
+    find_program,
+    require_programs,
+)
 from service.maintenance.tool_output import rdb_check_error
 from service.sessions import session_key
 
@@ -64,6 +70,7 @@ def check_files(backup: Path, manifest: dict[str, Any]) -> list[str]:
 
 def verify_backup(settings: Settings, path: Path | None) -> dict[str, Any]:
     """Run every check on one backup; raise JobFailed listing all problems, or return a summary."""
+    require_programs("redis-check-rdb", "redis-server", "mariadb-install-db", "mariadbd", "mariadb")
     backup = find_backup(settings, path)
     manifest = dumps.read_manifest(backup)
     problems = check_files(backup, manifest)

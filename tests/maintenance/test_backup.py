@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -304,3 +305,42 @@ def test_restore_error_leaves_out_rows(backup, redis_client):
     assert "mariadb exited with 1: ERROR 1062 (23000) at line " in error, error
     assert_no_row_content(json.dumps(events) + messages)
     assert_no_row_content(read_record(redis_client, "backup_restore").last_error)
+
+
+def link_programs(directory: Path, *names: str) -> Path:
+    """Fill directory with links to the named programs, for use as the only PATH entry."""
+    directory.mkdir()
+    for name in names:
+        (directory / name).symlink_to(shutil.which(name))
+    return directory
+
+
+def test_create_without_mariadb_client_names_it(tmp_path, redis_client):
+    path = link_programs(tmp_path / "bin", "redis-cli", "redis-server")
+    backup_dir = tmp_path / "backups"
+    backup_dir.mkdir()
+
+    code, events, messages = gatehouse(backup_dir, "backup", "create", PATH=str(path))
+
+    error = only_event(events, "job_failed")["error"]
+    assert code == 1, (events, messages)
+    assert "not found on PATH" in error
+    assert "mariadb-dump (or mysqldump)" in error
+    assert "mariadb-client" in error
+    assert "redis-cli" not in error
+    assert "job_crashed" not in [event["event"] for event in events]
+    assert "Traceback" not in json.dumps(events) + messages
+    assert read_record(redis_client, "backup_create").last_error == error
+    assert list(backup_dir.iterdir()) == []
+
+
+def test_verify_lists_every_missing_program(backup, tmp_path):
+    empty = link_programs(tmp_path / "bin")
+
+    code, events, messages = gatehouse(backup.parent, "backup", "verify", str(backup), PATH=str(empty))
+
+    error = only_event(events, "job_failed")["error"]
+    assert code == 1, (events, messages)
+    for program in ("redis-check-rdb", "redis-server", "mariadb-install-db", "mariadb"):
+        assert program in error
+    assert "job_crashed" not in [event["event"] for event in events]
