@@ -1,4 +1,8 @@
-"""The maintenance subcommands of `gatehouse`: tokens purge and backup create, verify and restore."""
+"""The maintenance subcommands of `gatehouse`: tokens purge and backup create, verify and restore.
+
+Usage and configuration errors are found before a job takes its lock: the command
+prints one line, exits 2 and records nothing, so a typo does not fire the job alerts.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,22 @@ import sys
 from pathlib import Path
 
 from service.config import load_settings
-from service.maintenance.jobs import run_job
+from service.maintenance.jobs import EXIT_USAGE, run_job
 from service.redis_store import close_client, create_client
+
+
+def _usage_error(message: str) -> int:
+    print(f"gatehouse: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _backup_path_problem(path: Path) -> str | None:
+    """Return why path cannot be a backup directory, or None when it is a directory."""
+    if not path.exists():
+        return f"backup directory {path} does not exist"
+    if not path.is_dir():
+        return f"{path} is not a directory: give the directory of one backup"
+    return None
 
 
 def _tokens_purge(_args: argparse.Namespace) -> int:
@@ -25,9 +43,10 @@ def _tokens_purge(_args: argparse.Namespace) -> int:
 
 
 def _backup_create(_args: argparse.Namespace) -> int:
-    from service.maintenance.backup import create_backup
+    from service.maintenance.backup import create_backup, require_backup_dir
 
     settings = load_settings()
+    require_backup_dir(settings)
     client = create_client(settings)
     try:
         return run_job(client, "backup_create", lambda: create_backup(settings, client),
@@ -37,13 +56,17 @@ def _backup_create(_args: argparse.Namespace) -> int:
 
 
 def _backup_verify(args: argparse.Namespace) -> int:
+    from service.maintenance.backup import require_backup_dir
     from service.maintenance.verify import verify_backup
 
     if (args.path is None) == (not args.latest):
-        print("gatehouse: backup verify takes either PATH or --latest", file=sys.stderr)
-        return 2
+        return _usage_error("backup verify takes either PATH or --latest")
+    if args.path is not None and (problem := _backup_path_problem(args.path)):
+        return _usage_error(problem)
 
     settings = load_settings()
+    if args.latest:
+        require_backup_dir(settings)
     client = create_client(settings)
     try:
         return run_job(client, "backup_verify", lambda: verify_backup(settings, args.path),
@@ -55,10 +78,11 @@ def _backup_verify(args: argparse.Namespace) -> int:
 def _backup_restore(args: argparse.Namespace) -> int:
     from service.maintenance.restore import restore_backup
 
+    if problem := _backup_path_problem(args.path):
+        return _usage_error(problem)
     if not args.yes:
-        print(f"gatehouse: restoring {args.path} replaces the database tables and the gh: keys in Redis "
-              "of the configured servers; run again with --yes to do it", file=sys.stderr)
-        return 2
+        return _usage_error(f"restoring {args.path} replaces the database tables and the gh: keys in Redis "
+                            "of the configured servers; run again with --yes to do it")
 
     settings = load_settings()
     client = create_client(settings)

@@ -25,6 +25,8 @@ log = structlog.get_logger("gatehouse.jobs")
 
 EXIT_SUCCEEDED = 0
 EXIT_FAILED = 1
+# A usage or configuration error, found before the lock is taken; nothing is recorded.
+EXIT_USAGE = 2
 # sysexits.h EX_TEMPFAIL: another run holds the lock; running again later is the fix.
 EXIT_LOCKED = 75
 

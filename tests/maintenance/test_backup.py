@@ -16,12 +16,13 @@ import pytest
 from service.database import connect_args
 from service.maintenance.backup import CANARY_USER_ID
 from service.maintenance.dumps import DUMP_NAME, MANIFEST_NAME, RDB_NAME, sha256_of
-from service.maintenance.jobs import EXIT_LOCKED, lock_key, read_record
+from service.maintenance.jobs import EXIT_LOCKED, EXIT_USAGE, lock_key, read_record
 from service.sessions import session_key, user_sessions_key
 from tests.helpers import ROOT
 
 PASSWORD = "correct horse battery staple"
 USERS = ("ann@example.com", "ben@example.com", "cid@example.com")
+JOBS = ("backup_create", "backup_verify", "backup_restore")
 
 
 def split_output(stdout: str, stderr: str) -> tuple[list[dict], str]:
@@ -344,3 +345,33 @@ def test_verify_lists_every_missing_program(backup, tmp_path):
     for program in ("redis-check-rdb", "redis-server", "mariadb-install-db", "mariadb"):
         assert program in error
     assert "job_crashed" not in [event["event"] for event in events]
+
+
+USAGE_ERRORS = [
+    # (arguments, GATEHOUSE_BACKUP_DIR relative to tmp_path or "" for unset, expected text)
+    (("backup", "create"), "", "GATEHOUSE_BACKUP_DIR is not set"),
+    (("backup", "create"), "missing", "missing does not exist"),
+    (("backup", "create"), "file", "file is not a directory"),
+    (("backup", "verify", "--latest"), "", "GATEHOUSE_BACKUP_DIR is not set"),
+    (("backup", "verify", "{tmp}/missing"), "", "missing does not exist"),
+    (("backup", "verify", "{tmp}/file"), "", "file is not a directory"),
+    (("backup", "restore", "{tmp}/missing", "--yes"), "", "missing does not exist"),
+]
+
+
+@pytest.mark.parametrize(("args", "backup_dir", "expected"), USAGE_ERRORS,
+                         ids=[f"{' '.join(args)}-{backup_dir or 'unset'}" for args, backup_dir, _ in USAGE_ERRORS])
+def test_usage_error_exits_2_unrecorded(tmp_path, redis_client, args, backup_dir, expected):
+    (tmp_path / "file").write_text("not a directory")
+    arguments = [argument.format(tmp=tmp_path) for argument in args]
+
+    code, events, messages = gatehouse(tmp_path / backup_dir if backup_dir else "", *arguments)
+
+    assert code == EXIT_USAGE, (events, messages)
+    assert len(messages.splitlines()) == 1, messages
+    assert messages.startswith("gatehouse: ")
+    assert expected in messages
+    assert [event["event"] for event in events if event["event"].startswith("job_")] == []
+    for job in JOBS:
+        assert read_record(redis_client, job).last_failure_at is None
+    assert redis_client.keys("gh:lock:*") == []
