@@ -195,5 +195,7 @@ def _apply_retention(backup_dir: Path, keep: int) -> list[str]:
     backups = complete_backups(backup_dir)
     expired = backups[:-keep] if len(backups) > keep else []
     for path in expired:
-        shutil.rmtree(path)
+        # Renamed first: what an interrupted deletion leaves is then removed by the next run.
+        doomed = path.rename(backup_dir / (INCOMPLETE_PREFIX + path.name))
+        shutil.rmtree(doomed)
     return [path.name for path in expired]

@@ -7,8 +7,10 @@ their data deleted, when the context ends.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -37,6 +39,8 @@ _PACKAGES = {
     "redis-check-rdb": "redis-tools",
     "redis-server": "redis-server",
 }
+# sun_path of a Unix socket address has room for 108 bytes on Linux, the terminating NUL included.
+_MAX_SOCKET_PATH_BYTES = 107
 
 
 class ScratchServerFailed(JobFailed):
@@ -75,6 +79,14 @@ def require_programs(*programs: str | tuple[str, ...]) -> None:
         raise ProgramNotFound(_missing_programs_message(missing))
 
 
+def _check_socket_path(socket: Path) -> None:
+    if len(os.fsencode(socket)) > _MAX_SOCKET_PATH_BYTES:
+        raise ScratchServerFailed(
+            f"the scratch server's socket path {socket} is longer than {_MAX_SOCKET_PATH_BYTES} bytes, "
+            "the limit of a Unix socket address: set TMPDIR to a shorter directory"
+        )
+
+
 def _log_tail(path: Path, lines: int = 15, clean: Callable[[str], str] = str) -> str:
     if not path.exists():
         return "(no log written)"
@@ -82,6 +94,11 @@ def _log_tail(path: Path, lines: int = 15, clean: Callable[[str], str] = str) ->
 
 
 def _stop(process: subprocess.Popen | None, timeout: float) -> None:
+    """Stop a server with SIGTERM, or with SIGKILL after timeout seconds, and reap it.
+
+    Any exception while waiting, such as JobTerminated from a signal handler, kills the
+    server before it propagates, so the caller can delete the server's files next.
+    """
     if process is None or process.poll() is not None:
         return
     process.terminate()
@@ -89,7 +106,35 @@ def _stop(process: subprocess.Popen | None, timeout: float) -> None:
         process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         process.kill()
-        process.wait(timeout=timeout)
+        process.wait()
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+
+
+def _install_mariadb(defaults_file: Path, timeout: float) -> None:
+    """Run mariadb-install-db in a process group of its own, and kill the whole group if it is interrupted.
+
+    The script runs a bootstrap mariadbd from subshells. Killing only the script, as
+    subprocess.run does on an exception, would leave that server writing into a data
+    directory that the caller deletes next.
+    """
+    command = [find_program("mariadb-install-db"), f"--defaults-file={defaults_file}",
+               "--auth-root-authentication-method=normal", "--skip-test-db"]
+    with subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True, start_new_session=True) as process:
+        try:
+            _, stderr = process.communicate(timeout=timeout)
+        except BaseException as exc:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            if isinstance(exc, subprocess.TimeoutExpired):
+                raise ScratchServerFailed(f"mariadb-install-db did not finish within {timeout} s") from None
+            raise
+    if process.returncode != 0:
+        raise ScratchServerFailed(f"mariadb-install-db failed:\n{stderr[-2000:]}")
 
 
 class ScratchRedis:
@@ -110,6 +155,7 @@ class ScratchRedis:
         return redis.Redis(unix_socket_path=str(self.socket), db=db, decode_responses=True, socket_timeout=30)
 
     def start(self, timeout: float = 30.0) -> Self:
+        _check_socket_path(self.socket)
         self.dir.mkdir(parents=True, exist_ok=True)
         if self._rdb is not None:
             shutil.copyfile(self._rdb, self.dir / "dump.rdb")
@@ -155,7 +201,12 @@ class ScratchRedis:
         _stop(self._process, timeout=30)
 
     def __enter__(self) -> Self:
-        return self.start()
+        # A start that fails or is interrupted stops the server: __exit__ runs only after a successful start.
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
 
     def __exit__(self, _type: type[BaseException] | None, _value: BaseException | None,
                  _traceback: TracebackType | None) -> None:
@@ -177,6 +228,7 @@ class ScratchMariaDB:
                                autocommit=True, cursorclass=pymysql.cursors.DictCursor)
 
     def start(self, timeout: float = 60.0) -> Self:
+        _check_socket_path(self.socket)
         data_dir = self.dir / "data"
         data_dir.mkdir(parents=True, exist_ok=True)
         # user=root is required when the server runs as root; skip-networking keeps it off TCP.
@@ -199,13 +251,7 @@ class ScratchMariaDB:
             + mysql_option("socket", self.socket)
             + "user=root\n"
         )
-        install = subprocess.run(
-            [find_program("mariadb-install-db"), f"--defaults-file={self.defaults_file}",
-             "--auth-root-authentication-method=normal", "--skip-test-db"],
-            capture_output=True, text=True, timeout=timeout,
-        )
-        if install.returncode != 0:
-            raise ScratchServerFailed(f"mariadb-install-db failed:\n{install.stderr[-2000:]}")
+        _install_mariadb(self.defaults_file, timeout)
 
         self._process = subprocess.Popen([find_program("mariadbd"), f"--defaults-file={self.defaults_file}"],
                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -229,7 +275,12 @@ class ScratchMariaDB:
         _stop(self._process, timeout=60)
 
     def __enter__(self) -> Self:
-        return self.start()
+        # A start that fails or is interrupted stops the server: __exit__ runs only after a successful start.
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
 
     def __exit__(self, _type: type[BaseException] | None, _value: BaseException | None,
                  _traceback: TracebackType | None) -> None:

@@ -5,16 +5,20 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pymysql
 import pytest
 
 from service.database import connect_args
-from service.maintenance.backup import CANARY_USER_ID
+from service.maintenance.backup import CANARY_EMAIL, CANARY_USER_ID
 from service.maintenance.dumps import DUMP_NAME, MANIFEST_NAME, RDB_NAME, sha256_of
 from service.maintenance.jobs import EXIT_LOCKED, EXIT_USAGE, lock_key, read_record
 from service.sessions import session_key, user_sessions_key
@@ -46,6 +50,48 @@ def gatehouse(backup_dir: Path, *args: str, **env: str) -> tuple[int, list[dict]
     return result.returncode, events, messages
 
 
+def start_gatehouse(backup_dir: Path, temp_dir: Path, *args: str) -> subprocess.Popen:
+    """Start `gatehouse ARGS` in the background, with its temporary files in temp_dir."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "service.cli", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env={**os.environ, "GATEHOUSE_BACKUP_DIR": str(backup_dir), "TMPDIR": str(temp_dir)},
+    )
+
+
+def processes_mentioning(text: str) -> dict[int, str]:
+    """Return the command line of every running process whose command line contains text, by pid."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # the process ended meanwhile
+            continue
+        if text in command:
+            found[int(entry.name)] = command
+    return found
+
+
+def is_running(pid: int) -> bool:
+    """Return whether a process exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def wait_for(condition: Callable[[], Any], description: str, timeout: float = 120.0) -> Any:
+    """Poll condition every 5 ms until it returns a true value, and return that value."""
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {description}")
+        time.sleep(0.005)
+    return result
+
+
 def only_event(events: list[dict], name: str) -> dict:
     matching = [event for event in events if event["event"] == name]
     assert len(matching) == 1, events
@@ -72,6 +118,13 @@ def data(client) -> dict[str, str]:
         ids[email] = registered.get_json()["id"]
         assert client.post("/v1/auth/login", json={"email": email, "password": PASSWORD}).status_code == 200
     return ids
+
+
+@pytest.fixture
+def temp_dir():
+    """An empty directory for a job's temporary files, with a path short enough for Unix sockets inside it."""
+    with tempfile.TemporaryDirectory(prefix="gh-test-") as directory:
+        yield Path(directory)
 
 
 @pytest.fixture
@@ -375,3 +428,69 @@ def test_usage_error_exits_2_unrecorded(tmp_path, redis_client, args, backup_dir
     for job in JOBS:
         assert read_record(redis_client, job).last_failure_at is None
     assert redis_client.keys("gh:lock:*") == []
+
+
+def scratch_redis_running(temp_dir: Path) -> bool:
+    return any("redis-server" in command for command in processes_mentioning(str(temp_dir)).values())
+
+
+def mariadb_bootstrapping(temp_dir: Path) -> bool:
+    # mariadb-install-db runs `mariadbd --bootstrap` from a subshell.
+    return any("--bootstrap" in command for command in processes_mentioning(str(temp_dir)).values())
+
+
+def scratch_mariadb_serving(temp_dir: Path) -> bool:
+    return any(temp_dir.glob("gatehouse-verify-*/mariadb/mariadbd.sock"))
+
+
+def assert_terminated(job: subprocess.Popen, redis_client, name: str, lock: str) -> None:
+    """Check that a job stopped with SIGTERM failed the normal way: logged, recorded, lock released."""
+    stdout, stderr = job.communicate(timeout=120)
+    events, messages = split_output(stdout, stderr)
+    assert job.returncode == 128 + signal.SIGTERM, (events, messages)
+    assert only_event(events, "job_failed")["error"] == "terminated by SIGTERM"
+    assert "job_crashed" not in [event["event"] for event in events]
+    assert read_record(redis_client, name).last_error == "terminated by SIGTERM"
+    assert not redis_client.exists(lock_key(lock))
+
+
+@pytest.mark.parametrize("phase", [scratch_redis_running, mariadb_bootstrapping, scratch_mariadb_serving],
+                         ids=["scratch_redis", "mariadb_bootstrap", "scratch_mariadb"])
+def test_sigterm_during_verify_stops_servers(backup, temp_dir, redis_client, phase):
+    job = start_gatehouse(backup.parent, temp_dir, "backup", "verify", str(backup))
+    wait_for(lambda: phase(temp_dir) or job.poll() is not None, phase.__name__)
+    started = processes_mentioning(str(temp_dir))
+    job.send_signal(signal.SIGTERM)
+
+    assert_terminated(job, redis_client, "backup_verify", "backup_verify")
+    assert started, "no scratch process was running when the signal was sent"
+    assert [pid for pid in started if is_running(pid)] == []
+    assert processes_mentioning(str(temp_dir)) == {}
+    assert list(temp_dir.iterdir()) == []
+
+
+def test_sigterm_during_create_removes_incomplete(tmp_path, temp_dir, settings, redis_client, data):
+    backup_dir = tmp_path / "backups"
+    backup_dir.mkdir()
+    # An open transaction that holds the canary's row makes the job wait inside its run.
+    blocker = pymysql.connect(**connect_args(settings))
+    try:
+        blocker.begin()
+        with blocker.cursor() as cursor:
+            cursor.execute("INSERT INTO users (id, email, password_hash, status, created_at, updated_at)"
+                           " VALUES (%s, %s, '!', 'disabled', NOW(), NOW())", (CANARY_USER_ID, CANARY_EMAIL))
+
+        job = start_gatehouse(backup_dir, temp_dir, "backup", "create")
+        wait_for(lambda: any(backup_dir.glob(".incomplete-*")) or job.poll() is not None, "the .incomplete- directory")
+        job.send_signal(signal.SIGTERM)
+
+        assert_terminated(job, redis_client, "backup_create", "backup")
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert list(backup_dir.iterdir()) == []
+    assert list(temp_dir.iterdir()) == []
+
+    # The next run is not blocked by the terminated one.
+    code, events, messages = gatehouse(backup_dir, "backup", "create")
+    assert code == 0, (events, messages)

@@ -1,6 +1,15 @@
-"""run_job against the real test Redis: the lock, the records and the exit codes."""
+"""run_job against the real test Redis: the lock, the records, the exit codes and SIGTERM."""
 
 from __future__ import annotations
+
+import os
+import signal
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
 
 from service.maintenance.jobs import (
     EXIT_FAILED,
@@ -11,6 +20,7 @@ from service.maintenance.jobs import (
     read_record,
     run_job,
 )
+from service.maintenance.scratch import ScratchRedis
 
 
 def test_success_records_result(redis_client):
@@ -59,3 +69,52 @@ def test_held_lock_skips_work(redis_client):
     assert code == EXIT_LOCKED
     assert calls == []
     assert read_record(redis_client, "backup_restore").last_failure_at is None
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=lambda signum: signal.Signals(signum).name)
+def test_signal_stops_work_and_cleans_up(redis_client, tmp_path, signum):
+    handler_before = signal.getsignal(signum)
+    scratch_pids = []
+
+    def work() -> dict:
+        with tempfile.TemporaryDirectory(dir=tmp_path) as scratch_dir, ScratchRedis(Path(scratch_dir)) as scratch:
+            scratch_pids.append(scratch.pid())
+            os.kill(os.getpid(), signum)
+            time.sleep(30)
+        return {"finished": True}
+
+    code = run_job(redis_client, "backup_verify", work, lock_seconds=60)
+
+    name = signal.Signals(signum).name
+    assert code == 128 + signum
+    assert read_record(redis_client, "backup_verify").last_error == f"terminated by {name}"
+    assert read_record(redis_client, "backup_verify").last_success_at is None
+    assert not redis_client.exists(lock_key("backup_verify"))
+    assert list(tmp_path.iterdir()) == []
+    assert len(scratch_pids) == 1
+    assert not Path(f"/proc/{scratch_pids[0]}").exists()
+    assert signal.getsignal(signum) is handler_before
+
+
+def test_second_signal_does_not_cut_cleanup(redis_client):
+    cleaned = []
+
+    @contextmanager
+    def resource():
+        try:
+            yield
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)
+            cleaned.append("after the second signal")
+
+    def work() -> dict:
+        with resource():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(30)
+        return {}
+
+    code = run_job(redis_client, "tokens_purge", work, lock_seconds=60)
+
+    assert code == 143
+    assert cleaned == ["after the second signal"]
+    assert not redis_client.exists(lock_key("tokens_purge"))
