@@ -1,4 +1,4 @@
-"""The maintenance subcommands of `gatehouse`: tokens purge and backup create, verify and restore.
+"""The maintenance subcommands of `gatehouse`: tokens purge, backup create, verify and restore, jobs unlock.
 
 Usage and configuration errors are found before a job takes its lock: the command
 prints one line, exits 2 and records nothing, so a typo does not fire the job alerts.
@@ -10,9 +10,16 @@ import argparse
 import sys
 from pathlib import Path
 
+import structlog
+
 from service.config import load_settings
-from service.maintenance.jobs import EXIT_USAGE, run_job
+from service.maintenance.jobs import EXIT_USAGE, lock_key, remove_lock, run_job
 from service.redis_store import close_client, create_client
+
+log = structlog.get_logger("gatehouse.jobs")
+
+# The lock of each job; backup create and backup restore share `backup`.
+LOCK_NAMES = ("tokens_purge", "blacklist_rotate", "backup", "backup_verify")
 
 
 def _usage_error(message: str) -> int:
@@ -93,6 +100,23 @@ def _backup_restore(args: argparse.Namespace) -> int:
         close_client(client)
 
 
+def _jobs_unlock(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    client = create_client(settings)
+    try:
+        seconds_left = remove_lock(client, args.lock)
+    finally:
+        close_client(client)
+
+    key = lock_key(args.lock)
+    if seconds_left is None:
+        print(f"no lock {key} was held")
+        return 0
+    log.warning("job_lock_removed", lock=key, seconds_left=round(seconds_left))
+    print(f"removed lock {key}, which would have expired in {seconds_left:.0f} s")
+    return 0
+
+
 def add_commands(commands: argparse._SubParsersAction) -> None:
     """Add the maintenance subcommands to the `gatehouse` parser."""
     tokens = commands.add_parser("tokens", help="maintain refresh tokens and sessions")
@@ -120,3 +144,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     restore.add_argument("path", type=Path, help="backup directory to restore")
     restore.add_argument("--yes", action="store_true", help="confirm that the current data may be replaced")
     restore.set_defaults(handler=_backup_restore)
+
+    jobs = commands.add_parser("jobs", help="manage the locks of the maintenance jobs")
+    jobs_commands = jobs.add_subparsers(dest="jobs_command", required=True)
+    unlock_help = ("delete a job's Redis lock that a killed run left behind; run it only when no run of "
+                   "that job is in progress, or two runs overlap")
+    unlock = jobs_commands.add_parser("unlock", help=unlock_help, description=unlock_help)
+    unlock.add_argument("lock", metavar="LOCK", choices=LOCK_NAMES,
+                        help=f"one of {', '.join(LOCK_NAMES)}: the job's name, or backup for backup create "
+                             "and restore, which share a lock")
+    unlock.set_defaults(handler=_jobs_unlock)

@@ -70,6 +70,15 @@ def read_record(client: redis.Redis, name: str) -> JobRecord:
     )
 
 
+def remove_lock(client: redis.Redis, lock_name: str) -> float | None:
+    """Delete a job's lock, whichever run holds it; return the seconds it had left, or None if none was held."""
+    pipe = client.pipeline(transaction=True)
+    pipe.pttl(lock_key(lock_name))
+    pipe.delete(lock_key(lock_name))
+    ttl_ms, deleted = pipe.execute()
+    return max(ttl_ms, 0) / 1000 if deleted else None
+
+
 def run_job(client: redis.Redis, name: str, work: Callable[[], Mapping[str, Any]], *,
             lock_seconds: int, lock_name: str | None = None) -> int:
     """Run work under the job's Redis lock, log and record the outcome, and return the exit code.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -18,9 +20,16 @@ from service.maintenance.jobs import (
     JobFailed,
     lock_key,
     read_record,
+    remove_lock,
     run_job,
 )
 from service.maintenance.scratch import ScratchRedis
+from tests.helpers import ROOT
+
+
+def run_gatehouse(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "service.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
 
 
 def test_success_records_result(redis_client):
@@ -118,3 +127,29 @@ def test_second_signal_does_not_cut_cleanup(redis_client):
     assert code == 143
     assert cleaned == ["after the second signal"]
     assert not redis_client.exists(lock_key("tokens_purge"))
+
+
+def test_remove_lock_reports_time_left(redis_client):
+    redis_client.set(lock_key("backup"), "left-by-a-killed-run", ex=600)
+
+    removed = remove_lock(redis_client, "backup")
+    again = remove_lock(redis_client, "backup")
+
+    assert removed is not None
+    assert 590 < removed <= 600
+    assert again is None
+    assert not redis_client.exists(lock_key("backup"))
+
+
+def test_unlock_command_removes_lock(redis_client):
+    redis_client.set(lock_key("backup"), "left-by-a-killed-run", ex=600)
+
+    removed = run_gatehouse("jobs", "unlock", "backup")
+    again = run_gatehouse("jobs", "unlock", "backup")
+
+    assert removed.returncode == 0, removed.stderr
+    assert "removed lock gh:lock:job:backup" in removed.stdout
+    assert "job_lock_removed" in removed.stdout + removed.stderr
+    assert not redis_client.exists(lock_key("backup"))
+    assert again.returncode == 0, again.stderr
+    assert "no lock gh:lock:job:backup was held" in again.stdout
