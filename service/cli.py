@@ -387,7 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
     unban.add_argument("ip", help="IPv4 address, or IPv6 address or /64 network")
     unban.set_defaults(handler=_blacklist_unban)
     blacklist_commands.add_parser(
-        "rotate", help="drop expired bans from the index; safe to run twice at once, records its result"
+        "rotate", help="drop expired bans from the index and record the result; while another run holds the "
+                       "lock, exits 75 without doing anything"
     ).set_defaults(handler=_blacklist_rotate)
 
     check = commands.add_parser("check", help="run the start-up checks (keys, MySQL and schema, Redis) and exit")

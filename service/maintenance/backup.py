@@ -25,11 +25,11 @@ import pymysql
 import redis
 import structlog
 
-from service.config import Settings
+from service.config import InvalidConfiguration, Settings
 from service.database import connect_args
 from service.maintenance import dumps
-from service.maintenance.dumps import DUMP_NAME, MANIFEST_FORMAT, MANIFEST_NAME, RDB_NAME, BackupFailed
-from service.maintenance.scratch import ScratchRedis, find_program
+from service.maintenance.dumps import DUMP_NAME, DUMP_PROGRAMS, MANIFEST_FORMAT, MANIFEST_NAME, RDB_NAME, BackupFailed
+from service.maintenance.scratch import ScratchRedis, find_program, require_programs
 from service.redis_store import KEY_PREFIX
 from service.sessions import SessionStore, session_key
 
@@ -45,11 +45,15 @@ CANARY_SESSION_KEY = f"{KEY_PREFIX}backup:canary_session"
 
 
 def require_backup_dir(settings: Settings) -> Path:
-    if settings.backup_dir is None:
-        raise BackupFailed("GATEHOUSE_BACKUP_DIR is not set: set it to an existing directory for the backups")
-    if not settings.backup_dir.is_dir():
-        raise BackupFailed(f"GATEHOUSE_BACKUP_DIR {settings.backup_dir} is not a directory: create it first")
-    return settings.backup_dir
+    """Return GATEHOUSE_BACKUP_DIR, or raise InvalidConfiguration unless it is an existing directory."""
+    backup_dir = settings.backup_dir
+    if backup_dir is None:
+        raise InvalidConfiguration("GATEHOUSE_BACKUP_DIR is not set: set it to an existing directory for the backups")
+    if not backup_dir.exists():
+        raise InvalidConfiguration(f"GATEHOUSE_BACKUP_DIR {backup_dir} does not exist: create it or correct the setting")
+    if not backup_dir.is_dir():
+        raise InvalidConfiguration(f"GATEHOUSE_BACKUP_DIR {backup_dir} is not a directory: set it to a directory")
+    return backup_dir
 
 
 def complete_backups(backup_dir: Path) -> list[Path]:
@@ -60,6 +64,7 @@ def complete_backups(backup_dir: Path) -> list[Path]:
 
 def create_backup(settings: Settings, client: redis.Redis) -> dict[str, Any]:
     """Write the canary, dump MySQL, snapshot Redis, write the manifest, apply retention."""
+    require_programs(DUMP_PROGRAMS, "redis-cli", "redis-server")
     backup_dir = require_backup_dir(settings)
     created = time.time()
     final = backup_dir / (BACKUP_PREFIX + dumps.utc_stamp(created))
@@ -191,5 +196,7 @@ def _apply_retention(backup_dir: Path, keep: int) -> list[str]:
     backups = complete_backups(backup_dir)
     expired = backups[:-keep] if len(backups) > keep else []
     for path in expired:
-        shutil.rmtree(path)
+        # Renamed first: what an interrupted deletion leaves is then removed by the next run.
+        doomed = path.rename(backup_dir / (INCOMPLETE_PREFIX + path.name))
+        shutil.rmtree(doomed)
     return [path.name for path in expired]

@@ -1,4 +1,8 @@
-"""The maintenance subcommands of `gatehouse`: tokens purge and backup create, verify and restore."""
+"""The maintenance subcommands of `gatehouse`: tokens purge, backup create, verify and restore, jobs unlock.
+
+Usage and configuration errors are found before a job takes its lock: the command
+prints one line, exits 2 and records nothing, so a typo does not fire the job alerts.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,30 @@ import argparse
 import sys
 from pathlib import Path
 
+import structlog
+
 from service.config import load_settings
-from service.maintenance.jobs import run_job
+from service.maintenance.jobs import EXIT_USAGE, lock_key, remove_lock, run_job
 from service.redis_store import close_client, create_client
+
+log = structlog.get_logger("gatehouse.jobs")
+
+# The lock of each job; backup create and backup restore share `backup`.
+LOCK_NAMES = ("tokens_purge", "blacklist_rotate", "backup", "backup_verify")
+
+
+def _usage_error(message: str) -> int:
+    print(f"gatehouse: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _backup_path_problem(path: Path) -> str | None:
+    """Return why path cannot be a backup directory, or None when it is a directory."""
+    if not path.exists():
+        return f"backup directory {path} does not exist"
+    if not path.is_dir():
+        return f"{path} is not a directory: give the directory of one backup"
+    return None
 
 
 def _tokens_purge(_args: argparse.Namespace) -> int:
@@ -25,9 +50,10 @@ def _tokens_purge(_args: argparse.Namespace) -> int:
 
 
 def _backup_create(_args: argparse.Namespace) -> int:
-    from service.maintenance.backup import create_backup
+    from service.maintenance.backup import create_backup, require_backup_dir
 
     settings = load_settings()
+    require_backup_dir(settings)
     client = create_client(settings)
     try:
         return run_job(client, "backup_create", lambda: create_backup(settings, client),
@@ -37,13 +63,17 @@ def _backup_create(_args: argparse.Namespace) -> int:
 
 
 def _backup_verify(args: argparse.Namespace) -> int:
+    from service.maintenance.backup import require_backup_dir
     from service.maintenance.verify import verify_backup
 
     if (args.path is None) == (not args.latest):
-        print("gatehouse: backup verify takes either PATH or --latest", file=sys.stderr)
-        return 2
+        return _usage_error("backup verify takes either PATH or --latest")
+    if args.path is not None and (problem := _backup_path_problem(args.path)):
+        return _usage_error(problem)
 
     settings = load_settings()
+    if args.latest:
+        require_backup_dir(settings)
     client = create_client(settings)
     try:
         return run_job(client, "backup_verify", lambda: verify_backup(settings, args.path),
@@ -55,10 +85,11 @@ def _backup_verify(args: argparse.Namespace) -> int:
 def _backup_restore(args: argparse.Namespace) -> int:
     from service.maintenance.restore import restore_backup
 
+    if problem := _backup_path_problem(args.path):
+        return _usage_error(problem)
     if not args.yes:
-        print(f"gatehouse: restoring {args.path} replaces the database tables and the gh: keys in Redis "
-              "of the configured servers; run again with --yes to do it", file=sys.stderr)
-        return 2
+        return _usage_error(f"restoring {args.path} replaces the database tables and the gh: keys in Redis "
+                            "of the configured servers; run again with --yes to do it")
 
     settings = load_settings()
     client = create_client(settings)
@@ -67,6 +98,23 @@ def _backup_restore(args: argparse.Namespace) -> int:
                        lock_seconds=settings.job_lock_seconds, lock_name="backup")
     finally:
         close_client(client)
+
+
+def _jobs_unlock(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    client = create_client(settings)
+    try:
+        seconds_left = remove_lock(client, args.lock)
+    finally:
+        close_client(client)
+
+    key = lock_key(args.lock)
+    if seconds_left is None:
+        print(f"no lock {key} was held")
+        return 0
+    log.warning("job_lock_removed", lock=key, seconds_left=round(seconds_left))
+    print(f"removed lock {key}, which would have expired in {seconds_left:.0f} s")
+    return 0
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -96,3 +144,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     restore.add_argument("path", type=Path, help="backup directory to restore")
     restore.add_argument("--yes", action="store_true", help="confirm that the current data may be replaced")
     restore.set_defaults(handler=_backup_restore)
+
+    jobs = commands.add_parser("jobs", help="manage the locks of the maintenance jobs")
+    jobs_commands = jobs.add_subparsers(dest="jobs_command", required=True)
+    unlock_help = ("delete a job's Redis lock that a killed run left behind; run it only when no run of "
+                   "that job is in progress, or two runs overlap")
+    unlock = jobs_commands.add_parser("unlock", help=unlock_help, description=unlock_help)
+    unlock.add_argument("lock", metavar="LOCK", choices=LOCK_NAMES,
+                        help=f"one of {', '.join(LOCK_NAMES)}: the job's name, or backup for backup create "
+                             "and restore, which share a lock")
+    unlock.set_defaults(handler=_jobs_unlock)

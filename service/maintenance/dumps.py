@@ -6,12 +6,12 @@ import hashlib
 import json
 import os
 import re
-import shutil
+import signal
 import subprocess
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +23,16 @@ from redis.connection import parse_url
 from service import redis_store
 from service.config import Settings
 from service.maintenance.jobs import JobFailed
+from service.maintenance.option_files import mysql_option
 from service.maintenance.scratch import find_program
+from service.maintenance.tool_output import mariadb_client_error
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
 DUMP_NAME = "mysql.sql"
 RDB_NAME = "redis.rdb"
+# The dump program: MariaDB's, or MySQL's where only MySQL's client is installed.
+DUMP_PROGRAMS = ("mariadb-dump", "mysqldump")
 # Expiry times are counted per hour, so the manifest stays small with millions of keys.
 EXPIRY_BUCKET_SECONDS = 3600
 # Client programs get this long before the backup is declared failed.
@@ -43,8 +47,15 @@ class BackupFailed(JobFailed):
 
 
 def run(command: list[str], *, env: dict[str, str] | None = None, stdin: Path | None = None,
-        stdout: Path | None = None) -> str:
-    """Run a client program; return its standard output, or raise BackupFailed with its error output."""
+        stdout: Path | None = None, describe_failure: Callable[[str, str], str] | None = None) -> str:
+    """Run a program; return its standard output, or raise BackupFailed with its exit status.
+
+    The error is logged and recorded in Redis. describe_failure(stdout, stderr) returns
+    the part of the program's output that goes into it, and stdout is empty when it went
+    to a file. Without describe_failure, the end of stderr goes in. mariadb-dump and
+    redis-cli write their connection and server errors there, and the data they copy
+    only to stdout.
+    """
     with (open(stdin, "rb") if stdin else open(os.devnull, "rb")) as input_file, \
             (open(stdout, "wb") if stdout else tempfile.TemporaryFile()) as output_file:
         try:
@@ -52,13 +63,24 @@ def run(command: list[str], *, env: dict[str, str] | None = None, stdin: Path | 
                                     env={**os.environ, **(env or {})}, timeout=COMMAND_TIMEOUT_SECONDS)
         except subprocess.TimeoutExpired:
             raise BackupFailed(f"{Path(command[0]).name} did not finish within {COMMAND_TIMEOUT_SECONDS} s") from None
+
+        output = ""
+        if not stdout:
+            output_file.seek(0)
+            output = output_file.read().decode(errors="replace")
         if result.returncode != 0:
-            error = result.stderr.decode(errors="replace").strip()[-2000:]
-            raise BackupFailed(f"{Path(command[0]).name} exited with {result.returncode}: {error}")
-        if stdout:
-            return ""
-        output_file.seek(0)
-        return output_file.read().decode(errors="replace")
+            error_output = result.stderr.decode(errors="replace")
+            detail = (describe_failure(output, error_output) if describe_failure
+                      else error_output.strip()[-2000:])
+            raise BackupFailed(f"{Path(command[0]).name} {_exit_status(result.returncode)}: "
+                               f"{detail or 'no error message'}")
+        return output
+
+
+def _exit_status(returncode: int) -> str:
+    if returncode < 0:
+        return f"was killed by {signal.Signals(-returncode).name}"
+    return f"exited with {returncode}"
 
 
 def tool_version(program: str) -> str:
@@ -67,8 +89,8 @@ def tool_version(program: str) -> str:
 
 
 def dump_program() -> str:
-    """Return mariadb-dump, or mysqldump where only MySQL's client is installed."""
-    return shutil.which("mariadb-dump") or find_program("mysqldump")
+    """Return the path of mariadb-dump, or of mysqldump where only MySQL's client is installed."""
+    return find_program(*DUMP_PROGRAMS)
 
 
 def sha256_of(path: Path) -> str:
@@ -84,19 +106,20 @@ def mysql_defaults_file(settings: Settings) -> Iterator[Path]:
     """Yield a client option file with the connection settings, readable by the owner only.
 
     The password goes into the file rather than the command line, where any user of the
-    machine could read it from the process list.
+    machine could read it from the process list. Every value is quoted, so a password
+    with `#` or surrounding spaces reaches the server unchanged.
     """
     with tempfile.TemporaryDirectory(prefix="gatehouse-mysql-") as directory:
         path = Path(directory) / "client.cnf"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as options:
+        with os.fdopen(fd, "w", encoding="utf-8") as options:
             options.write(
                 "[client]\n"
-                f"host={settings.mysql_host}\n"
-                f"port={settings.mysql_port}\n"
-                f"user={settings.mysql_user}\n"
-                f"password={settings.mysql_password.get_secret_value()}\n"
-                "protocol=TCP\n"
+                + mysql_option("host", settings.mysql_host)
+                + mysql_option("port", settings.mysql_port)
+                + mysql_option("user", settings.mysql_user)
+                + mysql_option("password", settings.mysql_password.get_secret_value())
+                + "protocol=TCP\n"
             )
         yield path
 
@@ -115,7 +138,8 @@ def count_dump_rows(dump: Path) -> dict[str, int]:
 
 def load_dump(defaults_file: Path, database: str, dump: Path) -> None:
     """Run the statements of a dump against one database with the mariadb client."""
-    run([find_program("mariadb"), f"--defaults-file={defaults_file}", "--batch", database], stdin=dump)
+    run([find_program("mariadb"), f"--defaults-file={defaults_file}", "--batch", database], stdin=dump,
+        describe_failure=lambda _stdout, stderr: mariadb_client_error(stderr))
 
 
 def redis_cli_args(settings: Settings) -> tuple[list[str], dict[str, str]]:

@@ -9,6 +9,7 @@ Records (all under the gh: prefix):
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -19,12 +20,15 @@ import structlog
 from redis.exceptions import LockError
 from redis.lock import Lock
 
+from service.maintenance.termination import JobTerminated, StopSignals
 from service.redis_store import KEY_PREFIX
 
 log = structlog.get_logger("gatehouse.jobs")
 
 EXIT_SUCCEEDED = 0
 EXIT_FAILED = 1
+# A usage or configuration error, found before the lock is taken; nothing is recorded.
+EXIT_USAGE = 2
 # sysexits.h EX_TEMPFAIL: another run holds the lock; running again later is the fix.
 EXIT_LOCKED = 75
 
@@ -66,13 +70,32 @@ def read_record(client: redis.Redis, name: str) -> JobRecord:
     )
 
 
+def remove_lock(client: redis.Redis, lock_name: str) -> float | None:
+    """Delete a job's lock, whichever run holds it; return the seconds it had left, or None if none was held."""
+    pipe = client.pipeline(transaction=True)
+    pipe.pttl(lock_key(lock_name))
+    pipe.delete(lock_key(lock_name))
+    ttl_ms, deleted = pipe.execute()
+    return max(ttl_ms, 0) / 1000 if deleted else None
+
+
 def run_job(client: redis.Redis, name: str, work: Callable[[], Mapping[str, Any]], *,
             lock_seconds: int, lock_name: str | None = None) -> int:
     """Run work under the job's Redis lock, log and record the outcome, and return the exit code.
 
     A second run while the lock is held does nothing and returns EXIT_LOCKED. The lock
     expires after lock_seconds, so a run that dies cannot block the job for longer.
+    SIGTERM or SIGINT during the work raises JobTerminated inside it: the work cleans up,
+    the failure is recorded and the exit code is 128 + the signal number (143 for
+    SIGTERM). A signal that arrives after the work finished does not change the outcome.
+    Call it from the main thread, which alone can install signal handlers.
     """
+    with StopSignals() as signals:
+        return _run_locked(client, name, work, signals, lock_seconds=lock_seconds, lock_name=lock_name)
+
+
+def _run_locked(client: redis.Redis, name: str, work: Callable[[], Mapping[str, Any]], signals: StopSignals, *,
+                lock_seconds: int, lock_name: str | None) -> int:
     lock = client.lock(lock_key(lock_name or name), timeout=lock_seconds, blocking=False)
     try:
         acquired = lock.acquire()
@@ -86,7 +109,10 @@ def run_job(client: redis.Redis, name: str, work: Callable[[], Mapping[str, Any]
 
     started = time.time()
     try:
-        result = dict(work())
+        with signals.raising():
+            result = dict(work())
+    except JobTerminated as exc:
+        return _record_failure(client, name, started, str(exc), exit_code=exc.exit_code)
     except JobFailed as exc:
         return _record_failure(client, name, started, str(exc))
     except Exception as exc:  # the job's boundary: any error is its failure, logged with the stack
@@ -95,7 +121,11 @@ def run_job(client: redis.Redis, name: str, work: Callable[[], Mapping[str, Any]
     finally:
         _release(lock, name)
 
-    return _record_success(client, name, started, result)
+    code = _record_success(client, name, started, result)
+    if signals.received:
+        log.warning("job_signal_ignored", job=name, signal=signal.Signals(signals.received[0]).name,
+                    reason="the work had finished")
+    return code
 
 
 def _record_success(client: redis.Redis, name: str, started: float, result: dict[str, Any]) -> int:
@@ -116,7 +146,8 @@ def _record_success(client: redis.Redis, name: str, started: float, result: dict
     return EXIT_SUCCEEDED
 
 
-def _record_failure(client: redis.Redis, name: str, started: float, error: str) -> int:
+def _record_failure(client: redis.Redis, name: str, started: float, error: str, *,
+                    exit_code: int = EXIT_FAILED) -> int:
     finished = time.time()
     duration = round(finished - started, 3)
     log.error("job_failed", job=name, duration_seconds=duration, error=error)
@@ -128,7 +159,7 @@ def _record_failure(client: redis.Redis, name: str, started: float, error: str) 
         })
     except redis.RedisError as exc:
         log.error("job_record_failed", job=name, error=str(exc))
-    return EXIT_FAILED
+    return exit_code
 
 
 def _release(lock: Lock, name: str) -> None:

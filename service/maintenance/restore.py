@@ -22,7 +22,7 @@ import redis
 from service.config import Settings
 from service.maintenance import dumps
 from service.maintenance.dumps import DUMP_NAME, RDB_NAME, BackupFailed
-from service.maintenance.scratch import ScratchRedis
+from service.maintenance.scratch import ScratchRedis, require_programs
 from service.maintenance.verify import check_files
 from service.redis_store import KEY_PREFIX
 
@@ -33,6 +33,7 @@ _BATCH = 500
 
 def restore_backup(settings: Settings, client: redis.Redis, backup: Path) -> dict[str, Any]:
     """Check the backup's files, then restore MySQL and Redis from it."""
+    require_programs("mariadb", "redis-server")
     manifest = dumps.read_manifest(backup)
     problems = check_files(backup, manifest)
     if problems:

@@ -25,7 +25,14 @@ from service.maintenance import dumps
 from service.maintenance.backup import CANARY_USER_ID, complete_backups, require_backup_dir
 from service.maintenance.dumps import DUMP_NAME, RDB_NAME, BackupFailed
 from service.maintenance.jobs import JobFailed
-from service.maintenance.scratch import ScratchMariaDB, ScratchRedis, ScratchServerFailed, find_program
+from service.maintenance.scratch import (
+    ScratchMariaDB,
+    ScratchRedis,
+    ScratchServerFailed,
+    find_program,
+    require_programs,
+)
+from service.maintenance.tool_output import rdb_check_error
 from service.sessions import session_key
 
 SCRATCH_DATABASE = "gatehouse_verify"
@@ -63,6 +70,7 @@ def check_files(backup: Path, manifest: dict[str, Any]) -> list[str]:
 
 def verify_backup(settings: Settings, path: Path | None) -> dict[str, Any]:
     """Run every check on one backup; raise JobFailed listing all problems, or return a summary."""
+    require_programs("redis-check-rdb", "redis-server", "mariadb-install-db", "mariadbd", "mariadb")
     backup = find_backup(settings, path)
     manifest = dumps.read_manifest(backup)
     problems = check_files(backup, manifest)
@@ -89,9 +97,11 @@ def _check_rdb(rdb: Path, problems: list[str]) -> bool:
         return False
 
     try:
-        dumps.run([find_program("redis-check-rdb"), str(rdb)])
+        # redis-check-rdb writes its diagnosis to stdout, and nothing to stderr.
+        dumps.run([find_program("redis-check-rdb"), str(rdb)],
+                  describe_failure=lambda stdout, _stderr: rdb_check_error(stdout))
     except BackupFailed as exc:
-        problems.append(f"redis-check-rdb rejects {RDB_NAME}: {str(exc)[-300:]}")
+        problems.append(f"redis-check-rdb rejects {RDB_NAME}: {exc}")
         return False
     return True
 

@@ -4,32 +4,92 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pymysql
 import pytest
 
 from service.database import connect_args
-from service.maintenance.backup import CANARY_USER_ID
+from service.maintenance.backup import CANARY_EMAIL, CANARY_USER_ID
 from service.maintenance.dumps import DUMP_NAME, MANIFEST_NAME, RDB_NAME, sha256_of
-from service.maintenance.jobs import EXIT_LOCKED, lock_key, read_record
+from service.maintenance.jobs import EXIT_LOCKED, EXIT_USAGE, lock_key, read_record
 from service.sessions import session_key, user_sessions_key
 from tests.helpers import ROOT
 
 PASSWORD = "correct horse battery staple"
 USERS = ("ann@example.com", "ben@example.com", "cid@example.com")
+JOBS = ("backup_create", "backup_verify", "backup_restore")
+
+
+def split_output(stdout: str, stderr: str) -> tuple[list[dict], str]:
+    """Return the JSON log events and the other lines of both streams.
+
+    Log lines may go to either stream, so both are read.
+    """
+    lines = stdout.splitlines() + stderr.splitlines()
+    events = [json.loads(line) for line in lines if line.startswith("{")]
+    messages = "\n".join(line for line in lines if not line.startswith("{"))
+    return events, messages
 
 
 def gatehouse(backup_dir: Path, *args: str, **env: str) -> tuple[int, list[dict], str]:
-    """Run `gatehouse ARGS` with the backup directory; return the exit code, the log events and stderr."""
+    """Run `gatehouse ARGS` with the backup directory; return the exit code, the log events and the other lines."""
     result = subprocess.run(
         [sys.executable, "-m", "service.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
         env={**os.environ, "GATEHOUSE_BACKUP_DIR": str(backup_dir), **env},
     )
-    events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
-    return result.returncode, events, result.stderr
+    events, messages = split_output(result.stdout, result.stderr)
+    return result.returncode, events, messages
+
+
+def start_gatehouse(backup_dir: Path, temp_dir: Path, *args: str) -> subprocess.Popen:
+    """Start `gatehouse ARGS` in the background, with its temporary files in temp_dir."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "service.cli", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env={**os.environ, "GATEHOUSE_BACKUP_DIR": str(backup_dir), "TMPDIR": str(temp_dir)},
+    )
+
+
+def processes_mentioning(text: str) -> dict[int, str]:
+    """Return the command line of every running process whose command line contains text, by pid."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # the process ended meanwhile
+            continue
+        if text in command:
+            found[int(entry.name)] = command
+    return found
+
+
+def is_running(pid: int) -> bool:
+    """Return whether a process exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def wait_for(condition: Callable[[], Any], description: str, timeout: float = 120.0) -> Any:
+    """Poll condition every 5 ms until it returns a true value, and return that value."""
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {description}")
+        time.sleep(0.005)
+    return result
 
 
 def only_event(events: list[dict], name: str) -> dict:
@@ -61,10 +121,17 @@ def data(client) -> dict[str, str]:
 
 
 @pytest.fixture
+def temp_dir():
+    """An empty directory for a job's temporary files, with a path short enough for Unix sockets inside it."""
+    with tempfile.TemporaryDirectory(prefix="gh-test-") as directory:
+        yield Path(directory)
+
+
+@pytest.fixture
 def backup(tmp_path, data) -> Path:
     """A backup of the data, made by `gatehouse backup create`."""
-    code, events, stderr = gatehouse(tmp_path, "backup", "create")
-    assert code == 0, (events, stderr)
+    code, events, messages = gatehouse(tmp_path, "backup", "create")
+    assert code == 0, (events, messages)
     return Path(only_event(events, "job_succeeded")["backup"])
 
 
@@ -75,9 +142,45 @@ def edit_manifest(backup: Path, change) -> None:
 
 
 def verify_error(backup: Path) -> str:
-    code, events, stderr = gatehouse(backup.parent, "backup", "verify", str(backup))
-    assert code == 1, (events, stderr)
+    code, events, messages = gatehouse(backup.parent, "backup", "verify", str(backup))
+    assert code == 1, (events, messages)
     return only_event(events, "job_failed")["error"]
+
+
+def fix_dump_checksum(backup: Path) -> None:
+    """Make the manifest agree with the dump as it is now, so that only loading the dump can find a change."""
+    dump = backup / DUMP_NAME
+
+    def fix_checksum(manifest: dict) -> None:
+        manifest["files"][DUMP_NAME] = {"sha256": sha256_of(dump), "bytes": dump.stat().st_size}
+
+    edit_manifest(backup, fix_checksum)
+
+
+def duplicate_email(lines: list[str], row: int) -> None:
+    """Insert a copy of a users row with a new id, which fails on the unique email."""
+    lines.insert(row + 1, lines[row].replace("VALUES ('", "VALUES ('x", 1))
+
+
+def break_syntax(lines: list[str], row: int) -> None:
+    """Cut the row's statement after its password hash, so that the client reports the text near the cut."""
+    lines[row] = lines[row][: lines[row].index("$argon2") + 40] + ";\n"
+
+
+def damage_user_row(backup: Path, damage: Callable[[list[str], int], None]) -> None:
+    """Apply damage to the dump at the first user's row, and make the manifest's checksum agree."""
+    dump = backup / DUMP_NAME
+    lines = dump.read_text().splitlines(keepends=True)
+    row = next(index for index, line in enumerate(lines)
+               if line.startswith("INSERT INTO `users`") and USERS[0] in line)
+    damage(lines, row)
+    dump.write_text("".join(lines))
+    fix_dump_checksum(backup)
+
+
+def assert_no_row_content(text: str) -> None:
+    assert USERS[0] not in text
+    assert "$argon2" not in text
 
 
 def test_create_writes_files_and_manifest(backup, redis_client):
@@ -99,9 +202,9 @@ def test_create_writes_files_and_manifest(backup, redis_client):
 
 
 def test_verify_accepts_good_backup(backup, redis_client):
-    code, events, stderr = gatehouse(backup.parent, "backup", "verify", "--latest")
+    code, events, messages = gatehouse(backup.parent, "backup", "verify", "--latest")
 
-    assert code == 0, (events, stderr)
+    assert code == 0, (events, messages)
     assert only_event(events, "job_succeeded")["backup"] == str(backup)
     assert read_record(redis_client, "backup_verify").last_success_at is not None
 
@@ -124,11 +227,7 @@ def test_verify_counts_rows_of_truncated_dump(backup):
     lines = dump.read_text().splitlines(keepends=True)
     user_rows = [index for index, line in enumerate(lines) if line.startswith("INSERT INTO `users`")]
     dump.write_text("".join(lines[: user_rows[1] + 1]))
-
-    def fix_checksum(manifest: dict) -> None:
-        manifest["files"][DUMP_NAME] = {"sha256": sha256_of(dump), "bytes": dump.stat().st_size}
-
-    edit_manifest(backup, fix_checksum)
+    fix_dump_checksum(backup)
 
     error = verify_error(backup)
 
@@ -145,7 +244,10 @@ def test_verify_rejects_flipped_rdb_byte(backup):
     error = verify_error(backup)
 
     assert f"{RDB_NAME} SHA-256 does not match the manifest" in error
-    assert "redis-check-rdb rejects" in error
+    # redis-check-rdb's report (on its stdout) without the key it was reading.
+    assert f"redis-check-rdb rejects {RDB_NAME}: redis-check-rdb exited with 1: [offset " in error, error
+    assert "Reading key" not in error
+    assert "gh:sess:" not in error
 
 
 def test_verify_rejects_mismatched_manifest(backup):
@@ -183,12 +285,12 @@ def test_restore_brings_back_data(backup, data, settings, redis_client):
     redis_client.delete(user_sessions_key(ann), session_key(sessions_before[0]))
     redis_client.set(lock_key("tokens_purge"), "held-by-a-live-run", ex=60)
 
-    refused, _, stderr = gatehouse(backup.parent, "backup", "restore", str(backup))
-    code, events, restore_stderr = gatehouse(backup.parent, "backup", "restore", str(backup), "--yes")
+    refused, _, messages = gatehouse(backup.parent, "backup", "restore", str(backup))
+    code, events, restore_messages = gatehouse(backup.parent, "backup", "restore", str(backup), "--yes")
 
     assert refused == 2
-    assert "--yes" in stderr
-    assert code == 0, (events, restore_stderr)
+    assert "--yes" in messages
+    assert code == 0, (events, restore_messages)
     assert count_users(settings) == len(USERS) + 1
     assert redis_client.zrange(user_sessions_key(ann), 0, -1) == sessions_before
     assert redis_client.ttl(session_key(sessions_before[0])) > 0
@@ -205,9 +307,9 @@ def test_retention_keeps_newest(tmp_path, data):
     leftover = tmp_path / ".incomplete-crashed"
     leftover.mkdir()
 
-    code, events, stderr = gatehouse(tmp_path, "backup", "create", GATEHOUSE_BACKUP_KEEP="2")
+    code, events, messages = gatehouse(tmp_path, "backup", "create", GATEHOUSE_BACKUP_KEEP="2")
 
-    assert code == 0, (events, stderr)
+    assert code == 0, (events, messages)
     assert only_event(events, "job_succeeded")["removed_backups"] == ["gatehouse-20200101T000000Z"]
     remaining = sorted(path.name for path in tmp_path.iterdir())
     assert len(remaining) == 2
@@ -222,3 +324,173 @@ def test_create_skips_while_backup_locked(tmp_path, redis_client):
     assert code == EXIT_LOCKED
     assert only_event(events, "job_skipped")["job"] == "backup_create"
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("damage", [duplicate_email, break_syntax], ids=["duplicate_email", "syntax_error"])
+def test_verify_error_leaves_out_rows(backup, redis_client, damage):
+    damage_user_row(backup, damage)
+
+    code, events, messages = gatehouse(backup.parent, "backup", "verify", str(backup))
+
+    error = only_event(events, "job_failed")["error"]
+    assert code == 1, (events, messages)
+    assert f"{DUMP_NAME} does not load into a scratch MariaDB: mariadb exited with 1: ERROR " in error, error
+    assert "left out because it can quote rows" in error
+    assert_no_row_content(json.dumps(events) + messages)
+    assert_no_row_content(read_record(redis_client, "backup_verify").last_error)
+
+
+def test_verify_names_duplicate_entry_error(backup):
+    damage_user_row(backup, duplicate_email)
+
+    error = verify_error(backup)
+
+    assert "ERROR 1062 (23000) at line " in error
+    assert "ER_DUP_ENTRY" in error
+
+
+def test_restore_error_leaves_out_rows(backup, redis_client):
+    damage_user_row(backup, duplicate_email)
+
+    code, events, messages = gatehouse(backup.parent, "backup", "restore", str(backup), "--yes")
+
+    error = only_event(events, "job_failed")["error"]
+    assert code == 1, (events, messages)
+    assert "mariadb exited with 1: ERROR 1062 (23000) at line " in error, error
+    assert_no_row_content(json.dumps(events) + messages)
+    assert_no_row_content(read_record(redis_client, "backup_restore").last_error)
+
+
+def link_programs(directory: Path, *names: str) -> Path:
+    """Fill directory with links to the named programs, for use as the only PATH entry."""
+    directory.mkdir()
+    for name in names:
+        (directory / name).symlink_to(shutil.which(name))
+    return directory
+
+
+def test_create_without_mariadb_client_names_it(tmp_path, redis_client):
+    path = link_programs(tmp_path / "bin", "redis-cli", "redis-server")
+    backup_dir = tmp_path / "backups"
+    backup_dir.mkdir()
+
+    code, events, messages = gatehouse(backup_dir, "backup", "create", PATH=str(path))
+
+    error = only_event(events, "job_failed")["error"]
+    assert code == 1, (events, messages)
+    assert "not found on PATH" in error
+    assert "mariadb-dump (or mysqldump)" in error
+    assert "mariadb-client" in error
+    assert "redis-cli" not in error
+    assert "job_crashed" not in [event["event"] for event in events]
+    assert "Traceback" not in json.dumps(events) + messages
+    assert read_record(redis_client, "backup_create").last_error == error
+    assert list(backup_dir.iterdir()) == []
+
+
+def test_verify_lists_every_missing_program(backup, tmp_path):
+    empty = link_programs(tmp_path / "bin")
+
+    code, events, messages = gatehouse(backup.parent, "backup", "verify", str(backup), PATH=str(empty))
+
+    error = only_event(events, "job_failed")["error"]
+    assert code == 1, (events, messages)
+    for program in ("redis-check-rdb", "redis-server", "mariadb-install-db", "mariadb"):
+        assert program in error
+    assert "job_crashed" not in [event["event"] for event in events]
+
+
+USAGE_ERRORS = [
+    # (arguments, GATEHOUSE_BACKUP_DIR relative to tmp_path or "" for unset, expected text)
+    (("backup", "create"), "", "GATEHOUSE_BACKUP_DIR is not set"),
+    (("backup", "create"), "missing", "missing does not exist"),
+    (("backup", "create"), "file", "file is not a directory"),
+    (("backup", "verify", "--latest"), "", "GATEHOUSE_BACKUP_DIR is not set"),
+    (("backup", "verify", "{tmp}/missing"), "", "missing does not exist"),
+    (("backup", "verify", "{tmp}/file"), "", "file is not a directory"),
+    (("backup", "restore", "{tmp}/missing", "--yes"), "", "missing does not exist"),
+]
+
+
+@pytest.mark.parametrize(("args", "backup_dir", "expected"), USAGE_ERRORS,
+                         ids=[f"{' '.join(args)}-{backup_dir or 'unset'}" for args, backup_dir, _ in USAGE_ERRORS])
+def test_usage_error_exits_2_unrecorded(tmp_path, redis_client, args, backup_dir, expected):
+    (tmp_path / "file").write_text("not a directory")
+    arguments = [argument.format(tmp=tmp_path) for argument in args]
+
+    code, events, messages = gatehouse(tmp_path / backup_dir if backup_dir else "", *arguments)
+
+    assert code == EXIT_USAGE, (events, messages)
+    assert len(messages.splitlines()) == 1, messages
+    assert messages.startswith("gatehouse: ")
+    assert expected in messages
+    assert [event["event"] for event in events if event["event"].startswith("job_")] == []
+    for job in JOBS:
+        assert read_record(redis_client, job).last_failure_at is None
+    assert redis_client.keys("gh:lock:*") == []
+
+
+def scratch_redis_running(temp_dir: Path) -> bool:
+    return any("redis-server" in command for command in processes_mentioning(str(temp_dir)).values())
+
+
+def mariadb_bootstrapping(temp_dir: Path) -> bool:
+    # mariadb-install-db runs `mariadbd --bootstrap` from a subshell.
+    return any("--bootstrap" in command for command in processes_mentioning(str(temp_dir)).values())
+
+
+def scratch_mariadb_serving(temp_dir: Path) -> bool:
+    return any(temp_dir.glob("gatehouse-verify-*/mariadb/mariadbd.sock"))
+
+
+def assert_terminated(job: subprocess.Popen, redis_client, name: str, lock: str) -> None:
+    """Check that a job stopped with SIGTERM failed the normal way: logged, recorded, lock released."""
+    stdout, stderr = job.communicate(timeout=120)
+    events, messages = split_output(stdout, stderr)
+    assert job.returncode == 128 + signal.SIGTERM, (events, messages)
+    assert only_event(events, "job_failed")["error"] == "terminated by SIGTERM"
+    assert "job_crashed" not in [event["event"] for event in events]
+    assert read_record(redis_client, name).last_error == "terminated by SIGTERM"
+    assert not redis_client.exists(lock_key(lock))
+
+
+@pytest.mark.parametrize("phase", [scratch_redis_running, mariadb_bootstrapping, scratch_mariadb_serving],
+                         ids=["scratch_redis", "mariadb_bootstrap", "scratch_mariadb"])
+def test_sigterm_during_verify_stops_servers(backup, temp_dir, redis_client, phase):
+    job = start_gatehouse(backup.parent, temp_dir, "backup", "verify", str(backup))
+    wait_for(lambda: phase(temp_dir) or job.poll() is not None, phase.__name__)
+    started = processes_mentioning(str(temp_dir))
+    job.send_signal(signal.SIGTERM)
+
+    assert_terminated(job, redis_client, "backup_verify", "backup_verify")
+    assert started, "no scratch process was running when the signal was sent"
+    assert [pid for pid in started if is_running(pid)] == []
+    assert processes_mentioning(str(temp_dir)) == {}
+    assert list(temp_dir.iterdir()) == []
+
+
+def test_sigterm_during_create_removes_incomplete(tmp_path, temp_dir, settings, redis_client, data):
+    backup_dir = tmp_path / "backups"
+    backup_dir.mkdir()
+    # An open transaction that holds the canary's row makes the job wait inside its run.
+    blocker = pymysql.connect(**connect_args(settings))
+    try:
+        blocker.begin()
+        with blocker.cursor() as cursor:
+            cursor.execute("INSERT INTO users (id, email, password_hash, status, created_at, updated_at)"
+                           " VALUES (%s, %s, '!', 'disabled', NOW(), NOW())", (CANARY_USER_ID, CANARY_EMAIL))
+
+        job = start_gatehouse(backup_dir, temp_dir, "backup", "create")
+        wait_for(lambda: any(backup_dir.glob(".incomplete-*")) or job.poll() is not None, "the .incomplete- directory")
+        job.send_signal(signal.SIGTERM)
+
+        assert_terminated(job, redis_client, "backup_create", "backup")
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert list(backup_dir.iterdir()) == []
+    assert list(temp_dir.iterdir()) == []
+
+    # The next run is not blocked by the terminated one.
+    code, events, messages = gatehouse(backup_dir, "backup", "create")
+    assert code == 0, (events, messages)

@@ -1,6 +1,17 @@
-"""run_job against the real test Redis: the lock, the records and the exit codes."""
+"""run_job against the real test Redis: the lock, the records, the exit codes and SIGTERM."""
 
 from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
 
 from service.maintenance.jobs import (
     EXIT_FAILED,
@@ -9,8 +20,16 @@ from service.maintenance.jobs import (
     JobFailed,
     lock_key,
     read_record,
+    remove_lock,
     run_job,
 )
+from service.maintenance.scratch import ScratchRedis
+from tests.helpers import ROOT
+
+
+def run_gatehouse(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "service.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
 
 
 def test_success_records_result(redis_client):
@@ -59,3 +78,78 @@ def test_held_lock_skips_work(redis_client):
     assert code == EXIT_LOCKED
     assert calls == []
     assert read_record(redis_client, "backup_restore").last_failure_at is None
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=lambda signum: signal.Signals(signum).name)
+def test_signal_stops_work_and_cleans_up(redis_client, tmp_path, signum):
+    handler_before = signal.getsignal(signum)
+    scratch_pids = []
+
+    def work() -> dict:
+        with tempfile.TemporaryDirectory(dir=tmp_path) as scratch_dir, ScratchRedis(Path(scratch_dir)) as scratch:
+            scratch_pids.append(scratch.pid())
+            os.kill(os.getpid(), signum)
+            time.sleep(30)
+        return {"finished": True}
+
+    code = run_job(redis_client, "backup_verify", work, lock_seconds=60)
+
+    name = signal.Signals(signum).name
+    assert code == 128 + signum
+    assert read_record(redis_client, "backup_verify").last_error == f"terminated by {name}"
+    assert read_record(redis_client, "backup_verify").last_success_at is None
+    assert not redis_client.exists(lock_key("backup_verify"))
+    assert list(tmp_path.iterdir()) == []
+    assert len(scratch_pids) == 1
+    assert not Path(f"/proc/{scratch_pids[0]}").exists()
+    assert signal.getsignal(signum) is handler_before
+
+
+def test_second_signal_does_not_cut_cleanup(redis_client):
+    cleaned = []
+
+    @contextmanager
+    def resource():
+        try:
+            yield
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)
+            cleaned.append("after the second signal")
+
+    def work() -> dict:
+        with resource():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(30)
+        return {}
+
+    code = run_job(redis_client, "tokens_purge", work, lock_seconds=60)
+
+    assert code == 143
+    assert cleaned == ["after the second signal"]
+    assert not redis_client.exists(lock_key("tokens_purge"))
+
+
+def test_remove_lock_reports_time_left(redis_client):
+    redis_client.set(lock_key("backup"), "left-by-a-killed-run", ex=600)
+
+    removed = remove_lock(redis_client, "backup")
+    again = remove_lock(redis_client, "backup")
+
+    assert removed is not None
+    assert 590 < removed <= 600
+    assert again is None
+    assert not redis_client.exists(lock_key("backup"))
+
+
+def test_unlock_command_removes_lock(redis_client):
+    redis_client.set(lock_key("backup"), "left-by-a-killed-run", ex=600)
+
+    removed = run_gatehouse("jobs", "unlock", "backup")
+    again = run_gatehouse("jobs", "unlock", "backup")
+
+    assert removed.returncode == 0, removed.stderr
+    assert "removed lock gh:lock:job:backup" in removed.stdout
+    assert "job_lock_removed" in removed.stdout + removed.stderr
+    assert not redis_client.exists(lock_key("backup"))
+    assert again.returncode == 0, again.stderr
+    assert "no lock gh:lock:job:backup was held" in again.stdout
