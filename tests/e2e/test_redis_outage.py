@@ -42,7 +42,7 @@ def redis_restarted_afterwards():
 def server(tmp_path_factory):
     with Gunicorn(tmp_path_factory.mktemp("gunicorn"), env={
         "GATEHOUSE_TRUSTED_PROXY_COUNT": "1",
-        "GATEHOUSE_RATE_LIMIT_DEFAULT": f"{LIMIT}/minute",
+        "GATEHOUSE_RATE_LIMIT_REGISTER": f"{LIMIT}/minute",
         "GATEHOUSE_RATE_LIMIT_RETRY_SECONDS": str(RETRY_SECONDS),
         # The traffic gets hundreds of 429s, which would otherwise ban its address.
         "GATEHOUSE_BAN_ENABLED": "false",
@@ -50,10 +50,11 @@ def server(tmp_path_factory):
         yield gunicorn
 
 
-def jwks(url: str, client_address: str) -> int:
+def empty_register(url: str, client_address: str) -> int:
+    """Send a registration without a body: counted in Redis against the register limit, then 400 without MySQL."""
     # A new connection per request, so both workers serve each sequence.
     headers = {"X-Forwarded-For": client_address, "Connection": "close"}
-    return requests.get(f"{url}/.well-known/jwks.json", headers=headers, timeout=10).status_code
+    return requests.post(f"{url}/v1/auth/register", json={}, headers=headers, timeout=10).status_code
 
 
 def log_records(server: Gunicorn, event: str) -> list[dict]:
@@ -78,7 +79,7 @@ class Traffic(threading.Thread):
             if self.stopping.is_set() or time.monotonic() > deadline:
                 return
             try:
-                self.statuses[jwks(self.url, "203.0.113.1")] += 1
+                self.statuses[empty_register(self.url, "203.0.113.1")] += 1
             except requests.RequestException as exc:
                 self.statuses[type(exc).__name__] += 1
             self.stopping.wait(0.01)
@@ -94,7 +95,7 @@ def test_limits_survive_redis_restart(server, redis_restarted_afterwards):
         assert len(traffic_keys) == 1, traffic_keys
 
         stop_test_redis()
-        outage = [jwks(server.url, "203.0.113.2") for _ in range(3 * LIMIT)]
+        outage = [empty_register(server.url, "203.0.113.2") for _ in range(3 * LIMIT)]
         register = requests.post(f"{server.url}/v1/auth/register",
                                  json={"email": "outage@example.com", "password": PASSWORD},
                                  headers={"X-Forwarded-For": "203.0.113.3"}, timeout=10)
@@ -106,20 +107,20 @@ def test_limits_survive_redis_restart(server, redis_restarted_afterwards):
         while len({record["pid"] for record in log_records(server, "rate_limit_redis_recovered")}) < 2:
             assert time.monotonic() < deadline, "the workers did not return to Redis within 15 s"
             probe += 1
-            jwks(server.url, f"192.0.2.{probe % 250}")
+            empty_register(server.url, f"192.0.2.{probe % 250}")
             time.sleep(0.05)
-        after = [jwks(server.url, "203.0.113.4") for _ in range(2 * LIMIT)]
+        after = [empty_register(server.url, "203.0.113.4") for _ in range(2 * LIMIT)]
     finally:
         traffic.stopping.set()
         traffic.join(timeout=30)
 
     # Only normal responses during the whole run: no 500, no 503.
-    assert set(traffic.statuses) <= {200, 429}, traffic.statuses
-    assert traffic.statuses[200] <= 2 * LIMIT + LIMIT
+    assert set(traffic.statuses) <= {400, 429}, traffic.statuses
+    assert traffic.statuses[400] <= 2 * LIMIT + LIMIT
 
     # During the outage each worker counts in its own memory: at least the limit, at most twice.
-    assert set(outage) == {200, 429}
-    assert LIMIT <= outage.count(200) <= 2 * LIMIT
+    assert set(outage) == {400, 429}
+    assert LIMIT <= outage.count(400) <= 2 * LIMIT
     # Registration needs only MySQL, so it works without Redis.
     assert register.status_code == 201
 
@@ -129,7 +130,7 @@ def test_limits_survive_redis_restart(server, redis_restarted_afterwards):
     assert all(record["level"] == "warning" for record in failures)
 
     # Shared again: exactly the limit across both workers.
-    assert after == [200] * LIMIT + [429] * LIMIT
+    assert after == [400] * LIMIT + [429] * LIMIT
 
     # The counter written before the outage was saved and came back with Redis.
     assert redis_client().llen(traffic_keys[0]) == LIMIT
