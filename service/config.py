@@ -139,7 +139,9 @@ class Settings(AbuseProtectionSettings):
     redis_socket_timeout: float = Field(2.0, gt=0, le=60, description="Redis read/write timeout in seconds")
 
     # Tokens
-    keys_dir: Path = Field(description="directory of PEM private keys; the newest signs, all verify")
+    keys_dir: Path = Field(
+        description="directory of PEM private keys; all verify, and the newest whose publish period has passed signs"
+    )
     jwt_algorithm: Literal["EdDSA", "ES256", "RS256"] = Field(
         "EdDSA", description="access-token signing algorithm: EdDSA, ES256 or RS256"
     )
@@ -154,6 +156,16 @@ class Settings(AbuseProtectionSettings):
     )
     refresh_grace_seconds: float = Field(
         10.0, ge=0, le=60, description="seconds a rotated refresh token may still be presented, 0-60"
+    )
+    jwks_max_age_seconds: int = Field(
+        300, ge=0, le=86_400,
+        description="seconds verifiers may cache the JWKS document (its Cache-Control max-age), 0-86400",
+    )
+    key_publish_seconds: int = Field(
+        300, ge=0, le=86_400,
+        description="seconds a new signing key is published in the JWKS before it signs, counted from the time "
+                    "in its file name, 0-86400; 0 signs at once, any other value must be at least "
+                    "GATEHOUSE_JWKS_MAX_AGE_SECONDS",
     )
 
     # Passwords (argon2id)
@@ -274,6 +286,21 @@ class Settings(AbuseProtectionSettings):
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError("expected host:port, for example 127.0.0.1:8000")
 
+        return value
+
+    @field_validator("key_publish_seconds")
+    @classmethod
+    def _check_key_publish_seconds(cls, value: int, info: ValidationInfo) -> int:
+        max_age = info.data.get("jwks_max_age_seconds")
+        if max_age is None:
+            return value  # GATEHOUSE_JWKS_MAX_AGE_SECONDS itself is invalid and reported first
+
+        # A shorter period lets a new key sign while a verifier's cached JWKS still lacks it.
+        if 0 < value < max_age:
+            raise ValueError(
+                f"{value} is below GATEHOUSE_JWKS_MAX_AGE_SECONDS, which is {max_age}, so verifiers holding a "
+                "cached JWKS would reject the tokens of a new key"
+            )
         return value
 
     @field_validator("keys_dir")
