@@ -29,9 +29,9 @@ log = structlog.get_logger(__name__)
 
 KEY_SUFFIX = ".pem"
 # `gatehouse keys generate` starts each file name with the UTC time it wrote the key, such
-# as 20250131T120000123456Z-eddsa.pem. That time starts the publish period, because it
-# travels with the file, while mtimes do not: the kubelet writes the files of a Secret
-# volume anew in each pod, so there they are the pod's mount time.
+# as 20250131T120000123456Z-eddsa.pem. That time starts the publish period because it
+# travels with the file. An mtime does not, since the kubelet writes the files of a Secret
+# volume anew in each pod, so there the mtime is when the pod started or the Secret changed.
 KEY_TIME_FORMAT = "%Y%m%dT%H%M%S%fZ"
 KEY_TIME_PREFIX = re.compile(r"(\d{8}T\d{6})(\d{6})?Z")
 
@@ -83,7 +83,7 @@ def _thumbprint(public_jwk: dict[str, Any]) -> str:
 
 
 def key_time(path: Path) -> float | None:
-    """Parse the UTC time at the start of a key's file name into Unix seconds; None when there is none."""
+    """Parse the UTC time at the start of a key's file name into Unix seconds, or return None without one."""
     match = KEY_TIME_PREFIX.match(path.name)
     if match is None:
         return None
@@ -123,10 +123,10 @@ class KeyRing:
     With publish_seconds 0 the last key in file-name order always signs.
 
     NOTE: the period counts from the time in the file name, not from when every server
-    serves the key. Each server publishes a key only once its workers load it (at start or
-    on SIGHUP), so the time from making a key until the last server has loaded it, and any
-    clock difference between the machine that made it and the servers, shortens the time
-    verifiers have to refetch the JWKS. docs/operations.md says how to allow for that.
+    serves the key. Each server publishes a key only once its workers load it, at start or
+    on SIGHUP. The time from making a key until the last server has loaded it shortens the
+    time verifiers have to refetch the JWKS, and so does a clock difference between the
+    machine that made it and the servers. docs/operations.md describes how to allow for both.
     """
 
     def __init__(self, keys: list[SigningKey], publish_seconds: float) -> None:
