@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from datetime import UTC, datetime, timedelta
@@ -11,8 +12,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from structlog.testing import capture_logs
 
+from service.logs import configure_logging
 from service.tokens.access import issue_access_token
 from service.tokens.keys import (
     KEY_TIME_FORMAT,
@@ -26,6 +27,17 @@ from service.tokens.keys import (
 
 # The default of GATEHOUSE_KEY_PUBLISH_SECONDS.
 PUBLISH_SECONDS = 300
+
+
+@pytest.fixture(autouse=True)
+def json_logs():
+    # The ring logs through the service's JSON format, whether or not a test created an app before.
+    configure_logging("info")
+
+
+def log_events(text: str, event: str) -> list[dict]:
+    records = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    return [record for record in records if record.get("event") == event]
 
 
 def key_made_at(directory: Path, made_at: datetime) -> Path:
@@ -106,7 +118,7 @@ def test_second_key_signs_after_publish_period(tmp_path):
     assert ring.signing_key_at(signs_from + 86_400).path == new
 
 
-def test_key_switch_without_reload(tmp_path, settings):
+def test_key_switch_without_reload(tmp_path, settings, capsys):
     """The ring loaded before the new key's publish period ended signs with it afterwards."""
     old = key_made_at(tmp_path, datetime.now(UTC) - timedelta(days=1))
     new = generate_key(tmp_path, "EdDSA")
@@ -116,14 +128,13 @@ def test_key_switch_without_reload(tmp_path, settings):
     assert ring.signing_key.path == old
 
     time.sleep(max(0.0, key_time(new) + publish_seconds - time.time()) + 0.05)
-    with capture_logs() as logs:
-        token = issue_access_token(ring, settings, "a" * 32, "b" * 32)
+    token = issue_access_token(ring, settings, "a" * 32, "b" * 32)
 
     assert ring.signing_key.path == new
     assert jwt.get_unverified_header(token)["kid"] == ring.signing_key.kid
-    switched = [entry for entry in logs if entry["event"] == "signing_key_switched"]
-    assert switched == [{"event": "signing_key_switched", "log_level": "info",
-                         "kid": ring.signing_key.kid, "previous_kid": old_kid}]
+    switched = log_events(capsys.readouterr().out, "signing_key_switched")
+    assert [(entry["previous_kid"], entry["kid"]) for entry in switched] == [(old_kid, ring.signing_key.kid)]
+    assert switched[0]["level"] == "info"
 
 
 def test_single_fresh_key_signs(tmp_path):
@@ -170,36 +181,33 @@ def test_file_mtime_does_not_count(tmp_path):
     assert ring.signing_key.path != new
 
 
-def test_undated_key_signs_at_once_with_warning(tmp_path):
+def test_undated_key_signs_at_once_with_warning(tmp_path, capsys):
     key_made_at(tmp_path, datetime.now(UTC) - timedelta(days=1))
     undated = generate_key(tmp_path, "EdDSA").rename(tmp_path / "zz-signing.pem")
 
-    with capture_logs() as logs:
-        ring = KeyRing.load(tmp_path, "EdDSA", publish_seconds=PUBLISH_SECONDS)
+    ring = KeyRing.load(tmp_path, "EdDSA", publish_seconds=PUBLISH_SECONDS)
 
     assert ring.signing_key.path == undated
-    warnings = [entry for entry in logs if entry["event"] == "signing_key_undated"]
+    warnings = log_events(capsys.readouterr().out, "signing_key_undated")
     assert [entry["path"] for entry in warnings] == [str(undated)]
-    assert warnings[0]["log_level"] == "warning"
+    assert warnings[0]["level"] == "warning"
 
 
-def test_undated_key_without_warning_at_zero(tmp_path):
+def test_undated_key_without_warning_at_zero(tmp_path, capsys):
     generate_key(tmp_path, "EdDSA").rename(tmp_path / "signing.pem")
 
-    with capture_logs() as logs:
-        KeyRing.load(tmp_path, "EdDSA", publish_seconds=0)
+    KeyRing.load(tmp_path, "EdDSA", publish_seconds=0)
 
-    assert [entry for entry in logs if entry["event"] == "signing_key_undated"] == []
+    assert log_events(capsys.readouterr().out, "signing_key_undated") == []
 
 
-def test_load_logs_pending_key(tmp_path):
+def test_load_logs_pending_key(tmp_path, capsys):
     old = key_made_at(tmp_path, datetime.now(UTC) - timedelta(days=1))
     new = key_made_at(tmp_path, datetime(2030, 1, 2, 3, 4, 5, 600_000, tzinfo=UTC))
 
-    with capture_logs() as logs:
-        ring = KeyRing.load(tmp_path, "EdDSA", publish_seconds=PUBLISH_SECONDS)
+    ring = KeyRing.load(tmp_path, "EdDSA", publish_seconds=PUBLISH_SECONDS)
 
-    [loaded] = [entry for entry in logs if entry["event"] == "signing_keys_loaded"]
+    [loaded] = log_events(capsys.readouterr().out, "signing_keys_loaded")
     new_kid = kids(ring)[1]
     assert loaded["signing_kid"] == ring.signing_key.kid
     assert ring.signing_key.path == old
