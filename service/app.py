@@ -110,7 +110,7 @@ def _init_services(app: Flask, settings: Settings) -> None:
         database=db,
         redis=client,
         passwords=Passwords(settings),
-        keys=KeyRing.load(settings.keys_dir, settings.jwt_algorithm),
+        keys=KeyRing.load(settings.keys_dir, settings.jwt_algorithm, publish_seconds=settings.key_publish_seconds),
         sessions=sessions,
         readiness=ReadinessProbe(db, client, settings.ready_cache_seconds),
         access=access,

@@ -342,7 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.set_defaults(handler=_migrate)
 
     keys = commands.add_parser("keys", help="manage signing keys").add_subparsers(dest="keys_command", required=True)
-    generate = keys.add_parser("generate", help="write a new signing key; it signs from the next start")
+    generate = keys.add_parser("generate", help="write a new signing key, named after the current UTC time; workers publish it "
+                                 "from their next start or SIGHUP, and it signs GATEHOUSE_KEY_PUBLISH_SECONDS "
+                                 "after that time")
     generate.add_argument("--dir", help="key directory (default: $GATEHOUSE_KEYS_DIR)")
     generate.add_argument("--algorithm", choices=("EdDSA", "ES256", "RS256"),
                           help="key type (default: $GATEHOUSE_JWT_ALGORITHM or EdDSA)")

@@ -187,7 +187,9 @@ class Settings(AbuseProtectionSettings):
     redis_socket_timeout: float = Field(2.0, gt=0, le=60, description="Redis read/write timeout in seconds")
 
     # Tokens
-    keys_dir: Path = Field(description="directory of PEM private keys; the newest signs, all verify")
+    keys_dir: Path = Field(
+        description="directory of PEM private keys; all verify, and the newest whose publish period has passed signs"
+    )
     jwt_algorithm: Literal["EdDSA", "ES256", "RS256"] = Field(
         "EdDSA", description="access-token signing algorithm: EdDSA, ES256 or RS256"
     )
@@ -208,6 +210,16 @@ class Settings(AbuseProtectionSettings):
     max_sessions_per_user: int = Field(
         100, ge=1, le=10_000,
         description="live sessions one account may have, 1-10000; a login beyond it ends the oldest ones",
+    )
+    jwks_max_age_seconds: int = Field(
+        300, ge=0, le=86_400,
+        description="seconds verifiers may cache the JWKS document (its Cache-Control max-age), 0-86400",
+    )
+    key_publish_seconds: int = Field(
+        300, ge=0, le=86_400,
+        description="seconds a new signing key is published in the JWKS before it signs, counted from the time "
+                    "in its file name, 0-86400; 0 signs at once, any other value must be at least "
+                    "GATEHOUSE_JWKS_MAX_AGE_SECONDS",
     )
 
     # Passwords (argon2id)
@@ -361,6 +373,21 @@ class Settings(AbuseProtectionSettings):
         if not sep or not host or not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError("expected host:port, for example 127.0.0.1:8000")
 
+        return value
+
+    @field_validator("key_publish_seconds")
+    @classmethod
+    def _check_key_publish_seconds(cls, value: int, info: ValidationInfo) -> int:
+        max_age = info.data.get("jwks_max_age_seconds")
+        if max_age is None:
+            return value  # GATEHOUSE_JWKS_MAX_AGE_SECONDS itself is invalid and reported first
+
+        # A shorter period lets a new key sign while a verifier's cached JWKS still lacks it.
+        if 0 < value < max_age:
+            raise ValueError(
+                f"{value} is below GATEHOUSE_JWKS_MAX_AGE_SECONDS, which is {max_age}, so verifiers holding a "
+                "cached JWKS would reject the tokens of a new key"
+            )
         return value
 
     @field_validator("keys_dir")

@@ -156,7 +156,7 @@ def _check_sentinels(pool: SentinelConnectionPool) -> None:
 def run_startup_checks(settings: Settings) -> None:
     """Check the key ring, MySQL with its schema and Redis; raise StartupCheckFailed on the first failure."""
     try:
-        ring = KeyRing.load(settings.keys_dir, settings.jwt_algorithm)
+        ring = KeyRing.load(settings.keys_dir, settings.jwt_algorithm, publish_seconds=settings.key_publish_seconds)
     except (MissingSigningKey, InvalidSigningKey) as exc:
         raise StartupCheckFailed(f"signing key: {exc}") from None
 

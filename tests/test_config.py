@@ -162,6 +162,55 @@ def test_invalid_max_sessions_per_user_rejected(environment, value):
     assert "1-10000" in message
 
 
+def test_key_publish_defaults_to_jwks_max_age(environment):
+    settings = load_settings()
+
+    assert settings.jwks_max_age_seconds == 300
+    assert settings.key_publish_seconds == settings.jwks_max_age_seconds
+
+
+@pytest.mark.parametrize(("publish", "max_age"), [("0", "300"), ("300", "300"), ("900", "300"), ("0", "0"),
+                                                  ("60", "0"), ("86400", "86400")])
+def test_key_publish_seconds_accepted(environment, publish, max_age):
+    environment.setenv("GATEHOUSE_KEY_PUBLISH_SECONDS", publish)
+    environment.setenv("GATEHOUSE_JWKS_MAX_AGE_SECONDS", max_age)
+
+    settings = load_settings()
+
+    assert settings.key_publish_seconds == int(publish)
+    assert settings.jwks_max_age_seconds == int(max_age)
+
+
+def test_key_publish_below_jwks_max_age_rejected(environment):
+    environment.setenv("GATEHOUSE_KEY_PUBLISH_SECONDS", "299")
+
+    message = invalid_configuration_message()
+
+    assert message.startswith("GATEHOUSE_KEY_PUBLISH_SECONDS is invalid")
+    assert "below GATEHOUSE_JWKS_MAX_AGE_SECONDS, which is 300" in message
+    assert "0 signs at once" in message
+
+
+def test_jwks_max_age_above_default_publish_rejected(environment):
+    environment.setenv("GATEHOUSE_JWKS_MAX_AGE_SECONDS", "600")
+
+    message = invalid_configuration_message()
+
+    assert message.startswith("GATEHOUSE_KEY_PUBLISH_SECONDS is invalid")
+    assert "below GATEHOUSE_JWKS_MAX_AGE_SECONDS, which is 600" in message
+
+
+@pytest.mark.parametrize("variable", ["GATEHOUSE_KEY_PUBLISH_SECONDS", "GATEHOUSE_JWKS_MAX_AGE_SECONDS"])
+@pytest.mark.parametrize("value", ["-1", "86401", "soon", "1.5"])
+def test_invalid_key_publish_setting_rejected(environment, variable, value):
+    environment.setenv(variable, value)
+
+    message = invalid_configuration_message()
+
+    assert message.startswith(f"{variable} is invalid")
+    assert "0-86400" in message
+
+
 def test_override_validated_like_environment(environment):
     with pytest.raises(InvalidConfiguration) as excinfo:
         load_settings({"mysql_port": 70000})

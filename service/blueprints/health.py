@@ -50,8 +50,11 @@ def ready() -> Response:
 @operation("Public keys that verify access tokens (RFC 7517)", responses={200: Jwks}, tags=("tokens",),
            uses_dependencies=False)
 def jwks() -> Response:
-    response = jsonify(services().keys.jwks())
-    response.headers["Cache-Control"] = "public, max-age=300"
+    svc = services()
+    response = jsonify(svc.keys.jwks())
+    # GATEHOUSE_KEY_PUBLISH_SECONDS is at least this max-age, so that copies cached before a
+    # new key appeared expire before the key signs (the KeyRing docstring gives the limits).
+    response.headers["Cache-Control"] = f"public, max-age={svc.settings.jwks_max_age_seconds}"
     return response
 
 

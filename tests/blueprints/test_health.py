@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 
+import jwt
+
+from service.app import close_app, create_app
 from service.schemas import PASSWORD_MIN_LENGTH
+from service.tokens.keys import KEY_TIME_FORMAT, generate_key, load_key
+from tests.conftest import PASSWORD
 
 
 def test_health_ok(client):
@@ -34,6 +40,42 @@ def test_ready_fails_when_schema_behind(app, client, settings):
 def test_jwks_lists_signing_key(app, client):
     keys = client.get("/.well-known/jwks.json").get_json()["keys"]
     assert [key["kid"] for key in keys] == [app.extensions["gatehouse"].keys.signing_key.kid]
+
+
+def test_jwks_cache_control_is_max_age_setting(client, settings):
+    response = client.get("/.well-known/jwks.json")
+
+    assert response.headers["Cache-Control"] == f"public, max-age={settings.jwks_max_age_seconds}"
+
+
+def test_jwks_max_age_override():
+    app = create_app({"jwks_max_age_seconds": 60, "key_publish_seconds": 60})
+    try:
+        response = app.test_client().get("/.well-known/jwks.json")
+    finally:
+        close_app(app)
+
+    assert response.headers["Cache-Control"] == "public, max-age=60"
+
+
+def test_new_key_in_jwks_before_it_signs(tmp_path):
+    """A key made just now is served in the JWKS, while logins still get tokens of the older key."""
+    old = generate_key(tmp_path, "EdDSA").rename(
+        tmp_path / f"{(datetime.now(UTC) - timedelta(days=1)).strftime(KEY_TIME_FORMAT)}-eddsa.pem")
+    new = generate_key(tmp_path, "EdDSA")
+    app = create_app({"keys_dir": str(tmp_path), "key_publish_seconds": 300})
+    try:
+        client = app.test_client()
+        published = [jwk["kid"] for jwk in client.get("/.well-known/jwks.json").get_json()["keys"]]
+        registered = client.post("/v1/auth/register", json={"email": "carol@example.com", "password": PASSWORD})
+        login = client.post("/v1/auth/login", json={"email": "carol@example.com", "password": PASSWORD})
+    finally:
+        close_app(app)
+
+    assert registered.status_code == 201
+    assert login.status_code == 200
+    assert published == [load_key(old, "EdDSA").kid, load_key(new, "EdDSA").kid]
+    assert jwt.get_unverified_header(login.get_json()["access_token"])["kid"] == load_key(old, "EdDSA").kid
 
 
 def test_openapi_matches_validation(client):

@@ -322,3 +322,22 @@ def test_notes_list_missing_values(rendered):
 
 def test_notes_show_ingress_url(rendered):
     assert "https://auth.example.com, paths /v1 (Prefix), /.well-known/jwks.json (Exact)" in rendered["production"].notes
+
+
+@pytest.mark.parametrize(("publish", "max_age"), [(60, 300), (299, 300), (1, 5)])
+def test_key_publish_below_jwks_max_age_fails_rendering(publish, max_age):
+    with pytest.raises(helm_python.HelmRenderError) as failure:
+        render({"config": {"keyPublishSeconds": publish, "jwksMaxAgeSeconds": max_age}})
+
+    message = str(failure.value)
+    assert f"config.keyPublishSeconds ({publish}) is below config.jwksMaxAgeSeconds ({max_age})" in message
+    assert f"at least {max_age}, or to 0" in message
+
+
+@pytest.mark.parametrize(("publish", "max_age"), [(0, 300), (300, 300), (900, 300), (60, 0)])
+def test_key_publish_settings_render(publish, max_age):
+    rendered = render({"config": {"keyPublishSeconds": publish, "jwksMaxAgeSeconds": max_age}})
+    config_map = rendered.one("ConfigMap", "gh-gatehouse")
+
+    assert config_map["data"]["GATEHOUSE_KEY_PUBLISH_SECONDS"] == str(publish)
+    assert config_map["data"]["GATEHOUSE_JWKS_MAX_AGE_SECONDS"] == str(max_age)

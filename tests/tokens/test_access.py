@@ -20,7 +20,7 @@ from service.tokens.keys import KeyRing, generate_key
 @pytest.fixture
 def ring(tmp_path) -> KeyRing:
     generate_key(tmp_path, "EdDSA")
-    return KeyRing.load(tmp_path, "EdDSA")
+    return KeyRing.load(tmp_path, "EdDSA", publish_seconds=0)
 
 
 # Ids of the form the service issues: uuid4().hex.
@@ -121,7 +121,7 @@ def test_sign_raw_produces_accepted_token(ring, settings):
 
 def test_key_from_token_header_ignored(ring, settings, tmp_path):
     # A token signed by the attacker's own key, which it offers through jwk, jku and x5u.
-    attacker = KeyRing.load(generate_key(tmp_path / "attacker", "EdDSA").parent, "EdDSA")
+    attacker = KeyRing.load(generate_key(tmp_path / "attacker", "EdDSA").parent, "EdDSA", publish_seconds=0)
     header = {"kid": ring.signing_key.kid, "typ": "at+jwt", "jwk": attacker.signing_key.public_jwk(),
               "jku": "http://127.0.0.1:9/jwks.json", "x5u": "http://127.0.0.1:9/cert.pem"}
     token = jwt.encode(claims(settings), attacker.signing_key.private_key, algorithm="EdDSA", headers=header)
@@ -142,7 +142,7 @@ def test_oversized_token_rejected(ring, settings):
 def test_older_key_still_verifies(ring, settings, tmp_path):
     old_token = issue_access_token(ring, settings, USER_ID, SESSION_ID)
     generate_key(tmp_path, "EdDSA")
-    rotated = KeyRing.load(tmp_path, "EdDSA")
+    rotated = KeyRing.load(tmp_path, "EdDSA", publish_seconds=0)
     assert rotated.signing_key.kid != ring.signing_key.kid
     assert verify_access_token(rotated, settings, old_token).user_id == USER_ID
     assert len(rotated.jwks()["keys"]) == 2

@@ -331,6 +331,7 @@ express, and fail rendering with the value paths and the fix.
 {{- $messages = append $messages (include "gatehouse.validateValues.startupProbe" .) -}}
 {{- $messages = append $messages (include "gatehouse.validateValues.pdb" .) -}}
 {{- $messages = append $messages (include "gatehouse.validateValues.sentinel" .) -}}
+{{- $messages = append $messages (include "gatehouse.validateValues.keyPublish" .) -}}
 {{- $messages = without $messages "" -}}
 {{- if $messages -}}
 {{- printf "\nVALUES VALIDATION:\n%s" (join "\n" $messages) | fail -}}
@@ -384,5 +385,19 @@ gatehouse: pdb
 {{- if and (eq .Values.config.redisMode "sentinel") (or (not .Values.config.redisSentinels) (not .Values.config.redisSentinelService)) -}}
 gatehouse: config.redisMode
     config.redisMode is sentinel, which needs config.redisSentinels (host:port of each Sentinel, comma-separated) and config.redisSentinelService (the master name the Sentinels monitor). Set both, or set config.redisMode to standalone and use secret.redisUrl.
+{{- end -}}
+{{- end -}}
+
+{{/*
+A new signing key must stay in the JWKS for at least as long as verifiers may
+cache it before it signs, or they reject its tokens. The service checks the same
+rule at start; checking it here fails the upgrade before any pod is replaced.
+*/}}
+{{- define "gatehouse.validateValues.keyPublish" -}}
+{{- $publish := int .Values.config.keyPublishSeconds -}}
+{{- $maxAge := int .Values.config.jwksMaxAgeSeconds -}}
+{{- if and (gt $publish 0) (lt $publish $maxAge) -}}
+gatehouse: config.keyPublishSeconds
+    config.keyPublishSeconds ({{ $publish }}) is below config.jwksMaxAgeSeconds ({{ $maxAge }}), so verifiers holding a cached JWKS would reject the tokens of a new key. Set config.keyPublishSeconds to at least {{ $maxAge }}, or to 0 to sign with a new key at once.
 {{- end -}}
 {{- end -}}
