@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
-import re
-from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -14,25 +11,14 @@ from pydantic_core import PydanticCustomError
 from pydantic_settings import SettingsConfigDict
 
 from service.abuse_settings import AbuseProtectionSettings
-from service.setting_checks import check_can_create_file, check_can_open, check_redis_url, log_lock_file
+from service.redis_settings import PARSE_REDIS_URL, RedisSettings
+from service.setting_checks import check_can_create_file, check_can_open, log_lock_file
 
 ENV_PREFIX = "GATEHOUSE_"
 
 # OWASP's minimum for argon2id (Password Storage Cheat Sheet): 19 MiB, 2 passes, 1 lane.
 ARGON2_MIN_MEMORY_KIB = 19456
 ARGON2_MIN_TIME_COST = 2
-
-
-# Settings each Redis mode requires, and those it accepts but does not require.
-# Setting one of the other mode is an error, so a half-changed deployment fails at start.
-REDIS_MODE_SETTINGS = {
-    "standalone": {"redis_url"},
-    "sentinel": {"redis_sentinels", "redis_sentinel_service"},
-}
-REDIS_OPTIONAL_SETTINGS = {
-    "standalone": set(),
-    "sentinel": {"redis_sentinel_password", "redis_password", "redis_db"},
-}
 
 
 # Text settings where an empty value means unset or none. Every other str, Path and
@@ -51,53 +37,15 @@ def is_text_setting(annotation: Any) -> bool:
     return annotation in TEXT_TYPES or any(member in TEXT_TYPES for member in get_args(annotation))
 
 
-# Characters of a host name or IPv4 address. An IPv6 address goes in brackets instead.
-HOST_NAME = re.compile(r"[A-Za-z0-9_.-]{1,253}")
-# The characters that sentinel.conf allows in a master name.
-SENTINEL_SERVICE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
-
-
-def parse_host_ports(value: str) -> list[tuple[str, int]]:
-    """Parse "host:port,[::1]:port" into (host, port) pairs; raise ValueError naming the bad entry."""
-    addresses = []
-    for entry in (part.strip() for part in value.split(",")):
-        host, sep, port = entry.rpartition(":")
-        if not sep or not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"{entry!r} is not host:port, such as sentinel-0:26379")
-
-        if host.startswith("[") and host.endswith("]"):
-            host = host[1:-1]
-            valid_host = _is_ipv6_address(host)
-        else:
-            valid_host = HOST_NAME.fullmatch(host) is not None
-        if not valid_host:
-            raise ValueError(f"{entry!r} has an invalid host: give a host name, an IPv4 address or an IPv6 "
-                             "address in brackets, such as [::1]:26379")
-        addresses.append((host, int(port)))
-    return addresses
-
-
-def _is_ipv6_address(text: str) -> bool:
-    try:
-        ipaddress.IPv6Address(text)
-    except ValueError:
-        return False
-    return True
-
-
-# Whether Settings parses GATEHOUSE_REDIS_URL with redis-py, which imports redis.
-# load_settings sets it for the one call.
-_PARSE_REDIS_URL: ContextVar[bool] = ContextVar("parse_redis_url", default=True)
-
-
 class InvalidConfiguration(Exception):
     """A setting is missing or invalid; the message names the variable and the fix."""
 
 
-class Settings(AbuseProtectionSettings):
+class Settings(RedisSettings, AbuseProtectionSettings):
     """Every setting of the service; the field name is the variable name without the prefix.
 
-    The abuse-protection settings come from AbuseProtectionSettings.
+    The Redis settings come from RedisSettings, the abuse-protection settings from
+    AbuseProtectionSettings.
     """
 
     # allow_inf_nan=False: "nan" passes every ge/le bound, so a float setting would take it.
@@ -141,50 +89,6 @@ class Settings(AbuseProtectionSettings):
     mysql_connect_timeout: float = Field(3.0, gt=0, le=60, description="MySQL connect timeout in seconds")
     mysql_read_timeout: float = Field(5.0, gt=0, le=300, description="MySQL read timeout in seconds")
     mysql_write_timeout: float = Field(5.0, gt=0, le=300, description="MySQL write timeout in seconds")
-
-    # Redis: one server at a URL, or the master that a group of Sentinels elects.
-    # The validators below reject the settings of the mode that is not chosen.
-    redis_mode: Literal["standalone", "sentinel"] = Field(
-        "standalone",
-        description="standalone (one server at GATEHOUSE_REDIS_URL) or sentinel (the master that "
-                    "GATEHOUSE_REDIS_SENTINELS elect)",
-    )
-    redis_url: SecretStr | None = Field(
-        None, validate_default=True,
-        description="Redis URL such as redis://:PASSWORD@127.0.0.1:6379/0 (standalone mode)",
-    )
-    redis_sentinels: str = Field(
-        "", validate_default=True,
-        description="comma-separated host:port list of Sentinels, such as sentinel-0:26379,sentinel-1:26379 "
-                    "(sentinel mode)",
-    )
-    redis_sentinel_service: str = Field(
-        "", validate_default=True,
-        description="name of the master that the Sentinels monitor, such as mymaster (sentinel mode)",
-    )
-    redis_sentinel_password: SecretStr | None = Field(
-        None, validate_default=True,
-        description="password of the Sentinels themselves; unset when they need none (sentinel mode)",
-    )
-    redis_password: SecretStr | None = Field(
-        None, validate_default=True,
-        description="password of the Redis master and replicas; unset when they need none (sentinel mode)",
-    )
-    redis_db: int = Field(0, ge=0, validate_default=True, description="Redis database number, 0 or more (sentinel mode)")
-    redis_wait_replicas: int = Field(
-        0, ge=0, le=10,
-        description="replicas that must acknowledge each session write before it succeeds, 0-10; 0 turns WAIT off",
-    )
-    redis_wait_timeout_seconds: float = Field(
-        0.5, ge=0.001, le=10,
-        description="seconds a session write waits for the replica acknowledgements, 0.001-10",
-    )
-    redis_pool_size: int = Field(20, ge=1, le=1000, description="Redis connections per worker, 1-1000")
-    redis_pool_wait_seconds: float = Field(
-        2.0, gt=0, le=60, description="seconds a request waits for a free Redis connection, up to 60"
-    )
-    redis_connect_timeout: float = Field(2.0, gt=0, le=60, description="Redis connect timeout in seconds")
-    redis_socket_timeout: float = Field(2.0, gt=0, le=60, description="Redis read/write timeout in seconds")
 
     # Tokens
     keys_dir: Path = Field(
@@ -304,44 +208,6 @@ class Settings(AbuseProtectionSettings):
             raise PydanticCustomError("empty", "contains only whitespace")
         return value
 
-    @field_validator("redis_url", "redis_sentinel_password", "redis_password", mode="before")
-    @classmethod
-    def _empty_as_unset(cls, value: Any) -> Any:
-        return None if value == "" else value
-
-    @field_validator("redis_url", "redis_sentinels", "redis_sentinel_service", "redis_sentinel_password",
-                     "redis_password", "redis_db")
-    @classmethod
-    def _check_redis_mode(cls, value: Any, info: ValidationInfo) -> Any:
-        mode = info.data.get("redis_mode")
-        if mode is None:
-            return value  # GATEHOUSE_REDIS_MODE itself is invalid and reported first
-
-        required = REDIS_MODE_SETTINGS[mode]
-        if info.field_name in required and value in (None, ""):
-            raise PydanticCustomError("missing", "Field required")
-        default = cls.model_fields[info.field_name].default
-        if info.field_name not in required and info.field_name not in REDIS_OPTIONAL_SETTINGS[mode] \
-                and value != default:
-            raise PydanticCustomError("not_applicable", f"GATEHOUSE_REDIS_MODE is {mode}")
-        if info.field_name == "redis_sentinels" and value:
-            parse_host_ports(value)
-        if info.field_name == "redis_sentinel_service" and value and not SENTINEL_SERVICE_NAME.fullmatch(value):
-            raise ValueError(f"{value!r} contains characters other than A-Z, a-z, 0-9, '.', '-' and '_'")
-        return value
-
-    @field_validator("redis_url")
-    @classmethod
-    def _check_redis_url(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and _PARSE_REDIS_URL.get():
-            check_redis_url(value.get_secret_value())
-        return value
-
-    @property
-    def sentinel_addresses(self) -> list[tuple[str, int]]:
-        """Return the Sentinels of GATEHOUSE_REDIS_SENTINELS as (host, port) pairs."""
-        return parse_host_ports(self.redis_sentinels)
-
     @field_validator("backup_dir", mode="before")
     @classmethod
     def _empty_backup_dir(cls, value: Any) -> Any:
@@ -415,13 +281,13 @@ def load_settings(overrides: dict[str, Any] | None = None, *, parse_redis_url: b
     parse_redis_url=False skips parsing GATEHOUSE_REDIS_URL with redis-py, for the
     gunicorn master, which must not import redis before it forks.
     """
-    token = _PARSE_REDIS_URL.set(parse_redis_url)
+    token = PARSE_REDIS_URL.set(parse_redis_url)
     try:
         return Settings(**(overrides or {}))
     except ValidationError as exc:
         raise InvalidConfiguration(_describe(exc)) from None
     finally:
-        _PARSE_REDIS_URL.reset(token)
+        PARSE_REDIS_URL.reset(token)
 
 
 def _describe(exc: ValidationError) -> str:
