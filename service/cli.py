@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pymysql
 import redis
@@ -18,15 +14,6 @@ from service.blacklist import MAX_MANUAL_BAN_SECONDS, MIN_MANUAL_BAN_SECONDS
 from service.config import InvalidConfiguration, Settings, load_settings
 from service.errors import Problem
 from service.logs import configure_logging
-
-if TYPE_CHECKING:
-    # Imported where used, so that commands which need none of them start faster.
-    from pydantic import ValidationError
-
-    from service import users
-    from service.database import Database
-    from service.passwords import Passwords
-    from service.sessions import SessionStore
 
 log = structlog.get_logger("gatehouse.cli")
 
@@ -65,171 +52,6 @@ def _check(_args: argparse.Namespace) -> int:
     except StartupCheckFailed as exc:
         log.error("startup_check_failed", error=str(exc))
         return 1
-    return 0
-
-
-NEW_USER_PASSWORD_VARIABLE = "GATEHOUSE_NEW_USER_PASSWORD"
-
-
-class UsageError(Exception):
-    """A command's input is missing or invalid; the message names what to give instead."""
-
-
-class AccountNotFound(Exception):
-    """No account has the email that a `gatehouse users` command names."""
-
-
-def _read_password() -> str:
-    """Read a new password from the environment, a terminal prompt, or standard input."""
-    import getpass
-    import os
-
-    password = os.environ.get(NEW_USER_PASSWORD_VARIABLE)
-    if password:
-        return password
-
-    if sys.stdin.isatty():
-        password = getpass.getpass("Password: ")
-        if getpass.getpass("Repeat password: ") != password:
-            raise UsageError("the two passwords differ: run the command again and type the same password twice")
-        return password
-
-    password = sys.stdin.readline().rstrip("\n")
-    if not password:
-        raise UsageError(
-            f"no password given: set {NEW_USER_PASSWORD_VARIABLE}, type it at the prompt, "
-            "or send it as the first line of standard input")
-    return password
-
-
-def _validation_message(exc: ValidationError, name: str | None = None) -> str:
-    """Describe the first error of a validation: the field, named by `name` or its location, and the rule."""
-    error = exc.errors()[0]
-    message = error["msg"].removeprefix("Value error, ")
-    return f"invalid {name or error['loc'][0]}: {message}"
-
-
-def _users_create(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
-
-    from service import audit, roles, users
-    from service.database import Database
-    from service.networks import parse_network_key
-    from service.passwords import Passwords
-    from service.schemas import RegisterRequest
-
-    try:
-        request = RegisterRequest(email=args.email, password=_read_password())
-    except ValidationError as exc:
-        print(f"gatehouse: {_validation_message(exc)}", file=sys.stderr)
-        return 2
-
-    settings = load_settings()
-    database = Database(settings)
-    try:
-        known = {role.name for role in roles.list_roles(database)}
-        unknown = sorted(set(args.role) - known)
-        if unknown:
-            print(f"gatehouse: unknown role {', '.join(unknown)}; known roles: {', '.join(sorted(known))}",
-                  file=sys.stderr)
-            return 2
-        user = users.register(database, Passwords(settings), request.email, request.password)
-        for role in args.role:
-            roles.grant(database, user.id, role)
-            audit.record(database, actor_id=None, action="role_granted", target_type="user", target_id=user.id,
-                         client_ip="", detail={"role": role, "via": "cli"})
-    except Problem as exc:
-        hint = ""
-        if exc.code == "email_taken":
-            hint = " To give an existing account a role, use PUT /v1/admin/users/{id}/roles/{role} as an administrator."
-        print(f"gatehouse: {exc.detail}{hint}", file=sys.stderr)
-        return 1
-    finally:
-        database.close()
-
-    log.info("user_created", user_id=user.id, roles=args.role)
-    print(user.id)
-    return 0
-
-
-@dataclass
-class _AccountServices:
-    """The services of service.admin.AccountServices, built without an app. The command caches no users."""
-
-    database: Database
-    passwords: Passwords
-    sessions: SessionStore
-    redis: redis.Redis
-    access: None = None
-
-
-@contextmanager
-def _account_services(settings: Settings) -> Iterator[_AccountServices]:
-    """Open MySQL and Redis for a password reset or an account deletion, and close them afterwards."""
-    from service.app import session_store
-    from service.database import Database
-    from service.passwords import Passwords
-    from service.redis_store import close_client, create_client
-
-    database = Database(settings)
-    client = create_client(settings)
-    try:
-        yield _AccountServices(database, Passwords(settings), session_store(settings, client), client)
-    finally:
-        database.close()
-        close_client(client)
-
-
-def _find_account(svc: _AccountServices, email: str) -> users.User:
-    """Return the account that a login with this email reaches.
-
-    Raise UsageError for an invalid email and AccountNotFound when no account has it.
-    """
-    from pydantic import TypeAdapter, ValidationError
-
-    from service import users
-    from service.schemas import EmailAddress
-
-    try:
-        stored = TypeAdapter(EmailAddress).validate_python(email)
-    except ValidationError as exc:
-        raise UsageError(_validation_message(exc, "email")) from None
-    user = users.find_by_email(svc.database, stored)
-    if user is None:
-        raise AccountNotFound(f"no account has the email {stored}: check the spelling, or search by part "
-                              "of the email with GET /v1/admin/users?query=...")
-    return user
-
-
-def _users_set_password(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
-
-    from service import admin
-    from service.schemas import SetPasswordRequest
-
-    with _account_services(load_settings()) as svc:
-        user = _find_account(svc, args.email)
-        try:
-            request = SetPasswordRequest(password=_read_password())
-        except ValidationError as exc:
-            raise UsageError(_validation_message(exc)) from None
-        admin.reset_password(svc, None, "", user.id, request.password, via="cli")
-    print(user.id)
-    return 0
-
-
-def _users_delete(args: argparse.Namespace) -> int:
-    from service import admin
-
-    if not args.yes:
-        print(f"gatehouse: deleting the account of {args.email} removes it, its roles and its sessions for good; "
-              "run again with --yes to do it", file=sys.stderr)
-        return 2
-
-    with _account_services(load_settings()) as svc:
-        user = _find_account(svc, args.email)
-        admin.delete_user(svc, None, "", user.id, via="cli")
-    print(user.id)
     return 0
 
 
@@ -350,30 +172,6 @@ def build_parser() -> argparse.ArgumentParser:
                           help="key type (default: $GATEHOUSE_JWT_ALGORITHM or EdDSA)")
     generate.set_defaults(handler=_keys_generate)
 
-    users_parser = commands.add_parser("users", help="manage user accounts")
-    users_commands = users_parser.add_subparsers(dest="users_command", required=True)
-    create = users_commands.add_parser(
-        "create",
-        help=f"create an account; the password comes from ${NEW_USER_PASSWORD_VARIABLE}, "
-             "a prompt, or the first line of standard input",
-    )
-    create.add_argument("--email", required=True,
-                        help="email address of the new account; the part before the @-sign must be ASCII")
-    create.add_argument("--role", action="append", default=[], help="role to grant, repeatable (e.g. admin)")
-    create.set_defaults(handler=_users_create)
-    set_password = users_commands.add_parser(
-        "set-password",
-        help=f"set an account's password and end all its sessions; the password comes from "
-             f"${NEW_USER_PASSWORD_VARIABLE}, a prompt, or the first line of standard input",
-    )
-    set_password.add_argument("--email", required=True, help="email address of the account, as it logs in")
-    set_password.set_defaults(handler=_users_set_password)
-    delete = users_commands.add_parser(
-        "delete", help="delete an account with its roles, sessions and login-guard state; audit entries stay")
-    delete.add_argument("--email", required=True, help="email address of the account, as it logs in")
-    delete.add_argument("--yes", action="store_true", help="confirm the deletion; without it nothing is deleted")
-    delete.set_defaults(handler=_users_delete)
-
     blacklist = commands.add_parser("blacklist", help="list, add and lift IP bans")
     blacklist_commands = blacklist.add_subparsers(dest="blacklist_command", required=True)
     blacklist_commands.add_parser("list", help="print every live ban as a JSON line").set_defaults(
@@ -396,9 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="run the start-up checks (keys, MySQL and schema, Redis) and exit")
     check.set_defaults(handler=_check)
 
-    from service.maintenance.commands import add_commands
+    from service.maintenance.commands import add_commands as add_maintenance_commands
+    from service.user_commands import add_commands as add_user_commands
 
-    add_commands(commands)
+    add_user_commands(commands)
+    add_maintenance_commands(commands)
     return parser
 
 
@@ -406,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Log lines go to stderr, so stdout carries only a command's results (a new user's id, the bans).
     configure_logging("info", stream="stderr")
+    from service.user_commands import AccountNotFound, UsageError
+
     try:
         return args.handler(args)
     except InvalidConfiguration as exc:
