@@ -9,15 +9,20 @@ import pytest
 import requests
 
 from tests.conftest import PASSWORD
-from tests.helpers import Gunicorn, bearer, create_user
+from tests.helpers import Gunicorn, bearer, create_user, reset_state, wait_until
 
 pytestmark = pytest.mark.e2e
 
 PROBES = 16
+# The other worker applies a ban from the events channel, within about a second.
+BAN_PROPAGATION_SECONDS = 5
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, settings):
+    # Workers load the bans from Redis at start and keep them in memory, where the flush
+    # before each test does not reach. A ban left by an earlier run must not be among them.
+    reset_state(settings)
     with Gunicorn(tmp_path_factory.mktemp("bans"), env={
         "GATEHOUSE_TRUSTED_PROXY_COUNT": "1",
         "GATEHOUSE_BAN_FAILED_LOGINS": "5",
@@ -43,9 +48,19 @@ def probe(url: str, ip: str) -> list[int]:
     return [requests.get(f"{url}/v1/users/me", headers=as_client(ip), timeout=10).status_code for _ in range(PROBES)]
 
 
+def wait_until_banned_everywhere(url: str, ip: str) -> None:
+    """Wait until every probe from ip gets 403, on new connections and so from both workers.
+
+    The worker that records the ban applies it at once, and the other one learns it from
+    the events channel a moment later.
+    """
+    wait_until(lambda: probe(url, ip) == [403] * PROBES, BAN_PROPAGATION_SECONDS,
+               f"not every worker bans {ip}")
+
+
 def test_ban_enforced_by_every_worker_and_lifted(server, settings):
     assert fail_logins(server.url, "203.0.113.5", 5) == [401] * 5
-    assert probe(server.url, "203.0.113.5") == [403] * PROBES
+    wait_until_banned_everywhere(server.url, "203.0.113.5")
     assert probe(server.url, "203.0.113.6") == [401] * PROBES
     assert requests.get(f"{server.url}/health", headers=as_client("203.0.113.5"), timeout=10).status_code == 200
 
@@ -62,6 +77,7 @@ def test_ban_enforced_by_every_worker_and_lifted(server, settings):
 
 def test_forged_first_entry_does_not_escape_ban(server):
     assert fail_logins(server.url, "203.0.113.7", 5) == [401] * 5
+    wait_until_banned_everywhere(server.url, "203.0.113.7")
     # The client prepends its own entries; only the one the proxy added counts.
     forged = [requests.get(f"{server.url}/v1/users/me", timeout=10,
                            headers={"X-Forwarded-For": f"10.9.9.{index}, 203.0.113.7", "Connection": "close"}
@@ -126,4 +142,4 @@ def test_failed_logins_across_64_ban_it(server):
     neighbours = ["2001:db8:7::1", "2001:db8:7::2", "2001:DB8:7::1:2", "2001:db8:7::3", "2001:db8:7::4"]
     statuses = [fail_logins(server.url, ip, 1)[0] for ip in neighbours]
     assert statuses == [401] * 5
-    assert probe(server.url, "2001:db8:7::ffff") == [403] * PROBES
+    wait_until_banned_everywhere(server.url, "2001:db8:7::ffff")
