@@ -105,13 +105,10 @@ ENDPOINTS = (
 )
 
 
-@dataclass
-class Results:
-    """Everything one `make bench` measured; saved as JSON and rendered into docs/benchmarks.md."""
+class Harness:
+    """Starts the servers, drives them with wrk and collects the Results."""
 
-    started_at: str
-    command: str
-    seconds: floatNone:
+    def __init__(self, args: argparse.Namespace, settings: Settings, state_dir: Path) -> None:
         self.args = args
         self.settings = settings
         self.state_dir = state_dir

@@ -96,3 +96,24 @@ def test_idle_memory_shown_when_measured():
     assert "largest worker 95.0 MiB (**missed**); 77.0 MiB after 7 s without requests" in with_idle_sample
     assert "95.0 after 1,000 mixed requests" in with_idle_sample
     assert "77.0 after 7 s without requests; 96.0 after all runs" in with_idle_sample
+
+
+def test_harness_parses_its_arguments():
+    from bench import run
+
+    args = run._parse_args(["--seconds", "2", "--warmup-seconds", "1"])
+
+    assert args.seconds == 2
+    assert args.warmup_seconds == 1
+    assert args.port == 8730
+    assert [endpoint.key for endpoint in run.ENDPOINTS] == ["health", "ready", "me", "refresh", "login"]
+
+
+def test_soak_parses_its_arguments():
+    from bench import soak
+
+    args = soak._parse_args(["--seconds", "30", "--rate", "50"])
+
+    assert args.seconds == 30
+    assert args.rate == 50
+    assert args.warmup_seconds == 60
