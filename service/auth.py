@@ -102,7 +102,7 @@ def login(svc: Services, email: str, password: str, *, user_agent: str, ip: str,
     # spellings of an email, which reach the same account, share its limits.
     try:
         with guarded_password_check(svc, guard, fold_email(email), ip):
-            user = users.authenticate(svc.database, svc.passwords, email, password)
+            user, password_hash = users.authenticate(svc.database, svc.passwords, email, password)
     except InvalidCredentials:
         metrics.LOGINS.labels(result="invalid_credentials").inc()
         log.warning("login_failed", reason="invalid_credentials", client_ip=ip)
@@ -113,6 +113,15 @@ def login(svc: Services, email: str, password: str, *, user_agent: str, ip: str,
         raise
 
     session_id, refresh_token = svc.sessions.create(user.id, user_agent=user_agent, ip=ip)
+    # A password reset or change, a deletion or a disable may have run since the check
+    # above. Each stores its change before it ends the account's sessions, so the account
+    # read now either shows the change, or the change will end this session too.
+    if not users.credentials_unchanged(svc.database, user.id, password_hash):
+        svc.sessions.revoke(session_id)
+        metrics.LOGINS.labels(result="invalid_credentials").inc()
+        log.warning("login_failed", reason="credentials_changed", client_ip=ip)
+        raise InvalidCredentials()
+
     metrics.LOGINS.labels(result="success").inc()
     structlog.contextvars.bind_contextvars(user_id=user.id)
     log.info("login_succeeded", session_id=session_id)

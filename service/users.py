@@ -54,8 +54,8 @@ def register(database: Database, passwords: Passwords, email: str, password: str
     return User(user_id, email, STATUS_ACTIVE, now.replace(tzinfo=UTC))
 
 
-def authenticate(database: Database, passwords: Passwords, email: str, password: str) -> User:
-    """Check an email and password pair.
+def authenticate(database: Database, passwords: Passwords, email: str, password: str) -> tuple[User, str]:
+    """Check an email and password pair; return the user and the password hash that is stored now.
 
     Unknown email and wrong password raise the same InvalidCredentials after the same
     argon2 work, so neither the answer nor its timing tells them apart. The password
@@ -70,10 +70,19 @@ def authenticate(database: Database, passwords: Passwords, email: str, password:
     if row["status"] != STATUS_ACTIVE:
         raise AccountDisabled("This account is disabled.")
 
-    if passwords.needs_rehash(row["password_hash"]):
-        _upgrade_hash(database, passwords, row["id"], password)
+    password_hash = row["password_hash"]
+    if passwords.needs_rehash(password_hash):
+        password_hash = _upgrade_hash(database, passwords, row["id"], password)
 
-    return _user(row)
+    return _user(row), password_hash
+
+
+def credentials_unchanged(database: Database, user_id: str, password_hash: str) -> bool:
+    """Tell whether the account still exists, is active and has this password hash."""
+    with database.cursor() as cursor:
+        cursor.execute("SELECT password_hash, status FROM users WHERE id = %s", (user_id,))
+        row = cursor.fetchone()
+    return row is not None and row["status"] == STATUS_ACTIVE and row["password_hash"] == password_hash
 
 
 def _find_login_row(cursor: pymysql.cursors.DictCursor, email: str) -> dict | None:
@@ -98,7 +107,7 @@ def _find_login_row(cursor: pymysql.cursors.DictCursor, email: str) -> dict | No
     return cursor.fetchone()
 
 
-def _upgrade_hash(database: Database, passwords: Passwords, user_id: str, password: str) -> None:
+def _upgrade_hash(database: Database, passwords: Passwords, user_id: str, password: str) -> str:
     new_hash = passwords.hash(password)
     with database.cursor() as cursor:
         cursor.execute(
@@ -106,6 +115,7 @@ def _upgrade_hash(database: Database, passwords: Passwords, user_id: str, passwo
             (new_hash, datetime.now(UTC).replace(tzinfo=None), user_id),
         )
     log.info("password_hash_upgraded", user_id=user_id)
+    return new_hash
 
 
 def find_user(database: Database, user_id: str) -> User | None:
