@@ -110,7 +110,10 @@ def _init_services(app: Flask, settings: Settings) -> None:
         database=db,
         redis=client,
         passwords=Passwords(settings),
-        keys=KeyRing.load(settings.keys_dir, settings.jwt_algorithm, publish_seconds=settings.key_publish_seconds),
+        # Lenient, so that a bad key file added before a SIGHUP does not stop every worker.
+        # The start-up checks of the first start load the keys strictly.
+        keys=KeyRing.load(settings.keys_dir, settings.jwt_algorithm, publish_seconds=settings.key_publish_seconds,
+                          skip_invalid=True),
         sessions=sessions,
         readiness=ReadinessProbe(db, client, settings.ready_cache_seconds),
         access=access,

@@ -41,6 +41,7 @@ def _keys_generate(args: argparse.Namespace) -> int:
 
     path = generate_key(Path(directory), algorithm)
     log.info("signing_key_generated", path=str(path), algorithm=algorithm)
+    print(path)
     return 0
 
 

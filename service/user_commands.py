@@ -51,7 +51,8 @@ def _read_password() -> str:
             raise UsageError("the two passwords differ: run the command again and type the same password twice")
         return password
 
-    password = sys.stdin.readline().rstrip("\n")
+    # A password file saved with Windows line endings ends its line in CRLF.
+    password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
     if not password:
         raise UsageError(
             f"no password given: set {NEW_USER_PASSWORD_VARIABLE}, type it at the prompt, "

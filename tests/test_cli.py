@@ -246,3 +246,21 @@ def test_delete_unknown_email_fails():
     assert result.returncode == 1
     assert "no account has the email nobody@example.com" in result.stderr
     assert result.stdout == ""
+
+
+def test_create_strips_crlf_line_ending(client):
+    result = run_create("--email", "ops@example.com", stdin="typed on windows\r\n")
+    assert result.returncode == 0, result.stderr
+
+    login = client.post("/v1/auth/login", json={"email": "ops@example.com", "password": "typed on windows"})
+
+    assert login.status_code == 200
+
+
+def test_keys_generate_prints_the_new_path(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "service.cli", "keys", "generate", "--dir", str(tmp_path)],
+                            capture_output=True, text=True, timeout=60, cwd=ROOT)
+
+    assert result.returncode == 0, result.stderr
+    [path] = tmp_path.glob("*.pem")
+    assert result.stdout == f"{path}\n"

@@ -144,8 +144,15 @@ class KeyRing:
         return key.published_at + self.publish_seconds
 
     @classmethod
-    def load(cls, directory: Path, algorithm: str, *, publish_seconds: float) -> KeyRing:
-        """Read every *.pem key of the directory in file-name order and log which one signs."""
+    def load(cls, directory: Path, algorithm: str, *, publish_seconds: float,
+             skip_invalid: bool = False) -> KeyRing:
+        """Read every *.pem key of the directory in file-name order and log which one signs.
+
+        An invalid key file raises InvalidSigningKey. With skip_invalid, it is logged and
+        left out instead, as long as another key loads: a worker that SIGHUP starts keeps
+        serving with the valid keys rather than stopping the server. The start-up checks
+        load strictly, so a bad file still stops the first start.
+        """
         paths = sorted(directory.glob(f"*{KEY_SUFFIX}"))
         if not paths:
             raise MissingSigningKey(
@@ -153,7 +160,16 @@ class KeyRing:
                 "or point GATEHOUSE_KEYS_DIR at the key directory"
             )
 
-        ring = cls([load_key(path, algorithm) for path in paths], publish_seconds)
+        keys = []
+        for path in paths:
+            try:
+                keys.append(load_key(path, algorithm))
+            except InvalidSigningKey as exc:
+                # When no file loads, the last one's error stops the start.
+                if not skip_invalid or (path == paths[-1] and not keys):
+                    raise
+                log.error("signing_key_skipped", path=str(path), error=str(exc))
+        ring = cls(keys, publish_seconds)
         ring._log_loaded(directory)
         return ring
 

@@ -75,6 +75,33 @@ def test_garbage_file_rejected(tmp_path):
         KeyRing.load(tmp_path, "EdDSA", publish_seconds=PUBLISH_SECONDS)
 
 
+@pytest.mark.parametrize("name, content", [("20261399T250000Z-bad.pem", None), ("30000101T000000Z-junk.pem", "junk")])
+def test_lenient_load_skips_invalid_file(tmp_path, capsys, name, content):
+    good = generate_key(tmp_path, "EdDSA")
+    bad = tmp_path / name
+    if content is None:
+        bad.write_bytes(good.read_bytes())
+    else:
+        bad.write_text(content)
+
+    ring = KeyRing.load(tmp_path, "EdDSA", publish_seconds=PUBLISH_SECONDS, skip_invalid=True)
+
+    assert ring.signing_key.path == good
+    assert kids(ring) == [ring.signing_key.kid]
+    [skipped] = log_events(capsys.readouterr().out, "signing_key_skipped")
+    assert skipped["level"] == "error"
+    assert skipped["path"] == str(bad)
+    with pytest.raises(InvalidSigningKey, match=name):
+        KeyRing.load(tmp_path, "EdDSA", publish_seconds=PUBLISH_SECONDS)
+
+
+def test_lenient_load_without_valid_key_raises(tmp_path):
+    (tmp_path / "broken.pem").write_text("not a key")
+
+    with pytest.raises(InvalidSigningKey, match="broken.pem"):
+        KeyRing.load(tmp_path, "EdDSA", publish_seconds=PUBLISH_SECONDS, skip_invalid=True)
+
+
 @pytest.mark.parametrize("algorithm", ["EdDSA", "ES256", "RS256"])
 def test_jwks_publishes_public_parts_only(tmp_path, algorithm):
     path = generate_key(tmp_path, algorithm)
