@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -231,6 +232,11 @@ def main(argv: list[str] | None = None) -> int:
         # redis-py's connection errors name the host and port, not the password of GATEHOUSE_REDIS_URL.
         print(f"gatehouse: Redis command failed (unreachable, or the login was rejected): {exc}", file=sys.stderr)
         return 1
+    finally:
+        # The command has finished and its exit code stands: a SIGTERM or SIGINT during the
+        # interpreter's exit, such as one sent on seeing job_succeeded, must not turn it into 143.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 if __name__ == "__main__":
