@@ -34,6 +34,16 @@ def login(client, email: str) -> dict:
     return response.get_json()
 
 
+def assert_session_ended(client, pair: dict) -> None:
+    """Assert that a login's access token gets 401 session_revoked and its refresh token 401 invalid_refresh_token."""
+    me = client.get("/v1/users/me", headers=bearer(pair["access_token"]))
+    refresh = client.post("/v1/auth/refresh", json={"refresh_token": pair["refresh_token"]})
+    assert me.status_code == 401
+    assert me.get_json()["code"] == "session_revoked"
+    assert refresh.status_code == 401
+    assert refresh.get_json()["code"] == "invalid_refresh_token"
+
+
 def audit_actions(client, admin_tokens) -> list[tuple[str, str]]:
     entries = client.get("/v1/admin/audit", headers=bearer(admin_tokens["access_token"])).get_json()["entries"]
     return [(entry["action"], entry["target_id"]) for entry in entries]
@@ -200,12 +210,7 @@ def test_disable_answers_session_revoked(client, admin_tokens):
     assert disabled.status_code == 200
 
     # Disabling ends the sessions first, and a bearer request checks its session before its account.
-    me = client.get("/v1/users/me", headers=bearer(bob["access_token"]))
-    refresh = client.post("/v1/auth/refresh", json={"refresh_token": bob["refresh_token"]})
-    assert me.status_code == 401
-    assert me.get_json()["code"] == "session_revoked"
-    assert refresh.status_code == 401
-    assert refresh.get_json()["code"] == "invalid_refresh_token"
+    assert_session_ended(client, bob)
 
 
 def test_disable_in_database_answers_invalid_token(client, settings):
@@ -399,12 +404,7 @@ def test_set_password_ends_sessions(client, admin_tokens):
     assert response.status_code == 200
     assert response.get_json() == {"sessions_ended": 2}
     for pair in (first, second):
-        me = client.get("/v1/users/me", headers=bearer(pair["access_token"]))
-        refresh = client.post("/v1/auth/refresh", json={"refresh_token": pair["refresh_token"]})
-        assert me.status_code == 401
-        assert me.get_json()["code"] == "session_revoked"
-        assert refresh.status_code == 401
-        assert refresh.get_json()["code"] == "invalid_refresh_token"
+        assert_session_ended(client, pair)
 
 
 def test_set_password_replaces_old_one(client, admin_tokens):
@@ -567,12 +567,7 @@ def test_delete_user_ends_tokens(client, admin_tokens):
     assert response.status_code == 204
     assert response.data == b""
     for pair in (first, second):
-        me = client.get("/v1/users/me", headers=bearer(pair["access_token"]))
-        refresh = client.post("/v1/auth/refresh", json={"refresh_token": pair["refresh_token"]})
-        assert me.status_code == 401
-        assert me.get_json()["code"] == "session_revoked"
-        assert refresh.status_code == 401
-        assert refresh.get_json()["code"] == "invalid_refresh_token"
+        assert_session_ended(client, pair)
 
 
 def test_delete_user_removes_row_and_roles(client, admin_tokens, settings):
