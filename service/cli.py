@@ -189,8 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     unban.add_argument("ip", help="IPv4 address, or IPv6 address or /64 network")
     unban.set_defaults(handler=_blacklist_unban)
     blacklist_commands.add_parser(
-        "rotate", help="drop expired bans from the index and record the result; while another run holds the "
-                       "lock, exits 75 without doing anything"
+        "rotate", help="remove expired bans from the index and record the result; exits 75 without doing "
+                       "anything while another run has the lock"
     ).set_defaults(handler=_blacklist_rotate)
 
     check = commands.add_parser("check", help="run the start-up checks (keys, MySQL and schema, Redis) and exit")
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gatehouse: Redis command failed (unreachable, or the login was rejected): {exc}", file=sys.stderr)
         return 1
     finally:
-        # The command has finished and its exit code stands: a SIGTERM or SIGINT during the
+        # The command has finished, so its exit code is final. A SIGTERM or SIGINT during the
         # interpreter's exit, such as one sent on seeing job_succeeded, must not turn it into 143.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -472,7 +472,7 @@ def test_sigterm_during_verify_stops_servers(backup, temp_dir, redis_client, pha
 def test_sigterm_during_create_removes_incomplete(tmp_path, temp_dir, settings, redis_client, data):
     backup_dir = tmp_path / "backups"
     backup_dir.mkdir()
-    # An open transaction that holds the canary's row makes the job wait inside its run.
+    # An open transaction that locks the canary's row makes the job wait inside its run.
     blocker = pymysql.connect(**connect_args(settings))
     try:
         blocker.begin()
