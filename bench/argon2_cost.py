@@ -17,7 +17,7 @@ import time
 
 import argon2
 
-from service.config import ARGON2_MIN_MEMORY_KIB, ARGON2_MIN_TIME_COST
+from service.config import ARGON2_DEFAULT_MEMORY_KIB, ARGON2_DEFAULT_TIME_COST
 
 PASSWORD = "correct horse battery staple"
 
@@ -59,8 +59,8 @@ def measure(hasher: argon2.PasswordHasher, password: str, samples: int, threads:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.argon2_cost", description=__doc__.splitlines()[0])
-    parser.add_argument("--memory-kib", type=int, default=ARGON2_MIN_MEMORY_KIB, help="argon2id memory in KiB")
-    parser.add_argument("--time-cost", type=int, default=ARGON2_MIN_TIME_COST, help="argon2id passes")
+    parser.add_argument("--memory-kib", type=int, default=ARGON2_DEFAULT_MEMORY_KIB, help="argon2id memory in KiB")
+    parser.add_argument("--time-cost", type=int, default=ARGON2_DEFAULT_TIME_COST, help="argon2id passes")
     parser.add_argument("--parallelism", type=int, default=1, help="argon2id lanes")
     parser.add_argument("--samples", type=int, default=100, help="verifications per measurement")
     args = parser.parse_args(argv)

@@ -16,9 +16,19 @@ from service.setting_checks import check_can_create_file, check_can_open, log_lo
 
 ENV_PREFIX = "GATEHOUSE_"
 
-# OWASP's minimum for argon2id (Password Storage Cheat Sheet): 19 MiB, 2 passes, 1 lane.
-ARGON2_MIN_MEMORY_KIB = 19456
-ARGON2_MIN_TIME_COST = 2
+# OWASP's minimum configurations for argon2id with 1 lane (Password Storage Cheat Sheet), as
+# (memory in KiB, passes). They "provide an equal level of defense" and trade memory for CPU.
+OWASP_ARGON2ID_MINIMUMS = ((7168, 5), (9216, 4), (12288, 3), (19456, 2), (47104, 1))
+# The least memory: a worker keeps it while logins come, and two hashes of 7 MiB share a
+# core complex's L3 cache with the workers, where two of 19 MiB did not (docs/capacity.md).
+ARGON2_DEFAULT_MEMORY_KIB, ARGON2_DEFAULT_TIME_COST = OWASP_ARGON2ID_MINIMUMS[0]
+ARGON2_MIN_MEMORY_KIB = OWASP_ARGON2ID_MINIMUMS[0][0]
+
+
+def argon2_min_time_cost(memory_kib: int) -> int | None:
+    """Return the fewest passes OWASP allows with this much memory, or None below its smallest."""
+    passes = [time_cost for memory, time_cost in OWASP_ARGON2ID_MINIMUMS if memory_kib >= memory]
+    return min(passes, default=None)
 
 
 # Text settings where an empty value means unset or none. Every other str, Path and
@@ -128,10 +138,13 @@ class Settings(RedisSettings, AbuseProtectionSettings):
 
     # Passwords (argon2id)
     argon2_memory_kib: int = Field(
-        ARGON2_MIN_MEMORY_KIB, ge=ARGON2_MIN_MEMORY_KIB, le=1_048_576, description="argon2id memory in KiB, 19456-1048576"
+        ARGON2_DEFAULT_MEMORY_KIB, ge=ARGON2_MIN_MEMORY_KIB, le=1_048_576,
+        description="argon2id memory in KiB, 7168-1048576",
     )
     argon2_time_cost: int = Field(
-        ARGON2_MIN_TIME_COST, ge=ARGON2_MIN_TIME_COST, le=20, description="argon2id passes, 2-20"
+        ARGON2_DEFAULT_TIME_COST, ge=1, le=20,
+        description="argon2id passes, 1-20, at least OWASP's minimum for GATEHOUSE_ARGON2_MEMORY_KIB: "
+                    "5 from 7168 KiB, 4 from 9216, 3 from 12288, 2 from 19456, 1 from 47104",
     )
     argon2_parallelism: int = Field(1, ge=1, le=16, description="argon2id lanes, 1-16")
     argon2_threads: int = Field(
@@ -253,6 +266,21 @@ class Settings(RedisSettings, AbuseProtectionSettings):
             raise ValueError(
                 f"{value} is below GATEHOUSE_JWKS_MAX_AGE_SECONDS, which is {max_age}, so verifiers holding a "
                 "cached JWKS would reject the tokens of a new key"
+            )
+        return value
+
+    @field_validator("argon2_time_cost")
+    @classmethod
+    def _check_argon2_time_cost(cls, value: int, info: ValidationInfo) -> int:
+        memory_kib = info.data.get("argon2_memory_kib")
+        if memory_kib is None:
+            return value  # GATEHOUSE_ARGON2_MEMORY_KIB itself is invalid and reported first
+
+        least = argon2_min_time_cost(memory_kib)
+        if least is not None and value < least:
+            raise ValueError(
+                f"{value} passes with GATEHOUSE_ARGON2_MEMORY_KIB={memory_kib} is weaker than OWASP's minimum "
+                f"for argon2id, {least} passes with that memory"
             )
         return value
 

@@ -35,7 +35,7 @@ class Passwords:
 
     Under gevent each hash runs on one of at most argon2_threads threads of this
     worker (service.hash_pool), and the request's greenlet waits for it. The bound
-    matters for memory and speed alike. A thread keeps its argon2 memory (19 MiB
+    matters for memory and speed alike. A thread keeps its argon2 memory (7 MiB
     with the default parameters) after a hash, in its glibc malloc arena. On glibc
     the worker gives it back once it has hashed nothing for
     argon2_release_idle_seconds (service.hash_memory). More threads than cores only

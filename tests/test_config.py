@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from service import setting_checks
-from service.config import ENV_PREFIX, EMPTY_MEANS_UNSET, InvalidConfiguration, Settings, is_text_setting, load_settings
+from service.config import (
+    EMPTY_MEANS_UNSET, ENV_PREFIX, OWASP_ARGON2ID_MINIMUMS, InvalidConfiguration, Settings, is_text_setting, load_settings,
+)
 
 MYSQL_PASSWORD = "mysql-secret-7f3a"
 REDIS_PASSWORD = "redis-secret-9c1e"
@@ -104,19 +106,57 @@ def test_missing_keys_dir_rejected(environment, tmp_path):
     assert "not a directory" in message
 
 
+def test_argon2_defaults_are_owasps_least_memory(environment):
+    settings = load_settings()
+
+    assert (settings.argon2_memory_kib, settings.argon2_time_cost, settings.argon2_parallelism) == (7168, 5, 1)
+
+
 def test_argon2_memory_below_owasp_floor_rejected(environment):
-    environment.setenv("GATEHOUSE_ARGON2_MEMORY_KIB", "19455")
+    environment.setenv("GATEHOUSE_ARGON2_MEMORY_KIB", "7167")
 
     message = invalid_configuration_message()
 
     assert "GATEHOUSE_ARGON2_MEMORY_KIB" in message
-    assert "19456" in message
+    assert "7168" in message
 
 
-def test_argon2_memory_at_owasp_floor_accepted(environment):
-    environment.setenv("GATEHOUSE_ARGON2_MEMORY_KIB", "19456")
+@pytest.mark.parametrize(("memory_kib", "time_cost"), OWASP_ARGON2ID_MINIMUMS)
+def test_each_owasp_argon2_minimum_accepted(environment, memory_kib, time_cost):
+    environment.setenv("GATEHOUSE_ARGON2_MEMORY_KIB", str(memory_kib))
+    environment.setenv("GATEHOUSE_ARGON2_TIME_COST", str(time_cost))
 
-    assert load_settings().argon2_memory_kib == 19456
+    settings = load_settings()
+
+    assert (settings.argon2_memory_kib, settings.argon2_time_cost) == (memory_kib, time_cost)
+
+
+@pytest.mark.parametrize(("memory_kib", "time_cost", "least"), [
+    (7168, 4, 5), (9215, 4, 5), (9216, 3, 4), (19455, 2, 3), (19456, 1, 2), (47103, 1, 2),
+])
+def test_argon2_passes_below_owasp_minimum_for_the_memory_rejected(environment, memory_kib, time_cost, least):
+    environment.setenv("GATEHOUSE_ARGON2_MEMORY_KIB", str(memory_kib))
+    environment.setenv("GATEHOUSE_ARGON2_TIME_COST", str(time_cost))
+
+    message = invalid_configuration_message()
+
+    assert message.startswith("GATEHOUSE_ARGON2_TIME_COST is invalid")
+    assert f"GATEHOUSE_ARGON2_MEMORY_KIB={memory_kib}" in message
+    assert f"{least} passes with that memory" in message
+
+
+def test_more_argon2_memory_allows_fewer_passes(environment):
+    environment.setenv("GATEHOUSE_ARGON2_MEMORY_KIB", "65536")
+    environment.setenv("GATEHOUSE_ARGON2_TIME_COST", "1")
+
+    assert load_settings().argon2_time_cost == 1
+
+
+def test_invalid_argon2_memory_reported_before_the_passes(environment):
+    environment.setenv("GATEHOUSE_ARGON2_MEMORY_KIB", "1024")
+    environment.setenv("GATEHOUSE_ARGON2_TIME_COST", "1")
+
+    assert invalid_configuration_message().startswith("GATEHOUSE_ARGON2_MEMORY_KIB is invalid")
 
 
 def test_argon2_release_idle_seconds_default(environment):

@@ -134,14 +134,15 @@ def test_login_disabled_user_rejected(client, user, settings):
 
 
 def test_login_upgrades_outdated_hash(client, user, settings):
-    old_hash = argon2.PasswordHasher(time_cost=3, memory_cost=19456, parallelism=1).hash(PASSWORD)
+    # The default before OWASP's 7 MiB configuration became it.
+    old_hash = argon2.PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1).hash(PASSWORD)
     run_sql(settings, "UPDATE users SET password_hash = %s WHERE id = %s", (old_hash, user["id"]))
 
     assert login(client).status_code == 200
 
     new_hash = run_sql(settings, "SELECT password_hash FROM users WHERE id = %s", (user["id"],))[0]["password_hash"]
     assert new_hash != old_hash
-    assert "t=2" in new_hash
+    assert f"m={settings.argon2_memory_kib},t={settings.argon2_time_cost},p=1$" in new_hash
     assert login(client).status_code == 200
 
 

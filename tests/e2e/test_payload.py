@@ -133,7 +133,7 @@ def test_chunked_body_over_limit_refused(server):
 
 def test_50mb_chunked_body_refused_with_flat_memory(server):
     master_pid = server.process.pid
-    # Warm-up, so first-request allocations (argon2's 19 MiB among them) are not measured.
+    # Warm-up, so first-request allocations (argon2's memory among them) are not measured.
     for n in range(4):
         requests.post(f"{server.url}/v1/auth/register", json={"email": f"warm{n}@example.com", "password": PASSWORD},
                       headers={"Connection": "close"}, timeout=10)

@@ -14,7 +14,9 @@ import helm_python
 import pytest
 import yaml
 
-from service.config import ENV_PREFIX, Settings, load_settings
+from service.config import (
+    ARGON2_MIN_MEMORY_KIB, ENV_PREFIX, OWASP_ARGON2ID_MINIMUMS, Settings, argon2_min_time_cost, load_settings,
+)
 from tests.helm.chart import CHART_DIR, NAMESPACE, VALUE_SETS, Rendered, render, set_path
 
 VALUES_TEXT = (CHART_DIR / "values.yaml").read_text()
@@ -136,6 +138,27 @@ def test_schema_rejects_bad_value(path, value, complaint):
             chart.validate_schema(set_path({}, path, value))
 
     assert complaint in str(failure.value)
+
+
+ARGON2_PAIRS = sorted({pair for memory, passes in OWASP_ARGON2ID_MINIMUMS
+                       for pair in ((memory, passes), (memory - 1, passes), (memory, passes - 1)) if pair[1] >= 1})
+
+
+@pytest.mark.parametrize(("memory_kib", "time_cost"), ARGON2_PAIRS)
+def test_schema_checks_argon2_passes_as_the_service_does(memory_kib, time_cost):
+    """The chart refuses the argon2 pairs that would stop the service at start, and only those."""
+    least = argon2_min_time_cost(memory_kib)
+    service_accepts = memory_kib >= ARGON2_MIN_MEMORY_KIB and least is not None and time_cost >= least
+    values = {"config": {"argon2MemoryKib": memory_kib, "argon2TimeCost": time_cost}}
+
+    with helm_python.Chart.load(CHART_DIR) as chart:
+        try:
+            chart.validate_schema(values)
+        except helm_python.HelmValuesError as failure:
+            assert not service_accepts, str(failure)
+            assert "/config/argon2" in str(failure)
+        else:
+            assert service_accepts
 
 
 def test_config_values_are_settings():
