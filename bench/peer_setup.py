@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench.servers import ROOT, Server
+from service.config import Settings
 
 PEER_DIR = ROOT / "bench" / "peer"
 REQUIREMENTS = PEER_DIR / "requirements.txt"
@@ -80,13 +81,19 @@ def write_signing_key(state_dir: Path) -> Path:
     return path
 
 
-def prepare(state_dir: Path) -> tuple[Path, dict[str, str]]:
-    """Install the peer, create its database and table; return its bin/ and environment."""
+def prepare(state_dir: Path, settings: Settings) -> tuple[Path, dict[str, str]]:
+    """Install the peer, create its database and table; return its bin/ and environment.
+
+    The peer hashes with Gatehouse's argon2id parameters from settings.
+    """
     bin_dir = ensure_venv(state_dir)
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "PEER_DATABASE_URL": create_database(state_dir),
         "PEER_KEY_FILE": str(write_signing_key(state_dir)),
+        "PEER_ARGON2_MEMORY_KIB": str(settings.argon2_memory_kib),
+        "PEER_ARGON2_TIME_COST": str(settings.argon2_time_cost),
+        "PEER_ARGON2_PARALLELISM": str(settings.argon2_parallelism),
     }
     subprocess.run([str(bin_dir / "python"), str(PEER_DIR / "app.py"), "create-tables"], env=env, check=True,
                    timeout=60)

@@ -350,7 +350,7 @@ class Harness:
         self._stop(server)
 
     def measure_peer(self) -> None:
-        bin_dir, env = peer_setup.prepare(self.state_dir)
+        bin_dir, env = peer_setup.prepare(self.state_dir, self.settings)
         self.results.peer_versions = peer_setup.installed_versions(bin_dir)
         server = self._track(peer_setup.server(bin_dir, env, port=self.args.port + 2,
                                                workers=self.settings.workers, run_dir=self.run_dir))

@@ -1,12 +1,15 @@
 """fastapi-users with its JWT strategy: the peer that `make bench` measures beside Gatehouse.
 
 Set up as close to Gatehouse as the library allows: argon2id with the same
-parameters (m=19456 KiB, t=2, p=1), access tokens signed with EdDSA and valid for
-15 minutes, and users in a database of the same MariaDB server.
+parameters (the harness passes Gatehouse's), access tokens signed with EdDSA and
+valid for 15 minutes, and users in a database of the same MariaDB server.
 
 Environment:
-    PEER_DATABASE_URL  SQLAlchemy URL, mysql+aiomysql://USER:PASSWORD@127.0.0.1:PORT/DATABASE
-    PEER_KEY_FILE      PEM file with the Ed25519 private key that signs access tokens
+    PEER_DATABASE_URL        SQLAlchemy URL, mysql+aiomysql://USER:PASSWORD@127.0.0.1:PORT/DATABASE
+    PEER_KEY_FILE            PEM file with the Ed25519 private key that signs access tokens
+    PEER_ARGON2_MEMORY_KIB   argon2id memory in KiB
+    PEER_ARGON2_TIME_COST    argon2id passes
+    PEER_ARGON2_PARALLELISM  argon2id lanes
 
 `python app.py create-tables` creates the user table; then serve with uvicorn.
 """
@@ -58,7 +61,11 @@ engine = create_async_engine(os.environ["PEER_DATABASE_URL"])
 session_maker = async_sessionmaker(engine, expire_on_commit=False)
 
 # pwdlib's Argon2Hasher passes these to argon2-cffi; its defaults are t=3, m=65536, p=4.
-password_helper = PasswordHelper(PasswordHash((Argon2Hasher(time_cost=2, memory_cost=19456, parallelism=1),)))
+password_helper = PasswordHelper(PasswordHash((Argon2Hasher(
+    time_cost=int(os.environ["PEER_ARGON2_TIME_COST"]),
+    memory_cost=int(os.environ["PEER_ARGON2_MEMORY_KIB"]),
+    parallelism=int(os.environ["PEER_ARGON2_PARALLELISM"]),
+),)))
 
 _private_key = serialization.load_pem_private_key(Path(os.environ["PEER_KEY_FILE"]).read_bytes(), password=None)
 _private_pem = _private_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
