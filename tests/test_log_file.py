@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
+import traceback
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,8 +23,67 @@ def log_file_error(path: Path | str) -> str:
     return str(excinfo.value)
 
 
-# Root bypasses the file modes that these cases rely on.
-unprivileged = pytest.mark.skipif(os.geteuid() == 0, reason="root may write to read-only modes")
+# Root bypasses file modes, so as root the read-only cases run their check in a forked
+# child that has dropped to this user id (nobody on Debian).
+UNPRIVILEGED_UID = 65534
+
+
+@pytest.fixture
+def mode_dir(tmp_path) -> Iterator[Path]:
+    """A directory where file modes bind the check: tmp_path, or for root one the unprivileged user can write."""
+    if os.geteuid() != 0:
+        yield tmp_path
+        return
+
+    # pytest's own temporary directories are private to root, so the child could not reach them.
+    directory = Path(tempfile.mkdtemp(prefix="gatehouse-modes-"))
+    directory.chmod(0o777)
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory)
+
+
+def log_file_error_under_modes(path: Path) -> str:
+    """Return log_file_error(path) as a user whom file modes bind; for root, from a forked unprivileged child."""
+    if os.geteuid() != 0:
+        return log_file_error(path)
+
+    # The keys directory of the test profile is private to root; any directory passes its
+    # check. The Redis URL check imports redis-py lazily, which the child could not read.
+    overrides = {"log_file": str(path), "keys_dir": str(path.parent.parent)}
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop root, run the check, report, exit without pytest's cleanup
+        status = 1
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(UNPRIVILEGED_UID)
+            os.setuid(UNPRIVILEGED_UID)
+            report = invalid_configuration(overrides)
+            status = 0
+        except BaseException:
+            report = traceback.format_exc()
+        finally:
+            os.write(write_end, report.encode())
+            os._exit(status)
+
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        report = pipe.read().decode()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, report
+    return report
+
+
+def invalid_configuration(overrides: dict[str, str]) -> str:
+    """Return the message of the InvalidConfiguration that load_settings(overrides) raises, or '' when none."""
+    try:
+        load_settings(overrides, parse_redis_url=False)
+    except InvalidConfiguration as exc:
+        return str(exc)
+    return ""
 
 
 def test_log_file_in_missing_directory_is_refused(tmp_path):
@@ -60,36 +123,34 @@ def test_log_file_in_sysfs_rejected():
     assert "\n" not in message
 
 
-@unprivileged
-def test_log_file_in_read_only_directory_rejected(tmp_path):
-    directory = tmp_path / "logs"
-    directory.mkdir(mode=0o555)
+def test_log_file_in_read_only_directory_rejected(mode_dir):
+    directory = mode_dir / "logs"
+    directory.mkdir()
+    directory.chmod(0o555)
 
-    message = log_file_error(directory / "gatehouse.log")
+    message = log_file_error_under_modes(directory / "gatehouse.log")
 
     assert "GATEHOUSE_LOG_FILE is invalid" in message
     assert f"cannot create a file in directory {directory}" in message
 
 
-@unprivileged
-def test_read_only_log_file_rejected(tmp_path):
-    path = tmp_path / "gatehouse.log"
+def test_read_only_log_file_rejected(mode_dir):
+    path = mode_dir / "gatehouse.log"
     path.touch()
     path.chmod(0o444)
 
-    message = log_file_error(path)
+    message = log_file_error_under_modes(path)
 
     assert "GATEHOUSE_LOG_FILE is invalid" in message
     assert f"cannot open {path} to write" in message
 
 
-@unprivileged
-def test_read_only_lock_file_rejected(tmp_path):
-    lock_file = tmp_path / ".__gatehouse.lock"
+def test_read_only_lock_file_rejected(mode_dir):
+    lock_file = mode_dir / ".__gatehouse.lock"
     lock_file.touch()
     lock_file.chmod(0o444)
 
-    message = log_file_error(tmp_path / "gatehouse.log")
+    message = log_file_error_under_modes(mode_dir / "gatehouse.log")
 
     assert "GATEHOUSE_LOG_FILE is invalid" in message
     assert f"cannot open {lock_file} to write" in message
