@@ -10,7 +10,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 
 def log_lock_file(log_file: Path) -> Path:
@@ -50,6 +50,20 @@ def check_can_open(path: Path, flags: int) -> None:
         raise ValueError(f"cannot open {path} to write: {exc.strerror}") from None
 
 
+# Query options of GATEHOUSE_REDIS_URL that would replace what Gatehouse sets on its pools,
+# with the variable that sets each, or None where the code sets it: redis-py's from_url()
+# lets the URL's options win over the caller's. A socket timeout from the URL would also
+# cut the change listener's idle subscription, which runs without one.
+URL_OPTIONS_SET_BY_GATEHOUSE = {
+    "socket_timeout": "GATEHOUSE_REDIS_SOCKET_TIMEOUT",
+    "socket_connect_timeout": "GATEHOUSE_REDIS_CONNECT_TIMEOUT",
+    "max_connections": "GATEHOUSE_REDIS_POOL_SIZE",
+    "timeout": "GATEHOUSE_REDIS_POOL_WAIT_SECONDS",
+    "health_check_interval": None,
+    "decode_responses": None,
+}
+
+
 def check_redis_url(url: str) -> None:
     """Raise ValueError unless redis-py builds a connection from url as service.redis_store does.
 
@@ -60,6 +74,13 @@ def check_redis_url(url: str) -> None:
     # Imported here because the gunicorn master must not import redis before it forks
     # (gunicorn.conf.py), and it loads the settings without this check.
     import redis
+
+    for option in sorted(set(parse_qs(urlsplit(url).query, keep_blank_values=True)) & set(URL_OPTIONS_SET_BY_GATEHOUSE)):
+        variable = URL_OPTIONS_SET_BY_GATEHOUSE[option]
+        if variable:
+            raise ValueError(f"query option {option!r} would override {variable}: remove it from the URL and "
+                             f"set {variable} instead")
+        raise ValueError(f"query option {option!r} is set by Gatehouse itself: remove it from the URL")
 
     try:
         pool = redis.BlockingConnectionPool.from_url(url)
