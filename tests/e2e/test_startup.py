@@ -115,7 +115,8 @@ def test_log_file_in_sysfs_stops_start(tmp_path):
 
 
 @pytest.mark.parametrize("url", ["notaurl", "redis://:{password}@127.0.0.1:abc/0", "redis://:{password}@[::1/0",
-                                 "redis://:{password}@127.0.0.1:6379/0?socket_timeout=abc"])
+                                 "redis://:{password}@127.0.0.1:6379/0?db=one",
+                                 "redis://:{password}@127.0.0.1:6379/0?socket_timeout=10"])
 def test_invalid_redis_url_stops_start(tmp_path, url):
     password = "redis-url-secret-5d2b"
 
