@@ -72,7 +72,7 @@ def authenticate(database: Database, passwords: Passwords, email: str, password:
 
     password_hash = row["password_hash"]
     if passwords.needs_rehash(password_hash):
-        password_hash = _upgrade_hash(database, passwords, row["id"], password)
+        password_hash = _upgrade_hash(database, passwords, row["id"], password_hash, password)
 
     return _user(row), password_hash
 
@@ -107,15 +107,30 @@ def _find_login_row(cursor: pymysql.cursors.DictCursor, email: str) -> dict | No
     return cursor.fetchone()
 
 
-def _upgrade_hash(database: Database, passwords: Passwords, user_id: str, password: str) -> str:
+def _upgrade_hash(database: Database, passwords: Passwords, user_id: str, old_hash: str, password: str) -> str:
+    """Replace old_hash with a hash of the configured parameters; return the hash stored now.
+
+    The update applies only while the row still has old_hash and is active, so it
+    never undoes a password change, disable or deletion that ran during the hash. When
+    the row changed, its new hash is returned if the password verifies against it (a
+    concurrent login upgraded it first); otherwise InvalidCredentials is raised.
+    """
     new_hash = passwords.hash(password)
     with database.cursor() as cursor:
-        cursor.execute(
-            "UPDATE users SET password_hash = %s, updated_at = %s WHERE id = %s",
-            (new_hash, datetime.now(UTC).replace(tzinfo=None), user_id),
+        updated = cursor.execute(
+            "UPDATE users SET password_hash = %s, updated_at = %s WHERE id = %s AND password_hash = %s AND status = %s",
+            (new_hash, datetime.now(UTC).replace(tzinfo=None), user_id, old_hash, STATUS_ACTIVE),
         )
-    log.info("password_hash_upgraded", user_id=user_id)
-    return new_hash
+        if updated:
+            log.info("password_hash_upgraded", user_id=user_id)
+            return new_hash
+
+        cursor.execute("SELECT password_hash, status FROM users WHERE id = %s", (user_id,))
+        row = cursor.fetchone()
+
+    if row is None or row["status"] != STATUS_ACTIVE or not passwords.verify(row["password_hash"], password):
+        raise InvalidCredentials()
+    return row["password_hash"]
 
 
 def find_user(database: Database, user_id: str) -> User | None:

@@ -7,6 +7,7 @@ password reset, deletion or disable can produce.
 
 from __future__ import annotations
 
+import argon2
 import pytest
 
 from service import users
@@ -50,3 +51,82 @@ def test_login_without_change_keeps_session(app, client, user, monkeypatch):
 
     assert response.status_code == 200
     assert len(svc.sessions.list(user["id"])) == 1
+
+
+# The default before OWASP's 7 MiB configuration became it: a login re-hashes such a password.
+OLD_HASHER = argon2.PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1)
+
+
+def stored_hash(svc, user_id: str) -> str:
+    with svc.database.cursor() as cursor:
+        cursor.execute("SELECT password_hash FROM users WHERE id = %s", (user_id,))
+        return cursor.fetchone()["password_hash"]
+
+
+def change_during_upgrade(monkeypatch, svc, user_id: str, change):
+    """Give the account an outdated hash, and make the login's re-hash call `change(hash_function)` once."""
+    with svc.database.cursor() as cursor:
+        cursor.execute("UPDATE users SET password_hash = %s WHERE id = %s", (OLD_HASHER.hash(PASSWORD), user_id))
+    original_hash = svc.passwords.hash
+    calls = []
+
+    def hash_then_change(password):
+        new_hash = original_hash(password)
+        if not calls:
+            calls.append(password)
+            change(original_hash)
+        return new_hash
+
+    monkeypatch.setattr(svc.passwords, "hash", hash_then_change)
+
+
+def test_login_racing_another_logins_upgrade_succeeds(app, client, user, monkeypatch):
+    svc = app.extensions["gatehouse"]
+    theirs = []
+
+    def other_login_upgrades(hash_function):
+        theirs.append(hash_function(PASSWORD))
+        with svc.database.cursor() as cursor:
+            cursor.execute("UPDATE users SET password_hash = %s WHERE id = %s", (theirs[0], user["id"]))
+
+    change_during_upgrade(monkeypatch, svc, user["id"], other_login_upgrades)
+
+    response = client.post("/v1/auth/login", json={"email": user["email"], "password": PASSWORD})
+
+    assert response.status_code == 200
+    assert len(svc.sessions.list(user["id"])) == 1
+    assert stored_hash(svc, user["id"]) == theirs[0]
+
+
+def test_password_reset_during_upgrade_is_kept(app, client, user, monkeypatch):
+    svc = app.extensions["gatehouse"]
+
+    def reset(hash_function):
+        users.set_password(svc.database, svc.passwords, user["id"], "a new long password")
+
+    change_during_upgrade(monkeypatch, svc, user["id"], reset)
+
+    response = client.post("/v1/auth/login", json={"email": user["email"], "password": PASSWORD})
+
+    assert response.status_code == 401
+    assert response.get_json()["code"] == "invalid_credentials"
+    assert svc.sessions.list(user["id"]) == []
+    assert svc.passwords.verify(stored_hash(svc, user["id"]), "a new long password")
+    assert not svc.passwords.verify(stored_hash(svc, user["id"]), PASSWORD)
+
+
+def test_disable_during_upgrade_keeps_no_session(app, client, user, monkeypatch):
+    svc = app.extensions["gatehouse"]
+    outdated = []
+
+    def disable(hash_function):
+        outdated.append(stored_hash(svc, user["id"]))
+        users.set_status(svc.database, user["id"], users.STATUS_DISABLED)
+
+    change_during_upgrade(monkeypatch, svc, user["id"], disable)
+
+    response = client.post("/v1/auth/login", json={"email": user["email"], "password": PASSWORD})
+
+    assert response.status_code == 401
+    assert svc.sessions.list(user["id"]) == []
+    assert stored_hash(svc, user["id"]) == outdated[0]
