@@ -7,6 +7,7 @@ from ipaddress import IPv4Address, IPv6Address
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic_core import PydanticKnownError
 
 from service.blacklist import MAX_MANUAL_BAN_SECONDS, MIN_MANUAL_BAN_SECONDS
 from service.emails import normalize_email, normalize_new_email
@@ -43,8 +44,25 @@ class RequestBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+def _normalize_new_password(value: str) -> str:
+    """Normalize a new password, and require the minimum length of the normalized form too.
+
+    NFKC composes a letter and its combining accent into one character, so "é" typed as
+    two code points would otherwise count twice, and a password stored shorter than the
+    minimum would pass.
+    """
+    normalized = normalize_password(value)
+    if len(normalized) < PASSWORD_MIN_LENGTH:
+        raise PydanticKnownError("string_too_short", {"min_length": PASSWORD_MIN_LENGTH})
+    return normalized
+
+
 NewPassword = Annotated[
-    str, Field(min_length=PASSWORD_MIN_LENGTH, max_length=PASSWORD_MAX_LENGTH), AfterValidator(normalize_password)
+    str,
+    Field(min_length=PASSWORD_MIN_LENGTH, max_length=PASSWORD_MAX_LENGTH,
+          description=f"At least {PASSWORD_MIN_LENGTH} characters both as sent and in Unicode NFKC form, "
+                      f"which is what is hashed; at most {PASSWORD_MAX_LENGTH} as sent."),
+    AfterValidator(_normalize_new_password),
 ]
 ExistingPassword = Annotated[str, Field(min_length=1, max_length=PASSWORD_MAX_LENGTH), AfterValidator(normalize_password)]
 

@@ -452,11 +452,12 @@ def test_set_password_keeps_disabled_account_disabled(client, admin_tokens):
 
 @pytest.mark.parametrize("body", [
     {"password": "short"},
+    {"password": "e\u0301" * 4},
     {"password": "x" * 257},
     {"password": 12345678},
     {},
     {"password": NEW_PASSWORD, "current_password": PASSWORD},
-], ids=["too_short", "too_long", "not_a_string", "missing", "unknown_field"])
+], ids=["too_short", "short_once_normalized", "too_long", "not_a_string", "missing", "unknown_field"])
 def test_set_password_validates_like_registration(client, admin_tokens, body):
     user_id = register(client, "bob@example.com")
 

@@ -516,6 +516,17 @@ def test_password_compared_after_unicode_normalization(client):
     assert login(client, email="carol@example.com", password=decomposed).status_code == 200
 
 
+# Each is under 8 characters once NFKC composes it, the form that is hashed, but 8 as sent.
+@pytest.mark.parametrize("password", ["e\u0301" * 4, "a" + "\u0301" * 7, "\u1100\u1161" * 4],
+                         ids=["accents", "stacked_accents", "hangul_jamo"])
+def test_password_short_once_normalized_rejected(client, password):
+    response = client.post("/v1/auth/register", json={"email": "carol@example.com", "password": password})
+
+    assert response.status_code == 400
+    assert response.get_json()["code"] == "invalid_request"
+    assert response.get_json()["field"] == "password"
+
+
 def test_grace_refreshes_capped(client, tokens):
     statuses = [client.post("/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]}).status_code
                 for _ in range(7)]

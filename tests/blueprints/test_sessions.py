@@ -124,6 +124,15 @@ def test_password_change_same_password_rejected(client, tokens, settings, new_pa
     assert len(sessions) == 2
 
 
+def test_new_password_short_once_normalized_rejected(client, tokens):
+    response = client.post("/v1/users/me/password", headers=bearer(tokens["access_token"]),
+                           json={"current_password": PASSWORD, "new_password": "e\u0301" * 4})
+
+    assert response.status_code == 400
+    assert response.get_json()["field"] == "new_password"
+    assert login(client, PASSWORD).status_code == 200
+
+
 def test_password_change_decomposed_spelling_rejected(client):
     composed = "caf\u00e9 cr\u00e8me br\u00fbl\u00e9e"
     decomposed = unicodedata.normalize("NFD", composed)
