@@ -35,6 +35,15 @@ def echo_request_id(req: Request, response: Response) -> None:
     response.headers[REQUEST_ID_HEADER] = request_id_for(req.environ)
 
 
+def mark_planned_refusal() -> None:
+    """Log this request's completion at info level whatever its status.
+
+    For answers that refuse on purpose, such as a stopping worker's 503 from /ready,
+    which every probe gets during the drain of a rollout and which no alert should count.
+    """
+    g.planned_refusal = True
+
+
 def _start_request() -> None:
     req = request._get_current_object()  # type: ignore[attr-defined]
     environ = req.environ
@@ -65,8 +74,10 @@ def _finish_request(response: Response) -> Response:
     else:
         fields = {"status": status, "duration_ms": duration_ms}
 
+    if getattr(context, "planned_refusal", False):
+        log.info("request_completed", **fields)
     # A 501 rejects a transfer coding that the client chose, so it is the client's error.
-    if status >= 500 and status != 501:
+    elif status >= 500 and status != 501:
         log.error("request_completed", **fields)
     elif status >= 400:
         log.warning("request_completed", **fields)

@@ -8,6 +8,8 @@ from datetime import UTC, datetime, timedelta
 import jwt
 
 from service.app import close_app, create_app
+from service.lifecycle import state
+from service.readiness import Check, Report
 from service.schemas import PASSWORD_MIN_LENGTH
 from service.tokens.keys import KEY_TIME_FORMAT, generate_key, load_key
 from tests.conftest import PASSWORD
@@ -163,3 +165,34 @@ def test_ready_failure_hides_addresses(app, client):
     assert body["checks"]["redis"]["ok"] is False
     assert "127.0.0.1" not in body["checks"]["redis"]["error"]
     assert body["checks"]["redis"]["error"] == "ConnectionError"
+
+
+def completed_lines(capsys) -> list[dict]:
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    return [line for line in lines if line["event"] == "request_completed"]
+
+
+def test_ready_while_stopping_logs_info(capsys, client, monkeypatch):
+    monkeypatch.setattr(state, "_shutdown_started", 1.0)
+    capsys.readouterr()
+
+    response = client.get("/ready")
+
+    assert response.status_code == 503
+    [logged] = completed_lines(capsys)
+    assert logged["status"] == 503
+    assert logged["level"] == "info"
+
+
+def test_ready_failing_check_logs_error(capsys, app, client, monkeypatch):
+    # A failing dependency is not planned: its 503 keeps the error level.
+    readiness = app.extensions["gatehouse"].readiness
+    monkeypatch.setattr(readiness, "report", lambda: Report(
+        ready=False, checks={"mysql": Check(ok=False, latency_ms=1.0, error="unreachable")}))
+    capsys.readouterr()
+
+    response = client.get("/ready")
+
+    assert response.status_code == 503
+    [logged] = completed_lines(capsys)
+    assert logged["level"] == "error"
