@@ -8,6 +8,10 @@ SHELL := /bin/bash
 # One shell per recipe, so that a recipe can source an environment file and
 # `exec` the server in place of the shell.
 .ONESHELL:
+# Recipes print their own progress lines and errors but not their shell code. With
+# .ONESHELL, the `@` that starts a recipe silences all of its lines. `make V=1 TARGET`
+# shows the code as well, and `make --dry-run` always prints it.
+QUIET := $(if $(filter 1,$(V)),,@)
 .DEFAULT_GOAL := help
 
 ROOT := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))
@@ -54,7 +58,7 @@ endif
 	$(addprefix services-,$(PROFILES)) $(addprefix keys-,$(PROFILES)) $(addprefix migrate-,$(PROFILES))
 
 help:
-	@echo 'Targets:'
+	$(QUIET)echo 'Targets:'
 	printf '  %-14s %s\n' \
 	  run "serve the app with gunicorn on 127.0.0.1:$(PORT) (PORT=N changes the port) with the dev services" \
 	  test "run pytest against the test services (PYTEST_ARGS='...' adds arguments)" \
@@ -76,6 +80,7 @@ help:
 	  clean-state "stop everything, then delete .state: all local data, passwords and keys"
 	echo
 	echo 'scripts/services.sh lists the environment variables that override the service ports.'
+	echo 'V=1, such as `make V=1 run`, prints the shell code of each recipe as it runs.'
 
 # The stamp is older than pyproject.toml or constraints.txt after either
 # changes, and pip then brings .venv in line with them. On the first install
@@ -83,8 +88,9 @@ help:
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: $(ROOT)/pyproject.toml $(wildcard $(ROOT)/constraints.txt)
-	cd $(ROOT)
+	$(QUIET)cd $(ROOT)
 	[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
+	echo "installing Gatehouse with its $(EXTRAS) extras into $(VENV)"
 	if [ -f constraints.txt ]; then
 	  $(VENV)/bin/pip install -c constraints.txt -e '.[$(EXTRAS)]'
 	else
@@ -97,15 +103,16 @@ $(VENV)/.installed: $(ROOT)/pyproject.toml $(wildcard $(ROOT)/constraints.txt)
 runtime-venv: $(RUNTIME_VENV)/.installed
 
 $(RUNTIME_VENV)/.installed: $(ROOT)/pyproject.toml $(ROOT)/constraints.txt
-	cd $(ROOT)
+	$(QUIET)cd $(ROOT)
 	[ -x $(RUNTIME_VENV)/bin/python ] || $(PYTHON) -m venv $(RUNTIME_VENV)
+	echo "installing Gatehouse's runtime dependencies into $(RUNTIME_VENV)"
 	$(RUNTIME_VENV)/bin/pip install -q -c constraints.txt -e .
 	touch $@
 
 # Resolves the dependencies in a throw-away virtual environment, so that
 # packages left over in .venv do not end up in the constraints.
 lock:
-	cd $(ROOT)
+	$(QUIET)cd $(ROOT)
 	lock_dir=$$(mktemp -d)
 	trap 'rm -rf "$$lock_dir"' EXIT
 	$(PYTHON) -m venv "$$lock_dir/venv"
@@ -114,10 +121,10 @@ lock:
 	mv constraints.txt.tmp constraints.txt
 
 $(addprefix services-,$(PROFILES)): services-%:
-	$(SERVICES) start $*
+	$(QUIET)$(SERVICES) start $*
 
 $(addprefix keys-,$(PROFILES)): keys-%: venv services-%
-	. $(STATE)/$*/gatehouse.env
+	$(QUIET). $(STATE)/$*/gatehouse.env
 	if compgen -G "$$GATEHOUSE_KEYS_DIR/*.pem" > /dev/null; then
 	  echo "signing key present in $$GATEHOUSE_KEYS_DIR"
 	else
@@ -125,27 +132,27 @@ $(addprefix keys-,$(PROFILES)): keys-%: venv services-%
 	fi
 
 $(addprefix migrate-,$(PROFILES)): migrate-%: venv services-%
-	. $(STATE)/$*/gatehouse.env
+	$(QUIET). $(STATE)/$*/gatehouse.env
 	$(VENV)/bin/gatehouse migrate
 
 # exec replaces the recipe's shell with gunicorn, so Ctrl-C reaches gunicorn
 # directly and make only waits for it to exit.
 run: venv services-dev keys-dev migrate-dev
-	. $(STATE)/dev/gatehouse.env
+	$(QUIET). $(STATE)/dev/gatehouse.env
 	export GATEHOUSE_BIND="$${GATEHOUSE_BIND:-127.0.0.1:$(PORT)}"
 	cd $(ROOT)
 	exec $(VENV)/bin/gunicorn -c gunicorn.conf.py --pid $(STATE)/dev/gunicorn.pid wsgi:app
 
 # .state/tools/bin holds prometheus and promtool when scripts/services.sh unpacked them.
 test: venv services-test keys-test migrate-test
-	. $(STATE)/test/gatehouse.env
+	$(QUIET). $(STATE)/test/gatehouse.env
 	export PATH="$(STATE)/tools/bin:$$PATH"
 	cd $(ROOT)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 # The schemathesis run of `make test` with 1,000 examples per operation instead of 15.
 test-deep: venv services-test keys-test migrate-test
-	. $(STATE)/test/gatehouse.env
+	$(QUIET). $(STATE)/test/gatehouse.env
 	export PATH="$(STATE)/tools/bin:$$PATH"
 	cd $(ROOT)
 	GATEHOUSE_FUZZ_EXAMPLES=1000 $(VENV)/bin/pytest -p no:cacheprovider tests/test_schemathesis.py $(PYTEST_ARGS)
@@ -153,14 +160,14 @@ test-deep: venv services-test keys-test migrate-test
 # The harness (bench/run.py) starts and stops every server it measures, and the
 # bench MariaDB and Redis are stopped afterwards, so nothing keeps running.
 bench: venv runtime-venv services-bench keys-bench migrate-bench
-	. $(STATE)/bench/gatehouse.env
+	$(QUIET). $(STATE)/bench/gatehouse.env
 	export GATEHOUSE_BENCH_SERVER_BIN=$(RUNTIME_VENV)/bin
 	cd $(ROOT)
 	trap '$(SERVICES) stop bench' EXIT
 	$(VENV)/bin/python -m bench.run --seconds $(BENCH_SECONDS) --port $(BENCH_PORT) --report docs/benchmarks.md
 
 soak: venv runtime-venv services-bench keys-bench migrate-bench
-	. $(STATE)/bench/gatehouse.env
+	$(QUIET). $(STATE)/bench/gatehouse.env
 	export GATEHOUSE_BENCH_SERVER_BIN=$(RUNTIME_VENV)/bin
 	cd $(ROOT)
 	trap '$(SERVICES) stop bench' EXIT
@@ -168,11 +175,12 @@ soak: venv runtime-venv services-bench keys-bench migrate-bench
 	  --report docs/benchmarks.md
 
 stop:
-	$(SERVICES) stop dev
+	$(QUIET)$(SERVICES) stop dev
 	$(SERVICES) stop test
 	$(SERVICES) stop bench
 
 # Deletes the databases, Redis data, generated passwords and signing keys of
 # every profile without asking: a reset for development machines.
 clean-state: stop
-	rm -rf $(STATE)
+	$(QUIET)rm -rf $(STATE)
+	echo "deleted $(STATE)"

@@ -179,13 +179,15 @@ def _users_set_password(args: argparse.Namespace) -> int:
 def _users_delete(args: argparse.Namespace) -> int:
     from service import admin
 
-    if not args.yes:
-        print(f"gatehouse: deleting the account of {args.email} removes it, its roles and its sessions for good; "
-              "run again with --yes to do it", file=sys.stderr)
-        return 2
-
     with _account_services(load_settings()) as svc:
+        # The lookup comes before the confirmation. So a mistyped email fails as it does for
+        # set-password, and the command never asks to confirm deleting an account that does not exist.
         user = _find_account(svc, args.email)
+        if not args.yes:
+            print(f"gatehouse: deleting the account of {args.email} removes it, its roles and its sessions for "
+                  "good; run again with --yes to do it", file=sys.stderr)
+            return 2
+
         admin.delete_user(svc, None, "", user.id, via="cli")
     print(user.id)
     return 0

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from datetime import datetime
 
 import pytest
 
@@ -129,6 +130,35 @@ def test_manual_ban_list_and_unban(ban_app, admin_tokens):
     actions = [entry["action"] for entry in client.get("/v1/admin/audit", headers=headers).get_json()["entries"]]
     assert "ip_banned" in actions
     assert "ip_unbanned" in actions
+
+
+def test_manual_ban_duration_seconds(ban_app, admin_tokens):
+    client = ban_app.test_client()
+    headers = bearer(admin_tokens["access_token"])
+    before = time.time()
+
+    created = client.post("/v1/admin/bans", json={"ip": "192.0.2.93", "reason": "scraping", "duration_seconds": 3600},
+                          headers=headers)
+
+    assert created.status_code == 201
+    expires_at = datetime.fromisoformat(created.get_json()["expires_at"]).timestamp()
+    assert before + 3600 - 1 <= expires_at <= time.time() + 3600 + 1
+    entries = client.get("/v1/admin/audit", headers=headers).get_json()["entries"]
+    details = [entry["detail"] for entry in entries if entry["action"] == "ip_banned"]
+    assert details == [{"reason": "scraping", "seconds": 3600}]
+
+
+def test_manual_ban_rejects_seconds_field(ban_app, admin_tokens):
+    client = ban_app.test_client()
+    headers = bearer(admin_tokens["access_token"])
+
+    response = client.post("/v1/admin/bans", json={"ip": "192.0.2.94", "reason": "scraping", "seconds": 3600},
+                           headers=headers)
+
+    assert response.status_code == 400
+    assert response.get_json()["code"] == "invalid_request"
+    assert response.get_json()["field"] == "seconds"
+    assert client.get("/v1/admin/bans", headers=headers).get_json()["bans"] == []
 
 
 @pytest.mark.parametrize(("ip", "status", "code"), [("not-an-ip", 400, "invalid_request"),

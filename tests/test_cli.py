@@ -209,9 +209,11 @@ def test_delete_without_yes_deletes_nothing(client):
     result = run_users("delete", "--email", "bob@example.com")
 
     assert result.returncode == 2
+    assert "deleting the account of bob@example.com removes it" in result.stderr
     assert "--yes" in result.stderr
     assert result.stdout == ""
     assert client.get("/v1/users/me", headers=bearer(pair["access_token"])).status_code == 200
+    assert cli_audit_entries("user_deleted") == []
 
 
 def test_delete_ends_sessions_and_frees_email(client):
@@ -246,6 +248,25 @@ def test_delete_unknown_email_fails():
     assert result.returncode == 1
     assert "no account has the email nobody@example.com" in result.stderr
     assert result.stdout == ""
+
+
+def test_delete_unknown_email_without_yes_fails():
+    result = run_users("delete", "--email", "nobody@example.com")
+    set_password = run_users("set-password", "--email", "nobody@example.com", stdin=NEW_PASSWORD + "\n")
+
+    assert result.returncode == 1
+    assert result.returncode == set_password.returncode
+    assert "no account has the email nobody@example.com" in result.stderr
+    assert "--yes" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_delete_invalid_email_without_yes_fails():
+    result = run_users("delete", "--email", "not-an-email")
+
+    assert result.returncode == 2
+    assert "invalid email" in result.stderr
+    assert "--yes" not in result.stderr
 
 
 def test_create_strips_crlf_line_ending(client):

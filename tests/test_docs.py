@@ -1,4 +1,4 @@
-"""The README documents every setting the service reads, and docs/api.md every error code."""
+"""The README documents every setting the service reads and the ban body, and docs/api.md every error code."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import re
 from service import errors
 from service.lifecycle import error_pages
 from service.config import ENV_PREFIX, Settings
+from service.schemas import CreateBanRequest
 from tests.helpers import ROOT
 
 
@@ -16,6 +17,13 @@ def test_readme_lists_every_setting():
                if f"`{ENV_PREFIX}{name.upper()}`" not in readme]
     assert missing == []
 
+
+
+def test_docs_name_every_ban_field():
+    for document in (ROOT / "README.md", ROOT / "docs" / "api.md"):
+        text = document.read_text()
+        missing = [name for name in CreateBanRequest.model_fields if f'"{name}"' not in text]
+        assert missing == [], document.name
 
 # The code of DependencyUnavailable, the base of database_unavailable and redis_unavailable,
 # which is never raised itself.
