@@ -333,9 +333,21 @@ class BanList:
         return until
 
     def resync(self) -> None:
-        self._bans = self._blacklist.live_bans()
+        bans = self._blacklist.live_bans()
+        self._bans = {key: until for key, until in bans.items() if self._enforced(key)}
         self.synced = True
         log.info("ban_list_resynced", bans=len(self._bans))
+
+    def _enforced(self, key: str) -> bool:
+        """Tell whether this worker enforces a ban of the network key: not when its allowlist covers the key.
+
+        Another instance with a narrower GATEHOUSE_BAN_ALLOWLIST, such as one of the old
+        release during a rollout that widens it, can still ban such an address.
+        """
+        if not self._blacklist.is_allowlisted(key):
+            return True
+        log.warning("ban_not_enforced", ip=key, reason="allowlisted")
+        return False
 
     def apply_event(self, event: dict[str, Any]) -> bool:
         kind = event.get("kind")
@@ -343,7 +355,8 @@ class BanList:
         # Workers of an older release publish raw addresses; the key keeps them in step.
         key = _stored_key(ip) if isinstance(ip, str) else None
         if kind == "ip_banned" and key is not None:
-            self._bans[key] = float(event.get("until", 0))
+            if self._enforced(key):
+                self._bans[key] = float(event.get("until", 0))
             return True
         if kind == "ip_unbanned" and key is not None:
             self._bans.pop(key, None)

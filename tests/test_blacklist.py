@@ -203,6 +203,27 @@ def test_ban_reaches_other_worker(ban_app):
         close_app(other)
 
 
+def test_ban_of_locally_allowlisted_address_not_enforced(ban_app):
+    # An instance with a narrower allowlist bans an address that this one's allowlist covers.
+    narrower = create_app({**SETTINGS, "ban_allowlist": ""})
+    try:
+        narrower.extensions["gatehouse"].blacklist.ban("198.51.100.7", reason="x", seconds=300, actor="test")
+        wait_until(lambda: narrower.test_client().get(
+            "/v1/users/me", environ_base={"REMOTE_ADDR": "198.51.100.7"}).status_code == 403,
+            timeout=2, failure="the narrower instance did not enforce its own ban")
+        bans = ban_app.extensions["gatehouse"].bans
+        bans.resync()
+
+        response = ban_app.test_client().get("/v1/users/me", environ_base={"REMOTE_ADDR": "198.51.100.7"})
+
+        assert response.status_code == 401
+        assert bans.banned_until("198.51.100.7") is None
+        assert bans.apply_event({"kind": "ip_banned", "ip": "198.51.100.8", "until": 253402300799})
+        assert bans.banned_until("198.51.100.8") is None
+    finally:
+        close_app(narrower)
+
+
 def test_rotate_command_records_success(ban_app, settings):
     import subprocess
     import sys
