@@ -82,8 +82,7 @@ def parse_body(model: type[BaseModel]) -> Any:
     raw = request.get_data(cache=False)
     if not raw:
         # Also an HTTP/1.0 request without Content-Length, whose body the server cannot read.
-        raise InvalidJson("The request body is empty: send a JSON object, with a Content-Length header or chunked.",
-                          field="body")
+        raise InvalidJson("The request body is empty: send a JSON object, with a Content-Length header or chunked.")
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:
@@ -119,7 +118,7 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
 def _problem_for(exc: ValidationError) -> InvalidRequest | InvalidJson:
     errors = exc.errors(include_url=False, include_input=False, include_context=False)
     if errors[0]["type"] == "json_invalid":
-        return InvalidJson("The body is not valid JSON.")
+        return InvalidJson(f"The request body is not valid JSON: {errors[0]['msg'].removeprefix('Invalid JSON: ')}.")
 
     field_errors = []
     seen: set[str] = set()
