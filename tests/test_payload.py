@@ -100,6 +100,11 @@ INVALID_JSON_BODIES = {
     "invalid_utf8": b'{"email": "\xff@example.com", "password": "x"}',
     "nested_300_levels": b'{"email": ' + b"[" * 300 + b"]" * 300 + b', "password": "x"}',
     "trailing_characters": b'{"email": "alice@example.com", "password": "x"} x',
+    # Python's json module and pydantic-core accept these tokens, but RFC 8259 has none of them.
+    "nan": b'{"email": "alice@example.com", "password": NaN}',
+    "infinity": b'{"email": "alice@example.com", "password": Infinity}',
+    "negative_infinity": b'{"email": "alice@example.com", "password": -Infinity}',
+    "nan_in_array": b'{"email": ["alice@example.com", NaN], "password": "x"}',
 }
 # Values for the path parameters of the operations that take a body.
 PATH_VALUES = {"user_id": "0" * 32}
@@ -138,6 +143,14 @@ def test_invalid_json_names_body(app, client, admin_tokens, body):
         assert problem["code"] == "invalid_json", (method, path)
         assert problem["field"] == "body", (method, path)
         assert problem["detail"].startswith("The request body is"), (method, path)
+
+
+def test_nan_words_in_strings_accepted(client):
+    body = b'{"email": "alice@example.com", "password": "NaN Infinity -Infinity"}'
+
+    response = client.post("/v1/auth/register", data=body, content_type="application/json")
+
+    assert response.status_code == 201
 
 
 def test_shallow_nesting_rejected_by_field(client):
