@@ -9,6 +9,7 @@ from typing import Any
 
 from flask import Flask, Response, make_response, request
 from pydantic import BaseModel, ValidationError
+from pydantic_core import from_json
 from werkzeug.routing import BaseConverter
 
 from service.bearer import authenticate_request, require_roles
@@ -82,12 +83,25 @@ def parse_body(model: type[BaseModel]) -> Any:
     raw = request.get_data(cache=False)
     if not raw:
         # Also an HTTP/1.0 request without Content-Length, whose body the server cannot read.
-        raise InvalidJson("The request body is empty: send a JSON object, with a Content-Length header or chunked.",
-                          field="body")
+        raise InvalidJson("The request body is empty: send a JSON object, with a Content-Length header or chunked.")
+    _check_json_syntax(raw)
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:
         raise _problem_for(exc) from None
+
+
+def _check_json_syntax(raw: bytes) -> None:
+    """Raise InvalidJson unless the body is JSON as RFC 8259 defines it.
+
+    model_validate_json also accepts the tokens NaN, Infinity and -Infinity (pydantic-core
+    2.50, as constraints.txt pins it), and no model setting turns them off. RFC 8259 has
+    no such tokens, so the body is parsed once with them off before the model validates it.
+    """
+    try:
+        from_json(raw, allow_inf_nan=False, cache_strings=False)
+    except ValueError as exc:
+        raise InvalidJson(f"The request body is not valid JSON: {exc}.") from None
 
 
 def parse_query(model: type[BaseModel]) -> Any:
@@ -119,7 +133,8 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
 def _problem_for(exc: ValidationError) -> InvalidRequest | InvalidJson:
     errors = exc.errors(include_url=False, include_input=False, include_context=False)
     if errors[0]["type"] == "json_invalid":
-        return InvalidJson("The body is not valid JSON.")
+        # Only a fallback, because _check_json_syntax has already parsed the body with stricter rules.
+        return InvalidJson(f"The request body is not valid JSON: {errors[0]['msg'].removeprefix('Invalid JSON: ')}.")
 
     field_errors = []
     seen: set[str] = set()

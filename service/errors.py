@@ -39,7 +39,12 @@ class InvalidRequest(Problem):
 
 
 class InvalidJson(Problem):
+    """The request body is empty or not JSON. The problem's field is always "body", because no field was parsed."""
+
     status, code, title = 400, "invalid_json", "Request body is not valid JSON"
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(detail, field="body")
 
 
 class EncodedPathSeparator(Problem):

@@ -17,6 +17,8 @@ Departures from Flask's defaults, the first three each worth microseconds on eve
   matches, even with merge_slashes off, so //v1/admin/users would be routed like
   /v1/admin/users, past an edge proxy that allows or denies by path prefix. A path
   that starts with two slashes matches no route here and gets 404.
+- No Content-Type on a 204. werkzeug gives every response one, text/html by
+  default, but a 204 has no content for it to describe.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 from flask import Flask, Request, Response, request
 from flask.ctx import RequestContext
 from flask.sessions import NullSession, SessionInterface
+from werkzeug.datastructures import Headers
 from werkzeug.exceptions import NotFound
 
 from service.errors import MissingHost
@@ -49,6 +52,19 @@ class NoSessions(SessionInterface):
 
     def save_session(self, app: Flask, session: Any, response: Response) -> None:
         return None
+
+
+class GatehouseResponse(Response):
+    """Flask's response class, except that a 204 response has no Content-Type header."""
+
+    def get_wsgi_headers(self, environ: dict[str, Any]) -> Headers:
+        # Called for every response Flask sends, after the view and every after_request
+        # hook, so a status or header set late is covered too. werkzeug removes
+        # Content-Length from a 204 here as well. service.warm_path sends only 200s itself.
+        headers = super().get_wsgi_headers(environ)
+        if self.status_code == 204:
+            headers.remove("Content-Type")
+        return headers
 
 
 class CanonicalPathContext(RequestContext):
@@ -74,9 +90,13 @@ def lacks_host(environ: dict[str, Any]) -> bool:
 
 
 class GatehouseFlask(Flask):
-    """Flask without cookie sessions or async views, with bare endpoints and canonical paths only."""
+    """Flask without cookie sessions or async views, with bare endpoints and canonical paths only.
+
+    Its responses are GatehouseResponse objects, so a 204 carries no Content-Type.
+    """
 
     session_interface = NoSessions()
+    response_class = GatehouseResponse
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

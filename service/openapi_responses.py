@@ -70,7 +70,8 @@ IP_BANNED = _problem(errors.IpBanned, "the client address is banned. Retry-After
                                       "temporary ban", counted=False)
 RATE_LIMITED = _problem(errors.RateLimited, "a rate limit rejected the request")
 BODY_MODEL_CAUSES = (
-    _problem(errors.InvalidJson, "the body is empty or not JSON"),
+    _problem(errors.InvalidJson,
+             "the body is empty or not JSON as RFC 8259 defines it (no NaN or Infinity), and `field` is `body`"),
     _problem(errors.InvalidRequest, "a body field is missing, invalid or unknown, and `field` names it"),
     _problem(errors.UnsupportedMediaType, "the body is not application/json"),
 )

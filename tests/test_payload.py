@@ -92,6 +92,67 @@ def test_deep_nesting_rejected_as_invalid_json(client):
     assert response.get_json()["code"] == "invalid_json"
 
 
+# Bodies that are not JSON, each sent to every operation that takes a JSON body.
+INVALID_JSON_BODIES = {
+    "empty": b"",
+    "malformed": b"{",
+    "byte_order_mark": b'\xef\xbb\xbf{"email": "alice@example.com", "password": "x"}',
+    "invalid_utf8": b'{"email": "\xff@example.com", "password": "x"}',
+    "nested_300_levels": b'{"email": ' + b"[" * 300 + b"]" * 300 + b', "password": "x"}',
+    "trailing_characters": b'{"email": "alice@example.com", "password": "x"} x',
+    # Python's json module and pydantic-core accept these tokens, but RFC 8259 has none of them.
+    "nan": b'{"email": "alice@example.com", "password": NaN}',
+    "infinity": b'{"email": "alice@example.com", "password": Infinity}',
+    "negative_infinity": b'{"email": "alice@example.com", "password": -Infinity}',
+    "nan_in_array": b'{"email": ["alice@example.com", NaN], "password": "x"}',
+}
+# Values for the path parameters of the operations that take a body.
+PATH_VALUES = {"user_id": "0" * 32}
+
+
+def body_operations(app) -> list[tuple[str, str]]:
+    """Return the method and a path of every operation that declares a JSON body."""
+    adapter = app.url_map.bind("localhost")
+    operations = []
+    for rule in app.url_map.iter_rules():
+        spec = getattr(app.view_functions[rule.endpoint], "openapi_operation", None)
+        if spec is None or spec.request is None:
+            continue
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            values = {name: PATH_VALUES[name] for name in rule.arguments}
+            operations.append((method, adapter.build(rule.endpoint, values, method=method)))
+    return operations
+
+
+def test_body_operations_found(app):
+    paths = {path for _, path in body_operations(app)}
+
+    assert "/v1/auth/login" in paths
+    assert f"/v1/admin/users/{PATH_VALUES['user_id']}/password" in paths
+
+
+@pytest.mark.parametrize("body", INVALID_JSON_BODIES.values(), ids=INVALID_JSON_BODIES.keys())
+def test_invalid_json_names_body(app, client, admin_tokens, body):
+    headers = {"Authorization": f"Bearer {admin_tokens['access_token']}", "Content-Type": "application/json"}
+
+    for method, path in body_operations(app):
+        response = client.open(path, method=method, data=body, headers=headers)
+
+        assert response.status_code == 400, (method, path)
+        problem = response.get_json()
+        assert problem["code"] == "invalid_json", (method, path)
+        assert problem["field"] == "body", (method, path)
+        assert problem["detail"].startswith("The request body is"), (method, path)
+
+
+def test_nan_words_in_strings_accepted(client):
+    body = b'{"email": "alice@example.com", "password": "NaN Infinity -Infinity"}'
+
+    response = client.post("/v1/auth/register", data=body, content_type="application/json")
+
+    assert response.status_code == 201
+
+
 def test_shallow_nesting_rejected_by_field(client):
     body = {"email": [[["alice@example.com"]]], "password": PASSWORD}
 

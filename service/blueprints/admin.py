@@ -71,7 +71,7 @@ def get_user(user_id: str) -> Response:
                        "the email out. 409 `conflict` when administrators name their own account.")
 def delete_user(user_id: str) -> Response:
     admin.delete_user(services(), *_actor(), user_id)
-    return Response(status=204, mimetype=None, content_type=None)
+    return Response(status=204)
 
 
 @blueprint.put("/users/<id:user_id>/password")
@@ -122,7 +122,7 @@ def list_user_sessions(user_id: str) -> Response:
 @operation("End one session of a user", responses={204: None}, errors=(404,), roles=ADMIN_ONLY, tags=TAGS)
 def revoke_user_session(user_id: str, session_id: str) -> Response:
     admin.revoke_session(services(), *_actor(), user_id, session_id)
-    return Response(status=204, mimetype=None, content_type=None)
+    return Response(status=204)
 
 
 @blueprint.delete("/users/<id:user_id>/sessions")
@@ -179,4 +179,4 @@ def create_ban(body: CreateBanRequest) -> Response:
 @operation("Lift a ban", responses={204: None}, errors=(404,), roles=ADMIN_ONLY, tags=TAGS)
 def delete_ban(ip: str) -> Response:
     admin.unban_address(services(), *_actor(), ip)
-    return Response(status=204, mimetype=None, content_type=None)
+    return Response(status=204)

@@ -57,7 +57,7 @@ def refresh(body: RefreshRequest) -> Response:
 @operation("End the current session", responses={204: None}, bearer=True, tags=("auth",))
 def logout() -> Response:
     auth.logout(services(), current_principal().claims.session_id)
-    return Response(status=204, mimetype=None, content_type=None)
+    return Response(status=204)
 
 
 @blueprint.post("/logout-all")
@@ -83,4 +83,4 @@ def list_sessions() -> Response:
            tags=("sessions",))
 def end_session(session_id: str) -> Response:
     auth.end_session(services(), current_principal().user.id, session_id)
-    return Response(status=204, mimetype=None, content_type=None)
+    return Response(status=204)

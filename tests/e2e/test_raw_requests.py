@@ -159,6 +159,21 @@ def raw_exchange(url: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
     return int(status_line.split(" ", 2)[1]), fields, body
 
 
+def test_no_content_has_no_content_type(server, settings):
+    token = admin_token(server, settings)
+    host = server.url.removeprefix("http://").split(":")[0]
+    request = (f"POST /v1/auth/logout HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n"
+               f"Authorization: Bearer {token}\r\nContent-Length: 0\r\n\r\n")
+
+    status, headers, body = raw_exchange(server.url, request.encode())
+
+    assert status == 204
+    assert "content-type" not in headers
+    assert "content-length" not in headers
+    assert "transfer-encoding" not in headers
+    assert body == b""
+
+
 @pytest.mark.parametrize("target", ["/health", "/v1/users/me", "/v1/auth/login", "/nowhere"])
 def test_http11_without_host_rejected(server, target):
     status, headers, body = raw_exchange(server.url, f"GET {target} HTTP/1.1\r\nConnection: close\r\n\r\n".encode())
