@@ -116,7 +116,7 @@ def login(svc: Services, email: str, password: str, *, user_agent: str, ip: str,
     # A password reset or change, a deletion or a disable may have run since the check
     # above. Each stores its change before it ends the account's sessions, so the account
     # read now either shows the change, or the change will end this session too.
-    if not users.credentials_unchanged(svc.database, user.id, password_hash):
+    if not users.credentials_unchanged(svc.database, svc.passwords, user.id, password_hash, password):
         svc.sessions.revoke(session_id)
         metrics.LOGINS.labels(result="invalid_credentials").inc()
         log.warning("login_failed", reason="credentials_changed", client_ip=ip)
@@ -213,7 +213,8 @@ def change_password(svc: Services, user: users.User, session_id: str, current: s
     password and the sessions as they were.
     """
     with guarded_password_check(svc, guard, fold_email(user.email), ip):
-        if not users.verify_password(svc.database, svc.passwords, user.id, current):
+        checked_hash = users.current_password_hash(svc.database, svc.passwords, user.id, current)
+        if checked_hash is None:
             log.warning("password_change_rejected", reason="invalid_current_password")
             raise InvalidCurrentPassword("The current password is wrong.", field="current_password")
 
@@ -225,7 +226,12 @@ def change_password(svc: Services, user: users.User, session_id: str, current: s
         raise PasswordUnchanged("The new password is the current password. Choose a different one.",
                                 field="new_password")
 
-    users.set_password(svc.database, svc.passwords, user.id, new)
+    # An administrator's reset, a disable or a deletion may have run since the check, and
+    # must not be undone by the holder of the old password.
+    if not users.replace_password(svc.database, svc.passwords, user.id, checked_hash, current, new):
+        log.warning("password_change_rejected", reason="credentials_changed")
+        raise InvalidCurrentPassword("The current password is wrong.", field="current_password")
+
     ended = svc.sessions.revoke_user(user.id, keep=session_id)
     log.info("password_changed", other_sessions_ended=ended)
     return ended

@@ -77,12 +77,20 @@ def authenticate(database: Database, passwords: Passwords, email: str, password:
     return _user(row), password_hash
 
 
-def credentials_unchanged(database: Database, user_id: str, password_hash: str) -> bool:
-    """Tell whether the account still exists, is active and has this password hash."""
+def credentials_unchanged(database: Database, passwords: Passwords, user_id: str, password_hash: str,
+                          password: str) -> bool:
+    """Tell whether the account still exists, is active and accepts the password that matched password_hash.
+
+    A different hash that the password still verifies against is a re-hash by another
+    login, such as one of a worker with other argon2 parameters during a rollout, and
+    counts as unchanged. Only then does this cost an argon2 verification.
+    """
     with database.cursor() as cursor:
         cursor.execute("SELECT password_hash, status FROM users WHERE id = %s", (user_id,))
         row = cursor.fetchone()
-    return row is not None and row["status"] == STATUS_ACTIVE and row["password_hash"] == password_hash
+    if row is None or row["status"] != STATUS_ACTIVE:
+        return False
+    return row["password_hash"] == password_hash or passwords.verify(row["password_hash"], password)
 
 
 def _find_login_row(cursor: pymysql.cursors.DictCursor, email: str) -> dict | None:
@@ -151,13 +159,43 @@ def find_user(database: Database, user_id: str) -> User | None:
     return _user(row, roles)
 
 
-def verify_password(database: Database, passwords: Passwords, user_id: str, password: str) -> bool:
-    """Check a user's current password."""
+def current_password_hash(database: Database, passwords: Passwords, user_id: str, password: str) -> str | None:
+    """Check a user's current password; return the stored hash it matched, or None."""
     with database.cursor() as cursor:
         cursor.execute("SELECT password_hash FROM users WHERE id = %s", (user_id,))
         row = cursor.fetchone()
 
-    return passwords.verify(row["password_hash"] if row else None, password) and row is not None
+    if passwords.verify(row["password_hash"] if row else None, password) and row is not None:
+        return row["password_hash"]
+    return None
+
+
+def replace_password(database: Database, passwords: Passwords, user_id: str, checked_hash: str, current: str,
+                     new: str) -> bool:
+    """Store a hash of `new` in place of checked_hash, the hash `current` was checked against; return whether it was stored.
+
+    The update applies only while the row still has the checked hash and is active, so
+    it never undoes a reset, disable or deletion that ran since the check, and then
+    False comes back. A hash that a concurrent login upgraded still counts when
+    `current` verifies against it: the update is tried once more against that hash.
+    """
+    new_hash = passwords.hash(new)
+    expected = checked_hash
+    for _ in range(2):
+        with database.cursor() as cursor:
+            if cursor.execute(
+                "UPDATE users SET password_hash = %s, updated_at = %s WHERE id = %s AND password_hash = %s"
+                " AND status = %s",
+                (new_hash, datetime.now(UTC).replace(tzinfo=None), user_id, expected, STATUS_ACTIVE),
+            ):
+                return True
+
+            cursor.execute("SELECT password_hash, status FROM users WHERE id = %s", (user_id,))
+            row = cursor.fetchone()
+        if row is None or row["status"] != STATUS_ACTIVE or not passwords.verify(row["password_hash"], current):
+            return False
+        expected = row["password_hash"]
+    return False
 
 
 def set_password(database: Database, passwords: Passwords, user_id: str, password: str) -> bool:

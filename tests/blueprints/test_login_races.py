@@ -130,3 +130,64 @@ def test_disable_during_upgrade_keeps_no_session(app, client, user, monkeypatch)
     assert response.status_code == 401
     assert svc.sessions.list(user["id"]) == []
     assert stored_hash(svc, user["id"]) == outdated[0]
+
+
+def change_after_current_password_check(monkeypatch, change):
+    """Make a password change call `change(user_id)` right after its current password has passed."""
+    check = users.current_password_hash
+
+    def check_then_change(database, passwords, user_id, password):
+        checked = check(database, passwords, user_id, password)
+        change(user_id)
+        return checked
+
+    monkeypatch.setattr(users, "current_password_hash", check_then_change)
+
+
+def change_own_password(client, tokens):
+    return client.post("/v1/users/me/password", headers={"Authorization": f"Bearer {tokens['access_token']}"},
+                       json={"current_password": PASSWORD, "new_password": "the holder's new password"})
+
+
+def test_reset_racing_password_change_is_kept(app, client, user, tokens, monkeypatch):
+    svc = app.extensions["gatehouse"]
+    change_after_current_password_check(monkeypatch, lambda user_id: users.set_password(
+        svc.database, svc.passwords, user_id, "the administrator's password"))
+
+    response = change_own_password(client, tokens)
+
+    assert response.status_code == 403
+    assert response.get_json()["code"] == "invalid_current_password"
+    assert svc.passwords.verify(stored_hash(svc, user["id"]), "the administrator's password")
+
+
+def test_password_change_after_another_logins_upgrade_succeeds(app, client, user, tokens, monkeypatch):
+    svc = app.extensions["gatehouse"]
+
+    def other_login_upgrades(user_id):
+        with svc.database.cursor() as cursor:
+            cursor.execute("UPDATE users SET password_hash = %s WHERE id = %s", (svc.passwords.hash(PASSWORD), user_id))
+
+    change_after_current_password_check(monkeypatch, other_login_upgrades)
+
+    response = change_own_password(client, tokens)
+
+    assert response.status_code == 200
+    assert svc.passwords.verify(stored_hash(svc, user["id"]), "the holder's new password")
+
+
+def test_login_racing_rehash_with_other_parameters_keeps_session(app, client, user, monkeypatch):
+    # A worker with other argon2 parameters, as during a rollout that changes them,
+    # re-hashes the same password between this login's check and its session.
+    svc = app.extensions["gatehouse"]
+
+    def rehash_elsewhere(user_id):
+        with svc.database.cursor() as cursor:
+            cursor.execute("UPDATE users SET password_hash = %s WHERE id = %s", (OLD_HASHER.hash(PASSWORD), user_id))
+
+    change_after_check(monkeypatch, rehash_elsewhere)
+
+    response = client.post("/v1/auth/login", json={"email": user["email"], "password": PASSWORD})
+
+    assert response.status_code == 200
+    assert len(svc.sessions.list(user["id"])) == 1
