@@ -7,7 +7,7 @@ from ipaddress import IPv4Address, IPv6Address
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
-from pydantic_core import PydanticKnownError
+from pydantic_core import PydanticCustomError
 
 from service.blacklist import MAX_MANUAL_BAN_SECONDS, MIN_MANUAL_BAN_SECONDS
 from service.emails import normalize_email, normalize_new_email
@@ -45,23 +45,30 @@ class RequestBody(BaseModel):
 
 
 def _normalize_new_password(value: str) -> str:
-    """Normalize a new password, and require the minimum length of the normalized form too.
+    """Normalize a new password, and apply the length limits to the normalized form too.
 
     NFKC composes a letter and its combining accent into one character, so "é" typed as
     two code points would otherwise count twice, and a password stored shorter than the
-    minimum would pass.
+    minimum would pass. It also expands compatibility characters (one "ﷺ" becomes 18),
+    and a normalized form over the maximum could not be sent to log in.
     """
     normalized = normalize_password(value)
     if len(normalized) < PASSWORD_MIN_LENGTH:
-        raise PydanticKnownError("string_too_short", {"min_length": PASSWORD_MIN_LENGTH})
+        raise PydanticCustomError(
+            "string_too_short", "String should have at least {min_length} characters once Unicode-normalized (NFKC)",
+            {"min_length": PASSWORD_MIN_LENGTH})
+    if len(normalized) > PASSWORD_MAX_LENGTH:
+        raise PydanticCustomError(
+            "string_too_long", "String should have at most {max_length} characters once Unicode-normalized (NFKC)",
+            {"max_length": PASSWORD_MAX_LENGTH})
     return normalized
 
 
 NewPassword = Annotated[
     str,
     Field(min_length=PASSWORD_MIN_LENGTH, max_length=PASSWORD_MAX_LENGTH,
-          description=f"At least {PASSWORD_MIN_LENGTH} characters both as sent and in Unicode NFKC form, "
-                      f"which is what is hashed; at most {PASSWORD_MAX_LENGTH} as sent."),
+          description=f"{PASSWORD_MIN_LENGTH} to {PASSWORD_MAX_LENGTH} characters both as sent and in Unicode "
+                      "NFKC form, which is what is hashed."),
     AfterValidator(_normalize_new_password),
 ]
 ExistingPassword = Annotated[str, Field(min_length=1, max_length=PASSWORD_MAX_LENGTH), AfterValidator(normalize_password)]

@@ -525,6 +525,17 @@ def test_password_short_once_normalized_rejected(client, password):
     assert response.status_code == 400
     assert response.get_json()["code"] == "invalid_request"
     assert response.get_json()["field"] == "password"
+    assert "Unicode-normalized" in response.get_json()["detail"]
+
+
+def test_password_long_once_normalized_rejected(client):
+    # Each U+FDFA becomes 18 characters under NFKC: 15 of them are 270, above the maximum
+    # that a login accepts, so the password could never be sent in its normalized form.
+    response = client.post("/v1/auth/register", json={"email": "carol@example.com", "password": "\ufdfa" * 15})
+
+    assert response.status_code == 400
+    assert response.get_json()["field"] == "password"
+    assert "at most 256" in response.get_json()["detail"]
 
 
 def test_grace_refreshes_capped(client, tokens):
