@@ -6,7 +6,7 @@ from datetime import datetime
 from ipaddress import IPv4Address, IPv6Address
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
 from service.blacklist import MAX_MANUAL_BAN_SECONDS, MIN_MANUAL_BAN_SECONDS
@@ -284,6 +284,13 @@ class BanList(BaseModel):
     bans: list[BanOut]
 
 
+def _json_number_only(value: Any) -> Any:
+    """Refuse a JSON string or boolean where a lax field wants a number."""
+    if isinstance(value, (str, bool)):
+        raise PydanticCustomError("int_type", "Input should be a valid integer")
+    return value
+
+
 class CreateBanRequest(RequestBody):
     # Addresses only: an IPv6 address already names its /64, and a network type would let
     # the schema accept prefix lengths that the view rejects.
@@ -291,6 +298,9 @@ class CreateBanRequest(RequestBody):
         examples=["203.0.113.7"], description="an IPv4 address, or an IPv6 address whose /64 network is banned"
     )
     reason: str = Field(min_length=1, max_length=255)
-    # Lax: JSON Schema counts 90.0 as an integer, so the API accepts it too.
-    duration_seconds: int | None = Field(None, ge=MIN_MANUAL_BAN_SECONDS, le=MAX_MANUAL_BAN_SECONDS, strict=False,
-                                         description="omit or null for a permanent ban")
+    # Lax: JSON Schema counts 90.0 as an integer, so the API accepts it too, but no
+    # string or boolean, which lax mode would read as numbers.
+    # The bounds come before the validator, or the JSON Schema would show them as ge and le.
+    duration_seconds: Annotated[
+        int, Field(ge=MIN_MANUAL_BAN_SECONDS, le=MAX_MANUAL_BAN_SECONDS), BeforeValidator(_json_number_only)
+    ] | None = Field(None, strict=False, description="omit or null for a permanent ban")

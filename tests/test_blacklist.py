@@ -161,6 +161,26 @@ def test_manual_ban_rejects_seconds_field(ban_app, admin_tokens):
     assert client.get("/v1/admin/bans", headers=headers).get_json()["bans"] == []
 
 
+@pytest.mark.parametrize("duration", ["3600", True, 3600.5], ids=["string", "boolean", "fraction"])
+def test_manual_ban_duration_must_be_a_whole_number(ban_app, admin_tokens, duration):
+    client = ban_app.test_client()
+    headers = bearer(admin_tokens["access_token"])
+
+    response = client.post("/v1/admin/bans", json={"ip": "192.0.2.95", "reason": "scraping",
+                                                   "duration_seconds": duration}, headers=headers)
+
+    assert response.status_code == 400
+    assert response.get_json()["field"] == "duration_seconds"
+    assert client.get("/v1/admin/bans", headers=headers).get_json()["bans"] == []
+
+
+def test_manual_ban_duration_accepts_whole_float(ban_app, admin_tokens):
+    response = ban_app.test_client().post("/v1/admin/bans", json={
+        "ip": "192.0.2.96", "reason": "scraping", "duration_seconds": 3600.0}, headers=bearer(admin_tokens["access_token"]))
+
+    assert response.status_code == 201
+
+
 @pytest.mark.parametrize(("ip", "status", "code"), [("not-an-ip", 400, "invalid_request"),
                                                     ("2001:db8::/64", 400, "invalid_request"),
                                                     ("198.51.100.7", 409, "conflict"),
