@@ -71,8 +71,10 @@ class ReadinessProbe:
             checks = {"mysql": _timed(self._check_mysql), "redis": _timed(self._check_redis)}
             report = Report(all(check.ok for check in checks.values()), checks)
             if self._report is not None and report.ready != self._report.ready:
-                log.warning("readiness_changed", ready=report.ready,
-                            failing=[name for name, check in checks.items() if not check.ok])
+                # Only losing readiness is a warning; turning ready again is logged at info level.
+                emit = log.info if report.ready else log.warning
+                emit("readiness_changed", ready=report.ready,
+                     failing=[name for name, check in checks.items() if not check.ok])
             self._report, self._checked_at = report, time.monotonic()
         finally:
             self._lock.release()
