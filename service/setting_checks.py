@@ -61,6 +61,8 @@ URL_OPTIONS_SET_BY_GATEHOUSE = {
     "timeout": "GATEHOUSE_REDIS_POOL_WAIT_SECONDS",
     "health_check_interval": None,
     "decode_responses": None,
+    # Chosen by the URL's scheme: redis://, rediss:// or unix://.
+    "connection_class": None,
 }
 
 
@@ -89,8 +91,8 @@ def check_redis_url(url: str) -> None:
         raise ValueError(_without_credentials(_url_error(str(exc)), url)) from None
     except TypeError as exc:
         # A query option that redis-py has no parser for reaches the connection class as is.
-        unknown = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
-        message = f"unknown query option {unknown.group(1)!r}" if unknown else str(exc)
+        unknown = re.search(r"unexpected keyword argument '([^']*)'", str(exc))
+        message = f"unknown query option {unknown.group(1)!r}" if unknown else f"a query option is invalid: {exc}"
         raise ValueError(_without_credentials(message, url)) from None
     except redis.RedisError as exc:
         raise ValueError(_without_credentials(str(exc), url)) from None
