@@ -184,7 +184,8 @@ def _users_delete(args: argparse.Namespace) -> int:
         # set-password, and the command never asks to confirm deleting an account that does not exist.
         user = _find_account(svc, args.email)
         if not args.yes:
-            print(f"gatehouse: deleting the account of {args.email} removes it, its roles and its sessions for "
+            # The stored email, which a fullwidth or differently cased spelling reaches.
+            print(f"gatehouse: deleting the account of {user.email} removes it, its roles and its sessions for "
                   "good; run again with --yes to do it", file=sys.stderr)
             return 2
 

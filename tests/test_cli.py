@@ -216,6 +216,16 @@ def test_delete_without_yes_deletes_nothing(client):
     assert cli_audit_entries("user_deleted") == []
 
 
+def test_delete_confirmation_names_stored_email(client):
+    register_and_login(client)
+
+    # Fullwidth letters and capitals reach the account bob@example.com.
+    result = run_users("delete", "--email", "\uff22OB@Example.com")
+
+    assert result.returncode == 2
+    assert "deleting the account of bob@example.com removes it" in result.stderr
+
+
 def test_delete_ends_sessions_and_frees_email(client):
     user_id, pair = register_and_login(client)
 
