@@ -165,10 +165,13 @@ def test_shutdown_under_load_drops_nothing(server, signal_number):
     assert {status for _, _, status in outcomes.responses} == {200}
     served_during_drain = [at for at, _, _ in outcomes.responses if at > signalled]
     assert len(served_during_drain) >= CLIENTS
-    # The master relays the signal to the workers within milliseconds; from then on /ready stays 503.
+    # The master relays the signal to the workers within milliseconds. Each worker turns
+    # not ready when its loop handles the relay, so a busy one can still answer 200 just
+    # after another's first 503; once every worker has turned, /ready stays 503.
     first_not_ready = next(at for at, status in ready_statuses if status == 503)
     assert first_not_ready < READY_TURNS_WITHIN_SECONDS
-    assert {status for at, status in ready_statuses if at >= first_not_ready} == {503}
+    after_all_turned = {status for at, status in ready_statuses if at >= READY_TURNS_WITHIN_SECONDS}
+    assert after_all_turned == {503}
     assert slow["response"].status_code == 200
     assert returncode == 0
     assert DRAIN_SECONDS <= shutdown_seconds < DRAIN_SECONDS + 5
