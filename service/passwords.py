@@ -8,11 +8,14 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import argon2
+import structlog
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from service.config import Settings
 
 T = TypeVar("T")
+
+log = structlog.get_logger(__name__)
 
 
 def normalize_password(value: str) -> str:
@@ -69,11 +72,21 @@ class Passwords:
     def hash(self, password: str) -> str:
         return self._off_loop(self._hasher.hash, password)
 
-    def verify(self, password_hash: str | None, password: str) -> bool:
-        """Check a password; with no hash, spend the same time on a dummy and return False."""
+    def verify(self, password_hash: str | None, password: str, *, user_id: str | None = None) -> bool:
+        """Check a password; with no hash, spend the same time on a dummy and return False.
+
+        A stored hash that argon2 cannot read (another scheme, or a damaged row) also
+        costs the dummy's time and returns False, and is logged with user_id at error
+        level, so the operator learns why that account cannot log in.
+        """
         try:
             return self._off_loop(self._hasher.verify, password_hash or self._dummy_hash, password) and bool(password_hash)
-        except (VerificationError, InvalidHashError):
+        except VerificationError:
+            return False
+        except InvalidHashError:
+            scheme = password_hash.split("$")[1][:16] if password_hash and password_hash.startswith("$") else "unknown"
+            log.error("password_hash_unreadable", user_id=user_id, scheme=scheme)
+            self.verify(None, password)
             return False
 
     def needs_rehash(self, password_hash: str) -> bool:

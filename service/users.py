@@ -64,7 +64,10 @@ def authenticate(database: Database, passwords: Passwords, email: str, password:
     with database.cursor() as cursor:
         row = _find_login_row(cursor, email)
 
-    if not passwords.verify(row["password_hash"] if row else None, password) or row is None:
+    if row is None:
+        passwords.verify(None, password)  # the same argon2 work as a wrong password
+        raise InvalidCredentials()
+    if not passwords.verify(row["password_hash"], password, user_id=row["id"]):
         raise InvalidCredentials()
 
     if row["status"] != STATUS_ACTIVE:
@@ -165,7 +168,7 @@ def current_password_hash(database: Database, passwords: Passwords, user_id: str
         cursor.execute("SELECT password_hash FROM users WHERE id = %s", (user_id,))
         row = cursor.fetchone()
 
-    if passwords.verify(row["password_hash"] if row else None, password) and row is not None:
+    if passwords.verify(row["password_hash"] if row else None, password, user_id=user_id) and row is not None:
         return row["password_hash"]
     return None
 

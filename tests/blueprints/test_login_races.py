@@ -7,6 +7,8 @@ password reset, deletion or disable can produce.
 
 from __future__ import annotations
 
+import json
+
 import argon2
 import pytest
 
@@ -191,3 +193,40 @@ def test_login_racing_rehash_with_other_parameters_keeps_session(app, client, us
 
     assert response.status_code == 200
     assert len(svc.sessions.list(user["id"])) == 1
+
+
+class RecordingHasher:
+    """An argon2 PasswordHasher that records the hashes it is asked to verify against."""
+
+    def __init__(self, hasher: argon2.PasswordHasher) -> None:
+        self._hasher = hasher
+        self.verified: list[str] = []
+
+    def verify(self, stored: str, password: str) -> bool:
+        self.verified.append(stored)
+        return self._hasher.verify(stored, password)
+
+    def __getattr__(self, name: str):
+        return getattr(self._hasher, name)
+
+
+def test_unreadable_stored_hash_fails_like_wrong_password(app, client, user, capsys, monkeypatch):
+    svc = app.extensions["gatehouse"]
+    with svc.database.cursor() as cursor:
+        cursor.execute("UPDATE users SET password_hash = %s WHERE id = %s",
+                       ("$2b$12$R9h/cIPz0gi.URNNX3kh2OPST9/PgBkqquzi.Ss7KIUgO2t0jWMUW", user["id"]))
+    recording = RecordingHasher(svc.passwords._hasher)
+    monkeypatch.setattr(svc.passwords, "_hasher", recording)
+    capsys.readouterr()
+
+    response = client.post("/v1/auth/login", json={"email": user["email"], "password": PASSWORD})
+
+    assert response.status_code == 401
+    assert response.get_json()["code"] == "invalid_credentials"
+    # The dummy hash ran after the unreadable one, so the answer took as long as a wrong password's.
+    assert recording.verified[-1] == svc.passwords._dummy_hash
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    [logged] = [event for event in events if event["event"] == "password_hash_unreadable"]
+    assert logged["user_id"] == user["id"]
+    assert logged["scheme"] == "2b"
+    assert logged["level"] == "error"
