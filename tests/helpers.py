@@ -127,6 +127,16 @@ class Gunicorn:
         children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
         return {int(pid) for pid in children.read_text().split()} if children.exists() else set()
 
+    def reload(self, workers: int = 2, timeout: float = 20.0) -> set[int]:
+        """Send SIGHUP and wait until `workers` new workers replace every old one; return their pids."""
+        old_workers = self.worker_pids()
+        self.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while self.worker_pids() & old_workers or len(self.worker_pids()) < workers:
+            assert time.monotonic() < deadline, f"old workers {old_workers} still running: {self.worker_pids()}"
+            time.sleep(0.05)
+        return self.worker_pids()
+
     def output(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
