@@ -88,12 +88,33 @@ def credentials_unchanged(database: Database, passwords: Passwords, user_id: str
     login, such as one of a worker with other argon2 parameters during a rollout, and
     counts as unchanged. Only then does this cost an argon2 verification.
     """
+    return _active_hash_accepting(database, passwords, user_id, password, known_hash=password_hash) is not None
+
+
+def _active_hash_accepting(database: Database, passwords: Passwords, user_id: str, password: str, *,
+                           known_hash: str | None = None) -> str | None:
+    """Return the stored hash of an active account if the password verifies against it, else None.
+
+    A stored hash equal to known_hash, which the password matched before, is returned
+    without another argon2 verification.
+    """
     with database.cursor() as cursor:
         cursor.execute("SELECT password_hash, status FROM users WHERE id = %s", (user_id,))
         row = cursor.fetchone()
     if row is None or row["status"] != STATUS_ACTIVE:
-        return False
-    return row["password_hash"] == password_hash or passwords.verify(row["password_hash"], password)
+        return None
+    if row["password_hash"] == known_hash or passwords.verify(row["password_hash"], password, user_id=user_id):
+        return row["password_hash"]
+    return None
+
+
+def _swap_hash(database: Database, user_id: str, expected_hash: str, new_hash: str) -> bool:
+    """Store new_hash only while the active account still has expected_hash; return whether it was stored."""
+    with database.cursor() as cursor:
+        return bool(cursor.execute(
+            "UPDATE users SET password_hash = %s, updated_at = %s WHERE id = %s AND password_hash = %s AND status = %s",
+            (new_hash, datetime.now(UTC).replace(tzinfo=None), user_id, expected_hash, STATUS_ACTIVE),
+        ))
 
 
 def _find_login_row(cursor: pymysql.cursors.DictCursor, email: str) -> dict | None:
@@ -127,21 +148,14 @@ def _upgrade_hash(database: Database, passwords: Passwords, user_id: str, old_ha
     concurrent login upgraded it first); otherwise InvalidCredentials is raised.
     """
     new_hash = passwords.hash(password)
-    with database.cursor() as cursor:
-        updated = cursor.execute(
-            "UPDATE users SET password_hash = %s, updated_at = %s WHERE id = %s AND password_hash = %s AND status = %s",
-            (new_hash, datetime.now(UTC).replace(tzinfo=None), user_id, old_hash, STATUS_ACTIVE),
-        )
-        if updated:
-            log.info("password_hash_upgraded", user_id=user_id)
-            return new_hash
+    if _swap_hash(database, user_id, old_hash, new_hash):
+        log.info("password_hash_upgraded", user_id=user_id)
+        return new_hash
 
-        cursor.execute("SELECT password_hash, status FROM users WHERE id = %s", (user_id,))
-        row = cursor.fetchone()
-
-    if row is None or row["status"] != STATUS_ACTIVE or not passwords.verify(row["password_hash"], password):
+    stored = _active_hash_accepting(database, passwords, user_id, password)
+    if stored is None:
         raise InvalidCredentials()
-    return row["password_hash"]
+    return stored
 
 
 def find_user(database: Database, user_id: str) -> User | None:
@@ -185,19 +199,12 @@ def replace_password(database: Database, passwords: Passwords, user_id: str, che
     new_hash = passwords.hash(new)
     expected = checked_hash
     for _ in range(2):
-        with database.cursor() as cursor:
-            if cursor.execute(
-                "UPDATE users SET password_hash = %s, updated_at = %s WHERE id = %s AND password_hash = %s"
-                " AND status = %s",
-                (new_hash, datetime.now(UTC).replace(tzinfo=None), user_id, expected, STATUS_ACTIVE),
-            ):
-                return True
-
-            cursor.execute("SELECT password_hash, status FROM users WHERE id = %s", (user_id,))
-            row = cursor.fetchone()
-        if row is None or row["status"] != STATUS_ACTIVE or not passwords.verify(row["password_hash"], current):
+        if _swap_hash(database, user_id, expected, new_hash):
+            return True
+        stored = _active_hash_accepting(database, passwords, user_id, current)
+        if stored is None:
             return False
-        expected = row["password_hash"]
+        expected = stored
     return False
 
 
