@@ -19,9 +19,9 @@ ENV_PREFIX = "GATEHOUSE_"
 # OWASP's minimum configurations for argon2id with 1 lane (Password Storage Cheat Sheet), as
 # (memory in KiB, passes). They "provide an equal level of defense" and trade memory for CPU.
 OWASP_ARGON2ID_MINIMUMS = ((7168, 5), (9216, 4), (12288, 3), (19456, 2), (47104, 1))
-# The default is the 7 MiB configuration: a worker keeps its hashing memory while logins
-# come, and on the benchmark machine two 7 MiB hashes fit in the cores' shared L3 cache
-# beside the workers, where two of 19 MiB did not (docs/capacity.md).
+# The default is the 7 MiB configuration, because a worker keeps its hashing memory while
+# logins come. On the benchmark machine, two 7 MiB hashes also fit in the cores' shared L3
+# cache beside the workers, and two of 19 MiB did not (docs/capacity.md).
 ARGON2_DEFAULT_MEMORY_KIB, ARGON2_DEFAULT_TIME_COST = OWASP_ARGON2ID_MINIMUMS[0]
 ARGON2_MIN_MEMORY_KIB = OWASP_ARGON2ID_MINIMUMS[0][0]
 

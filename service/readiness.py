@@ -71,7 +71,7 @@ class ReadinessProbe:
             checks = {"mysql": _timed(self._check_mysql), "redis": _timed(self._check_redis)}
             report = Report(all(check.ok for check in checks.values()), checks)
             if self._report is not None and report.ready != self._report.ready:
-                # Only losing readiness is a warning; turning ready again is logged at info level.
+                # Only losing readiness is a warning. Turning ready again is logged at info level.
                 emit = log.info if report.ready else log.warning
                 emit("readiness_changed", ready=report.ready,
                      failing=[name for name, check in checks.items() if not check.ok])

@@ -35,13 +35,13 @@ def echo_request_id(req: Request, response: Response) -> None:
     response.headers[REQUEST_ID_HEADER] = request_id_for(req.environ)
 
 
-def mark_planned_refusal() -> None:
+def mark_planned_rejection() -> None:
     """Log this request's completion at info level whatever its status.
 
-    For answers that refuse on purpose, such as a stopping worker's 503 from /ready,
-    which every probe gets during the drain of a rollout and which no alert should count.
+    Use it for responses that reject a request on purpose, such as a stopping worker's 503
+    from /ready. Every probe gets one during a rollout's drain, and no alert should count them.
     """
-    g.planned_refusal = True
+    g.planned_rejection = True
 
 
 def _start_request() -> None:
@@ -74,7 +74,7 @@ def _finish_request(response: Response) -> Response:
     else:
         fields = {"status": status, "duration_ms": duration_ms}
 
-    if getattr(context, "planned_refusal", False):
+    if getattr(context, "planned_rejection", False):
         log.info("request_completed", **fields)
     # A 501 rejects a transfer coding that the client chose, so it is the client's error.
     elif status >= 500 and status != 501:

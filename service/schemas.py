@@ -285,7 +285,7 @@ class BanList(BaseModel):
 
 
 def _json_number_only(value: Any) -> Any:
-    """Refuse a JSON string or boolean where a lax field wants a number."""
+    """Reject a JSON string or boolean where a lax field expects a number."""
     if isinstance(value, (str, bool)):
         raise PydanticCustomError("int_type", "Input should be a valid integer")
     return value

@@ -77,7 +77,10 @@ def check_redis_url(url: str) -> None:
     # (gunicorn.conf.py), and it loads the settings without this check.
     import redis
 
-    for option in sorted(set(parse_qs(urlsplit(url).query, keep_blank_values=True)) & set(URL_OPTIONS_SET_BY_GATEHOUSE)):
+    options = parse_qs(urlsplit(url).query, keep_blank_values=True)
+    overriding = sorted(option for option in options if option in URL_OPTIONS_SET_BY_GATEHOUSE)
+    if overriding:
+        option = overriding[0]
         variable = URL_OPTIONS_SET_BY_GATEHOUSE[option]
         if variable:
             raise ValueError(f"query option {option!r} would override {variable}: remove it from the URL and "

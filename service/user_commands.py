@@ -181,7 +181,7 @@ def _users_delete(args: argparse.Namespace) -> int:
 
     with _account_services(load_settings()) as svc:
         # The lookup comes before the confirmation. So a mistyped email fails as it does for
-        # set-password, and the command never asks to confirm deleting an account that does not exist.
+        # set-password, and the command never requests confirmation to delete an account that does not exist.
         user = _find_account(svc, args.email)
         if not args.yes:
             # The stored email, which a fullwidth or differently cased spelling reaches.

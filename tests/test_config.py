@@ -134,7 +134,7 @@ def test_each_owasp_argon2_minimum_accepted(environment, memory_kib, time_cost):
 @pytest.mark.parametrize(("memory_kib", "time_cost", "least"), [
     (7168, 4, 5), (9215, 4, 5), (9216, 3, 4), (19455, 2, 3), (19456, 1, 2), (47103, 1, 2),
 ])
-def test_argon2_passes_below_owasp_minimum_for_the_memory_rejected(environment, memory_kib, time_cost, least):
+def test_too_few_argon2_passes_rejected(environment, memory_kib, time_cost, least):
     environment.setenv("GATEHOUSE_ARGON2_MEMORY_KIB", str(memory_kib))
     environment.setenv("GATEHOUSE_ARGON2_TIME_COST", str(time_cost))
 

@@ -10,7 +10,7 @@ from service.api import json_response, operation
 from service.context import services
 from service.lifecycle import state
 from service.openapi import openapi_document
-from service.request_log import mark_planned_refusal
+from service.request_log import mark_planned_rejection
 from service.schemas import CheckResult, Health, Jwks, Readiness
 
 blueprint = Blueprint("health", __name__)
@@ -34,7 +34,7 @@ def health() -> Response:
 def ready() -> Response:
     if state.shutting_down():
         # Checked before the dependencies: a stopping process is not ready, whatever their checks report.
-        mark_planned_refusal()
+        mark_planned_rejection()
         body = Readiness(status="not_ready", checks={
             "shutdown": CheckResult(ok=False, latency_ms=0.0, error="shutting down")})
         return json_response(body, 503, headers={"Retry-After": "1"})

@@ -223,7 +223,7 @@ def test_unreadable_stored_hash_fails_like_wrong_password(app, client, user, cap
 
     assert response.status_code == 401
     assert response.get_json()["code"] == "invalid_credentials"
-    # The dummy hash ran after the unreadable one, so the answer took as long as a wrong password's.
+    # The dummy hash ran after the unreadable one, so the response took as long as a wrong password's.
     assert recording.verified[-1] == svc.passwords._dummy_hash
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     [logged] = [event for event in events if event["event"] == "password_hash_unreadable"]
