@@ -153,10 +153,14 @@ def _apply_or_log(lane: _Lane, function: Callable[[], None]) -> None:
         log.warning("hash_memory_release_failed", error=repr(error))
 
 
-def create_hash_pool(settings: Settings) -> HashPool:
-    """Create the hash pool of this worker, with the memory release that its C library allows."""
+def create_hash_pool(settings: Settings, *, keeps_memory: bool) -> HashPool:
+    """Create the hash pool of this worker, with the memory release that its C library allows.
+
+    keeps_memory tells whether the threads keep argon2 memory after a hash; libsodium's
+    hashes unmap theirs, so the pool then has nothing to release.
+    """
     release = None
-    if settings.argon2_release_idle_seconds > 0:
+    if keeps_memory and settings.argon2_release_idle_seconds > 0:
         release, reason = load_arena_release(settings.argon2_memory_kib, settings.argon2_parallelism)
         if release is None:
             log.info("hash_memory_release_disabled", reason=reason)

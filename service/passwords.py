@@ -7,10 +7,9 @@ import unicodedata
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import argon2
 import structlog
-from argon2.exceptions import InvalidHashError, VerificationError
 
+from service.argon2id import Argon2id, InvalidHashError
 from service.config import Settings
 
 T = TypeVar("T")
@@ -38,20 +37,13 @@ class Passwords:
 
     Under gevent each hash runs on one of at most argon2_threads threads of this
     worker (service.hash_pool), and the request's greenlet waits for it. The bound
-    matters for memory and speed alike. A thread keeps its argon2 memory (7 MiB
-    with the default parameters) after a hash, in its glibc malloc arena. On glibc
-    the worker gives it back once it has hashed nothing for
-    argon2_release_idle_seconds (service.hash_memory). More threads than cores only
-    make each hash slower. Without gevent (tests, the CLI) hashing runs inline.
+    matters for memory and speed alike: each hash holds its argon2 memory (7 MiB with
+    the default parameters) while it runs, and more threads than cores only make each
+    hash slower. Without gevent (tests, the CLI) hashing runs inline.
     """
 
     def __init__(self, settings: Settings) -> None:
-        self._hasher = argon2.PasswordHasher(
-            time_cost=settings.argon2_time_cost,
-            memory_cost=settings.argon2_memory_kib,
-            parallelism=settings.argon2_parallelism,
-            type=argon2.Type.ID,
-        )
+        self._hasher = Argon2id(settings.argon2_memory_kib, settings.argon2_time_cost, settings.argon2_parallelism)
         self._settings = settings
         # Created on first use, in the process that hashes: a pool's threads do not survive fork.
         self._pool: Any = None
@@ -66,7 +58,7 @@ class Passwords:
         if self._pool is None:
             from service.hash_pool import create_hash_pool
 
-            self._pool = create_hash_pool(self._settings)
+            self._pool = create_hash_pool(self._settings, keeps_memory=not self._hasher.unmaps_memory)
         return self._pool.run(function, *args)
 
     def hash(self, password: str) -> str:
@@ -81,8 +73,6 @@ class Passwords:
         """
         try:
             return self._off_loop(self._hasher.verify, password_hash or self._dummy_hash, password) and bool(password_hash)
-        except VerificationError:
-            return False
         except InvalidHashError:
             scheme = password_hash.split("$")[1][:16] if password_hash and password_hash.startswith("$") else "unknown"
             log.error("password_hash_unreadable", user_id=user_id, scheme=scheme)
@@ -91,4 +81,4 @@ class Passwords:
 
     def needs_rehash(self, password_hash: str) -> bool:
         """Tell whether a hash was made with other parameters than the configured ones."""
-        return self._hasher.check_needs_rehash(password_hash)
+        return self._hasher.needs_rehash(password_hash)

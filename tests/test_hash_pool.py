@@ -1,7 +1,10 @@
 """The argon2 threads under gevent: idle release of their memory, and hashing around a release.
 
-Each test runs a script in a child process, so that gevent's patch_all and the lowered
-malloc thresholds stay there. Each script prints one JSON line of results last.
+Only libargon2 (argon2-cffi) leaves memory in the threads, and Gatehouse hashes with it
+when the parallelism is above 1; libsodium, which computes one lane, unmaps its memory
+after each hash. Each test runs a script in a child process, so that gevent's patch_all
+and the lowered malloc thresholds stay there. Each script prints one JSON line of
+results last.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ _PRELUDE = """
     from service.passwords import Passwords
 
     PASSWORD = "correct horse battery staple"
+    # Two lanes: hashed by libargon2, whose threads keep their memory.
+    KEEPING = {"argon2_parallelism": 2}
 """
 
 
@@ -53,7 +58,7 @@ def run_script(body: str) -> dict:
 def release_cycle() -> dict:
     """Verify with the default argon2 parameters, wait past the idle time, then hash again."""
     return run_script("""
-        passwords = Passwords(load_settings({"argon2_release_idle_seconds": 0.3}))
+        passwords = Passwords(load_settings({**KEEPING, "argon2_release_idle_seconds": 0.3}))
         password_hash = passwords.hash(PASSWORD)
         for _ in range(3):
             passwords.verify(password_hash, PASSWORD)
@@ -99,7 +104,7 @@ def test_hash_after_release_keeps_memory_for_next(release_cycle):
 @needs_glibc
 def test_hashes_closer_than_idle_time_never_release():
     results = run_script("""
-        passwords = Passwords(load_settings({"argon2_release_idle_seconds": 0.5}))
+        passwords = Passwords(load_settings({**KEEPING, "argon2_release_idle_seconds": 0.5}))
         password_hash = passwords.hash(PASSWORD)
         for _ in range(6):
             gevent.sleep(0.2)
@@ -116,7 +121,7 @@ def test_hashes_closer_than_idle_time_never_release():
 
 def test_zero_idle_seconds_never_releases():
     results = run_script("""
-        passwords = Passwords(load_settings({"argon2_release_idle_seconds": 0}))
+        passwords = Passwords(load_settings({**KEEPING, "argon2_release_idle_seconds": 0}))
         password_hash = passwords.hash(PASSWORD)
         loaded_kib = resident_kib()
 
@@ -151,7 +156,7 @@ def test_concurrent_hashes_during_release_are_safe():
 
         ArenaRelease.release_thread_arena = recorded("release", ArenaRelease.release_thread_arena)
         ArenaRelease.release_free_pages = recorded("release", ArenaRelease.release_free_pages)
-        passwords = Passwords(load_settings({"argon2_release_idle_seconds": 0.02, "argon2_threads": 2}))
+        passwords = Passwords(load_settings({**KEEPING, "argon2_release_idle_seconds": 0.02, "argon2_threads": 2}))
         password_hash = passwords.hash(PASSWORD)
         hasher = passwords._hasher
         passwords._hasher = types.SimpleNamespace(hash=hasher.hash, verify=recorded("hash", hasher.verify))
@@ -194,6 +199,28 @@ def test_concurrent_hashes_during_release_are_safe():
     assert results["hash_threads"] <= 2
     # Calls that arrived during a release start as soon as it ends.
     assert results["hashes_started_after_waiting"] >= 1
+
+
+def test_libsodium_hashes_hold_no_memory():
+    results = run_script("""
+        passwords = Passwords(load_settings({"argon2_release_idle_seconds": 0.3}))
+        password_hash = passwords.hash(PASSWORD)
+        started_kib = resident_kib()
+        for _ in range(3):
+            passwords.verify(password_hash, PASSWORD)
+        hashed_kib = resident_kib()
+
+        gevent.sleep(0.6)
+        print(json.dumps({
+            "held_kib": hashed_kib - started_kib,
+            "has_release": passwords._pool._release is not None,
+            "releases": passwords._pool.releases,
+        }))
+    """)
+
+    assert results["held_kib"] < HELD_KIB
+    assert results["has_release"] is False
+    assert results["releases"] == 0
 
 
 def test_release_not_needed_above_dynamic_mmap_threshold():

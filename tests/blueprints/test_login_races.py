@@ -13,6 +13,7 @@ import argon2
 import pytest
 
 from service import users
+from service.argon2id import Argon2id
 from tests.conftest import PASSWORD
 
 
@@ -196,9 +197,9 @@ def test_login_racing_rehash_with_other_parameters_keeps_session(app, client, us
 
 
 class RecordingHasher:
-    """An argon2 PasswordHasher that records the hashes it is asked to verify against."""
+    """An argon2id hasher that records the hashes it is asked to verify against."""
 
-    def __init__(self, hasher: argon2.PasswordHasher) -> None:
+    def __init__(self, hasher: Argon2id) -> None:
         self._hasher = hasher
         self.verified: list[str] = []
 
