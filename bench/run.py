@@ -291,12 +291,15 @@ class Harness:
             return
 
         # Every refresh request spends a token, so each run gets its own batch: the
-        # warm-up is sized from the floor's rate, the saturation run from the warm-up's.
+        # warm-up is sized from the floor's rate, the saturation run from the warm-up's
+        # or the fixed rate, whichever is higher. A warm-up can run slower than the run after
+        # it, and a run out of tokens answers reused ones with 401.
         floor_rate = self.results.floor["before"].rate
         warm_env = self.refresh_env(env, user_ids, fixtures.tokens_needed(floor_rate, self.args.warmup_seconds),
                                      "warmup")
         warm = self.warm_up(label, server, path, endpoint.script, warm_env)
-        run_env = self.refresh_env(env, user_ids, fixtures.tokens_needed(warm.rate, self.args.seconds), "run")
+        run_env = self.refresh_env(env, user_ids,
+                                   fixtures.tokens_needed(max(warm.rate, fixed_rate), self.args.seconds), "run")
         self.results.gatehouse["refresh"] = self.wrk(label, server, path, endpoint.script, env=run_env)
         fixed_env = self.refresh_env(env, user_ids, fixtures.tokens_needed(fixed_rate, self.args.seconds, 1.05),
                                       "fixed")
