@@ -13,7 +13,7 @@ from pymysql.constants import CR, ER
 from redis.sentinel import SentinelConnectionPool
 
 from service.config import Settings
-from service.database import connect_args
+from service.database import connect, connect_args
 from service.migrate import MIGRATION_TABLE, pending_versions
 from service.redis_store import create_client, close_client
 from service.tokens.keys import InvalidSigningKey, KeyRing, MissingSigningKey
@@ -90,7 +90,7 @@ def _check_mysql(settings: Settings) -> None:
 
 
 def _check_mysql_schema(settings: Settings) -> None:
-    connection = pymysql.connect(**connect_args(settings))
+    connection = connect(**connect_args(settings))
     try:
         with connection.cursor() as cursor:
             try:

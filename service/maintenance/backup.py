@@ -26,7 +26,7 @@ import redis
 import structlog
 
 from service.config import InvalidConfiguration, Settings
-from service.database import connect_args
+from service.database import connect, connect_args
 from service.maintenance import dumps
 from service.maintenance.dumps import DUMP_NAME, DUMP_PROGRAMS, MANIFEST_FORMAT, MANIFEST_NAME, RDB_NAME, BackupFailed
 from service.maintenance.scratch import ScratchRedis, find_program, require_programs
@@ -101,7 +101,7 @@ def create_backup(settings: Settings, client: redis.Redis) -> dict[str, Any]:
 
 def _write_canary(settings: Settings, client: redis.Redis) -> dict[str, Any]:
     now = datetime.now(UTC).replace(tzinfo=None)
-    connection = pymysql.connect(**connect_args(settings))
+    connection = connect(**connect_args(settings))
     try:
         with connection.cursor() as cursor:
             # status 'disabled' and a hash argon2 cannot parse: no password logs this user in.
@@ -157,7 +157,7 @@ def _manifest(settings: Settings, client: redis.Redis, work: Path, created: floa
             ScratchRedis(Path(scratch_dir), rdb=work / RDB_NAME) as scratch:
         prefixes = dumps.count_keys(scratch.client(dumps.redis_db(settings)))
 
-    connection = pymysql.connect(**connect_args(settings))
+    connection = connect(**connect_args(settings))
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT VERSION() AS version")

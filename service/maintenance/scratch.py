@@ -216,8 +216,10 @@ class ScratchRedis:
 class ScratchMariaDB:
     """A mariadbd with a fresh data directory and a root account reachable through its socket."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, server_options: str = "") -> None:
+        """server_options: more lines for the [mysqld] section of the server's option file."""
         self.dir = workdir / "mariadb"
+        self._server_options = server_options
         self.socket = self.dir / "mariadbd.sock"
         self.defaults_file = self.dir / "my.cnf"
         self._log = self.dir / "error.log"
@@ -247,7 +249,8 @@ class ScratchMariaDB:
             "collation-server=utf8mb4_unicode_ci\n"
             "innodb_buffer_pool_size=32M\n"
             "innodb_log_file_size=16M\n"
-            "[client]\n"
+            + self._server_options
+            + "[client]\n"
             + mysql_option("socket", self.socket)
             + "user=root\n"
         )
