@@ -62,7 +62,7 @@ class Argon2id:
             try:
                 return nacl.bindings.crypto_pwhash_str_verify(password_hash.encode("ascii"), password.encode())
             except nacl.exceptions.InvalidkeyError:
-                # NOTE: libsodium gives the same answer for a wrong password and for a
+                # NOTE: libsodium returns the same error for a wrong password and for a
                 # digest that is not valid base64, which only a damaged row would hold.
                 return False
 

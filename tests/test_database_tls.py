@@ -51,7 +51,7 @@ def open_connection(server: ScratchMariaDB) -> pymysql.connections.Connection:
                    cursorclass=pymysql.cursors.DictCursor)
 
 
-def test_connections_use_tls_the_server_offers_with_one_shared_context(tls_server):
+def test_offered_tls_shares_one_context(tls_server):
     connections = [open_connection(tls_server) for _ in range(3)]
     try:
         ciphers = []
@@ -71,7 +71,7 @@ def test_connections_use_tls_the_server_offers_with_one_shared_context(tls_serve
             connection.close()
 
 
-def test_server_without_tls_gets_plain_connection(settings):
+def test_plain_connection_without_server_tls(settings):
     connection = connect(**connect_args(settings))
     try:
         with connection.cursor() as cursor:
@@ -81,7 +81,7 @@ def test_server_without_tls_gets_plain_connection(settings):
         connection.close()
 
 
-def test_explicit_tls_options_keep_pymysqls_own_context(tls_server, tmp_path):
+def test_explicit_tls_options_verify_certificate(tls_server, tmp_path):
     other_certificate, _ = write_self_signed_certificate(tmp_path)
 
     # A CA that did not sign the server's certificate: PyMySQL's own verifying context refuses it.
