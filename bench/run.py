@@ -385,7 +385,7 @@ class Harness:
 
 def _versions() -> dict[str, str]:
     versions = {name: version(name) for name in ("gatehouse", "flask", "gunicorn", "gevent", "pyjwt",
-                                                 "argon2-cffi", "redis", "pymysql", "dbutils")}
+                                                 "argon2-cffi", "pynacl", "redis", "pymysql", "dbutils")}
     versions["wrk"] = program_version(["wrk", "-v"])
     versions["mariadb"] = program_version(["mariadbd", "--version"])
     versions["redis-server"] = program_version(["redis-server", "--version"])
