@@ -51,8 +51,6 @@ DRAIN_MAX_BYTES = 1024 * 1024
 _DRAIN_STEP = 64 * 1024
 # Set in the environ when the connection must end after the response (see CloseConnection).
 CLOSE_CONNECTION_KEY = "gatehouse.close_connection"
-# Characters of a gunicorn parse error that the log keeps, because a bad chunk-size line can be 8 KiB.
-_ERROR_LOG_CHARS = 200
 
 
 def body_limit(settings: Settings, path: str) -> int:
@@ -128,14 +126,15 @@ def _read_within(seconds: float) -> bytes:
     except ParseException as exc:
         # gunicorn's chunked reader: a bad chunk size, extension or terminator, or a bad trailer.
         _mark_stream_broken()
-        log.warning("request_body_invalid", error=str(exc)[:_ERROR_LOG_CHARS])
+        # Only the error's name: gunicorn's message quotes the bad line, which can be the body itself.
+        log.warning("request_body_invalid", error=type(exc).__name__)
         raise InvalidBodyEncoding(
             "The chunked request body is malformed. Each chunk is its size in hexadecimal, CRLF, "
             "the data and CRLF, and the body ends with 0 and two CRLFs.", field="body") from None
     except ClientDisconnected as exc:
         # werkzeug raises this for an OSError from the stream, such as gunicorn's NoMoreData
         # when the connection ends inside a chunked body.
-        raise _body_ended_early(repr(exc.__context__ or exc)) from None
+        raise _body_ended_early(type(exc.__context__ or exc).__name__) from None
     finally:
         deadline.cancel()
 
@@ -150,7 +149,7 @@ def _read_within(seconds: float) -> bytes:
 
 def _body_ended_early(error: str) -> InvalidBodyEncoding:
     _mark_stream_broken()
-    log.warning("request_body_invalid", error=error[:_ERROR_LOG_CHARS])
+    log.warning("request_body_invalid", error=error)
     return InvalidBodyEncoding("The connection ended or failed before the end of the request body.", field="body")
 
 

@@ -243,12 +243,17 @@ def log_events(text: str, event: str) -> list[dict]:
 CHUNKED = {"Transfer-Encoding": "chunked"}
 
 
+# A body sent without chunk framing: gunicorn's errors quote the line they failed on.
+SECRET_BODY = b'{"email":"alice@example.com","password":"HUNTER2SECRETPW"}'
+
+
 @pytest.mark.parametrize("error", [
     InvalidChunkSize(b"zz"), InvalidChunkSize(b"-2"), InvalidChunkSize(b"2 "), ChunkMissingTerminator(b"XY"),
     InvalidChunkExtension("bare CR not allowed"), LimitRequestHeaders("limit request trailer section size"),
     InvalidHeader("bare LF as line terminator"), NoMoreData(), ConnectionResetError(104, "reset by peer"),
+    InvalidChunkSize(SECRET_BODY), NoMoreData(SECRET_BODY),
 ], ids=["size_hex", "size_negative", "size_space", "terminator", "extension", "trailer_size", "trailer_header",
-        "no_more_data", "reset"])
+        "no_more_data", "reset", "size_is_body", "no_more_data_after_body"])
 @pytest.mark.parametrize("path", ["/v1/auth/login", "/v1/auth/register", "/nowhere"])
 def test_unreadable_chunked_body_rejected(app, capsys, path, error):
     server, problem = post_stream(app, path, FailingStream(error), CHUNKED)
@@ -263,6 +268,7 @@ def test_unreadable_chunked_body_rejected(app, capsys, path, error):
     assert len(logged) == 1
     assert logged[0]["level"] == "warning"
     assert "exception" not in logged[0]
+    assert "HUNTER2SECRETPW" not in output
 
 
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
