@@ -12,16 +12,20 @@ gunicorn rejects some requests itself, before they reach the application:
 gunicorn 27 writes these through gunicorn.util.write_error as an HTML page. install()
 replaces that function, in the master before it forks, with write_problem, which sends
 the same status line as an RFC 9457 document with a stable code. The handler around it
-(gunicorn.workers.base.Worker.handle_error) still picks the status and logs the error.
+(gunicorn.workers.base.Worker.handle_error) still picks the status and logs the error;
+Gatehouse's worker hands it the error through without_request_data first.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 from http import HTTPStatus
 from typing import Any
 
 from gunicorn import util
+from gunicorn.http.errors import ParseException
 
 from service.problem_format import PROBLEM_MEDIA_TYPE, PROBLEM_TYPE_PREFIX
 
@@ -35,8 +39,15 @@ _PROBLEMS: dict[int, tuple[str, str | None]] = {
     500: ("internal_error", None),
     501: ("unsupported_transfer_encoding", "Transfer-Encoding"),
 }
-# gunicorn's message can quote the request line or a header: enough to see what failed.
+# Cuts a detail that is longer than expected; without_request_data keeps details short.
 MAX_DETAIL_CHARACTERS = 300
+
+# gunicorn's parse errors quote the offending request data with %r after ": ". A request
+# line, a header line or a chunk can hold a token or a password.
+_QUOTED_DATA = re.compile(r":\s+b?['\"]")
+# An HTTP token (RFC 9110): a header name or a method, safe to name in a log line.
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}")
+_NAMED_ATTRIBUTES = ("hdr", "method", "expect")
 
 
 def problem_code(status: int) -> str:
@@ -71,6 +82,49 @@ def write_problem(sock: Any, status_int: int, reason: str, mesg: str) -> None:
     head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: {PROBLEM_MEDIA_TYPE}\r\n"
             f"Content-Length: {len(body)}\r\n\r\n").encode("latin-1")
     util.write_nonblock(sock, head + body)
+
+
+def without_request_data(exc: BaseException) -> BaseException:
+    """Return gunicorn's parse error with a message that quotes no request data.
+
+    The copy keeps the error's class, so gunicorn still picks the same status. Its
+    message keeps gunicorn's text before the quoted data, and names the header, method
+    or expectation when the data starts with an HTTP token followed by more data.
+    """
+    if not isinstance(exc, ParseException):
+        return exc
+
+    text = str(exc)
+    head = _QUOTED_DATA.split(text, maxsplit=1)[0]
+    if head == text:
+        return exc
+
+    name = _quoted_name(exc)
+    redacted = _redacted_class(type(exc)).__new__(_redacted_class(type(exc)))
+    redacted.__dict__.update(exc.__dict__)
+    redacted.safe_message = f"{head}: {name!r}" if name else head
+    return redacted
+
+
+def _quoted_name(exc: BaseException) -> str | None:
+    for attribute in _NAMED_ATTRIBUTES:
+        value = getattr(exc, attribute, None)
+        if not isinstance(value, str):
+            continue
+        match = _TOKEN.match(value)
+        # Only a token followed by more, such as a header name before its value: a whole
+        # value that looks like a token may be a secret sent on a line of its own.
+        if match and match.end() < len(value):
+            return match.group()
+    return None
+
+
+@functools.cache
+def _redacted_class(error_class: type[BaseException]) -> type[BaseException]:
+    def message(self: Any) -> str:
+        return self.safe_message
+
+    return type(error_class.__name__, (error_class,), {"__str__": message})
 
 
 def install() -> None:

@@ -33,7 +33,7 @@ from gevent.server import StreamServer
 from gunicorn.sock import ssl_context
 from gunicorn.workers.ggevent import GeventWorker
 
-from service.lifecycle import state
+from service.lifecycle import error_pages, state
 
 POLL_SECONDS = 0.1
 # Signals that start or speed up a stop: the master's shutdown notice, SIGTERM, SIGQUIT.
@@ -125,6 +125,10 @@ class GatehouseWorker(GeventWorker):
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         for number in self._early_signals:
             os.kill(os.getpid(), number)
+
+    def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
+        # gunicorn logs its parse errors and sends them as the response's detail.
+        super().handle_error(req, client, addr, error_pages.without_request_data(exc))
 
     def handle_shutdown_notice(self, _sig: int, _frame: Any) -> None:
         state.begin_shutdown()

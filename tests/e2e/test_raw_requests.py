@@ -222,3 +222,22 @@ def test_gunicorn_errors_are_problems(server, request_bytes, status, code, field
     assert problem.get("field") == field
     assert problem["detail"]
     assert server.worker_pids() == workers
+
+
+SECRET = "SECRETTOKENVALUE123"
+
+
+@pytest.mark.parametrize("request_bytes", [
+    f"GET /health HTTP/1.1\r\nHost: x\r\nAuthorization Bearer {SECRET}\r\n\r\n".encode(),
+    f"GET /v1/users/me?access_token={SECRET}\x01 HTTP/1.1\r\nHost: x\r\n\r\n".encode(),
+    f"GET /health HTTP/1.1\r\nHost: x\r\nX-Token: a\r\n {SECRET}\r\n\r\n".encode(),
+    f"GET /health HTTP/1.1\r\nHost: x\r\n{SECRET}\r\n\r\n".encode(),
+], ids=["header_without_colon", "request_line", "folded_header", "bare_line"])
+def test_gunicorn_errors_quote_no_request_data(server, request_bytes):
+    got_status, _, body = raw_exchange(server.url, request_bytes)
+
+    assert got_status == 400
+    problem = json.loads(body)
+    assert problem["code"] == "malformed_request"
+    assert SECRET not in problem["detail"]
+    assert SECRET not in server.output()
