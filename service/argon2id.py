@@ -41,12 +41,11 @@ class Argon2id:
         )
         self._time_cost = time_cost
         self._memory_bytes = memory_kib * 1024
-        # True when libsodium computes new hashes. It unmaps a hash's memory at once, while
-        # libargon2's malloc leaves it to glibc, which keeps it (service.hash_memory).
-        self.unmaps_memory = parallelism == 1
+        # libsodium computes only one lane.
+        self.hashes_with_libsodium = parallelism == 1
 
     def hash(self, password: str) -> str:
-        if self.unmaps_memory:
+        if self.hashes_with_libsodium:
             return nacl.bindings.crypto_pwhash_str_alg(
                 password.encode(), self._time_cost, self._memory_bytes, nacl.bindings.crypto_pwhash_ALG_ARGON2ID13,
             ).decode("ascii")

@@ -153,8 +153,8 @@ class Settings(RedisSettings, AbuseProtectionSettings):
     )
     argon2_release_idle_seconds: float = Field(
         5.0, ge=0, le=3600,
-        description="with more than one lane, seconds without a hash after which a worker gives its argon2id "
-                    "memory back to the operating system, 0-3600; 0 never does",
+        description="seconds without a hash after which a worker gives the argon2id memory that libargon2 kept "
+                    "back to the operating system, 0-3600; 0 never does",
     )
 
     # Per-worker caches of the authenticated hot path

@@ -153,14 +153,15 @@ def _apply_or_log(lane: _Lane, function: Callable[[], None]) -> None:
         log.warning("hash_memory_release_failed", error=repr(error))
 
 
-def create_hash_pool(settings: Settings, *, keeps_memory: bool) -> HashPool:
+def create_hash_pool(settings: Settings) -> HashPool:
     """Create the hash pool of this worker, with the memory release that its C library allows.
 
-    keeps_memory tells whether the threads keep argon2 memory after a hash; libsodium's
-    hashes unmap theirs, so the pool then has nothing to release.
+    The release applies to every worker: libsodium unmaps its memory after each hash, but
+    argon2-cffi verifies the hashes of other forms (older parameters, more lanes) in any
+    worker, and its memory stays in the hashing thread's arena.
     """
     release = None
-    if keeps_memory and settings.argon2_release_idle_seconds > 0:
+    if settings.argon2_release_idle_seconds > 0:
         release, reason = load_arena_release(settings.argon2_memory_kib, settings.argon2_parallelism)
         if release is None:
             log.info("hash_memory_release_disabled", reason=reason)

@@ -58,7 +58,7 @@ class Passwords:
         if self._pool is None:
             from service.hash_pool import create_hash_pool
 
-            self._pool = create_hash_pool(self._settings, keeps_memory=not self._hasher.unmaps_memory)
+            self._pool = create_hash_pool(self._settings)
         return self._pool.run(function, *args)
 
     def hash(self, password: str) -> str:
