@@ -28,8 +28,14 @@ __all__ = ["Argon2id", "InvalidHashError"]
 # in unpadded base64. argon2-cffi writes the same by default. Hashes of this form go to
 # libsodium; all others to argon2-cffi.
 _SODIUM_FORM = re.compile(
-    r"\$argon2id\$v=19\$m=[1-9][0-9]{0,9},t=[1-9][0-9]{0,9},p=1\$[A-Za-z0-9+/]{22}\$[A-Za-z0-9+/]{43}"
+    r"\$argon2id\$v=19\$m=(?P<m>[1-9][0-9]{0,9}),t=(?P<t>[1-9][0-9]{0,9}),p=1\$[A-Za-z0-9+/]{22}\$[A-Za-z0-9+/]{43}"
 )
+# libsodium's bounds for argon2id, in KiB of memory and passes. libsodium rejects a hash
+# outside them like a wrong password, while libargon2 reports it as unreadable.
+_SODIUM_MEMORY_KIB = range(nacl.bindings.crypto_pwhash_argon2id_MEMLIMIT_MIN // 1024,
+                           nacl.bindings.crypto_pwhash_argon2id_MEMLIMIT_MAX // 1024 + 1)
+_SODIUM_TIME_COST = range(nacl.bindings.crypto_pwhash_argon2id_OPSLIMIT_MIN,
+                          nacl.bindings.crypto_pwhash_argon2id_OPSLIMIT_MAX + 1)
 
 
 class Argon2id:
@@ -57,7 +63,8 @@ class Argon2id:
         A hash of an unknown scheme is unreadable, and so is an argon2 hash that libargon2
         fails to decode or compute.
         """
-        if _SODIUM_FORM.fullmatch(password_hash):
+        form = _SODIUM_FORM.fullmatch(password_hash)
+        if form and int(form["m"]) in _SODIUM_MEMORY_KIB and int(form["t"]) in _SODIUM_TIME_COST:
             try:
                 return nacl.bindings.crypto_pwhash_str_verify(password_hash.encode("ascii"), password.encode())
             except nacl.exceptions.InvalidkeyError:

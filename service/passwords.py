@@ -23,6 +23,22 @@ def normalize_password(value: str) -> str:
     return unicodedata.normalize("NFKC", value)
 
 
+# Password hash schemes of the modular crypt format and of common libraries, which the
+# log names. Anything else is logged as "unknown": the column might hold a password.
+_KNOWN_SCHEMES = frozenset({
+    "argon2id", "argon2i", "argon2d", "2a", "2b", "2x", "2y", "1", "5", "6", "7", "y", "gy", "apr1", "md5",
+    "sha1", "scrypt", "pbkdf2", "pbkdf2-sha1", "pbkdf2-sha256", "pbkdf2-sha512", "bcrypt-sha256", "P", "H",
+})
+
+
+def _scheme(password_hash: str) -> str:
+    """Return the scheme of a modular crypt string if it is a known one, else "unknown"."""
+    parts = password_hash.split("$")
+    if len(parts) > 2 and parts[0] == "" and parts[1] in _KNOWN_SCHEMES:
+        return parts[1]
+    return "unknown"
+
+
 def _gevent_patched() -> bool:
     try:
         from gevent import monkey
@@ -71,11 +87,11 @@ class Passwords:
         costs the dummy's time and returns False, and is logged with user_id at error
         level, so the operator learns why that account cannot log in.
         """
+        stored = self._dummy_hash if password_hash is None else password_hash
         try:
-            return self._off_loop(self._hasher.verify, password_hash or self._dummy_hash, password) and bool(password_hash)
+            return self._off_loop(self._hasher.verify, stored, password) and password_hash is not None
         except InvalidHashError:
-            scheme = password_hash.split("$")[1][:16] if password_hash and password_hash.startswith("$") else "unknown"
-            log.error("password_hash_unreadable", user_id=user_id, scheme=scheme)
+            log.error("password_hash_unreadable", user_id=user_id, scheme=_scheme(stored))
             self.verify(None, password)
             return False
 

@@ -76,6 +76,9 @@ def test_other_parameters_need_rehash(hasher):
     "$argon2id$v=19$m=1024,t=2,p=1$c2FsdHNhbHRzYWx0c2FsdA",  # digest cut off
     "$argon2id$v=19$m=1024,t=2,p=1$c2FsdHNhbHRzYWx0c2FsdA$!!!",
     "$argon2id$v=19$m=abc,t=2,p=1$c2FsdHNhbHRzYWx0c2FsdA$c2FsdHNhbHRzYWx0c2FsdA",
+    "",
+    # libsodium's form with less memory than argon2 allows.
+    "$argon2id$v=19$m=1,t=5,p=1$" + "A" * 22 + "$" + "A" * 43,
 ])
 def test_unreadable_hash_raises(hasher, stored):
     with pytest.raises(InvalidHashError):

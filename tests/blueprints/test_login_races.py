@@ -211,11 +211,17 @@ class RecordingHasher:
         return getattr(self._hasher, name)
 
 
-def test_unreadable_stored_hash_fails_like_wrong_password(app, client, user, capsys, monkeypatch):
+@pytest.mark.parametrize(("stored", "scheme"), [
+    ("$2b$12$R9h/cIPz0gi.URNNX3kh2OPST9/PgBkqquzi.Ss7KIUgO2t0jWMUW", "2b"),
+    ("", "unknown"),
+    # A password stored by mistake: the log names no part of it.
+    ("$Tr0ub4dor&3PlainSecret", "unknown"),
+    ("$argon2id$v=19$m=1,t=5,p=1$" + "A" * 22 + "$" + "A" * 43, "argon2id"),
+], ids=["bcrypt", "empty", "plaintext", "memory_too_small"])
+def test_unreadable_stored_hash_fails_like_wrong_password(app, client, user, capsys, monkeypatch, stored, scheme):
     svc = app.extensions["gatehouse"]
     with svc.database.cursor() as cursor:
-        cursor.execute("UPDATE users SET password_hash = %s WHERE id = %s",
-                       ("$2b$12$R9h/cIPz0gi.URNNX3kh2OPST9/PgBkqquzi.Ss7KIUgO2t0jWMUW", user["id"]))
+        cursor.execute("UPDATE users SET password_hash = %s WHERE id = %s", (stored, user["id"]))
     recording = RecordingHasher(svc.passwords._hasher)
     monkeypatch.setattr(svc.passwords, "_hasher", recording)
     capsys.readouterr()
@@ -229,5 +235,6 @@ def test_unreadable_stored_hash_fails_like_wrong_password(app, client, user, cap
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     [logged] = [event for event in events if event["event"] == "password_hash_unreadable"]
     assert logged["user_id"] == user["id"]
-    assert logged["scheme"] == "2b"
+    assert logged["scheme"] == scheme
     assert logged["level"] == "error"
+    assert "Tr0ub4dor" not in json.dumps(events)
