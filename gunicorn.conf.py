@@ -4,7 +4,6 @@ Every value comes from a GATEHOUSE_* variable validated by service.config, so a 
 value stops the master before it binds, with one line naming the variable.
 """
 
-import importlib
 import os
 import sys
 import tempfile
@@ -74,15 +73,6 @@ keepalive = _settings.keepalive
 #   preload_app - False: each worker imports the app after fork and after gevent
 #       has patched the standard library, so no socket or lock predates the patch.
 preload_app = False
-
-# The master loads the app's largest C extensions before it forks, so that the workers
-# share their relocated data instead of each relocating a copy of its own: less private
-# and less resident memory per worker. Only extension modules whose import opens no
-# socket and creates no lock or thread, which gevent's patching in the workers would miss.
-# (pydantic-core is loaded already, by the settings.)
-_SHARED_EXTENSIONS = ("cryptography.hazmat.bindings._rust", "nacl._sodium", "_argon2_cffi_bindings", "hiredis")
-for _name in _SHARED_EXTENSIONS:
-    importlib.import_module(_name)
 
 #
 # Request limits (gunicorn itself returns 414 for the request line and 431 for headers,
