@@ -78,7 +78,7 @@ def operation(summary: str, *, request_model: type[BaseModel] | None = None,
 def parse_body(model: type[BaseModel]) -> Any:
     """Validate the JSON body against a model; raise a Problem naming the failing field."""
     if request.mimetype != "application/json":
-        raise UnsupportedMediaType("Send the body as application/json.")
+        raise UnsupportedMediaType("Send the body as application/json.", field="Content-Type")
 
     raw = request.get_data(cache=False)
     if not raw:

@@ -87,7 +87,7 @@ def _read_body(settings: Settings) -> None:
         # Content-Length alone was over the limit; nothing was read.
         body = None
     if body is None or len(body) > limit:
-        raise PayloadTooLarge(f"The request body is larger than {limit} bytes, the limit for this route.")
+        raise PayloadTooLarge(f"The request body is larger than {limit} bytes, the limit for this route.", field="body")
 
     g.body_complete = True
 

@@ -45,6 +45,7 @@ def test_auth_body_over_limit_rejected(client):
     assert response.status_code == 413
     assert response.mimetype == "application/problem+json"
     assert response.get_json()["code"] == "payload_too_large"
+    assert response.get_json()["field"] == "body"
     assert str(AUTH_LIMIT) in response.get_json()["detail"]
 
 
@@ -73,6 +74,7 @@ def test_json_routes_reject_other_media_types(client, content_type):
 
     assert response.status_code == 415
     assert response.get_json()["code"] == "unsupported_media_type"
+    assert response.get_json()["field"] == "Content-Type"
 
 
 def test_json_with_charset_parameter_accepted(client):
