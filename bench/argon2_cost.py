@@ -33,9 +33,9 @@ def verify_timed(hasher: Argon2id, stored: str, password: str, count: int,
 def measure(hasher: Argon2id, password: str, samples: int, threads: int) -> tuple[float, float]:
     """Return the CPU milliseconds of one verification alone (median), and with `threads` threads verifying at once (mean).
 
-    Process time counts the threads that libargon2 starts for parallelism above 1, and
-    leaves out other processes taking turns on the cores; their use of the shared caches
-    still counts.
+    Process time counts the threads that libargon2 starts for parallelism above 1. It
+    leaves out other processes taking turns on the cores, but their use of the shared
+    caches still counts.
     """
     stored = hasher.hash(password)
     # Warm-up: the first verifications also pay for loading code and, with libargon2, for

@@ -49,8 +49,8 @@ from bench.system import (  # noqa: E402
     program_version,
     service_pids,
 )
-from service.argon2id import Argon2id  # noqa: E402
 from bench.wrk import RunResult, ensure_wrk, run_wrk  # noqa: E402
+from service.argon2id import Argon2id  # noqa: E402
 from service.config import Settings, load_settings  # noqa: E402
 
 # Accounts per server: logins cycle through them, and so do the access tokens of
@@ -293,7 +293,7 @@ class Harness:
         # Every refresh request spends a token, so each run gets its own batch: the
         # warm-up is sized from the floor's rate, the saturation run from the warm-up's
         # or the fixed rate, whichever is higher. A warm-up can run slower than the run after
-        # it, and a run out of tokens answers reused ones with 401.
+        # it, and a run out of tokens sends spent ones, which get 401.
         floor_rate = self.results.floor["before"].rate
         warm_env = self.refresh_env(env, user_ids, fixtures.tokens_needed(floor_rate, self.args.warmup_seconds),
                                      "warmup")

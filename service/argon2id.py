@@ -51,6 +51,7 @@ class Argon2id:
         self.hashes_with_libsodium = parallelism == 1
 
     def hash(self, password: str) -> str:
+        """Return a new hash of password, with a random salt."""
         if self.hashes_with_libsodium:
             return nacl.bindings.crypto_pwhash_str_alg(
                 password.encode(), self._time_cost, self._memory_bytes, nacl.bindings.crypto_pwhash_ALG_ARGON2ID13,

@@ -1,10 +1,10 @@
 """The argon2 threads under gevent: idle release of their memory, and hashing around a release.
 
-Only libargon2 (argon2-cffi) leaves memory in the threads, and Gatehouse hashes with it
-when the parallelism is above 1; libsodium, which computes one lane, unmaps its memory
-after each hash. Each test runs a script in a child process, so that gevent's patch_all
-and the lowered malloc thresholds stay there. Each script prints one JSON line of
-results last.
+Only libargon2 (argon2-cffi) leaves memory in the threads. Gatehouse hashes with it
+when the parallelism is above 1, and verifies stored hashes of other forms with it.
+libsodium, which computes one lane, unmaps its memory after each hash. Each test runs a
+script in a child process, so that gevent's patch_all and the lowered malloc thresholds
+stay there. Each script prints one JSON line of results last.
 """
 
 from __future__ import annotations

@@ -62,7 +62,7 @@ def test_hashing_leaves_event_loop_running():
 
 def test_concurrent_hashes_use_bounded_threads():
     # Six greenlets hash at once; the worker may start no more threads than
-    # GATEHOUSE_ARGON2_THREADS: each holds argon2 memory while it hashes, and threads beyond
+    # GATEHOUSE_ARGON2_THREADS: each needs argon2 memory while it hashes, and threads beyond
     # the cores only slow every hash down.
     script = textwrap.dedent("""
         from gevent import monkey

@@ -100,7 +100,8 @@ def without_request_data(exc: BaseException) -> BaseException:
         return exc
 
     name = _quoted_name(exc)
-    redacted = _redacted_class(type(exc)).__new__(_redacted_class(type(exc)))
+    redacted_class = _redacted_class(type(exc))
+    redacted = redacted_class.__new__(redacted_class)
     redacted.__dict__.update(exc.__dict__)
     redacted.safe_message = f"{head}: {name!r}" if name else head
     return redacted

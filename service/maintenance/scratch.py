@@ -217,7 +217,7 @@ class ScratchMariaDB:
     """A mariadbd with a fresh data directory and a root account reachable through its socket."""
 
     def __init__(self, workdir: Path, server_options: str = "") -> None:
-        """server_options: more lines for the [mysqld] section of the server's option file."""
+        """Prepare a server in workdir; server_options are more lines for its [mysqld] section."""
         self.dir = workdir / "mariadb"
         self._server_options = server_options
         self.socket = self.dir / "mariadbd.sock"
