@@ -84,14 +84,18 @@ def reset_password(svc: AccountServices, actor_id: str | None, client_ip: str, u
 
     Return how many sessions ended. Raise NotFound for an unknown user. Raise Conflict for
     the administrator's own account, whose password POST /v1/users/me/password changes
-    after checking the current one. actor_id None is the command line, and `detail` adds
+    after checking the current one, and PasswordBlocklisted for a password on the
+    blocklist (service.password_blocklist). actor_id None is the command line, and `detail` adds
     facts to the audit entry. No log line or audit entry contains the password.
     """
     if user_id == actor_id:
         raise Conflict("Administrators change their own password with POST /v1/users/me/password, "
                        "which checks the current one.", field="user_id")
     user = users.find_user(svc.database, user_id)
-    if user is None or not users.set_password(svc.database, svc.passwords, user_id, password):
+    if user is None:
+        raise NotFound("No such user.", field="user_id")
+    svc.passwords.check_new(password, email=user.email, field="password")
+    if not users.set_password(svc.database, svc.passwords, user_id, password):
         raise NotFound("No such user.", field="user_id")
 
     # The sessions end after the new hash is stored, so no login with the old password

@@ -210,8 +210,11 @@ def change_password(svc: Services, user: users.User, session_id: str, current: s
     holder of an access token gets no more guesses here than at login. A refused attempt
     raises RateLimited. A wrong current password raises InvalidCurrentPassword, and a new
     password equal to the current one then raises PasswordUnchanged. Either leaves the
-    password and the sessions as they were.
+    password and the sessions as they were. A new password on the blocklist raises
+    PasswordBlocklisted before the current one is checked: it tells nothing about the
+    current password.
     """
+    svc.passwords.check_new(new, email=user.email, field="new_password")
     with guarded_password_check(svc, guard, fold_email(user.email), ip):
         checked_hash = users.current_password_hash(svc.database, svc.passwords, user.id, current)
         if checked_hash is None:

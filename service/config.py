@@ -151,6 +151,11 @@ class Settings(RedisSettings, AbuseProtectionSettings):
     argon2_threads: int = Field(
         1, ge=1, le=64, description="threads per worker that compute argon2id hashes at the same time, 1-64"
     )
+    password_blocklist_file: Path | None = Field(
+        None,
+        description="path of a UTF-8 text file of passwords that new passwords must not be, one per line, at most "
+                    "1000000 lines, besides the bundled list of common passwords; unset for the bundled list alone",
+    )
     argon2_release_idle_seconds: float = Field(
         5.0, ge=0, le=3600,
         description="seconds without a hash after which a worker gives the argon2id memory that libargon2 kept "
@@ -283,6 +288,18 @@ class Settings(RedisSettings, AbuseProtectionSettings):
                 f"{value} passes with GATEHOUSE_ARGON2_MEMORY_KIB={memory_kib} is weaker than OWASP's minimum "
                 f"for argon2id, {least} passes with that memory"
             )
+        return value
+
+    @field_validator("password_blocklist_file")
+    @classmethod
+    def _check_password_blocklist_file(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return None
+
+        # Read in full, so that an unreadable line stops the start rather than the first registration.
+        from service.password_blocklist import read_file
+
+        read_file(value)
         return value
 
     @field_validator("keys_dir")

@@ -136,6 +136,12 @@ class PasswordUnchanged(Problem):
     status, code, title = 422, "password_unchanged", "New password is the current password"
 
 
+class PasswordBlocklisted(Problem):
+    """A new password is a commonly used one, a listed one, or the account's email or the service's name."""
+
+    status, code, title = 422, "password_blocklisted", "Password is too easy to guess"
+
+
 class AccountDisabled(Problem):
     status, code, title = 403, "account_disabled", "Account disabled"
 

@@ -9,8 +9,10 @@ from typing import Any, TypeVar
 
 import structlog
 
+from service import password_blocklist
 from service.argon2id import Argon2id, InvalidHashError
 from service.config import Settings
+from service.errors import PasswordBlocklisted
 
 T = TypeVar("T")
 
@@ -65,6 +67,23 @@ class Passwords:
         self._pool: Any = None
         # Verified against when the email is unknown, so both paths cost one argon2 run.
         self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(16))
+        self._blocklists = [password_blocklist.bundled()]
+        if settings.password_blocklist_file is not None:
+            self._blocklists.append(password_blocklist.read_file(settings.password_blocklist_file))
+
+    def check_new(self, password: str, *, email: str | None, field: str) -> None:
+        """Raise PasswordBlocklisted, naming `field`, when a new password is on the blocklist.
+
+        `email` is the account's; see service.password_blocklist for what is compared.
+        The check runs before any hashing, so a refused password costs no argon2 work.
+        """
+        if any(password in blocklist for blocklist in self._blocklists):
+            raise PasswordBlocklisted("This password is among the commonly used or blocked passwords, which are "
+                                      "the first that attackers try. Choose another one, such as a few unrelated "
+                                      "words.", field=field)
+        if password_blocklist.matches_context(password, email):
+            raise PasswordBlocklisted("This password is the email address, its part before the @-sign or the "
+                                      "service's name, which attackers try first. Choose another one.", field=field)
 
     def _off_loop(self, function: Callable[..., T], *args: object) -> T:
         """Run a CPU-bound call on this worker's argon2 threads under gevent, inline otherwise."""

@@ -35,7 +35,8 @@ def _user(row: dict, roles: tuple[str, ...] = ()) -> User:
 
 
 def register(database: Database, passwords: Passwords, email: str, password: str) -> User:
-    """Create an active user; raise EmailTaken when the normalized email exists."""
+    """Create an active user; raise PasswordBlocklisted for a password on the blocklist, EmailTaken when the normalized email exists."""
+    passwords.check_new(password, email=email, field="password")
     password_hash = passwords.hash(password)
     now = datetime.now(UTC).replace(tzinfo=None)
     user_id = uuid.uuid4().hex

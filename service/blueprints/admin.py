@@ -76,8 +76,9 @@ def delete_user(user_id: str) -> Response:
 
 @blueprint.put("/users/<id:user_id>/password")
 @operation("Set a user's password and end all their sessions", request_model=SetPasswordRequest,
-           responses={200: SessionsEnded}, errors=(404, 409), roles=ADMIN_ONLY, tags=TAGS,
-           description="The password follows the rules of registration. The account's recorded login failures "
+           responses={200: SessionsEnded}, errors=(404, 409, 422), roles=ADMIN_ONLY, tags=TAGS,
+           description="The password follows the rules of registration: 422 `password_blocklisted` for a "
+                       "commonly used password or the account's email. The account's recorded login failures "
                        "and login delay are cleared. A disabled account stays disabled. 409 `conflict` when "
                        "administrators name their own account: they use `POST /v1/users/me/password`, which "
                        "checks the current password.")

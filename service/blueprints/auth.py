@@ -28,7 +28,10 @@ NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 @blueprint.post("/register")
 @operation("Register an account", request_model=RegisterRequest, responses={201: UserCreated},
-           errors=(409,), tags=("auth",))
+           errors=(409, 422), tags=("auth",),
+           description="422 `password_blocklisted` when the password is a commonly used one, one the operator "
+                       "blocked, or the email address, its part before the @-sign or the service's name, "
+                       "also with digits or punctuation around it.")
 def register(body: RegisterRequest) -> Response:
     svc = services()
     user = users.register(svc.database, svc.passwords, body.email, body.password)

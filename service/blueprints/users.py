@@ -38,7 +38,10 @@ def current_user_body(user: User) -> bytes:
 @blueprint.post("/me/password")
 @operation("Change the password and end every other session", request_model=ChangePasswordRequest,
            responses={200: SessionsEnded}, errors=(403, 422), bearer=True, tags=("users",),
-           description="403 `invalid_current_password` when `current_password` is wrong. Then 422 "
+           description="422 `password_blocklisted` first when `new_password` is a commonly used one, one the "
+                       "operator blocked, or the email, its part before the @-sign or the service's name, "
+                       "also with digits or punctuation around it. "
+                       "403 `invalid_current_password` when `current_password` is wrong. Then 422 "
                        "`password_unchanged` when `new_password` is the current password, compared after "
                        "NFKC normalization as passwords are hashed. Neither changes the password or ends a "
                        "session. The current password is checked under the same per-account limits and "

@@ -7,7 +7,7 @@ import base64
 import helm_python
 import pytest
 
-from tests.helm.chart import VALUE_SETS, containers, pod_specs, render, set_path
+from tests.helm.chart import CHART_DIR, VALUE_SETS, containers, pod_specs, render, set_path
 
 
 @pytest.fixture(scope="module")
@@ -341,3 +341,36 @@ def test_key_publish_settings_render(publish, max_age):
 
     assert config_map["data"]["GATEHOUSE_KEY_PUBLISH_SECONDS"] == str(publish)
     assert config_map["data"]["GATEHOUSE_JWKS_MAX_AGE_SECONDS"] == str(max_age)
+
+
+def test_password_blocklist_mounted_from_config_map():
+    result = render({"passwordBlocklist": {"configMap": "acme-passwords", "key": "blocked.txt"}})
+    pod = result.one("Deployment")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    mounts = {mount["name"]: mount for mount in container["volumeMounts"]}
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+
+    path = env["GATEHOUSE_PASSWORD_BLOCKLIST_FILE"]
+    mount = mounts["password-blocklist"]
+    assert mount["readOnly"] is True
+    assert path == mount["mountPath"] + "/" + volumes["password-blocklist"]["configMap"]["items"][0]["path"]
+    assert volumes["password-blocklist"]["configMap"] == {
+        "name": "acme-passwords", "items": [{"key": "blocked.txt", "path": "passwords.txt"}]}
+
+
+def test_no_password_blocklist_by_default(rendered):
+    pod = rendered["default"].one("Deployment")["spec"]["template"]["spec"]
+
+    assert "GATEHOUSE_PASSWORD_BLOCKLIST_FILE" not in {item["name"] for item in pod["containers"][0]["env"]}
+    assert "password-blocklist" not in {volume["name"] for volume in pod["volumes"]}
+
+
+@pytest.mark.parametrize("blocklist", [{"configMap": "Not_A_Name", "key": "passwords.txt"},
+                                       {"configMap": "acme", "key": "../passwords"},
+                                       {"configMap": "acme", "key": ""}])
+def test_password_blocklist_values_checked(blocklist):
+    with helm_python.Chart.load(CHART_DIR) as chart, pytest.raises(helm_python.HelmValuesError) as failure:
+        chart.validate_schema({"passwordBlocklist": blocklist})
+
+    assert "passwordBlocklist" in str(failure.value)

@@ -27,7 +27,8 @@ DOCUMENTED = re.findall(r"^\s*## @param (\S+) \S", VALUES_TEXT, flags=re.MULTILI
 # Settings the chart sets itself or takes from the Secret, so config.* leaves them out.
 # backup_dir: set on the backup Jobs only, to where the backup claim is mounted. The log
 # file settings are left to extraEnv: pods log to stdout, which the cluster collects.
-CHART_OWNED = {"bind", "keys_dir", "mysql_password", "redis_url", "redis_password", "redis_sentinel_password",
+# password_blocklist_file: set where passwordBlocklist.configMap is mounted.
+CHART_OWNED = {"bind", "keys_dir", "password_blocklist_file", "mysql_password", "redis_url", "redis_password", "redis_sentinel_password",
                "backup_dir", "log_file", "log_file_max_bytes",
                "log_file_rotate_when", "log_file_rotate_interval", "log_file_backups"}
 # config.* defaults that differ from the service's on purpose: 127.0.0.1 means nothing in a pod.

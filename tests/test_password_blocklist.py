@@ -1,0 +1,113 @@
+"""The blocklist of new passwords: the bundled list, an operator's file and the account's own words."""
+
+from __future__ import annotations
+
+import gzip
+from importlib import resources
+
+import pytest
+
+from service import password_blocklist
+from service.password_blocklist import Blocklist, matches_context, read_file
+from tests.test_config import environment, invalid_configuration_message  # noqa: F401
+
+
+def test_bundled_list_holds_every_line_of_the_file():
+    with (resources.files("service") / "data" / "common-passwords.txt.gz").open("rb") as raw:
+        lines = gzip.decompress(raw.read()).decode().splitlines()
+
+    blocklist = password_blocklist.bundled()
+
+    assert len(lines) == 19_640
+    assert len(blocklist) == len(set(lines))
+    assert all(line in blocklist for line in lines[::97])
+
+
+@pytest.mark.parametrize("password", ["password", "Password1", "  PASSWORD1  ", "ｐａｓｓｗｏｒｄ", "P@ssw0rd",
+                                      "qwertyuiop", "iloveyou", "12345678"])
+def test_common_passwords_and_their_spellings_are_listed(password):
+    # Casefolded, NFKC-normalized (fullwidth letters) and stripped, as the service compares them.
+    assert password in password_blocklist.bundled()
+
+
+@pytest.mark.parametrize("password", ["correct horse battery staple", "password!x7Kq", "v3ry-Unl1kely-Str1ng"])
+def test_uncommon_passwords_pass(password):
+    assert password not in password_blocklist.bundled()
+
+
+@pytest.mark.parametrize(("password", "email", "matches"), [
+    ("alice.smith", "alice.smith@example.com", True),
+    ("Alice.Smith2024!", "alice.smith@example.com", True),
+    ("2024_alice.smith", "alice.smith@example.com", True),
+    ("alice.smith@example.com", "alice.smith@example.com", True),
+    ("gatehouse", None, True),
+    ("Gatehouse#2026", "bob@example.com", True),
+    ("alice.smith is my name", "alice.smith@example.com", False),
+    ("correct horse battery staple", "horse@example.com", False),
+    # A local part under four characters is no clue, and "bob12345" is an ordinary guess at most.
+    ("bob12345", "bob@example.com", False),
+])
+def test_context_words_with_affixes(password, email, matches):
+    assert matches_context(password, email) is matches
+
+
+def test_operator_file(tmp_path):
+    path = tmp_path / "blocked.txt"
+    path.write_bytes("Acme Corporation\r\n\n  acme-rocket  \nＵＮＩＣＯＤＥ ｗｏｒｄｓ\n".encode())
+
+    blocklist = read_file(path)
+
+    assert len(blocklist) == 3
+    assert "acme corporation" in blocklist
+    assert "ACME-ROCKET" in blocklist
+    assert "unicode words" in blocklist
+    assert "acme" not in blocklist
+
+
+def test_operator_file_not_utf8_names_the_line(tmp_path):
+    path = tmp_path / "blocked.txt"
+    path.write_bytes(b"fine\nalso fine\n\xff\xfe broken\n")
+
+    with pytest.raises(ValueError, match="line 3 of .* is not UTF-8"):
+        read_file(path)
+
+
+def test_operator_file_too_long(tmp_path, monkeypatch):
+    monkeypatch.setattr(password_blocklist, "MAX_FILE_ENTRIES", 3)
+    path = tmp_path / "blocked.txt"
+    path.write_text("a1\nb2\nc3\nd4\n")
+
+    with pytest.raises(ValueError, match="more than 3 lines"):
+        read_file(path)
+
+
+def test_operator_file_read_again_after_a_change(tmp_path):
+    path = tmp_path / "blocked.txt"
+    path.write_text("first entry\n")
+    assert "first entry" in read_file(path)
+
+    path.write_text("second entry, longer\n")
+
+    assert "second entry, longer" in read_file(path)
+    assert "first entry" not in read_file(path)
+
+
+def test_empty_blocklist_holds_nothing():
+    assert "" not in Blocklist([])
+    assert "password" not in Blocklist(["   ", ""])
+
+
+@pytest.mark.parametrize(("setup", "expected"), [
+    (lambda path: None, "cannot read"),
+    (lambda path: path.mkdir(), "cannot read"),
+    (lambda path: path.write_bytes(b"\xc3\x28\n"), "line 1 of"),
+], ids=["missing", "directory", "not_utf8"])
+def test_setting_names_the_variable(environment, tmp_path, setup, expected):  # noqa: F811
+    path = tmp_path / "blocked.txt"
+    setup(path)
+    environment.setenv("GATEHOUSE_PASSWORD_BLOCKLIST_FILE", str(path))
+
+    message = invalid_configuration_message()
+
+    assert message.startswith("GATEHOUSE_PASSWORD_BLOCKLIST_FILE is invalid")
+    assert expected in message
