@@ -86,6 +86,49 @@ redis.call('HSET', session_key, 'last_used_at', ARGV[2], 'generation', new_gener
 return {outcome, sid, uid}
 """
 
+# evict_oldest() ends the oldest live sessions of a user beyond max_sessions, by
+# creation time, and returns their ids, oldest first. `keep` (a new session) is never
+# a candidate, even when another worker's clock is ahead. Live sessions are the index
+# members that SessionStore.list returns: scored at or after now.
+_EVICT_FUNCTION = """
+local function evict_oldest(prefix, user_key, uid, now, max_sessions, revoked_until, keep)
+    local live = redis.call('ZCOUNT', user_key, now, '+inf')
+    if live <= max_sessions then
+        return {}
+    end
+
+    -- Oldest by created_at, not by the index score: the score is the expiry time, which
+    -- orders sessions by age only while GATEHOUSE_SESSION_TTL_SECONDS stays the same.
+    local candidates = {}
+    for _, other in ipairs(redis.call('ZRANGEBYSCORE', user_key, now, '+inf')) do
+        if other ~= keep then
+            local created_at = redis.call('HGET', prefix .. 'sess:' .. other, 'created_at')
+            if created_at then
+                table.insert(candidates, {tonumber(created_at) or 0, other})
+            else
+                -- An index entry whose session is gone is no live session: drop it, as the purge job would.
+                redis.call('ZREM', user_key, other)
+                live = live - 1
+            end
+        end
+    end
+    table.sort(candidates, function(a, b)
+        if a[1] ~= b[1] then
+            return a[1] < b[1]
+        end
+        return a[2] < b[2]
+    end)
+
+    local evicted = {}
+    for i = 1, live - max_sessions do
+        local other = candidates[i][2]
+        revoke(prefix, other, uid, revoked_until, now)
+        table.insert(evicted, other)
+    end
+    return evicted
+end
+"""
+
 # KEYS: sess:<sid>, rt:<digest>, sess:<sid>:tokens, user:<uid>:sessions
 # ARGV: sid, uid, now, expires_at, user agent, ip, digest, token retention past session end,
 #       prefix, revoked-until, max live sessions of the user
@@ -93,7 +136,7 @@ return {outcome, sid, uid}
 # Like ROTATE_LUA, it derives the keys of those sessions inside the script.
 # Expired members of the user index are left for the purge job. The index itself
 # lives as long as its newest session.
-CREATE_LUA = _REVOKE_FUNCTION + """
+CREATE_LUA = _REVOKE_FUNCTION + _EVICT_FUNCTION + """
 local sid, uid, now, expires_at = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 redis.call('HSET', KEYS[1], 'uid', uid, 'created_at', now, 'last_used_at', now, 'expires_at', expires_at,
            'user_agent', ARGV[5], 'ip', ARGV[6], 'generation', 0)
@@ -106,43 +149,15 @@ redis.call('ZADD', KEYS[4], expires_at, sid)
 redis.call('EXPIREAT', KEYS[4], expires_at, 'GT')
 redis.call('EXPIREAT', KEYS[4], expires_at, 'NX')
 
--- Live sessions are the index members that SessionStore.list returns: scored at or after now.
-local prefix, max_sessions = ARGV[9], tonumber(ARGV[11])
-local live = redis.call('ZCOUNT', KEYS[4], now, '+inf')
-if live <= max_sessions then
-    return {}
-end
+return evict_oldest(ARGV[9], KEYS[4], uid, now, tonumber(ARGV[11]), ARGV[10], sid)
+"""
 
--- Oldest by created_at, not by the index score: the score is the expiry time, which
--- orders sessions by age only while GATEHOUSE_SESSION_TTL_SECONDS stays the same.
--- The new session is never a candidate, even when another worker's clock is ahead.
-local candidates = {}
-for _, other in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], now, '+inf')) do
-    if other ~= sid then
-        local created_at = redis.call('HGET', prefix .. 'sess:' .. other, 'created_at')
-        if created_at then
-            table.insert(candidates, {tonumber(created_at) or 0, other})
-        else
-            -- An index entry whose session is gone is no live session: drop it, as the purge job would.
-            redis.call('ZREM', KEYS[4], other)
-            live = live - 1
-        end
-    end
-end
-table.sort(candidates, function(a, b)
-    if a[1] ~= b[1] then
-        return a[1] < b[1]
-    end
-    return a[2] < b[2]
-end)
-
-local evicted = {}
-for i = 1, live - max_sessions do
-    local other = candidates[i][2]
-    revoke(prefix, other, uid, ARGV[10], now)
-    table.insert(evicted, other)
-end
-return evicted
+# KEYS[1] = user:<uid>:sessions
+# ARGV: prefix, uid, now, max live sessions of the user, revoked-until
+# Returns the ids of the sessions it ended, oldest first. The purge job runs it for
+# accounts over a lowered maximum that no login has brought back within it.
+TRIM_USER_LUA = _REVOKE_FUNCTION + _EVICT_FUNCTION + """
+return evict_oldest(ARGV[1], KEYS[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5], '')
 """
 
 # ARGV: prefix, sid, revoked-until, now, expected uid ("" for any)

@@ -137,6 +137,7 @@ class SessionStore:
         self._rotate = client.register_script(session_scripts.ROTATE_LUA)
         self._revoke = client.register_script(session_scripts.REVOKE_SESSION_LUA)
         self._revoke_user = client.register_script(session_scripts.REVOKE_USER_LUA)
+        self._trim_user = client.register_script(session_scripts.TRIM_USER_LUA)
 
     def create(self, user_id: str, *, user_agent: str, ip: str, now: float | None = None) -> tuple[str, str]:
         """Start a session and return its id and first refresh token.
@@ -160,13 +161,36 @@ class SessionStore:
             args=[session_id, user_id, repr(now), expires_at, user_agent[:256], ip, token_digest,
                   TOKEN_RETENTION_SECONDS, KEY_PREFIX, revoked_until, self._max_sessions_per_user],
         )
-        if evicted:
-            for evicted_id in evicted:
-                self._on_revoked(evicted_id, revoked_until)
-            metrics.SESSIONS_EVICTED.inc(len(evicted))
-            log.info("sessions_evicted", user_id=user_id, count=len(evicted),
-                     max_sessions=self._max_sessions_per_user, session_ids=evicted[:MAX_LOGGED_EVICTIONS])
+        self._report_evicted(user_id, evicted, revoked_until, cause="login")
         return session_id, refresh_token
+
+    @property
+    def max_sessions_per_user(self) -> int:
+        return self._max_sessions_per_user
+
+    def enforce_maximum(self, user_id: str, now: float | None = None) -> list[str]:
+        """End a user's oldest live sessions beyond max_sessions_per_user; return their ids, oldest first.
+
+        A login does the same for its own account in the script that creates its session.
+        This is for accounts that were over the maximum before it was lowered, and that
+        no login has brought back within it (the purge job).
+        """
+        now = now if now is not None else time.time()
+        revoked_until = self._revoked_until(now)
+        evicted = self._trim_user(keys=[user_sessions_key(user_id)],
+                                  args=[KEY_PREFIX, user_id, repr(now), self._max_sessions_per_user, revoked_until])
+        self._report_evicted(user_id, evicted, revoked_until, cause="maximum_lowered")
+        return evicted
+
+    def _report_evicted(self, user_id: str, evicted: list[str], revoked_until: int, *, cause: str) -> None:
+        if not evicted:
+            return
+
+        for evicted_id in evicted:
+            self._on_revoked(evicted_id, revoked_until)
+        metrics.SESSIONS_EVICTED.inc(len(evicted))
+        log.info("sessions_evicted", user_id=user_id, count=len(evicted), cause=cause,
+                 max_sessions=self._max_sessions_per_user, session_ids=evicted[:MAX_LOGGED_EVICTIONS])
 
     def find_token_owner(self, refresh_token: str) -> tuple[str, str] | None:
         """Return the session id and user id of a refresh token without spending it; None when unknown."""

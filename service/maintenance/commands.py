@@ -37,13 +37,15 @@ def _backup_path_problem(path: Path) -> str | None:
 
 
 def _tokens_purge(_args: argparse.Namespace) -> int:
+    from service.app import session_store
     from service.maintenance.purge import purge_expired
 
     settings = load_settings()
     client = create_client(settings)
     try:
+        sessions = session_store(settings, client)
         return run_job(client, "tokens_purge",
-                       lambda: purge_expired(client, batch_size=settings.purge_batch_size),
+                       lambda: purge_expired(client, sessions, batch_size=settings.purge_batch_size),
                        lock_seconds=settings.job_lock_seconds)
     finally:
         close_client(client)

@@ -24,6 +24,7 @@ import structlog
 
 from service.sessions import (
     REVOKED_KEY,
+    SessionStore,
     refresh_token_key,
     session_key,
     session_tokens_key,
@@ -33,12 +34,17 @@ from service.sessions import (
 log = structlog.get_logger(__name__)
 
 
-def purge_expired(client: redis.Redis, *, batch_size: int, now: float | None = None) -> dict[str, int]:
-    """Remove expired index entries, sessions and tokens; return what was removed and examined."""
+def purge_expired(client: redis.Redis, sessions: SessionStore, *, batch_size: int,
+                  now: float | None = None) -> dict[str, int]:
+    """Remove expired index entries, sessions and tokens; return what was removed and examined.
+
+    It also ends the oldest sessions of accounts that have more live sessions than
+    GATEHOUSE_MAX_SESSIONS_PER_USER, as a login would, for a maximum that was lowered.
+    """
     now = now if now is not None else time.time()
     counts: Counter[str] = Counter()
 
-    _purge_user_indexes(client, batch_size, now, counts)
+    _purge_user_indexes(client, sessions, batch_size, now, counts)
     _purge_expired_sessions(client, batch_size, now, counts)
     _purge_orphaned_token_sets(client, batch_size, counts)
     _purge_orphaned_refresh_tokens(client, batch_size, counts)
@@ -46,7 +52,7 @@ def purge_expired(client: redis.Redis, *, batch_size: int, now: float | None = N
 
     return {name: counts[name] for name in (
         "index_entries_removed", "sessions_removed", "token_sets_removed", "refresh_tokens_removed",
-        "revoked_entries_removed", "keys_examined",
+        "revoked_entries_removed", "sessions_evicted", "keys_examined",
     )}
 
 
@@ -69,8 +75,10 @@ def _sessions_exist(client: redis.Redis, session_ids: list[str]) -> list[bool]:
     return [bool(found) for found in pipe.execute()]
 
 
-def _purge_user_indexes(client: redis.Redis, batch_size: int, now: float, counts: Counter[str]) -> None:
-    """Drop index entries scored before now, then entries whose session no longer exists."""
+def _purge_user_indexes(client: redis.Redis, sessions: SessionStore, batch_size: int, now: float,
+                        counts: Counter[str]) -> None:
+    """Drop index entries scored before now and those whose session no longer exists, then enforce the maximum."""
+    prefix, suffix = user_sessions_key("*").split("*")
     for keys in _batches(client, user_sessions_key("*"), "zset", batch_size):
         counts["keys_examined"] += len(keys)
         pipe = client.pipeline(transaction=False)
@@ -92,6 +100,15 @@ def _purge_user_indexes(client: redis.Redis, batch_size: int, now: float, counts
             for key, session_ids in missing.items():
                 pipe.zrem(key, *session_ids)
             counts["index_entries_removed"] += sum(pipe.execute())
+
+        # Every entry left is a live session, so an index longer than the maximum is over it.
+        pipe = client.pipeline(transaction=False)
+        for key in keys:
+            pipe.zcard(key)
+        for key, live in zip(keys, pipe.execute(), strict=True):
+            if live > sessions.max_sessions_per_user:
+                user_id = key.removeprefix(prefix).removesuffix(suffix)
+                counts["sessions_evicted"] += len(sessions.enforce_maximum(user_id, now))
 
 
 def _purge_expired_sessions(client: redis.Redis, batch_size: int, now: float, counts: Counter[str]) -> None:

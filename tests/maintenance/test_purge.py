@@ -13,6 +13,7 @@ from service.maintenance.purge import purge_expired
 from service.sessions import (
     REVOKED_KEY,
     RefreshOutcome,
+    SessionStore,
     digest,
     refresh_token_key,
     session_key,
@@ -44,7 +45,7 @@ def test_purge_removes_stale_index_entries(redis_client, sessions):
     live_id, live_token = sessions.create("u1", user_agent="test", ip="127.0.0.1")
     expired_id = create_expired(sessions, "u1")
 
-    counts = purge_expired(redis_client, batch_size=10)
+    counts = purge_expired(redis_client, sessions, batch_size=10)
 
     assert counts["index_entries_removed"] == 1
     assert redis_client.zrange(user_sessions_key("u1"), 0, -1) == [live_id]
@@ -60,7 +61,7 @@ def test_purge_removes_session_without_expiry(redis_client, sessions):
         redis_client.persist(key)
     redis_client.hset(session_key(session_id), "expires_at", int(time.time()) - 1)
 
-    counts = purge_expired(redis_client, batch_size=10)
+    counts = purge_expired(redis_client, sessions, batch_size=10)
 
     assert counts["sessions_removed"] == 1
     assert counts["refresh_tokens_removed"] == 1
@@ -76,7 +77,7 @@ def test_purge_removes_orphaned_tokens(redis_client, sessions):
     rotated = sessions.rotate(token)
     redis_client.delete(session_key(session_id))
 
-    counts = purge_expired(redis_client, batch_size=10)
+    counts = purge_expired(redis_client, sessions, batch_size=10)
 
     assert counts["token_sets_removed"] == 1
     assert counts["refresh_tokens_removed"] == 2
@@ -89,7 +90,7 @@ def test_purge_removes_lone_refresh_token(redis_client, sessions):
     redis_client.hset(refresh_token_key("0" * 64), mapping={"sid": "gone", "uid": "u4", "rotated_at": ""})
     redis_client.hset(refresh_token_key("1" * 64), mapping={"uid": "u4"})
 
-    counts = purge_expired(redis_client, batch_size=10)
+    counts = purge_expired(redis_client, sessions, batch_size=10)
 
     assert counts["refresh_tokens_removed"] == 2
     assert redis_client.keys(refresh_token_key("*")) == []
@@ -99,7 +100,7 @@ def test_purge_trims_revoked_set(redis_client, sessions):
     now = time.time()
     redis_client.zadd(REVOKED_KEY, {"ended-long-ago": now - 10, "ended-recently": now + 600})
 
-    counts = purge_expired(redis_client, batch_size=10, now=now)
+    counts = purge_expired(redis_client, sessions, batch_size=10, now=now)
 
     assert counts["revoked_entries_removed"] == 1
     assert redis_client.zrange(REVOKED_KEY, 0, -1) == ["ended-recently"]
@@ -111,8 +112,8 @@ def test_purge_works_in_batches_and_twice(redis_client, sessions):
     for user_id in users:
         create_expired(sessions, user_id)
 
-    first = purge_expired(redis_client, batch_size=10)
-    second = purge_expired(redis_client, batch_size=10)
+    first = purge_expired(redis_client, sessions, batch_size=10)
+    second = purge_expired(redis_client, sessions, batch_size=10)
 
     assert first["index_entries_removed"] == len(users)
     assert first["keys_examined"] >= len(users)
@@ -182,3 +183,42 @@ def test_purge_command_fails_without_redis(redis_client):
     failed = [event for event in log_events(result.stderr) if event["event"] == "job_failed"]
     assert len(failed) == 1
     assert "Redis unreachable" in failed[0]["error"]
+
+
+def test_purge_enforces_a_lowered_maximum(redis_client, settings):
+    """Accounts over a maximum that was lowered lose their oldest sessions at the next purge, as at a login."""
+    generous = SessionStore(redis_client, session_ttl=SESSION_TTL, grace_seconds=10, revoked_ttl=900,
+                            max_sessions_per_user=10)
+    start = time.time() - 100
+    over = [generous.create("over", user_agent="test", ip="127.0.0.1", now=start + number)[0] for number in range(6)]
+    within = [generous.create("within", user_agent="test", ip="127.0.0.1", now=start + number)[0] for number in range(3)]
+    ended = []
+    lowered = SessionStore(redis_client, session_ttl=SESSION_TTL, grace_seconds=10, revoked_ttl=900,
+                           max_sessions_per_user=3, on_revoked=lambda session_id, _until: ended.append(session_id))
+
+    counts = purge_expired(redis_client, lowered, batch_size=10)
+
+    assert counts["sessions_evicted"] == 3
+    assert ended == over[:3]
+    assert redis_client.zrange(user_sessions_key("over"), 0, -1) == over[3:]
+    assert redis_client.zrange(user_sessions_key("within"), 0, -1) == within
+    for session_id in over[:3]:
+        assert not redis_client.exists(session_key(session_id))
+        assert redis_client.zscore(REVOKED_KEY, session_id) is not None
+    assert purge_expired(redis_client, lowered, batch_size=10)["sessions_evicted"] == 0
+
+
+def test_purge_command_enforces_a_lowered_maximum(redis_client, sessions):
+    session_ids = [sessions.create("many", user_agent="test", ip="127.0.0.1", now=time.time() - 10 + number)[0]
+                   for number in range(4)]
+
+    result = run_purge_command(("GATEHOUSE_MAX_SESSIONS_PER_USER", "1"))
+
+    assert result.returncode == 0, result.stderr
+    events = log_events(result.stderr)
+    evicted = [event for event in events if event["event"] == "sessions_evicted"]
+    assert len(evicted) == 1
+    assert evicted[0]["cause"] == "maximum_lowered"
+    assert evicted[0]["session_ids"] == session_ids[:3]
+    assert [event for event in events if event["event"] == "job_succeeded"][0]["sessions_evicted"] == 3
+    assert redis_client.zrange(user_sessions_key("many"), 0, -1) == session_ids[3:]
