@@ -15,6 +15,7 @@ from service.blacklist import MAX_MANUAL_BAN_SECONDS, MIN_MANUAL_BAN_SECONDS
 from service.config import InvalidConfiguration, Settings, load_settings
 from service.errors import Problem
 from service.logs import configure_logging
+from service.mysql_tls import tls_failure
 
 log = structlog.get_logger("gatehouse.cli")
 
@@ -226,6 +227,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gatehouse: {exc.detail}", file=sys.stderr)
         return 1
     except (pymysql.err.OperationalError, pymysql.err.InterfaceError) as exc:
+        failure = tls_failure(exc)
+        if failure is not None:
+            print(f"gatehouse: TLS to MySQL failed ({failure.reason}): {failure.hint}", file=sys.stderr)
+            return 1
         print(f"gatehouse: database connection failed (unreachable, or the login was rejected): {exc}", file=sys.stderr)
         return 1
     except redis.RedisError as exc:

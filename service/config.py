@@ -11,6 +11,7 @@ from pydantic_core import PydanticCustomError
 from pydantic_settings import SettingsConfigDict
 
 from service.abuse_settings import AbuseProtectionSettings
+from service.mysql_tls_settings import MySQLTLSSettings
 from service.redis_settings import PARSE_REDIS_URL, RedisSettings
 from service.setting_checks import check_can_create_file, check_can_open, log_lock_file
 
@@ -38,7 +39,7 @@ def argon2_min_time_cost(memory_kib: int) -> int | None:
 # An empty GATEHOUSE_BAN_ALLOWLIST exempts no address from bans.
 EMPTY_MEANS_UNSET = {
     "redis_url", "redis_sentinels", "redis_sentinel_service", "redis_sentinel_password", "redis_password",
-    "log_file", "backup_dir", "ban_allowlist",
+    "log_file", "backup_dir", "ban_allowlist", "mysql_tls_ca", "mysql_tls_cert", "mysql_tls_key",
 }
 TEXT_TYPES = (str, Path, SecretStr)
 
@@ -52,11 +53,11 @@ class InvalidConfiguration(Exception):
     """A setting is missing or invalid; the message names the variable and the fix."""
 
 
-class Settings(RedisSettings, AbuseProtectionSettings):
+class Settings(RedisSettings, AbuseProtectionSettings, MySQLTLSSettings):
     """Every setting of the service; the field name is the variable name without the prefix.
 
     The Redis settings come from RedisSettings, the abuse-protection settings from
-    AbuseProtectionSettings.
+    AbuseProtectionSettings, and the settings of TLS to MySQL from MySQLTLSSettings.
     """
 
     # allow_inf_nan=False: "nan" passes every ge/le bound, so a float setting would take it.
@@ -350,5 +351,7 @@ def _describe(exc: ValidationError) -> str:
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "not_applicable":
         return f"{variable} is set, but {message}, which does not use it: unset {variable}"
+    if error["type"] == "unpaired":
+        return f"{variable} is set, but {message} is not: set both or neither"
 
     return f"{variable} is invalid ({message}): set it to {expected}"

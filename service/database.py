@@ -20,6 +20,7 @@ from flask import Flask
 from service.config import Settings
 from service.errors import DatabaseUnavailable
 from service.metrics import POOL_IN_USE, POOL_MAX
+from service.mysql_tls import failure_log, tls_connect_args, tls_failure
 
 log = structlog.get_logger(__name__)
 
@@ -110,8 +111,18 @@ class _Connection(pymysql.connections.Connection):
 
 
 def connect(**kwargs: Any) -> pymysql.connections.Connection:
-    """Open a pymysql connection; takes pymysql.connect's arguments."""
-    return _Connection(**kwargs)
+    """Open a pymysql connection; takes pymysql.connect's arguments.
+
+    A failed TLS handshake is logged as mysql_tls_failed with its cause and the setting
+    to change, then raised as pymysql raises it.
+    """
+    try:
+        return _Connection(**kwargs)
+    except pymysql.err.OperationalError as exc:
+        failure = tls_failure(exc)
+        if failure is not None:
+            failure_log.record(failure, host=kwargs.get("host"), port=kwargs.get("port"))
+        raise
 
 
 # DBUtils finds the DB-API module, its exceptions and its thread safety level here.
@@ -119,11 +130,7 @@ connect.dbapi = pymysql  # type: ignore[attr-defined]
 
 
 def connect_args(settings: Settings) -> dict[str, Any]:
-    """Return the pymysql connect arguments for the configured server.
-
-    TODO: Gatehouse has no settings for TLS to MySQL. Connections use PyMySQL's default:
-    TLS when the server offers it, without checking the server's certificate.
-    """
+    """Return the pymysql connect arguments for the configured server, TLS included."""
     return {
         "host": settings.mysql_host,
         "port": settings.mysql_port,
@@ -136,6 +143,7 @@ def connect_args(settings: Settings) -> dict[str, Any]:
         "read_timeout": settings.mysql_read_timeout,
         "write_timeout": settings.mysql_write_timeout,
         "cursorclass": pymysql.cursors.DictCursor,
+        **tls_connect_args(settings),
     }
 
 

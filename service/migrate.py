@@ -7,7 +7,6 @@ workers, which only compare versions, do not load it: about 3 MiB each.
 from __future__ import annotations
 
 from importlib import resources
-from urllib.parse import quote
 
 from service.config import Settings
 
@@ -31,16 +30,33 @@ def expected_versions() -> set[str]:
 
 
 def _backend(settings: Settings):  # type: ignore[no-untyped-def]
-    from yoyo import get_backend
+    from yoyo.backends.core.mysql import MySQLBackend
+    from yoyo.connections import DatabaseURI
 
-    uri = "mysql://{user}:{password}@{host}:{port}/{database}".format(
-        user=quote(settings.mysql_user, safe=""),
-        password=quote(settings.mysql_password.get_secret_value(), safe=""),
-        host=settings.mysql_host,
-        port=settings.mysql_port,
-        database=settings.mysql_database,
-    )
-    return get_backend(uri, migration_table=MIGRATION_TABLE)
+    from service.database import connect
+    from service.mysql_tls import tls_connect_args
+
+    class GatehouseMySQLBackend(MySQLBackend):
+        """yoyo's MySQL backend, connecting with the settings, TLS included.
+
+        yoyo 9 passes a URI's query options to pymysql as strings, which cannot carry an
+        SSLContext, so the connection is opened here. yoyo copies a backend by its class,
+        which keeps the settings.
+        """
+
+        def connect(self, dburi):  # type: ignore[no-untyped-def]
+            return connect(host=settings.mysql_host, port=settings.mysql_port, user=settings.mysql_user,
+                           password=settings.mysql_password.get_secret_value(), database=settings.mysql_database,
+                           **tls_connect_args(settings))
+
+    # yoyo reads the database name from the URI and keys a cache by it. The password
+    # stays out of it, because connect() above takes the password from the settings.
+    uri = DatabaseURI(scheme="mysql", username=settings.mysql_user, password=None, hostname=settings.mysql_host,
+                      port=settings.mysql_port, database=settings.mysql_database, args={})
+    # What yoyo.get_backend does once it has found the backend class for the URI's scheme.
+    backend = GatehouseMySQLBackend(uri, MIGRATION_TABLE)
+    backend.init_database()
+    return backend
 
 
 def apply_migrations(settings: Settings) -> list[str]:

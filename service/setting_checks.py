@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 import tempfile
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -48,6 +49,64 @@ def check_can_open(path: Path, flags: int) -> None:
         os.close(os.open(path, flags))
     except OSError as exc:
         raise ValueError(f"cannot open {path} to write: {exc.strerror}") from None
+
+
+def check_readable_file(path: Path) -> None:
+    """Raise ValueError unless path is a regular file that this process can open to read."""
+    try:
+        is_file = path.is_file()
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+    if not is_file:
+        problem = "is not a regular file" if path.exists() else "does not exist"
+        raise ValueError(f"{path} {problem}")
+
+    try:
+        os.close(os.open(path, os.O_RDONLY))
+    except OSError as exc:
+        raise ValueError(f"cannot open {path} to read: {exc.strerror}") from None
+
+
+def check_certificate_file(path: Path) -> None:
+    """Raise ValueError unless OpenSSL loads at least one certificate from the PEM file at path.
+
+    load_verify_locations() parses the certificates of the file and skips everything else.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        context.load_verify_locations(cafile=path)
+    except ssl.SSLError as exc:
+        raise ValueError(f"{path} contains no PEM certificate that OpenSSL can load{_reason(exc)}") from None
+
+
+class _EncryptedKey(Exception):
+    """OpenSSL asked for the passphrase of a private key."""
+
+
+def _reject_passphrase() -> str:
+    raise _EncryptedKey
+
+
+def check_client_key(certificate: Path, key: Path) -> None:
+    """Raise ValueError unless key is an unencrypted PEM private key that matches the certificate.
+
+    Without the passphrase callback, OpenSSL would prompt for a passphrase on the terminal.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        context.load_cert_chain(certificate, key, password=_reject_passphrase)
+    except _EncryptedKey:
+        raise ValueError(f"{key} is encrypted: give the key without a passphrase, in a file only this user "
+                         "can read") from None
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            raise ValueError(f"{key} is not the private key of the certificate in GATEHOUSE_MYSQL_TLS_CERT") from None
+        raise ValueError(f"{key} contains no PEM private key that OpenSSL can load{_reason(exc)}") from None
+
+
+def _reason(error: ssl.SSLError) -> str:
+    # OpenSSL's short reason such as NO_CERTIFICATE_OR_CRL_FOUND, which a failed PEM read lacks.
+    return f" ({error.reason})" if error.reason else ""
 
 
 # Query options of GATEHOUSE_REDIS_URL that would replace what Gatehouse sets on its pools,

@@ -15,6 +15,7 @@ from redis.sentinel import SentinelConnectionPool
 from service.config import Settings
 from service.database import connect, connect_args
 from service.migrate import MIGRATION_TABLE, pending_versions
+from service.mysql_tls import tls_failure
 from service.redis_store import create_client, close_client
 from service.tokens.keys import InvalidSigningKey, KeyRing, MissingSigningKey
 
@@ -82,6 +83,10 @@ def _check_mysql(settings: Settings) -> None:
     try:
         _check_mysql_schema(settings)
     except pymysql.err.OperationalError as exc:
+        failure = tls_failure(exc)
+        if failure is not None:
+            raise _PermanentFailure(f"TLS to MySQL failed ({failure.reason}): {failure.hint}") from None
+
         hint = MYSQL_PERMANENT_ERRORS.get(exc.args[0]) if exc.args else None
         if hint is None:
             raise

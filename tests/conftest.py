@@ -79,3 +79,19 @@ def admin_tokens(client, settings) -> dict:
     response = client.post("/v1/auth/login", json={"email": "root@example.com", "password": PASSWORD})
     assert response.status_code == 200, response.get_json()
     return {**response.get_json(), "user_id": user_id}
+
+
+@pytest.fixture(scope="session")
+def tls_server(tmp_path_factory):
+    """A scratch MariaDB with TLS on 127.0.0.1, its schema applied over verified TLS with a client certificate."""
+    from service.maintenance.scratch import ProgramNotFound, find_program
+    from service.migrate import apply_migrations
+    from tests.tls_mariadb import tls_mariadb
+
+    try:
+        find_program("mariadbd")
+    except ProgramNotFound as exc:
+        pytest.skip(str(exc))
+    with tls_mariadb(tmp_path_factory.mktemp("tls")) as server:
+        apply_migrations(server.x509_settings())
+        yield server

@@ -1,68 +1,57 @@
-"""TLS to MySQL in PyMySQL's default mode: used when the server offers it, one context per process."""
+"""TLS to MySQL in each GATEHOUSE_MYSQL_TLS_MODE, against a scratch MariaDB with TLS and the plain test MariaDB."""
 
 from __future__ import annotations
 
-import datetime
+import json
 import ssl
 
-import pymysql.cursors
+import pymysql
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
-from service.database import connect, connect_args
-from service.maintenance.option_files import mysql_option
-from service.maintenance.scratch import ScratchMariaDB, find_program
+from service import mysql_tls
+from service.database import Database, connect, connect_args
+from service.logs import configure_logging
+from service.migrate import apply_migrations
+from service.mysql_tls import tls_failure
+from tests.tls_mariadb import PASSWORD
 
-
-def write_self_signed_certificate(directory) -> tuple[str, str]:
-    """Write a self-signed server certificate and its key; return their paths."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "scratch mariadb")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-                   .serial_number(x509.random_serial_number())
-                   .not_valid_before(now - datetime.timedelta(minutes=5))
-                   .not_valid_after(now + datetime.timedelta(days=1))
-                   .sign(key, hashes.SHA256()))
-    certificate_path, key_path = directory / "server.pem", directory / "server.key"
-    certificate_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return str(certificate_path), str(key_path)
+# ER_ACCESS_DENIED_ERROR: what MariaDB returns when an account with REQUIRE X509 presents no client certificate.
+ACCESS_DENIED = 1045
 
 
-@pytest.fixture(scope="module")
-def tls_server(tmp_path_factory):
+def session_cipher(connection: pymysql.connections.Connection) -> str:
+    """Return the TLS cipher of the connection as the server reports it, or "" for plain text."""
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
+        row = cursor.fetchone()
+    return row["Value"] if isinstance(row, dict) else row[1]
+
+
+def cipher_of(settings) -> str:
+    connection = connect(**connect_args(settings))
     try:
-        find_program("mariadbd")
-    except Exception as exc:  # noqa: BLE001 - ProgramNotFound names the package to install
-        pytest.skip(str(exc))
-    directory = tmp_path_factory.mktemp("tls")
-    certificate, key = write_self_signed_certificate(directory)
-    with ScratchMariaDB(directory, mysql_option("ssl-cert", certificate) + mysql_option("ssl-key", key)) as server:
-        yield server
+        return session_cipher(connection)
+    finally:
+        connection.close()
 
 
-def open_connection(server: ScratchMariaDB) -> pymysql.connections.Connection:
-    return connect(unix_socket=str(server.socket), user="root", charset="utf8mb4", autocommit=True,
-                   cursorclass=pymysql.cursors.DictCursor)
+def connect_error(settings) -> pymysql.err.OperationalError:
+    with pytest.raises(pymysql.err.OperationalError) as excinfo:
+        connect(**connect_args(settings)).close()
+    return excinfo.value
 
 
-def test_offered_tls_shares_one_context(tls_server):
-    connections = [open_connection(tls_server) for _ in range(3)]
+def test_preferred_uses_offered_tls(tls_server):
+    assert cipher_of(tls_server.settings("preferred"))
+
+
+def test_preferred_shares_one_unverified_context(tls_server):
+    settings = tls_server.settings("preferred")
+    connections = [connect(**connect_args(settings)) for _ in range(3)]
     try:
-        ciphers = []
-        for connection in connections:
-            with connection.cursor() as cursor:
-                cursor.execute("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
-                ciphers.append(cursor.fetchone()["Value"])
-
-        assert all(ciphers), ciphers
+        assert all(session_cipher(connection) for connection in connections)
         assert len({id(connection.ctx) for connection in connections}) == 1
-        # Nothing checks the certificate in this mode (it is self-signed here), so no CA certificates are loaded.
+        # Nothing checks the certificate in this mode, so no CA certificates are loaded.
         context = connections[0].ctx
         assert context.verify_mode == ssl.CERT_NONE
         assert context.cert_store_stats()["x509_ca"] == 0
@@ -71,19 +60,135 @@ def test_offered_tls_shares_one_context(tls_server):
             connection.close()
 
 
-def test_plain_connection_without_server_tls(settings):
-    connection = connect(**connect_args(settings))
+def test_preferred_without_server_tls_is_plain(settings):
+    assert cipher_of(settings) == ""
+
+
+def test_disabled_skips_offered_tls(tls_server):
+    assert cipher_of(tls_server.settings("disabled")) == ""
+
+
+def test_required_uses_tls_without_check(tls_server):
+    settings = tls_server.settings("required")
+
+    assert cipher_of(settings) != ""
+    context = connect_args(settings)["ssl"]
+    assert context.verify_mode == ssl.CERT_NONE
+    assert context.cert_store_stats()["x509_ca"] == 0
+
+
+def test_required_fails_without_server_tls(settings):
+    error = connect_error(settings.model_copy(update={"mysql_tls_mode": "required"}))
+    failure = tls_failure(error)
+
+    assert error.args[0] == pymysql.constants.CR.CR_SSL_CONNECTION_ERROR
+    assert failure is not None
+    assert "offers none" in failure.hint
+
+
+def test_verify_ca_accepts_issuing_ca(tls_server):
+    assert cipher_of(tls_server.settings("verify_ca")) != ""
+
+
+def test_verify_ca_ignores_host_name(tls_server):
+    # The certificate names 127.0.0.1 only, and verify_ca does not compare names.
+    assert cipher_of(tls_server.settings("verify_ca", mysql_host="localhost")) != ""
+
+
+@pytest.mark.parametrize("mode", ["verify_ca", "verify_identity"])
+def test_verify_rejects_other_ca(tls_server, mode):
+    settings = tls_server.settings(mode, mysql_tls_ca=tls_server.other_ca.certificate_path)
+
+    failure = tls_failure(connect_error(settings))
+
+    assert failure is not None
+    assert failure.reason.startswith("certificate verify failed: ")
+    assert "GATEHOUSE_MYSQL_TLS_CA" in failure.hint
+
+
+def test_verify_identity_accepts_named_host(tls_server):
+    assert cipher_of(tls_server.settings("verify_identity")) != ""
+
+
+def test_verify_identity_rejects_other_host_name(tls_server):
+    failure = tls_failure(connect_error(tls_server.settings("verify_identity", mysql_host="localhost")))
+
+    assert failure is not None
+    assert "localhost" in failure.reason
+    assert "GATEHOUSE_MYSQL_HOST" in failure.hint
+
+
+def test_client_certificate_logs_in(tls_server):
+    assert cipher_of(tls_server.x509_settings()) != ""
+
+
+def test_missing_client_certificate_denied(tls_server):
+    settings = tls_server.x509_settings("required", mysql_tls_cert=None, mysql_tls_key=None)
+
+    assert connect_error(settings).args[0] == ACCESS_DENIED
+
+
+def test_client_certificate_of_other_ca_rejected(tls_server):
+    certificate, key = tls_server.other_ca.issue("intruder")
+    settings = tls_server.x509_settings(mysql_tls_cert=certificate, mysql_tls_key=key)
+
+    failure = tls_failure(connect_error(settings))
+
+    assert failure is not None
+    assert failure.reason.startswith("TLS handshake failed: ")
+    assert "GATEHOUSE_MYSQL_TLS_CERT" in failure.hint
+
+
+@pytest.mark.parametrize("mode", ["required", "verify_ca", "verify_identity"])
+def test_pool_connections_share_context(tls_server, mode):
+    settings = tls_server.settings(mode)
+    database = Database(settings)
     try:
-        with connection.cursor() as cursor:
-            cursor.execute("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
-            assert cursor.fetchone()["Value"] == ""
+        with database.connection() as first, database.connection() as second, database.connection() as third:
+            connections = [pooled.dbapi_connection for pooled in (first, second, third)]
+            assert len({id(connection) for connection in connections}) == 3
+            assert all(session_cipher(connection) for connection in connections)
+            assert len({id(connection.ctx) for connection in connections}) == 1
+        assert connections[0].ctx is connect_args(settings)["ssl"]
     finally:
-        connection.close()
+        database.close()
 
 
-def test_explicit_tls_options_verify_certificate(tls_server, tmp_path):
-    other_certificate, _ = write_self_signed_certificate(tmp_path)
+def test_same_settings_share_context_across_loads(tls_server):
+    # Settings load again in every CLI command and job, and equal TLS settings get the process's one context.
+    first = connect_args(tls_server.settings("verify_identity"))["ssl"]
+    second = connect_args(tls_server.settings("verify_identity"))["ssl"]
 
-    # A CA that did not sign the server's certificate: PyMySQL's own verifying context refuses it.
-    with pytest.raises(pymysql.err.OperationalError, match="CERTIFICATE_VERIFY_FAILED"):
-        connect(unix_socket=str(tls_server.socket), user="root", ssl_ca=other_certificate, ssl_verify_cert=True)
+    assert first is second
+
+
+def test_migrations_use_tls_settings(tls_server):
+    # The account requires a client certificate, so migrations log in only with the TLS settings.
+    assert apply_migrations(tls_server.x509_settings()) == []
+    with pytest.raises(pymysql.err.OperationalError) as excinfo:
+        apply_migrations(tls_server.x509_settings("required", mysql_tls_cert=None, mysql_tls_key=None))
+    assert excinfo.value.args[0] == ACCESS_DENIED
+
+
+def test_tls_failure_logged_once_per_interval(tls_server, capsys, monkeypatch):
+    configure_logging("info")
+    monkeypatch.setattr(mysql_tls, "failure_log", mysql_tls._FailureLog(interval=3600))
+    monkeypatch.setattr("service.database.failure_log", mysql_tls.failure_log)
+    settings = tls_server.settings("verify_identity", mysql_host="localhost")
+
+    for _ in range(3):
+        connect_error(settings)
+    mysql_tls.failure_log.interval = 0
+    connect_error(settings)
+
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    failures = [record for record in records if record.get("event") == "mysql_tls_failed"]
+    assert len(failures) == 2
+    assert failures[0]["level"] == "error"
+    assert failures[0]["host"] == "localhost"
+    assert failures[0]["port"] == tls_server.port
+    assert "localhost" in failures[0]["reason"]
+    assert "GATEHOUSE_MYSQL_HOST" in failures[0]["hint"]
+    assert failures[0]["failures_not_logged"] == 0
+    assert failures[1]["failures_not_logged"] == 2
+    assert PASSWORD not in json.dumps(failures)

@@ -104,6 +104,35 @@ def test_mysql_refused_connection_retried():
     assert seconds >= 1.5
 
 
+def test_mysql_over_verified_tls_passes(tls_server):
+    run_startup_checks(load_settings({**tls_server.x509_overrides(), "startup_timeout_seconds": 5}))
+
+
+def test_mysql_without_server_tls_fails_at_once():
+    message, seconds = failed_check(mysql_tls_mode="required")
+
+    assert message.startswith("mysql check failed: TLS to MySQL failed ("), message
+    assert "GATEHOUSE_MYSQL_TLS_MODE" in message
+    assert seconds < AT_ONCE_SECONDS
+
+
+def test_mysql_certificate_of_other_ca_fails_at_once(tls_server):
+    message, seconds = failed_check(**tls_server.overrides("verify_ca",
+                                                           mysql_tls_ca=tls_server.other_ca.certificate_path))
+
+    assert "certificate verify failed" in message
+    assert "GATEHOUSE_MYSQL_TLS_CA" in message
+    assert seconds < AT_ONCE_SECONDS
+
+
+def test_mysql_host_name_mismatch_fails_at_once(tls_server):
+    message, seconds = failed_check(**tls_server.overrides("verify_identity", mysql_host="localhost"))
+
+    assert "certificate is not valid for 'localhost'" in message
+    assert "GATEHOUSE_MYSQL_HOST" in message
+    assert seconds < AT_ONCE_SECONDS
+
+
 @pytest.mark.parametrize("user_info, reply", [
     (":wrong-password", "invalid username-password pair"),
     ("nobody:wrong-password", "invalid username-password pair"),

@@ -17,15 +17,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pymysql
 import redis
 from redis.connection import parse_url
 
 from service import redis_store
 from service.config import Settings
+from service.database import connect, connect_args
 from service.maintenance.jobs import JobFailed
 from service.maintenance.option_files import mysql_option
 from service.maintenance.scratch import find_program
 from service.maintenance.tool_output import mariadb_client_error
+from service.mysql_tls import tls_failure
+from service.mysql_tls_settings import ENFORCING_MODES
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
@@ -101,14 +105,59 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def mysql_tls_options(settings: Settings) -> str:
+    """Return the option-file lines that give the mariadb 10.11 clients the TLS of GATEHOUSE_MYSQL_TLS_MODE.
+
+    With `ssl-ca` the clients check the certificate chain, and `ssl-verify-server-cert`
+    adds the host name. Their TLS is on by default and falls back to plain text when the
+    server offers none, as in preferred mode.
+    NOTE: only `ssl-verify-server-cert` makes them refuse a server without TLS, and no
+    option requires TLS without checking the host name. So mysql_defaults_file first
+    connects with PyMySQL, which does require it. That check does not catch an attacker
+    on the network path who strips TLS from the client's own connection in the required
+    and verify_ca modes. MySQL's mysqldump, the fallback of DUMP_PROGRAMS, was not
+    tried with these options.
+    """
+    mode = settings.mysql_tls_mode
+    if mode == "disabled":
+        return "skip-ssl\n"
+    if mode == "preferred":
+        return ""
+
+    lines = "ssl\n"
+    if settings.mysql_tls_ca is not None:
+        lines += mysql_option("ssl-ca", settings.mysql_tls_ca)
+    if mode == "verify_identity":
+        lines += "ssl-verify-server-cert\n"
+    if settings.mysql_tls_cert is not None:
+        lines += mysql_option("ssl-cert", settings.mysql_tls_cert) + mysql_option("ssl-key", settings.mysql_tls_key)
+    return lines
+
+
+def check_server_tls(settings: Settings) -> None:
+    """Raise BackupFailed unless a PyMySQL connection with the TLS settings succeeds, in the modes that require TLS."""
+    if settings.mysql_tls_mode not in ENFORCING_MODES:
+        return
+
+    try:
+        connect(**connect_args(settings)).close()
+    except pymysql.err.OperationalError as exc:
+        failure = tls_failure(exc)
+        if failure is None:
+            raise
+        raise BackupFailed(f"TLS to MySQL failed ({failure.reason}): {failure.hint}") from None
+
+
 @contextmanager
 def mysql_defaults_file(settings: Settings) -> Iterator[Path]:
-    """Yield a client option file with the connection settings, readable by the owner only.
+    """Yield a client option file with the connection and TLS settings, readable by the owner only.
 
     The password goes into the file rather than the command line, where any user of the
     machine could read it from the process list. Every value is quoted, so a password
-    with `#` or surrounding spaces reaches the server unchanged.
+    with `#` or surrounding spaces reaches the server unchanged. In the modes that
+    require TLS, the server's TLS is checked first (see mysql_tls_options).
     """
+    check_server_tls(settings)
     with tempfile.TemporaryDirectory(prefix="gatehouse-mysql-") as directory:
         path = Path(directory) / "client.cnf"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -120,6 +169,7 @@ def mysql_defaults_file(settings: Settings) -> Iterator[Path]:
                 + mysql_option("user", settings.mysql_user)
                 + mysql_option("password", settings.mysql_password.get_secret_value())
                 + "protocol=TCP\n"
+                + mysql_tls_options(settings)
             )
         yield path
 

@@ -69,6 +69,16 @@ def test_unreachable_mysql_stops_start(tmp_path):
     assert_no_mysql_password(output)
 
 
+def test_mysql_without_tls_stops_start_at_once(tmp_path):
+    returncode, output = start_until_exit(tmp_path, {"GATEHOUSE_MYSQL_TLS_MODE": "required"}, timeout=20)
+
+    assert returncode == 3, output
+    assert "TLS to MySQL failed" in output
+    assert "GATEHOUSE_MYSQL_TLS_MODE" in output
+    assert "startup_check_retrying" not in output
+    assert_no_mysql_password(output)
+
+
 def test_rejected_mysql_login_stops_start_at_once(tmp_path):
     # The bound is below the default start-up timeout of 30 s, so a master that retries fails here.
     returncode, output = start_until_exit(tmp_path, {"GATEHOUSE_MYSQL_PASSWORD": "wrong-password"}, timeout=20)

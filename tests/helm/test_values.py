@@ -28,9 +28,12 @@ DOCUMENTED = re.findall(r"^\s*## @param (\S+) \S", VALUES_TEXT, flags=re.MULTILI
 # backup_dir: set on the backup Jobs only, to where the backup claim is mounted. The log
 # file settings are left to extraEnv: pods log to stdout, which the cluster collects.
 # password_blocklist_file: set where passwordBlocklist.configMap is mounted.
-CHART_OWNED = {"bind", "keys_dir", "password_blocklist_file", "mysql_password", "redis_url", "redis_password", "redis_sentinel_password",
+# The TLS files are mounted from mysqlTls.* and their paths set by the chart.
+CHART_OWNED = {"bind", "keys_dir", "password_blocklist_file", "mysql_password", "redis_url", "redis_password",
+               "redis_sentinel_password",
                "backup_dir", "log_file", "log_file_max_bytes",
-               "log_file_rotate_when", "log_file_rotate_interval", "log_file_backups"}
+               "log_file_rotate_when", "log_file_rotate_interval", "log_file_backups",
+               "mysql_tls_ca", "mysql_tls_cert", "mysql_tls_key"}
 # config.* defaults that differ from the service's on purpose: 127.0.0.1 means nothing in a pod.
 # logFile is unset in the service and empty in the chart, which the service reads as unset.
 CHART_DEFAULTS = {"mysqlHost": "", "logFile": ""}

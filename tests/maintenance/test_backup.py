@@ -23,6 +23,7 @@ from service.maintenance.dumps import DUMP_NAME, MANIFEST_NAME, RDB_NAME, sha256
 from service.maintenance.jobs import EXIT_LOCKED, EXIT_USAGE, lock_key, read_record
 from service.sessions import session_key, user_sessions_key
 from tests.helpers import ROOT
+from tests.tls_mariadb import CertificateAuthority
 
 PASSWORD = "correct horse battery staple"
 USERS = ("ann@example.com", "ben@example.com", "cid@example.com")
@@ -207,6 +208,17 @@ def test_verify_accepts_good_backup(backup, redis_client):
     assert code == 0, (events, messages)
     assert only_event(events, "job_succeeded")["backup"] == str(backup)
     assert read_record(redis_client, "backup_verify").last_success_at is not None
+
+
+def test_verify_ignores_mysql_tls_settings(backup, tmp_path):
+    # The test MariaDB offers no TLS, so these settings would fail any connection to it:
+    # verify loads the dump into its own scratch server, which they must not reach.
+    ca = CertificateAuthority(tmp_path, "unused").certificate_path
+    code, events, messages = gatehouse(backup.parent, "backup", "verify", "--latest",
+                                       GATEHOUSE_MYSQL_TLS_MODE="verify_identity", GATEHOUSE_MYSQL_TLS_CA=str(ca))
+
+    assert code == 0, (events, messages)
+    assert only_event(events, "job_succeeded")["backup"] == str(backup)
 
 
 def test_verify_rejects_truncated_dump(backup):

@@ -121,6 +121,64 @@ path (such as ingress-nginx's use-regex) is not recognised.
 /etc/gatehouse/keys
 {{- end -}}
 
+{{/* Where the CA bundle and the client certificate of TLS to MySQL are mounted. */}}
+{{- define "gatehouse.mysqlTlsDir" -}}
+/etc/gatehouse/mysql-tls
+{{- end -}}
+
+{{/* "true" when mysqlTls names a Secret or a ConfigMap with the CA bundle, else empty. */}}
+{{- define "gatehouse.mysqlTlsCa" -}}
+{{- if or .Values.mysqlTls.ca.secretName .Values.mysqlTls.ca.configMapName -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/*
+The projected volume with the CA bundle and the client certificate of TLS to
+MySQL, or nothing when neither is set. Every pod that loads the settings mounts
+it, Jobs included, because config.py checks at start that the files exist.
+*/}}
+{{- define "gatehouse.mysqlTlsVolume" -}}
+{{- $tls := .Values.mysqlTls -}}
+{{- if or (include "gatehouse.mysqlTlsCa" .) $tls.clientCertificate.secretName -}}
+- name: mysql-tls
+  projected:
+    defaultMode: 0440
+    sources:
+      {{- if $tls.ca.secretName }}
+      - secret:
+          name: {{ $tls.ca.secretName }}
+          items:
+            - key: {{ $tls.ca.key }}
+              path: ca.pem
+      {{- else if $tls.ca.configMapName }}
+      - configMap:
+          name: {{ $tls.ca.configMapName }}
+          items:
+            - key: {{ $tls.ca.key }}
+              path: ca.pem
+      {{- end }}
+      {{- with $tls.clientCertificate.secretName }}
+      - secret:
+          name: {{ . }}
+          items:
+            - key: {{ $tls.clientCertificate.certificateKey }}
+              path: client.pem
+            - key: {{ $tls.clientCertificate.privateKeyKey }}
+              path: client.key
+      {{- end }}
+{{- end -}}
+{{- end -}}
+
+{{/* The mount of gatehouse.mysqlTlsVolume, or nothing when there is no such volume. */}}
+{{- define "gatehouse.mysqlTlsMount" -}}
+{{- if include "gatehouse.mysqlTlsVolume" . -}}
+- name: mysql-tls
+  mountPath: {{ include "gatehouse.mysqlTlsDir" . }}
+  readOnly: true
+{{- end -}}
+{{- end -}}
+
 {{/*
 A value as an environment variable string. YAML and JSON numbers arrive as
 floats, which would print 2592000 as 2.592e+06: whole numbers print as
@@ -136,12 +194,20 @@ integers, everything else as it is.
 
 {{/*
 ConfigMap data: each config value as GATEHOUSE_<NAME> (config.mysqlPoolSize
-becomes GATEHOUSE_MYSQL_POOL_SIZE), the two settings the chart owns, then
+becomes GATEHOUSE_MYSQL_POOL_SIZE), the settings the chart owns (the bind
+address, the key directory and the paths of the mounted TLS files), then
 extraEnv. Shared by the ConfigMap and its copy for the migration hook.
 */}}
 {{- define "gatehouse.configData" -}}
 GATEHOUSE_BIND: {{ printf "0.0.0.0:%s" (include "gatehouse.httpPort" .) | quote }}
 GATEHOUSE_KEYS_DIR: {{ include "gatehouse.keysDir" . | quote }}
+{{- if include "gatehouse.mysqlTlsCa" . }}
+GATEHOUSE_MYSQL_TLS_CA: {{ printf "%s/ca.pem" (include "gatehouse.mysqlTlsDir" .) | quote }}
+{{- end }}
+{{- if .Values.mysqlTls.clientCertificate.secretName }}
+GATEHOUSE_MYSQL_TLS_CERT: {{ printf "%s/client.pem" (include "gatehouse.mysqlTlsDir" .) | quote }}
+GATEHOUSE_MYSQL_TLS_KEY: {{ printf "%s/client.key" (include "gatehouse.mysqlTlsDir" .) | quote }}
+{{- end }}
 {{- range $name, $value := .Values.config }}
 {{ printf "GATEHOUSE_%s" ($name | snakecase | upper) }}: {{ include "gatehouse.envValue" $value | quote }}
 {{- end }}
@@ -261,6 +327,9 @@ template:
         persistentVolumeClaim:
           claimName: {{ include "gatehouse.backupClaimName" $root }}
       {{- end }}
+      {{- with include "gatehouse.mysqlTlsVolume" $root }}
+      {{- . | nindent 6 }}
+      {{- end }}
 {{- end -}}
 
 {{/* One container of a Job pod running `gatehouse <args>`. gatehouse.jobTemplate describes the dict it takes. */}}
@@ -300,6 +369,9 @@ template:
     - name: backups
       mountPath: {{ include "gatehouse.backupDir" .root }}
     {{- end }}
+    {{- with include "gatehouse.mysqlTlsMount" .root }}
+    {{- . | nindent 4 }}
+    {{- end }}
 {{- end -}}
 
 {{/*
@@ -332,6 +404,7 @@ express, and fail rendering with the value paths and the fix.
 {{- $messages = append $messages (include "gatehouse.validateValues.pdb" .) -}}
 {{- $messages = append $messages (include "gatehouse.validateValues.sentinel" .) -}}
 {{- $messages = append $messages (include "gatehouse.validateValues.keyPublish" .) -}}
+{{- $messages = append $messages (include "gatehouse.validateValues.mysqlTls" .) -}}
 {{- $messages = without $messages "" -}}
 {{- if $messages -}}
 {{- printf "\nVALUES VALIDATION:\n%s" (join "\n" $messages) | fail -}}
@@ -399,5 +472,30 @@ rule at start; checking it here fails the upgrade before any pod is replaced.
 {{- if and (gt $publish 0) (lt $publish $maxAge) -}}
 gatehouse: config.keyPublishSeconds
     config.keyPublishSeconds ({{ $publish }}) is below config.jwksMaxAgeSeconds ({{ $maxAge }}), so verifiers holding a cached JWKS would reject the tokens of a new key. Set config.keyPublishSeconds to at least {{ $maxAge }}, or to 0 to sign with a new key at once.
+{{- end -}}
+{{- end -}}
+
+{{/*
+TLS to MySQL: the verify modes need a CA bundle, from a Secret or a ConfigMap
+but not both. The service rejects a CA bundle in the modes that check no
+certificate, and a client certificate in the modes that may connect without
+TLS; checking here fails the upgrade before any pod is replaced.
+*/}}
+{{- define "gatehouse.validateValues.mysqlTls" -}}
+{{- $mode := .Values.config.mysqlTlsMode -}}
+{{- $tls := .Values.mysqlTls -}}
+{{- $verifies := has $mode (list "verify_ca" "verify_identity") -}}
+{{- if and $tls.ca.secretName $tls.ca.configMapName -}}
+gatehouse: mysqlTls.ca
+    mysqlTls.ca.secretName ({{ $tls.ca.secretName }}) and mysqlTls.ca.configMapName ({{ $tls.ca.configMapName }}) are both set, but the CA bundle comes from one object. Set the other to "".
+{{- else if and $verifies (not (include "gatehouse.mysqlTlsCa" .)) -}}
+gatehouse: config.mysqlTlsMode
+    config.mysqlTlsMode is {{ $mode }}, which checks the server's certificate against a CA bundle, but neither mysqlTls.ca.secretName nor mysqlTls.ca.configMapName is set. Set one of them to the object that holds the bundle, or choose another mode.
+{{- else if and (not $verifies) (include "gatehouse.mysqlTlsCa" .) -}}
+gatehouse: mysqlTls.ca
+    mysqlTls.ca names a CA bundle, but config.mysqlTlsMode is {{ $mode }}, which checks no certificate. Set config.mysqlTlsMode to verify_ca or verify_identity, or set mysqlTls.ca.secretName and mysqlTls.ca.configMapName to "".
+{{- else if and $tls.clientCertificate.secretName (has $mode (list "disabled" "preferred")) -}}
+gatehouse: mysqlTls.clientCertificate
+    mysqlTls.clientCertificate.secretName ({{ $tls.clientCertificate.secretName }}) is set, but config.mysqlTlsMode is {{ $mode }}, which may connect without TLS and so without the certificate. Set config.mysqlTlsMode to required, verify_ca or verify_identity, or set mysqlTls.clientCertificate.secretName to "".
 {{- end -}}
 {{- end -}}
