@@ -141,8 +141,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     login_guard = commands.add_parser("login-guard", help="maintain the login guard's keys in Redis")
     login_guard_commands = login_guard.add_subparsers(dest="login_guard_command", required=True)
     reindex = login_guard_commands.add_parser(
-        "reindex", help="add the per-address keys that no account index lists, such as keys written before "
-                        "the index existed, to their account's index; run once after upgrading to this version"
+        "reindex", help="add the login guard's per-address keys to their account's index, which keys written "
+                        "before the index existed are missing from; run once after upgrading from such a version"
     )
     reindex.set_defaults(handler=_login_guard_reindex)
 
