@@ -9,6 +9,7 @@ import redis
 from service import audit, login_guard, metrics, roles, users
 from service.access_state import AccessState
 from service.blacklist import PERMANENT_SCORE, AddressAllowlisted, Ban
+from service.config import Settings
 from service.context import Services
 from service.database import Database
 from service.emails import fold_email
@@ -25,6 +26,9 @@ class AccountServices(Protocol):
     The app's Services has them all. The `gatehouse users` commands build them without
     an app, with access None because the command keeps no cached users.
     """
+
+    @property
+    def settings(self) -> Settings: ...
 
     @property
     def database(self) -> Database: ...
@@ -129,7 +133,7 @@ def delete_user(svc: AccountServices, actor_id: str | None, client_ip: str, user
         raise NotFound("No such user.", field="user_id")
     ended += svc.sessions.revoke_user(user_id)
     _user_changed(svc, user_id)
-    login_guard.erase_account(svc.redis, fold_email(email))
+    login_guard.erase_account(svc.redis, fold_email(email), svc.settings.rate_limit_login_account)
     _audit(svc, actor_id, client_ip, "user_deleted", "user", user_id, sessions_ended=ended, **detail)
     return ended
 

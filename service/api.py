@@ -14,6 +14,7 @@ from werkzeug.routing import BaseConverter
 
 from service.bearer import authenticate_request, require_roles
 from service.errors import InvalidJson, InvalidRequest, UnsupportedMediaType
+from service.json_errors import describe_json_error
 
 _MAX_FIELD_ERRORS = 10
 _MAX_FIELD_NAME = 64
@@ -88,7 +89,7 @@ def parse_body(model: type[BaseModel]) -> Any:
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:
-        raise _problem_for(exc) from None
+        raise _problem_for(exc, raw) from None
 
 
 def _check_json_syntax(raw: bytes) -> None:
@@ -101,7 +102,7 @@ def _check_json_syntax(raw: bytes) -> None:
     try:
         from_json(raw, allow_inf_nan=False, cache_strings=False)
     except ValueError as exc:
-        raise InvalidJson(f"The request body is not valid JSON: {exc}.") from None
+        raise InvalidJson(describe_json_error(raw, str(exc))) from None
 
 
 def parse_query(model: type[BaseModel]) -> Any:
@@ -130,11 +131,11 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
     return ".".join(parts)[:_MAX_FIELD_NAME]
 
 
-def _problem_for(exc: ValidationError) -> InvalidRequest | InvalidJson:
+def _problem_for(exc: ValidationError, raw: bytes = b"") -> InvalidRequest | InvalidJson:
     errors = exc.errors(include_url=False, include_input=False, include_context=False)
     if errors[0]["type"] == "json_invalid":
         # Only a fallback, because _check_json_syntax has already parsed the body with stricter rules.
-        return InvalidJson(f"The request body is not valid JSON: {errors[0]['msg'].removeprefix('Invalid JSON: ')}.")
+        return InvalidJson(describe_json_error(raw, errors[0]["msg"].removeprefix("Invalid JSON: ")))
 
     field_errors = []
     seen: set[str] = set()

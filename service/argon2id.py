@@ -26,9 +26,12 @@ __all__ = ["Argon2id", "InvalidHashError"]
 
 # The form libsodium writes: version 19, one lane, a 16-byte salt and a 32-byte digest,
 # in unpadded base64. argon2-cffi writes the same by default. Hashes of this form go to
-# libsodium; all others to argon2-cffi.
+# libsodium; all others to argon2-cffi. The last character of the salt and of the digest
+# must leave the unused low bits zero, as an encoder writes them. libsodium rejects
+# other values like a wrong password, while libargon2 reports them as unreadable.
 _SODIUM_FORM = re.compile(
-    r"\$argon2id\$v=19\$m=(?P<m>[1-9][0-9]{0,9}),t=(?P<t>[1-9][0-9]{0,9}),p=1\$[A-Za-z0-9+/]{22}\$[A-Za-z0-9+/]{43}"
+    r"\$argon2id\$v=19\$m=(?P<m>[1-9][0-9]{0,9}),t=(?P<t>[1-9][0-9]{0,9}),p=1"
+    r"\$[A-Za-z0-9+/]{21}[AQgw]\$[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]"
 )
 # libsodium's bounds for argon2id, in KiB of memory and passes. libsodium rejects a hash
 # outside them like a wrong password, while libargon2 reports it as unreadable.
@@ -69,8 +72,10 @@ class Argon2id:
             try:
                 return nacl.bindings.crypto_pwhash_str_verify(password_hash.encode("ascii"), password.encode())
             except nacl.exceptions.InvalidkeyError:
-                # NOTE: libsodium returns the same error for a wrong password and for a
-                # digest that is not valid base64, which only a damaged row would hold.
+                # NOTE: a wrong password and a damaged digest raise the same error. A digest
+                # changed into other valid base64 cannot be distinguished from a wrong password,
+                # because every 32 bytes are a possible digest. Such a row fails every login
+                # without a log line.
                 return False
 
         try:

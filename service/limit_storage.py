@@ -44,6 +44,11 @@ MEMORY_MAX_KEYS = 100_000
 RECENT_WINDOW_SECONDS = 1.0
 RECENT_WINDOWS = 4096
 
+# Queues one command that runs right after a write to Redis, in the same pipeline,
+# such as the login guard's index update (service.login_guard_index). A write that
+# falls back to memory skips it.
+PipelineStep = Callable[[redis.client.Pipeline], None]
+
 
 class BoundedMemoryStorage(Storage, MovingWindowSupport):
     """Rate-limit counters in process memory that expire when read, in an LRU map of bounded size.
@@ -222,37 +227,56 @@ class FailoverStorage(Storage, MovingWindowSupport):
         self._memory.reset()
         return self._call(lambda storage: storage.reset())
 
-    def acquire_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
+    def acquire_entry(self, key: str, limit: int, expiry: int, amount: int = 1, *,
+                      follow_up: PipelineStep | None = None) -> bool:
         def acquire(storage: Storage) -> bool:
             if storage is self._redis:
-                return self._acquire_in_redis(key, limit, expiry, amount)
+                return self._acquire_in_redis(key, limit, expiry, amount, follow_up)
             return storage.acquire_entry(key, limit, expiry, amount)  # type: ignore[attr-defined]
 
         return self._call(acquire)
 
-    def _acquire_in_redis(self, key: str, limit: int, expiry: int, amount: int) -> bool:
+    def _acquire_in_redis(self, key: str, limit: int, expiry: int, amount: int,
+                          follow_up: PipelineStep | None) -> bool:
         """Acquire an entry and read the window after it in one round trip, with limits' own scripts.
 
         The window is what the X-RateLimit headers report next, so get_moving_window
-        returns it without a second call to Redis.
+        returns it without a second call to Redis. follow_up runs after the acquisition,
+        in the same round trip.
         """
         prefixed = self._redis.prefixed_key(key)
         now = time.time()
         pipe = self._redis.get_connection().pipeline(transaction=False)
         pipe.evalsha(self._redis.lua_acquire_moving_window.sha, 1, prefixed, now, limit, expiry, amount)
         pipe.evalsha(self._redis.lua_moving_window.sha, 1, prefixed, now - expiry, limit)
+        if follow_up is not None:
+            follow_up(pipe)
         # Each command's error comes back in its place: the acquisition may have counted
         # even when the second script was missing, and must not be repeated then.
-        acquired, window = pipe.execute(raise_on_error=False)
+        acquired, window, *follow_up_results = pipe.execute(raise_on_error=False)
         if isinstance(acquired, redis.exceptions.NoScriptError):
             # Not in Redis's script cache (flushed, or never loaded): the library's own call loads it.
-            return bool(self._redis.acquire_entry(key, limit, expiry, amount))
+            # The follow-up ran before the acquisition then, so it runs once more after it.
+            acquired = self._redis.acquire_entry(key, limit, expiry, amount)
+            self._run_follow_up(follow_up)
+            return bool(acquired)
         if isinstance(acquired, Exception):
             raise acquired
+        for result in follow_up_results:
+            if isinstance(result, Exception):
+                raise result
         if not isinstance(window, Exception):
             self._recent_windows[key] = ((float(window[0]), int(window[1])) if window else (now, 0),
                                          time.monotonic())
         return bool(acquired)
+
+    def _run_follow_up(self, follow_up: PipelineStep | None) -> None:
+        if follow_up is None:
+            return
+
+        pipe = self._redis.get_connection().pipeline(transaction=False)
+        follow_up(pipe)
+        pipe.execute()
 
     def read_many(self, counter_keys: Sequence[str],
                   windows: Sequence[tuple[str, int, int]]) -> tuple[list[int], list[tuple[float, int]]]:
@@ -297,14 +321,16 @@ class FailoverStorage(Storage, MovingWindowSupport):
                 window_results.append((float(window[0]), int(window[1])) if window else (now, 0))
         return counters, window_results
 
-    def clear_and_mark(self, keys: Sequence[str], marker_key: str | None = None, expiry: int = 0) -> None:
+    def clear_and_mark(self, keys: Sequence[str], marker_key: str | None = None, expiry: int = 0, *,
+                       follow_up: PipelineStep | None = None) -> None:
         """Delete keys and set the counter marker_key to 1, expiring in expiry seconds, in one round trip to Redis.
 
-        The marker gets a fresh expiry even when it exists, as clear followed by incr would give it.
+        The marker gets a fresh expiry even when it exists, as clear followed by incr
+        would give it. follow_up runs after both, in the same round trip.
         """
         def clear(storage: Storage) -> None:
             if storage is self._redis:
-                self._clear_in_redis(keys, marker_key, expiry)
+                self._clear_in_redis(keys, marker_key, expiry, follow_up)
                 return
 
             for key in keys:
@@ -315,12 +341,15 @@ class FailoverStorage(Storage, MovingWindowSupport):
 
         self._call(clear)
 
-    def _clear_in_redis(self, keys: Sequence[str], marker_key: str | None, expiry: int) -> None:
+    def _clear_in_redis(self, keys: Sequence[str], marker_key: str | None, expiry: int,
+                        follow_up: PipelineStep | None) -> None:
         pipe = self._redis.get_connection().pipeline(transaction=False)
         if keys:
             pipe.delete(*(self._redis.prefixed_key(key) for key in keys))
         if marker_key is not None:
             pipe.set(self._redis.prefixed_key(marker_key), 1, ex=expiry)
+        if follow_up is not None:
+            follow_up(pipe)
         pipe.execute()
 
     def get_moving_window(self, key: str, limit: int, expiry: int) -> tuple[float, int]:

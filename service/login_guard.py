@@ -29,10 +29,13 @@ down only the other addresses, not its owner on a known one.
 
 An administrator's password reset clears the account's failures and delays
 (clear_failures), and deleting an account erases every key that names it (erase_account).
+Both find the keys of the known addresses through the account's index
+(service.login_guard_index), which every write of such a key updates in the same round trip.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from dataclasses import dataclass
@@ -44,8 +47,9 @@ from limits.strategies import MovingWindowRateLimiter
 
 from service.config import Settings
 from service.errors import RateLimited
-from service.limit_storage import RATE_LIMIT_KEY_PREFIX, FailoverStorage
+from service.limit_storage import FailoverStorage, PipelineStep
 from service.limits import client_network, limit_storage, seconds_until
+from service.login_guard_index import REDIS_KEY_PREFIX, clear_account, queue_index_update
 
 # Namespace of the account rate limit in the limits library's key format.
 _ACCOUNT_LIMIT_NAMESPACE = "login-account"
@@ -112,14 +116,18 @@ class LoginGuard:
 
     def record_failure(self, attempt: LoginAttempt) -> None:
         """Count a wrong password (or unknown email) towards the delay."""
-        self._storage.acquire_entry(*self._failures_window_args(attempt))
+        self._storage.acquire_entry(*self._failures_window_args(attempt), follow_up=_address_index_update(attempt))
 
     def record_success(self, attempt: LoginAttempt) -> None:
         """Forget the failures behind this attempt and make its address known to the account, in one round trip."""
+        if not self._known_client_ttl:
+            self._storage.clear_and_mark([self._failures_key(attempt), self._gate_key(attempt)])
+            return
+
         # The marker gets a fresh expiry, so the address stays known for the whole TTL after its latest login.
-        known = self._known_key(attempt.account, attempt.client) if self._known_client_ttl else None
-        self._storage.clear_and_mark([self._failures_key(attempt), self._gate_key(attempt)], known,
-                                     self._known_client_ttl)
+        self._storage.clear_and_mark([self._failures_key(attempt), self._gate_key(attempt)],
+                                     self._known_key(attempt.account, attempt.client), self._known_client_ttl,
+                                     follow_up=_index_update(attempt.account, attempt.client))
 
     def _attempt(self, account: str, client: str) -> tuple[LoginAttempt, int]:
         """Build the attempt and count the recent failures that its delay depends on.
@@ -158,7 +166,7 @@ class LoginGuard:
         # A moving window of one entry admits one attempt per `delay` seconds, atomically,
         # so parallel attempts cannot all pass between two failures.
         gate = self._gate_key(attempt)
-        if self._storage.acquire_entry(gate, 1, delay):
+        if self._storage.acquire_entry(gate, 1, delay, follow_up=_address_index_update(attempt)):
             return
 
         admitted_at, _ = self._storage.get_moving_window(gate, 1, delay)
@@ -183,14 +191,24 @@ class LoginGuard:
         return f"login/known/{account}/{client}"
 
 
-# The Redis key of a limits key, as the library's RedisStorage.prefixed_key joins them.
-_REDIS_KEY_PREFIX = RATE_LIMIT_KEY_PREFIX + ":"
-# Keys that one SCAN step reads, so a whole pass takes about (number of keys / this) round trips.
-_SCAN_COUNT = 1000
-# The key kinds of an account's failure state: the failure windows and delay gates, shared and per known address.
-_FAILURE_KINDS = ("login/failures/", "login/gate/")
-# Every key kind that names an account: also the known-address markers and the account rate limit's windows.
-_ACCOUNT_KINDS = (*_FAILURE_KINDS, "login/known/", f"LIMITER/{_ACCOUNT_LIMIT_NAMESPACE}/")
+def _index_update(account: str, client: str) -> PipelineStep:
+    return functools.partial(queue_index_update, account=account, client=client)
+
+
+def _address_index_update(attempt: LoginAttempt) -> PipelineStep | None:
+    """Return the index update that a write of one of the attempt's keys needs: none for the shared keys."""
+    return _index_update(attempt.account, attempt.client) if attempt.known_client else None
+
+
+def _shared_failure_keys(account: str) -> list[str]:
+    """Return the Redis keys of the failure window and delay gate that all addresses unknown to the account share."""
+    return [f"{REDIS_KEY_PREFIX}login/failures/{account}", f"{REDIS_KEY_PREFIX}login/gate/{account}"]
+
+
+# clear_failures and erase_account reach the keys in Redis only. The in-memory counters
+# that workers use while Redis is down are dropped when Redis is back.
+# NOTE: an account from before local parts had to be ASCII can share its lookup key
+# with another account (ａlice@ and alice@), and then both lose these keys.
 
 
 def clear_failures(client: redis.Redis, email: str) -> int:
@@ -199,39 +217,27 @@ def clear_failures(client: redis.Redis, email: str) -> int:
     For a password reset: the failures were guesses of a password that is gone, and its
     owner should not wait out a delay with the new one. The known addresses and the
     account rate limit stay. `email` is the account's lookup key (service.emails.fold_email).
+    Raise redis.RedisError when Redis fails.
     """
-    return _delete_account_keys(client, email, _FAILURE_KINDS)
+    account = account_key(email)
+    return clear_account(client, account, _shared_failure_keys(account), erase=False)
 
 
-def erase_account(client: redis.Redis, email: str) -> int:
+def erase_account(client: redis.Redis, email: str, account_limits: str) -> int:
     """Delete every key of the login guard that names an account, and return how many keys went.
 
     For an account deletion: the known-address markers link the account to the client
     networks that logged in to it, and a new account with the same email must not
-    inherit them. `email` is the account's lookup key (service.emails.fold_email).
-    """
-    return _delete_account_keys(client, email, _ACCOUNT_KINDS)
-
-
-def _delete_account_keys(client: redis.Redis, email: str, kinds: tuple[str, ...]) -> int:
-    """Delete the account's keys of the given kinds in Redis, found by one SCAN of the whole keyspace.
-
-    Raise redis.RedisError when Redis fails. The in-memory counters that workers use
-    while Redis is down are not reached, and they are dropped when Redis is back.
-    NOTE: an account from before local parts had to be ASCII can share its lookup key
-    with another account (ａlice@ and alice@), and then both lose these keys.
+    inherit them. `email` is the account's lookup key (service.emails.fold_email), and
+    `account_limits` is GATEHOUSE_RATE_LIMIT_LOGIN_ACCOUNT, whose items name the account
+    rate limit's windows. Raise redis.RedisError when Redis fails.
+    NOTE: the windows of an account rate limit that the setting no longer lists stay
+    until they expire, at most one period of that limit later.
     """
     account = account_key(email)
-    # A stem alone is the key that every address the account does not know shares. Under
-    # stem/ are the keys of each known address (see LoginAttempt.delay_key) and the
-    # account rate limit's windows.
-    stems = {_REDIS_KEY_PREFIX + kind + account for kind in kinds}
-    stem_prefixes = tuple(stem + "/" for stem in stems)
-    keys = [key for key in client.scan_iter(match=f"{_REDIS_KEY_PREFIX}*/{account}*", count=_SCAN_COUNT)
-            if key in stems or key.startswith(stem_prefixes)]
-    if keys:
-        client.delete(*keys)
-    return len(keys)
+    limit_windows = [REDIS_KEY_PREFIX + item.key_for(_ACCOUNT_LIMIT_NAMESPACE, account)
+                     for item in parse_many(account_limits)]
+    return clear_account(client, account, _shared_failure_keys(account) + limit_windows, erase=True)
 
 
 _EXTENSION_KEY = "gatehouse.login_guard"

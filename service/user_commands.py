@@ -114,6 +114,7 @@ def _users_create(args: argparse.Namespace) -> int:
 class _AccountServices:
     """The services of service.admin.AccountServices, built without an app. The command caches no users."""
 
+    settings: Settings
     database: Database
     passwords: Passwords
     sessions: SessionStore
@@ -132,7 +133,7 @@ def _account_services(settings: Settings) -> Iterator[_AccountServices]:
     database = Database(settings)
     client = create_client(settings)
     try:
-        yield _AccountServices(database, Passwords(settings), session_store(settings, client), client)
+        yield _AccountServices(settings, database, Passwords(settings), session_store(settings, client), client)
     finally:
         database.close()
         close_client(client)

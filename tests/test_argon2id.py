@@ -5,7 +5,7 @@ from __future__ import annotations
 import argon2
 import pytest
 
-from service.argon2id import Argon2id, InvalidHashError
+from service.argon2id import _SODIUM_FORM, Argon2id, InvalidHashError
 from service.config import ARGON2_DEFAULT_MEMORY_KIB, ARGON2_DEFAULT_TIME_COST
 
 PASSWORD = "correct horse battery staple"
@@ -90,3 +90,23 @@ def test_damaged_sodium_digest_fails_verification(hasher):
     damaged = password_hash[:-43] + "A" * 43
 
     assert hasher.verify(damaged, PASSWORD) is False
+
+
+# Base64 characters whose low bits are not zero, so no encoder writes them last.
+@pytest.mark.parametrize(("part", "last"), [("salt", "B"), ("salt", "P"), ("digest", "B"), ("digest", "D")])
+def test_non_canonical_base64_is_unreadable(hasher, part, last):
+    prefix, salt, digest = hasher.hash(PASSWORD).rsplit("$", 2)
+    if part == "salt":
+        salt = salt[:-1] + last
+    else:
+        digest = digest[:-1] + last
+
+    with pytest.raises(InvalidHashError):
+        hasher.verify(f"{prefix}${salt}${digest}", PASSWORD)
+
+
+def test_new_hashes_go_to_libsodium(hasher):
+    # Hashes from both libraries, with random salts and digests, keep going to libsodium.
+    hashes = [hasher.hash(PASSWORD) for _ in range(20)] + [reference().hash(PASSWORD) for _ in range(20)]
+
+    assert [password_hash for password_hash in hashes if not _SODIUM_FORM.fullmatch(password_hash)] == []

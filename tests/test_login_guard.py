@@ -338,11 +338,16 @@ def test_guard_round_trips_per_call(guard_on, settings, round_trips):
     guard.record_success(known)
     success = round_trips["sent"]
     round_trips["sent"] = 0
+    guard.record_failure(known)
+    failure_known = round_trips["sent"]
+    round_trips["sent"] = 0
     guard.admit(EMAIL, ATTACKER)
     admit_unknown = round_trips["sent"]
 
+    # The known address's keys are indexed in the same round trips that write them.
     assert admit_known == 1
     assert success == 1
+    assert failure_known == 1
     # For an unknown address, each of the two account limits is counted in a round trip of its own.
     assert admit_unknown == 3
 

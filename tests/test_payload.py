@@ -107,6 +107,8 @@ INVALID_JSON_BODIES = {
     "infinity": b'{"email": "alice@example.com", "password": Infinity}',
     "negative_infinity": b'{"email": "alice@example.com", "password": -Infinity}',
     "nan_in_array": b'{"email": ["alice@example.com", NaN], "password": "x"}',
+    "lone_surrogate": b'{"email": "\\ud800@example.com", "password": "x"}',
+    "control_character": b'{"email": "alice@example.com", "password": "line\nbreak"}',
 }
 # Values for the path parameters of the operations that take a body.
 PATH_VALUES = {"user_id": "0" * 32}
@@ -145,6 +147,63 @@ def test_invalid_json_names_body(app, client, admin_tokens, body):
         assert problem["code"] == "invalid_json", (method, path)
         assert problem["field"] == "body", (method, path)
         assert problem["detail"].startswith("The request body is"), (method, path)
+
+
+SECRET = "s3cret passphrase"
+# Bodies with a mistake that pydantic-core's own message misnames or leaves unexplained,
+# and the words the detail must contain instead.
+UNCLEAR_JSON_ERRORS = {
+    "lone_leading_surrogate": (f'{{"email": "\\ud800@x.io", "password": "{SECRET}"}}',
+                               "the string at email contains a lone surrogate escape"),
+    "lone_trailing_surrogate": (f'{{"email": "x@x.io", "password": "{SECRET}\\udc00"}}',
+                                "the string at password contains a lone surrogate escape"),
+    "leading_surrogate_then_letter": (f'{{"password": "{SECRET}\\ud83d\\u0041", "email": "x@x.io"}}',
+                                      "the string at password contains a lone surrogate escape"),
+    "surrogate_in_key": (f'{{"email": "x@x.io", "password": "{SECRET}", "\\udfff": 1}}',
+                         "an object key at the top level contains a lone surrogate escape"),
+    "invalid_escape": (f'{{"email": "x@x.io", "password": "{SECRET}\\x41"}}',
+                       "the string at password contains an invalid escape"),
+    "short_unicode_escape": (f'{{"email": "x@x.io", "password": "{SECRET}\\u12"}}',
+                             "the string at password contains an invalid escape"),
+    "raw_line_break": (f'{{"email": "x@x.io", "password": "{SECRET}\n"}}',
+                       "the string at password contains a control character"),
+    "nan": (f'{{"email": "x@x.io", "password": "{SECRET}", "extra": NaN}}', "NaN and Infinity are not JSON numbers"),
+    "misspelt_literal": (f'{{"email": "x@x.io", "password": "{SECRET}", "extra": tru}}',
+                         "expected true, false or null"),
+    "single_quotes": (f"{{'email': 'x@x.io', 'password': '{SECRET}'}}", "expected an object key in double quotes"),
+}
+
+
+@pytest.mark.parametrize(("body", "expected"), UNCLEAR_JSON_ERRORS.values(), ids=UNCLEAR_JSON_ERRORS.keys())
+def test_invalid_json_detail_names_mistake(client, body, expected):
+    response = client.post("/v1/auth/login", data=body.encode(), content_type="application/json")
+
+    problem = response.get_json()
+    assert response.status_code == 400
+    assert problem["code"] == "invalid_json"
+    assert problem["field"] == "body"
+    assert expected in problem["detail"]
+    assert SECRET not in problem["detail"]
+    assert "hex escape" not in problem["detail"]
+
+
+def test_invalid_utf8_detail_names_encoding(client):
+    body = b'{"email": "x@x.io", "password": "caf\xe9"}'
+
+    response = client.post("/v1/auth/login", data=body, content_type="application/json")
+
+    assert response.status_code == 400
+    assert response.get_json()["detail"] == ("The request body is not valid JSON: the string at password is not "
+                                             "valid UTF-8. Send the body encoded as UTF-8.")
+
+
+def test_nested_string_error_names_path(client):
+    body = b'{"email": "x@x.io", "password": "x", "tags": [{"name": "a"}, {"name": "\\q"}]}'
+
+    response = client.post("/v1/auth/login", data=body, content_type="application/json")
+
+    assert response.status_code == 400
+    assert "the string at tags.1.name contains an invalid escape" in response.get_json()["detail"]
 
 
 def test_nan_words_in_strings_accepted(client):

@@ -1,4 +1,4 @@
-"""The maintenance subcommands of `gatehouse`: tokens purge, backup create, verify and restore, jobs unlock.
+"""The maintenance subcommands of `gatehouse`: tokens purge, login-guard reindex, backup, jobs unlock.
 
 Usage and configuration errors are found before a job takes its lock: the command
 prints one line, exits 2 and records nothing, so a typo does not fire the job alerts.
@@ -19,7 +19,7 @@ from service.redis_store import close_client, create_client
 log = structlog.get_logger("gatehouse.jobs")
 
 # The lock of each job; backup create and backup restore share `backup`.
-LOCK_NAMES = ("tokens_purge", "blacklist_rotate", "backup", "backup_verify")
+LOCK_NAMES = ("tokens_purge", "login_guard_reindex", "blacklist_rotate", "backup", "backup_verify")
 
 
 def _usage_error(message: str) -> int:
@@ -46,6 +46,18 @@ def _tokens_purge(_args: argparse.Namespace) -> int:
         sessions = session_store(settings, client)
         return run_job(client, "tokens_purge",
                        lambda: purge_expired(client, sessions, batch_size=settings.purge_batch_size),
+                       lock_seconds=settings.job_lock_seconds)
+    finally:
+        close_client(client)
+
+
+def _login_guard_reindex(_args: argparse.Namespace) -> int:
+    from service.login_guard_index import reindex_all
+
+    settings = load_settings()
+    client = create_client(settings)
+    try:
+        return run_job(client, "login_guard_reindex", lambda: reindex_all(client),
                        lock_seconds=settings.job_lock_seconds)
     finally:
         close_client(client)
@@ -127,6 +139,14 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "purge", help="remove expired session index entries, sessions and refresh tokens from Redis"
     )
     purge.set_defaults(handler=_tokens_purge)
+
+    login_guard = commands.add_parser("login-guard", help="maintain the login guard's keys in Redis")
+    login_guard_commands = login_guard.add_subparsers(dest="login_guard_command", required=True)
+    reindex = login_guard_commands.add_parser(
+        "reindex", help="add the login guard's per-address keys to their account's index, which keys written "
+                        "before the index existed are missing from; run once after upgrading from such a version"
+    )
+    reindex.set_defaults(handler=_login_guard_reindex)
 
     backup = commands.add_parser("backup", help="back up, verify and restore MySQL and Redis")
     backup_commands = backup.add_subparsers(dest="backup_command", required=True)

@@ -181,9 +181,13 @@ class KeyRing:
                     log.warning("signing_key_undated", path=str(key.path), kid=key.kid,
                                 hint="its file name starts with no UTC time, so it may sign at once; "
                                      "rename it to start with the time it was made")
-        pending = {key.kid: _iso_time(signs_from) for signs_from, key in self._schedule if signs_from > now}
+        signing_key = self.signing_key_at(now)
+        # Pending keys wait to sign, so the signing key is never one of them. When it signs
+        # before its own publish period has ended, signing_early is true instead.
+        pending = {key.kid: _iso_time(signs_from) for signs_from, key in self._schedule
+                   if signs_from > now and key is not signing_key}
         log.info("signing_keys_loaded", directory=str(directory), kids=list(self._by_kid),
-                 signing_kid=self.signing_key_at(now).kid, pending=pending)
+                 signing_kid=signing_key.kid, signing_early=self._signs_from(signing_key) > now, pending=pending)
 
     def signing_key_at(self, now: float) -> SigningKey:
         """Return the key that signs at Unix time `now`."""

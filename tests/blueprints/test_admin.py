@@ -19,6 +19,8 @@ from tests.helpers import bearer, create_user, wait_until
 
 # Client addresses of the login-guard tests: the account owner's, and any other.
 OWNER = "198.51.100.10"
+# A second address the owner logs in from: an IPv6 address, which the login guard keys by its /64.
+OWNER_PHONE = "2001:db8:7::20"
 OTHER = "203.0.113.66"
 
 
@@ -526,16 +528,17 @@ def guard_keys(settings, email: str) -> list[str]:
 def test_set_password_clears_login_delay(delayed_client, settings):
     admin_pair = admin_login(delayed_client, settings)
     user_id = register(delayed_client, "bob@example.com")
-    # The owner's address becomes known, so its failures count apart from the shared ones.
-    assert delay_login(delayed_client, OWNER, PASSWORD).status_code == 200
-    for address in (OWNER, OTHER):
+    # The owner's addresses become known, so their failures count apart from the shared ones.
+    for address in (OWNER, OWNER_PHONE):
+        assert delay_login(delayed_client, address, PASSWORD).status_code == 200
+    for address in (OWNER, OWNER_PHONE, OTHER):
         statuses = [delay_login(delayed_client, address, "wrong password").status_code for _ in range(4)]
         assert statuses[-1] == 429, address
 
     assert set_password(delayed_client, admin_pair, user_id).status_code == 200
 
-    assert delay_login(delayed_client, OWNER, NEW_PASSWORD).status_code == 200
-    assert delay_login(delayed_client, OTHER, NEW_PASSWORD).status_code == 200
+    for address in (OWNER, OWNER_PHONE, OTHER):
+        assert delay_login(delayed_client, address, NEW_PASSWORD).status_code == 200, address
 
 
 def test_set_password_keeps_known_addresses(delayed_client, settings):
@@ -625,12 +628,15 @@ def test_deleted_email_registers_again(client, admin_tokens):
 def test_delete_user_erases_login_guard_state(delayed_client, settings):
     admin_pair = admin_login(delayed_client, settings)
     user_id = register(delayed_client, "bob@example.com")
-    assert delay_login(delayed_client, OWNER, PASSWORD).status_code == 200
-    for address in (OWNER, OTHER):
+    for address in (OWNER, OWNER_PHONE):
+        assert delay_login(delayed_client, address, PASSWORD).status_code == 200
+    for address in (OWNER, OWNER_PHONE, OTHER):
         for _ in range(4):
             delay_login(delayed_client, address, "wrong password")
-    kinds = {key.split(":", 2)[2].split("/")[1] for key in guard_keys(settings, "bob@example.com")}
-    assert {"known", "failures", "gate", "login-account"} <= kinds
+    keys = guard_keys(settings, "bob@example.com")
+    kinds = {key.split(":", 2)[2].split("/")[1] for key in keys}
+    assert {"known", "failures", "gate", "index", "login-account"} <= kinds
+    assert len([key for key in keys if "/known/" in key]) == 2
     admin_keys = guard_keys(settings, "root@example.com")
     assert admin_keys != []
 

@@ -239,8 +239,46 @@ def test_load_logs_pending_key(tmp_path, capsys):
     assert loaded["signing_kid"] == ring.signing_key.kid
     assert ring.signing_key.path == old
     assert loaded["kids"] == kids(ring)
+    assert loaded["signing_early"] is False
     assert loaded["pending"] == {new_kid: "2030-01-02T03:09:05.600000Z"}
     assert new.name.startswith("20300102T030405600000Z")
+
+
+def test_first_key_logged_as_signing_early(tmp_path, capsys):
+    generate_key(tmp_path, "EdDSA")
+
+    ring = KeyRing.load(tmp_path, "EdDSA", publish_seconds=PUBLISH_SECONDS)
+
+    # The only key signs before its publish period has ended, and it is not also pending.
+    [loaded] = log_events(capsys.readouterr().out, "signing_keys_loaded")
+    assert loaded["signing_kid"] == ring.signing_key.kid
+    assert loaded["signing_early"] is True
+    assert loaded["pending"] == {}
+
+
+def test_early_signing_key_not_pending(tmp_path, capsys):
+    now = datetime.now(UTC)
+    key_made_at(tmp_path, now - timedelta(seconds=60))
+    key_made_at(tmp_path, now)
+
+    ring = KeyRing.load(tmp_path, "EdDSA", publish_seconds=PUBLISH_SECONDS)
+
+    # Neither key has finished its publish period, so the older one signs and the newer one waits.
+    [loaded] = log_events(capsys.readouterr().out, "signing_keys_loaded")
+    older_kid, newer_kid = kids(ring)
+    assert loaded["signing_kid"] == older_kid
+    assert loaded["signing_early"] is True
+    assert list(loaded["pending"]) == [newer_kid]
+
+
+def test_signing_never_early_at_zero(tmp_path, capsys):
+    generate_key(tmp_path, "EdDSA")
+
+    KeyRing.load(tmp_path, "EdDSA", publish_seconds=0)
+
+    [loaded] = log_events(capsys.readouterr().out, "signing_keys_loaded")
+    assert loaded["signing_early"] is False
+    assert loaded["pending"] == {}
 
 
 @pytest.mark.parametrize(("name", "expected"), [
