@@ -134,11 +134,12 @@ def on_starting(server):
     import subprocess
 
     from service.lifecycle.crash import enable_faulthandler
-    from service.lifecycle.master import install_shutdown_handlers
+    from service.lifecycle.master import install_reload_check, install_shutdown_handlers
     from service.lifecycle.metrics_dir import MetricsDirInUse, claim_metrics_dir
 
     enable_faulthandler()
     install_shutdown_handlers(server, _settings.shutdown_drain_seconds)
+    install_reload_check(server, _settings_problem)
     _attach_log_file()
 
     # Files left by an earlier master would be summed into this run's counters, and
@@ -168,6 +169,15 @@ def on_starting(server):
         server.log.error("startup_check_failed", extra={"returncode": check.returncode})
         # 2: the check process found an invalid setting and printed the line naming it.
         sys.exit(2 if check.returncode == 2 else 3)
+
+
+def _settings_problem():
+    """Return the line naming an invalid setting, or None when the settings load."""
+    try:
+        load_settings(parse_redis_url=False)
+    except InvalidConfiguration as exc:
+        return str(exc)
+    return None
 
 
 def on_reload(server):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import queue
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 SHUTDOWN_STARTED_ATTRIBUTE = "gatehouse_shutdown_started"
@@ -60,3 +61,25 @@ def shutdown_seconds(arbiter: Any) -> float | None:
     """Return the seconds since the shutdown began, or None when none did."""
     started = getattr(arbiter, SHUTDOWN_STARTED_ATTRIBUTE, None)
     return None if started is None else round(time.monotonic() - started, 3)
+
+
+def install_reload_check(arbiter: Any, settings_problem: Callable[[], str | None]) -> None:
+    """Make SIGHUP replace the workers only while the settings still load.
+
+    A reload runs gunicorn.conf.py again and starts workers that load the settings
+    again. A file that a setting names (the password blocklist, a TLS certificate, the
+    log file's directory) may have changed since the start, and gunicorn would exit
+    on the invalid configuration, or on workers that cannot boot, and stop serving.
+    Instead the reload is refused, logged as reload_refused, and the old workers go on.
+    """
+    reload = arbiter.handle_hup
+
+    def handle() -> None:
+        problem = settings_problem()
+        if problem is not None:
+            arbiter.log.error("reload_refused", extra={"error": problem})
+            return
+        reload()
+
+    # Looked up by name on the arbiter for each queued signal, as the shutdown handlers are.
+    arbiter.handle_hup = handle

@@ -236,3 +236,35 @@ def kill_worker_then_stop(server: Gunicorn) -> tuple[float, int]:
     signalled = time.monotonic()
     server.process.send_signal(signal.SIGTERM)
     return signalled, server.wait_exit(timeout=GRACEFUL_TIMEOUT + 5)
+
+
+def test_reload_with_a_broken_file_keeps_serving(tmp_path):
+    """SIGHUP after a file that a setting names went bad is refused; the old workers serve on."""
+    blocklist = tmp_path / "blocked.txt"
+    blocklist.write_text("acme rocket sled\n")
+    server = Gunicorn(tmp_path, env={"GATEHOUSE_PASSWORD_BLOCKLIST_FILE": str(blocklist)})
+    server.start()
+    try:
+        server.wait_ready()
+        workers = server.worker_pids()
+        blocklist.write_bytes(b"acme rocket sled\n\xff broken\n")
+
+        server.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "reload_refused" not in server.output():
+            assert time.monotonic() < deadline, server.output()[-2000:]
+            time.sleep(0.05)
+
+        assert server.process.poll() is None
+        assert server.worker_pids() == workers
+        assert requests.get(f"{server.url}/ready", timeout=5).status_code == 200
+        refused = [json.loads(line) for line in server.output().splitlines()
+                   if line.startswith("{") and "reload_refused" in line]
+        assert "GATEHOUSE_PASSWORD_BLOCKLIST_FILE" in refused[0]["error"]
+        assert "line 2" in refused[0]["error"]
+
+        blocklist.write_text("acme rocket sled\n")
+        assert not server.reload() & workers
+        assert requests.get(f"{server.url}/ready", timeout=5).status_code == 200
+    finally:
+        server.stop()
