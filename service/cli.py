@@ -223,9 +223,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gatehouse: {exc}", file=sys.stderr)
         return 1
     except Problem as exc:
-        # A domain error of the shared admin code, such as an account deleted meanwhile.
+        # A domain error of the shared admin code: an account deleted meanwhile (1), or
+        # input the API would answer with 400 or 422, such as a blocklisted password (2).
         print(f"gatehouse: {exc.detail}", file=sys.stderr)
-        return 1
+        return 2 if exc.status in (400, 422) else 1
     except (pymysql.err.OperationalError, pymysql.err.InterfaceError) as exc:
         failure = tls_failure(exc)
         if failure is not None:

@@ -39,7 +39,7 @@ def argon2_min_time_cost(memory_kib: int) -> int | None:
 # An empty GATEHOUSE_BAN_ALLOWLIST exempts no address from bans.
 EMPTY_MEANS_UNSET = {
     "redis_url", "redis_sentinels", "redis_sentinel_service", "redis_sentinel_password", "redis_password",
-    "log_file", "backup_dir", "ban_allowlist", "mysql_tls_ca", "mysql_tls_cert", "mysql_tls_key",
+    "log_file", "backup_dir", "ban_allowlist", "password_blocklist_file", "mysql_tls_ca", "mysql_tls_cert", "mysql_tls_key",
 }
 TEXT_TYPES = (str, Path, SecretStr)
 
@@ -290,6 +290,11 @@ class Settings(RedisSettings, AbuseProtectionSettings, MySQLTLSSettings):
                 f"for argon2id, {least} passes with that memory"
             )
         return value
+
+    @field_validator("password_blocklist_file", mode="before")
+    @classmethod
+    def _empty_password_blocklist_file(cls, value: Any) -> Any:
+        return None if value == "" else value
 
     @field_validator("password_blocklist_file")
     @classmethod

@@ -1,14 +1,15 @@
 """The blocklist that every new password is checked against (NIST SP 800-63B).
 
-A new password is refused when, Unicode-normalized (NFKC), casefolded and without
-surrounding white space, it is
+A password is compared in its NFKC form without format characters, casefolded and
+without surrounding white space. It is refused when that form, or the word it is built
+on (what remains without digits, punctuation, symbols and spaces at its ends), is
 
 - one of the 19,640 commonly used passwords of Django's list, bundled as
   service/data/common-passwords.txt.gz (licence beside it);
 - a line of the file that GATEHOUSE_PASSWORD_BLOCKLIST_FILE names, where an operator
   lists the names of the organisation and its products, or passwords known to be leaked;
-- the account's email address, its part before the @-sign or the service's name, also
-  with digits and punctuation before or after them ("alice.smith2024!").
+- one of the account's context words (context_words): its email and parts of it, or the
+  service's name.
 
 Each worker keeps an 8-byte BLAKE2b digest of every listed password in one sorted array:
 8 bytes per entry (157 KB for the bundled list), where a set of the strings would take
@@ -20,14 +21,14 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import string
 import unicodedata
 from array import array
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from functools import cache, lru_cache
 from importlib import resources
 from pathlib import Path
+from typing import BinaryIO
 
 # The maximum number of lines in GATEHOUSE_PASSWORD_BLOCKLIST_FILE: 8 MB of digests in
 # each worker, and 1.4 s to read at start on the benchmark machine.
@@ -36,12 +37,35 @@ MAX_FILE_ENTRIES = 1_000_000
 # "al" is no clue to the password.
 _MIN_CONTEXT_WORD = 4
 SERVICE_NAME = "gatehouse"
-# Stripped from both ends of a password before it is compared with the context words.
-_AFFIX_CHARACTERS = string.digits + string.punctuation + string.whitespace
+# Unicode categories stripped from both ends of a password to find the word it is built
+# on: numbers, punctuation, symbols, separators and control or format characters, so
+# "alice.smith2024!", "alice١٢٣٤" and "alice€€€€" all come down to "alice.smith" or "alice".
+_AFFIX_CATEGORIES = ("N", "P", "S", "Z", "C")
+# Passwords are at most this long, so a longer line of an operator's file can never match.
+MAX_ENTRY_BYTES = 4 * 256
 
 
 def _comparable(password: str) -> str:
-    return unicodedata.normalize("NFKC", password).strip().casefold()
+    """Return the form that is compared: NFKC, without format characters, trimmed and casefolded.
+
+    Format characters (zero-width space, soft hyphen, byte order mark) are invisible,
+    so "pass\u200bword" reads as "password" and is compared as such.
+    """
+    normalized = unicodedata.normalize("NFKC", password)
+    visible = "".join(character for character in normalized if unicodedata.category(character) != "Cf")
+    return visible.strip().casefold()
+
+
+def _core(comparable: str) -> str | None:
+    """Return the word a password is built on, without affixes; None when that is no shorter or too short."""
+    start, end = 0, len(comparable)
+    while start < end and unicodedata.category(comparable[start])[0] in _AFFIX_CATEGORIES:
+        start += 1
+    while end > start and unicodedata.category(comparable[end - 1])[0] in _AFFIX_CATEGORIES:
+        end -= 1
+    if end - start < _MIN_CONTEXT_WORD or end - start == len(comparable):
+        return None
+    return comparable[start:end]
 
 
 def _digest(comparable: str) -> int:
@@ -58,9 +82,16 @@ class Blocklist:
         return len(self._digests)
 
     def __contains__(self, password: object) -> bool:
-        if not isinstance(password, str):
-            return False
-        key = _digest(_comparable(password))
+        return isinstance(password, str) and self._holds(_comparable(password))
+
+    def blocks(self, password: str) -> bool:
+        """Tell whether a password is listed, alone or with affixes around a listed word ("dragon2024!")."""
+        comparable = _comparable(password)
+        core = _core(comparable)
+        return self._holds(comparable) or (core is not None and self._holds(core))
+
+    def _holds(self, comparable: str) -> bool:
+        key = _digest(comparable)
         index = bisect_left(self._digests, key)
         return index < len(self._digests) and self._digests[index] == key
 
@@ -90,14 +121,21 @@ def read_file(path: Path) -> Blocklist:
 
 @lru_cache(maxsize=1)
 def _read_file(path: Path, _size: int, _mtime_ns: int) -> Blocklist:
+    # A FIFO or device would block the start, or never end.
+    if not path.is_file():
+        raise ValueError(f"{path} is not a regular file")
+
     entries: list[str] = []
     try:
         with path.open("rb") as lines:
-            for number, raw in enumerate(lines, start=1):
+            for number, raw in enumerate(_lines(lines), start=1):
                 if number > MAX_FILE_ENTRIES:
                     raise ValueError(f"{path} has more than {MAX_FILE_ENTRIES:,} lines")
+                if raw is None:
+                    continue
                 try:
-                    entries.append(raw.decode("utf-8").rstrip("\r\n"))
+                    # utf-8-sig on the first line drops a byte order mark, as editors on Windows write one.
+                    entries.append(raw.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r\n"))
                 except UnicodeDecodeError:
                     raise ValueError(f"line {number} of {path} is not UTF-8 text") from None
     except OSError as exc:
@@ -105,16 +143,37 @@ def _read_file(path: Path, _size: int, _mtime_ns: int) -> Blocklist:
     return Blocklist(entries)
 
 
+def _lines(stream: BinaryIO) -> Iterator[bytes | None]:
+    """Yield each line of a binary stream, or None for a line longer than MAX_ENTRY_BYTES, read in bounded steps."""
+    while raw := stream.readline(MAX_ENTRY_BYTES + 2):
+        if len(raw.removesuffix(b"\n")) <= MAX_ENTRY_BYTES:
+            yield raw
+            continue
+        # Too long to be a password: skip to the end of the line without keeping it.
+        while not raw.endswith(b"\n") and (raw := stream.readline(MAX_ENTRY_BYTES)):
+            pass
+        yield None
+
+
 def context_words(email: str | None) -> list[str]:
-    """Return the words that a password of this account must not be: the email, its local part and the service's name."""
+    """Return the words that a password of this account must not be built on.
+
+    They are the service's name, the email, its local part, the local part before a
+    "+" (subaddress), and the email with its domain in Unicode (bücher.de rather than
+    the stored xn--bcher-kva.de).
+    """
     words = [SERVICE_NAME]
     if email:
-        words += [email, email.rpartition("@")[0]]
+        local, _, domain = email.rpartition("@")
+        words += [email, local, local.partition("+")[0]]
+        try:
+            words.append(f"{local}@{domain.encode('ascii').decode('idna')}")
+        except UnicodeError:
+            pass
     return [_comparable(word) for word in words if len(word) >= _MIN_CONTEXT_WORD]
 
 
 def matches_context(password: str, email: str | None) -> bool:
-    """Tell whether the password is a context word, alone or with digits and punctuation around it."""
+    """Tell whether the password is a context word, alone or with affixes such as digits and punctuation."""
     comparable = _comparable(password)
-    core = comparable.strip(_AFFIX_CHARACTERS)
-    return any(word in (comparable, core) for word in context_words(email))
+    return any(word in (comparable, _core(comparable)) for word in context_words(email))

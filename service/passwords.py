@@ -77,7 +77,7 @@ class Passwords:
         `email` is the account's; see service.password_blocklist for what is compared.
         The check runs before any hashing, so a refused password costs no argon2 work.
         """
-        if any(password in blocklist for blocklist in self._blocklists):
+        if any(blocklist.blocks(password) for blocklist in self._blocklists):
             raise PasswordBlocklisted("This password is among the commonly used or blocked passwords, which are "
                                       "the first that attackers try. Choose another one, such as a few unrelated "
                                       "words.", field=field)

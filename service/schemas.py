@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import datetime
 from ipaddress import IPv4Address, IPv6Address
 from typing import Annotated, Any, Literal
@@ -53,6 +54,11 @@ def _normalize_new_password(value: str) -> str:
     and a normalized form over the maximum could not be sent to log in.
     """
     normalized = normalize_password(value)
+    # Control characters (NUL, tab, line breaks) are no printing characters: a password
+    # with them was most likely pasted with its line end, and many clients cannot type it.
+    if any(unicodedata.category(character) == "Cc" for character in normalized):
+        raise PydanticCustomError(
+            "password_control_character", "String should contain no control characters such as NUL, tab or a line break")
     if len(normalized) < PASSWORD_MIN_LENGTH:
         raise PydanticCustomError(
             "string_too_short", "String should have at least {min_length} characters once Unicode-normalized (NFKC)",

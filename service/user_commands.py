@@ -101,7 +101,7 @@ def _users_create(args: argparse.Namespace) -> int:
         if exc.code == "email_taken":
             hint = " To give an existing account a role, use PUT /v1/admin/users/{id}/roles/{role} as an administrator."
         print(f"gatehouse: {exc.detail}{hint}", file=sys.stderr)
-        return 1
+        return 2 if exc.status in (400, 422) else 1
     finally:
         database.close()
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import gzip
+import os
 from importlib import resources
 
 import pytest
 
 from service import password_blocklist
 from service.password_blocklist import Blocklist, matches_context, read_file
+from service.config import load_settings
 from tests.test_config import environment, invalid_configuration_message  # noqa: F401
 
 
@@ -30,9 +32,16 @@ def test_common_passwords_and_their_spellings_are_listed(password):
     assert password in password_blocklist.bundled()
 
 
-@pytest.mark.parametrize("password", ["correct horse battery staple", "password!x7Kq", "v3ry-Unl1kely-Str1ng"])
+@pytest.mark.parametrize("password", ["correct horse battery staple", "password!x7Kq", "v3ry-Unl1kely-Str1ng",
+                                      "monkey-business-7", "x7Kq!mZ2#pL9"])
 def test_uncommon_passwords_pass(password):
-    assert password not in password_blocklist.bundled()
+    assert not password_blocklist.bundled().blocks(password)
+
+
+@pytest.mark.parametrize("password", ["dragon2024!", "!!Dragon", "dragon\u00a0\u00a0\u00a0", "pass\u200bword",
+                                      "\ufeffpassword1", "dragon\u0661\u0662\u0663", "dragon\u20ac\u20ac"])
+def test_listed_words_with_affixes_are_blocked(password):
+    assert password_blocklist.bundled().blocks(password)
 
 
 @pytest.mark.parametrize(("password", "email", "matches"), [
@@ -46,6 +55,12 @@ def test_uncommon_passwords_pass(password):
     ("correct horse battery staple", "horse@example.com", False),
     # A local part under four characters is no clue, and "bob12345" is an ordinary guess at most.
     ("bob12345", "bob@example.com", False),
+    ("dave2024!!", "dave+news@example.com", True),
+    ("carol@bücher.de", "carol@xn--bcher-kva.de", True),
+    ("alice\u0661\u0662\u0663\u0664", "alice@example.com", True),
+    ("alice\u20ac\u20ac\u20ac\u20ac", "alice@example.com", True),
+    ("gatehouse\x00", None, True),
+    ("gate\u200bhouse", None, True),
 ])
 def test_context_words_with_affixes(password, email, matches):
     assert matches_context(password, email) is matches
@@ -62,6 +77,46 @@ def test_operator_file(tmp_path):
     assert "ACME-ROCKET" in blocklist
     assert "unicode words" in blocklist
     assert "acme" not in blocklist
+
+
+def test_operator_file_entries_block_their_derivatives(tmp_path):
+    path = tmp_path / "blocked.txt"
+    path.write_text("acmecorp\n")
+
+    blocklist = read_file(path)
+
+    assert blocklist.blocks("Acmecorp2024!")
+    assert blocklist.blocks("2024acmecorp")
+    assert not blocklist.blocks("acmecorp rocket sled")
+
+
+def test_operator_file_with_byte_order_mark(tmp_path):
+    path = tmp_path / "blocked.txt"
+    path.write_bytes("first line\nsecond line\n".encode("utf-8-sig"))
+
+    blocklist = read_file(path)
+
+    assert "first line" in blocklist
+    assert "second line" in blocklist
+
+
+def test_operator_file_long_lines_skipped(tmp_path):
+    path = tmp_path / "blocked.txt"
+    path.write_bytes(b"before\n" + b"x" * 5_000_000 + b"\nafter\n" + b"y" * (password_blocklist.MAX_ENTRY_BYTES + 1))
+
+    blocklist = read_file(path)
+
+    assert len(blocklist) == 2
+    assert "before" in blocklist
+    assert "after" in blocklist
+
+
+def test_operator_file_must_be_regular(tmp_path):
+    fifo = tmp_path / "blocked.fifo"
+    os.mkfifo(fifo)
+
+    with pytest.raises(ValueError, match="not a regular file"):
+        read_file(fifo)
 
 
 def test_operator_file_not_utf8_names_the_line(tmp_path):
@@ -99,7 +154,7 @@ def test_empty_blocklist_holds_nothing():
 
 @pytest.mark.parametrize(("setup", "expected"), [
     (lambda path: None, "cannot read"),
-    (lambda path: path.mkdir(), "cannot read"),
+    (lambda path: path.mkdir(), "not a regular file"),
     (lambda path: path.write_bytes(b"\xc3\x28\n"), "line 1 of"),
 ], ids=["missing", "directory", "not_utf8"])
 def test_setting_names_the_variable(environment, tmp_path, setup, expected):  # noqa: F811
@@ -111,3 +166,9 @@ def test_setting_names_the_variable(environment, tmp_path, setup, expected):  # 
 
     assert message.startswith("GATEHOUSE_PASSWORD_BLOCKLIST_FILE is invalid")
     assert expected in message
+
+
+def test_empty_setting_means_unset(environment):  # noqa: F811
+    environment.setenv("GATEHOUSE_PASSWORD_BLOCKLIST_FILE", "")
+
+    assert load_settings().password_blocklist_file is None

@@ -94,7 +94,7 @@ def test_operator_file_adds_entries(settings, tmp_path):
 def test_cli_create_refuses():
     result = run_create("--email", "ops@example.com", stdin="letmein1\n")
 
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "commonly used" in result.stderr
     assert "letmein1" not in result.stdout + result.stderr
 
@@ -104,6 +104,17 @@ def test_cli_set_password_refuses(client):
 
     result = run_users("set-password", "--email", "bob@example.com", stdin="bob@example.com\n")
 
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "email address" in result.stderr
     assert client.post("/v1/auth/login", json={"email": "bob@example.com", "password": PASSWORD}).status_code == 200
+
+
+@pytest.mark.parametrize("password", ["new password\n", "tab\tseparated words", "nul\x00in the middle"])
+def test_new_password_with_control_characters_rejected(client, settings, password):
+    response = client.post("/v1/auth/register", json={"email": "alice@example.com", "password": password})
+
+    assert response.status_code == 400
+    assert response.get_json()["code"] == "invalid_request"
+    assert response.get_json()["field"] == "password"
+    assert "control characters" in response.get_json()["detail"]
+    assert run_sql(settings, "SELECT COUNT(*) AS n FROM users")[0]["n"] == 0
