@@ -97,8 +97,8 @@ def tls_failure(error: BaseException) -> TLSFailure | None:
     if error.args and error.args[0] == CR.CR_SSL_CONNECTION_ERROR:
         return TLSFailure(
             reason=str(error.args[1]) if len(error.args) > 1 else "the server offers no TLS",
-            hint="GATEHOUSE_MYSQL_TLS_MODE requires TLS, but the server offers none: enable TLS on the server "
-                 "(its ssl_cert and ssl_key), or set GATEHOUSE_MYSQL_TLS_MODE to preferred",
+            hint="GATEHOUSE_MYSQL_TLS_MODE requires TLS, but the server offers none (or something on the way "
+                 "removed the offer): enable TLS on the server with its ssl_cert and ssl_key",
         )
 
     # pymysql wraps an OSError during the handshake in error 2003 and keeps it as

@@ -25,7 +25,6 @@ import redis
 import structlog
 
 from service.config import InvalidConfiguration, Settings
-from service.database import connect, connect_args
 from service.maintenance import dumps
 from service.maintenance.dumps import DUMP_NAME, DUMP_PROGRAMS, MANIFEST_FORMAT, MANIFEST_NAME, RDB_NAME, BackupFailed
 from service.maintenance.scratch import ScratchRedis, find_program, require_programs
@@ -100,7 +99,7 @@ def create_backup(settings: Settings, client: redis.Redis) -> dict[str, Any]:
 
 def _write_canary(settings: Settings, client: redis.Redis) -> dict[str, Any]:
     now = datetime.now(UTC).replace(tzinfo=None)
-    connection = connect(**connect_args(settings))
+    connection = dumps.connect_to_mysql(settings)
     try:
         with connection.cursor() as cursor:
             # status 'disabled' and a hash argon2 cannot parse: no password logs this user in.
@@ -156,7 +155,7 @@ def _manifest(settings: Settings, client: redis.Redis, work: Path, created: floa
             ScratchRedis(Path(scratch_dir), rdb=work / RDB_NAME) as scratch:
         prefixes = dumps.count_keys(scratch.client(dumps.redis_db(settings)))
 
-    connection = connect(**connect_args(settings))
+    connection = dumps.connect_to_mysql(settings)
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT VERSION() AS version")

@@ -134,18 +134,31 @@ def mysql_tls_options(settings: Settings) -> str:
     return lines
 
 
+def connect_to_mysql(settings: Settings) -> pymysql.connections.Connection:
+    """Open a PyMySQL connection with the settings; raise BackupFailed, with the cause and what to change, when it fails.
+
+    A job that cannot reach MySQL failed (job_failed with the reason), rather than crashed
+    with a stack trace: wrong password, server down, or TLS that the mode requires and did
+    not get. pymysql's messages name the user and host, never the password.
+    """
+    try:
+        return connect(**connect_args(settings))
+    except pymysql.err.OperationalError as exc:
+        failure = tls_failure(exc)
+        if failure is not None:
+            raise BackupFailed(f"TLS to MySQL failed ({failure.reason}): {failure.hint}") from None
+        message = exc.args[1] if len(exc.args) > 1 else str(exc)
+        raise BackupFailed(f"cannot connect to MySQL at {settings.mysql_host}:{settings.mysql_port}: {message}; "
+                           "check GATEHOUSE_MYSQL_HOST, GATEHOUSE_MYSQL_PORT, GATEHOUSE_MYSQL_USER and "
+                           "GATEHOUSE_MYSQL_PASSWORD") from None
+
+
 def check_server_tls(settings: Settings) -> None:
     """Raise BackupFailed unless a PyMySQL connection with the TLS settings succeeds, in the modes that require TLS."""
     if settings.mysql_tls_mode not in ENFORCING_MODES:
         return
 
-    try:
-        connect(**connect_args(settings)).close()
-    except pymysql.err.OperationalError as exc:
-        failure = tls_failure(exc)
-        if failure is None:
-            raise
-        raise BackupFailed(f"TLS to MySQL failed ({failure.reason}): {failure.hint}") from None
+    connect_to_mysql(settings).close()
 
 
 @contextmanager

@@ -506,3 +506,20 @@ def test_sigterm_during_create_removes_incomplete(tmp_path, temp_dir, settings, 
     # The next run is not blocked by the terminated one.
     code, events, messages = gatehouse(backup_dir, "backup", "create")
     assert code == 0, (events, messages)
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    ({"GATEHOUSE_MYSQL_PASSWORD": "not-the-password"}, "Access denied"),
+    ({"GATEHOUSE_MYSQL_TLS_MODE": "required"}, "enable TLS on the server"),
+], ids=["wrong_password", "tls_required_without_server_tls"])
+def test_create_without_mysql_fails_with_the_cause(tmp_path, env, expected):
+    """A MySQL connection that fails is the job's failure with what to change, not a crash with a stack trace."""
+    code, events, _ = gatehouse(tmp_path, "backup", "create", **env)
+
+    assert code == 1
+    assert [event for event in events if event["event"] == "job_crashed"] == []
+    error = only_event(events, "job_failed")["error"]
+    assert expected in error
+    assert "not-the-password" not in error
+    assert "preferred" not in error
+    assert list(tmp_path.iterdir()) == []
