@@ -183,11 +183,14 @@ class AddressConverter(BaseConverter):
     The brackets may come raw or percent-encoded (%5B, %5D), which the WSGI server
     decodes before routing. The documented pattern leaves the prefix length out,
     because a client built from the OpenAPI document encodes the slash as %2F, which
-    service.method_guard rejects. Any address of the network names it as well.
+    service.method_guard rejects. Any address of the network names it as well. A link-local
+    IPv6 address may carry its zone (fe80::1%eth0, sent as %25eth0), as a ban accepts it.
     """
 
-    regex = r"\[[0-9A-Fa-f.:]{2,45}\](?::[0-9]{1,5})?|[0-9A-Fa-f.:]{2,45}(?:/[0-9]{1,3})?"
-    pattern = r"^(?:\[[0-9A-Fa-f.:]{2,45}\](?::[0-9]{1,5})?|[0-9A-Fa-f.:]{2,45})$"
+    regex = (r"\[[0-9A-Fa-f.:]{2,45}(?:%[0-9A-Za-z_.~-]{1,32})?\](?::[0-9]{1,5})?"
+             r"|[0-9A-Fa-f.:]{2,45}(?:%[0-9A-Za-z_.~-]{1,32}|/[0-9]{1,3})?")
+    pattern = (r"^(?:\[[0-9A-Fa-f.:]{2,45}(?:%[0-9A-Za-z_.~-]{1,32})?\](?::[0-9]{1,5})?"
+               r"|[0-9A-Fa-f.:]{2,45}(?:%[0-9A-Za-z_.~-]{1,32})?)$")
 
 
 CONVERTERS = {"id": IdConverter, "role": RoleNameConverter, "address": AddressConverter}

@@ -74,7 +74,9 @@ NewPassword = Annotated[
     str,
     Field(min_length=PASSWORD_MIN_LENGTH, max_length=PASSWORD_MAX_LENGTH,
           description=f"{PASSWORD_MIN_LENGTH} to {PASSWORD_MAX_LENGTH} characters both as sent and in Unicode "
-                      "NFKC form, which is what is hashed."),
+                      "NFKC form, which is what is hashed, without control characters.",
+          # Documents the validator's rule; the validator itself gives the clearer message.
+          json_schema_extra={"pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"}),
     AfterValidator(_normalize_new_password),
 ]
 ExistingPassword = Annotated[str, Field(min_length=1, max_length=PASSWORD_MAX_LENGTH), AfterValidator(normalize_password)]

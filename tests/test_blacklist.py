@@ -388,6 +388,19 @@ def test_unban_bracketed_ipv6(ban_app, admin_tokens, path):
     assert client.get("/v1/admin/bans", headers=headers).get_json()["bans"] == []
 
 
+@pytest.mark.parametrize("path", ["fe80::1%25eth0", "fe80::1%25en0", "%5Bfe80::1%25eth0%5D:443", "fe80::1"],
+                         ids=["zone", "other_zone", "brackets_zone_port", "no_zone"])
+def test_unban_zoned_ipv6(ban_app, admin_tokens, path):
+    # A ban of a scoped address is stored under its /64; the same spelling lifts it.
+    client = ban_app.test_client()
+    headers = bearer(admin_tokens["access_token"])
+    created = client.post("/v1/admin/bans", json={"ip": "fe80::1%eth0", "reason": "scanner"}, headers=headers)
+    assert created.status_code == 201
+
+    assert client.delete(f"/v1/admin/bans/{path}", headers=headers).status_code == 204
+    assert client.get("/v1/admin/bans", headers=headers).get_json()["bans"] == []
+
+
 @pytest.mark.parametrize("path", ["[2001:db8:9:9::5]:x", "[2001:db8:9:9::5", "2001:db8:9:9::5]:443",
                                   "[203.0.113.7]]"],
                          ids=["port_not_number", "no_closing_bracket", "no_opening_bracket", "two_brackets"])
