@@ -99,7 +99,9 @@ def check_client_key(certificate: Path, key: Path) -> None:
         raise ValueError(f"{key} is encrypted: give the key without a passphrase, in a file only this user "
                          "can read") from None
     except ssl.SSLError as exc:
-        if exc.reason == "KEY_VALUES_MISMATCH":
+        # NO_CERTIFICATE_ASSIGNED: the key loaded, but is of another type than the
+        # certificate's (an Ed25519 key beside an RSA certificate), so it cannot be its key either.
+        if exc.reason in ("KEY_VALUES_MISMATCH", "NO_CERTIFICATE_ASSIGNED"):
             raise ValueError(f"{key} is not the private key of the certificate in GATEHOUSE_MYSQL_TLS_CERT") from None
         raise ValueError(f"{key} contains no PEM private key that OpenSSL can load{_reason(exc)}") from None
 

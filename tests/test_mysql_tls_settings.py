@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from service.config import load_settings
 from tests import test_config
@@ -32,8 +33,11 @@ def pki(tmp_path_factory) -> dict[str, Path]:
         serialization.BestAvailableEncryption(b"passphrase")))
     not_pem = directory / "not.pem"
     not_pem.write_text("not a certificate\n")
+    ed25519_key = directory / "ed25519.key"
+    ed25519_key.write_bytes(ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     return {"ca": ca.certificate_path, "cert": certificate, "key": key, "other_key": other_key,
-            "encrypted_key": encrypted_key, "not_pem": not_pem}
+            "encrypted_key": encrypted_key, "not_pem": not_pem, "ed25519_key": ed25519_key}
 
 
 def set_tls(variables: pytest.MonkeyPatch, mode: str, **files: Path | str) -> None:
@@ -154,8 +158,9 @@ def test_file_without_certificate_rejected(environment, pki, variable):
     assert f"{pki['not_pem']} contains no PEM certificate" in message
 
 
-def test_key_of_other_certificate_rejected(environment, pki):
-    set_tls(environment, "required", cert=pki["cert"], key=pki["other_key"])
+@pytest.mark.parametrize("other", ["other_key", "ed25519_key"], ids=["same_type", "other_type"])
+def test_key_of_other_certificate_rejected(environment, pki, other):
+    set_tls(environment, "required", cert=pki["cert"], key=pki[other])
 
     message = invalid_configuration_message()
 
