@@ -14,7 +14,6 @@ from werkzeug.routing import BaseConverter
 
 from service.bearer import authenticate_request, require_roles
 from service.errors import InvalidJson, InvalidRequest, UnsupportedMediaType
-from service.json_errors import describe_json_error
 
 _MAX_FIELD_ERRORS = 10
 _MAX_FIELD_NAME = 64
@@ -102,6 +101,9 @@ def _check_json_syntax(raw: bytes) -> None:
     try:
         from_json(raw, allow_inf_nan=False, cache_strings=False)
     except ValueError as exc:
+        # Imported here: most workers never see invalid JSON, and the module stays out of their memory.
+        from service.json_errors import describe_json_error
+
         raise InvalidJson(describe_json_error(raw, str(exc))) from None
 
 
@@ -135,6 +137,8 @@ def _problem_for(exc: ValidationError, raw: bytes = b"") -> InvalidRequest | Inv
     errors = exc.errors(include_url=False, include_input=False, include_context=False)
     if errors[0]["type"] == "json_invalid":
         # Only a fallback, because _check_json_syntax has already parsed the body with stricter rules.
+        from service.json_errors import describe_json_error
+
         return InvalidJson(describe_json_error(raw, errors[0]["msg"].removeprefix("Invalid JSON: ")))
 
     field_errors = []

@@ -67,9 +67,9 @@ class Passwords:
         self._pool: Any = None
         # Verified against when the email is unknown, so both paths cost one argon2 run.
         self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(16))
-        self._blocklists = [password_blocklist.bundled()]
-        if settings.password_blocklist_file is not None:
-            self._blocklists.append(password_blocklist.read_file(settings.password_blocklist_file))
+        # Loaded at the first new password: most workers serve logins and tokens, and a
+        # worker that never sees a registration or password change saves the memory.
+        self._blocklists: list[password_blocklist.Blocklist] | None = None
 
     def check_new(self, password: str, *, email: str | None, field: str) -> None:
         """Raise PasswordBlocklisted, naming `field`, when a new password is on the blocklist.
@@ -77,6 +77,10 @@ class Passwords:
         `email` is the account's; see service.password_blocklist for what is compared.
         The check runs before any hashing, so a refused password costs no argon2 work.
         """
+        if self._blocklists is None:
+            self._blocklists = [password_blocklist.bundled()]
+            if self._settings.password_blocklist_file is not None:
+                self._blocklists.append(password_blocklist.read_file(self._settings.password_blocklist_file))
         if any(blocklist.blocks(password) for blocklist in self._blocklists):
             raise PasswordBlocklisted("This password is among the commonly used or blocked passwords, which are "
                                       "the first that attackers try. Choose another one, such as a few unrelated "

@@ -12,6 +12,7 @@ import structlog
 from pymysql.constants import CR, ER
 from redis.sentinel import SentinelConnectionPool
 
+from service import password_blocklist
 from service.config import Settings
 from service.database import connect, connect_args
 from service.migrate import MIGRATION_TABLE, pending_versions
@@ -164,6 +165,12 @@ def run_startup_checks(settings: Settings) -> None:
         ring = KeyRing.load(settings.keys_dir, settings.jwt_algorithm, publish_seconds=settings.key_publish_seconds)
     except (MissingSigningKey, InvalidSigningKey) as exc:
         raise StartupCheckFailed(f"signing key: {exc}") from None
+    # Workers load the bundled password list at their first new password; reading it
+    # here once finds a damaged installation before any worker starts.
+    try:
+        password_blocklist.bundled()
+    except (OSError, EOFError, UnicodeDecodeError) as exc:
+        raise StartupCheckFailed(f"bundled password blocklist: {exc}") from None
 
     deadline = time.monotonic() + settings.startup_timeout_seconds
     _retry("mysql", lambda: _check_mysql(settings), deadline)
