@@ -374,27 +374,23 @@ def test_unban_with_port_from_log_line(ban_app, admin_tokens):
     assert client.get("/v1/admin/bans", headers=headers).get_json()["bans"] == []
 
 
-@pytest.mark.parametrize("path", ["[2001:db8:9:9::5]:443", "[2001:db8:9:9::5]", "%5B2001:db8:9:9::5%5D:443",
-                                  "%5b2001:db8:9:9::5%5d"],
-                         ids=["brackets_port", "brackets", "encoded_port", "encoded_lower_case"])
-def test_unban_bracketed_ipv6(ban_app, admin_tokens, path):
+@pytest.mark.parametrize(("banned", "path"), [
+    ("2001:db8:9:9::5", "[2001:db8:9:9::5]:443"),
+    ("2001:db8:9:9::5", "[2001:db8:9:9::5]"),
+    ("2001:db8:9:9::5", "%5B2001:db8:9:9::5%5D:443"),
+    ("2001:db8:9:9::5", "%5b2001:db8:9:9::5%5d"),
+    # A ban of a scoped address is stored under its /64; the same spelling lifts it.
+    ("fe80::1%eth0", "fe80::1%25eth0"),
+    ("fe80::1%eth0", "fe80::1%25en0"),
+    ("fe80::1%eth0", "%5Bfe80::1%25eth0%5D:443"),
+    ("fe80::1%eth0", "fe80::1"),
+], ids=["brackets_port", "brackets", "encoded_port", "encoded_lower_case", "zone", "other_zone",
+        "brackets_zone_port", "no_zone"])
+def test_unban_bracketed_or_zoned_ipv6(ban_app, admin_tokens, banned, path):
     # curl -g sends the brackets raw, and most HTTP clients percent-encode them.
     client = ban_app.test_client()
     headers = bearer(admin_tokens["access_token"])
-    created = client.post("/v1/admin/bans", json={"ip": "2001:db8:9:9::5", "reason": "scanner"}, headers=headers)
-    assert created.status_code == 201
-
-    assert client.delete(f"/v1/admin/bans/{path}", headers=headers).status_code == 204
-    assert client.get("/v1/admin/bans", headers=headers).get_json()["bans"] == []
-
-
-@pytest.mark.parametrize("path", ["fe80::1%25eth0", "fe80::1%25en0", "%5Bfe80::1%25eth0%5D:443", "fe80::1"],
-                         ids=["zone", "other_zone", "brackets_zone_port", "no_zone"])
-def test_unban_zoned_ipv6(ban_app, admin_tokens, path):
-    # A ban of a scoped address is stored under its /64; the same spelling lifts it.
-    client = ban_app.test_client()
-    headers = bearer(admin_tokens["access_token"])
-    created = client.post("/v1/admin/bans", json={"ip": "fe80::1%eth0", "reason": "scanner"}, headers=headers)
+    created = client.post("/v1/admin/bans", json={"ip": banned, "reason": "scanner"}, headers=headers)
     assert created.status_code == 201
 
     assert client.delete(f"/v1/admin/bans/{path}", headers=headers).status_code == 204
