@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except Problem as exc:
         # A domain error of the shared admin code: an account deleted meanwhile (1), or
-        # input the API would answer with 400 or 422, such as a blocklisted password (2).
+        # input that the API rejects with 400 or 422, such as a blocklisted password (2).
         print(f"gatehouse: {exc.detail}", file=sys.stderr)
         return 2 if exc.status in (400, 422) else 1
     except (pymysql.err.OperationalError, pymysql.err.InterfaceError) as exc:

@@ -68,7 +68,7 @@ class Passwords:
         # Verified against when the email is unknown, so both paths cost one argon2 run.
         self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(16))
         # Loaded at the first new password: most workers serve logins and tokens, and a
-        # worker that never sees a registration or password change saves the memory.
+        # worker that gets no registration or password change saves the memory.
         self._blocklists: list[password_blocklist.Blocklist] | None = None
 
     def check_new(self, password: str, *, email: str | None, field: str) -> None:
