@@ -41,31 +41,59 @@ SERVICE_NAME = "gatehouse"
 # on: numbers, punctuation, symbols, separators and control or format characters, so
 # "alice.smith2024!", "alice١٢٣٤" and "alice€€€€" all come down to "alice.smith" or "alice".
 _AFFIX_CATEGORIES = ("N", "P", "S", "Z", "C")
+# The same without numbers, for listed words that end or begin in digits ("abc12345!").
+_SYMBOL_CATEGORIES = ("P", "S", "Z", "C")
+# At most this many affix characters in all: a year and a symbol or two make a listed word
+# no stronger, but 17 random digits before "monkey" do.
+MAX_AFFIX = 6
+# Unicode's Default_Ignorable_Code_Point ranges (DerivedCoreProperties.txt, Unicode 15)
+# outside category Cf: variation selectors, the combining grapheme joiner and the Hangul
+# fillers render as nothing, so "password\ufe0f" reads as "password".
+_IGNORABLE_RANGES = ((0x034F, 0x034F), (0x115F, 0x1160), (0x17B4, 0x17B5), (0x180B, 0x180F), (0x3164, 0x3164),
+                     (0xFE00, 0xFE0F), (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8), (0xE0000, 0xE0FFF))
 # Passwords are at most this long, so a longer line of an operator's file can never match.
 MAX_ENTRY_BYTES = 4 * 256
 
 
-def _comparable(password: str) -> str:
-    """Return the form that is compared: NFKC, without format characters, trimmed and casefolded.
+def _invisible(character: str) -> bool:
+    if unicodedata.category(character) == "Cf":
+        return True
+    code = ord(character)
+    return any(first <= code <= last for first, last in _IGNORABLE_RANGES)
 
-    Format characters (zero-width space, soft hyphen, byte order mark) are invisible,
-    so "pass\u200bword" reads as "password" and is compared as such.
+
+def _comparable(password: str) -> str:
+    """Return the form that is compared: NFKC, without invisible characters, trimmed and casefolded.
+
+    Format characters (zero-width space, soft hyphen, byte order mark) and the other
+    default-ignorable characters render as nothing, so "pass\u200bword" reads as
+    "password" and is compared as such.
     """
     normalized = unicodedata.normalize("NFKC", password)
-    visible = "".join(character for character in normalized if unicodedata.category(character) != "Cf")
-    return visible.strip().casefold()
+    return "".join(character for character in normalized if not _invisible(character)).strip().casefold()
 
 
-def _core(comparable: str) -> str | None:
-    """Return the word a password is built on, without affixes; None when that is no shorter or too short."""
-    start, end = 0, len(comparable)
-    while start < end and unicodedata.category(comparable[start])[0] in _AFFIX_CATEGORIES:
-        start += 1
-    while end > start and unicodedata.category(comparable[end - 1])[0] in _AFFIX_CATEGORIES:
-        end -= 1
-    if end - start < _MIN_CONTEXT_WORD or end - start == len(comparable):
-        return None
-    return comparable[start:end]
+def _is_affix(character: str, categories: tuple[str, ...] = _AFFIX_CATEGORIES) -> bool:
+    return unicodedata.category(character)[0] in categories
+
+
+def _cores(comparable: str) -> list[str]:
+    """Return the words a password may be built on: without affixes, and without the affixes that are not digits.
+
+    Only words of at least _MIN_CONTEXT_WORD characters count, with at most MAX_AFFIX
+    characters removed.
+    """
+    cores = []
+    for categories in (_AFFIX_CATEGORIES, _SYMBOL_CATEGORIES):
+        start, end = 0, len(comparable)
+        while start < end and _is_affix(comparable[start], categories):
+            start += 1
+        while end > start and _is_affix(comparable[end - 1], categories):
+            end -= 1
+        removed = len(comparable) - (end - start)
+        if 0 < removed <= MAX_AFFIX and end - start >= _MIN_CONTEXT_WORD:
+            cores.append(comparable[start:end])
+    return cores
 
 
 def _digest(comparable: str) -> int:
@@ -85,10 +113,9 @@ class Blocklist:
         return isinstance(password, str) and self._holds(_comparable(password))
 
     def blocks(self, password: str) -> bool:
-        """Tell whether a password is listed, alone or with affixes around a listed word ("dragon2024!")."""
+        """Tell whether a password is listed, alone or with a few affixes around a listed word ("dragon2024!")."""
         comparable = _comparable(password)
-        core = _core(comparable)
-        return self._holds(comparable) or (core is not None and self._holds(core))
+        return any(self._holds(candidate) for candidate in (comparable, *_cores(comparable)))
 
     def _holds(self, comparable: str) -> bool:
         key = _digest(comparable)
@@ -174,6 +201,17 @@ def context_words(email: str | None) -> list[str]:
 
 
 def matches_context(password: str, email: str | None) -> bool:
-    """Tell whether the password is a context word, alone or with affixes such as digits and punctuation."""
+    """Tell whether the password is a context word, alone or with at most MAX_AFFIX affix characters around it.
+
+    Unlike a listed word, a context word is looked for in the password, so a local part
+    that ends in digits ("john1985") is found in "john19852024!" as well.
+    """
     comparable = _comparable(password)
-    return any(word in (comparable, _core(comparable)) for word in context_words(email))
+    for word in context_words(email):
+        index = comparable.find(word)
+        while index >= 0:
+            affixes = comparable[:index] + comparable[index + len(word):]
+            if len(affixes) <= MAX_AFFIX and all(_is_affix(character) for character in affixes):
+                return True
+            index = comparable.find(word, index + 1)
+    return False

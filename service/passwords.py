@@ -67,9 +67,13 @@ class Passwords:
         self._pool: Any = None
         # Verified against when the email is unknown, so both paths cost one argon2 run.
         self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(16))
-        # Loaded at the first new password: most workers serve logins and tokens, and a
-        # worker that gets no registration or password change saves the memory.
-        self._blocklists: list[password_blocklist.Blocklist] | None = None
+        # The bundled list loads at the first new password: most workers serve logins and
+        # tokens, and a worker that gets no registration or password change saves the
+        # memory. The operator's list is the one the settings check read at start (the
+        # same file, unchanged, is not read again), so no request reads the file.
+        self._bundled: password_blocklist.Blocklist | None = None
+        self._operator_list = (password_blocklist.read_file(settings.password_blocklist_file)
+                               if settings.password_blocklist_file is not None else None)
 
     def check_new(self, password: str, *, email: str | None, field: str) -> None:
         """Raise PasswordBlocklisted, naming `field`, when a new password is on the blocklist.
@@ -77,14 +81,12 @@ class Passwords:
         `email` is the account's; see service.password_blocklist for what is compared.
         The check runs before any hashing, so a refused password costs no argon2 work.
         """
-        if self._blocklists is None:
-            self._blocklists = [password_blocklist.bundled()]
-            if self._settings.password_blocklist_file is not None:
-                self._blocklists.append(password_blocklist.read_file(self._settings.password_blocklist_file))
-        if any(blocklist.blocks(password) for blocklist in self._blocklists):
-            raise PasswordBlocklisted("This password is among the commonly used or blocked passwords, which are "
-                                      "the first that attackers try. Choose another one, such as a few unrelated "
-                                      "words.", field=field)
+        if self._bundled is None:
+            self._bundled = password_blocklist.bundled()
+        if self._bundled.blocks(password) or (self._operator_list is not None and self._operator_list.blocks(password)):
+            raise PasswordBlocklisted("This password is a commonly used or blocked one, or one with a few digits or "
+                                      "symbols added, which attackers try first. Choose another one, such as a few "
+                                      "unrelated words.", field=field)
         if password_blocklist.matches_context(password, email):
             raise PasswordBlocklisted("This password is the email address, its part before the @-sign or the "
                                       "service's name, which attackers try first. Choose another one.", field=field)

@@ -36,6 +36,12 @@ from gunicorn.workers.ggevent import GeventWorker
 from service.lifecycle import error_pages, state
 
 POLL_SECONDS = 0.1
+# A worker whose settings no longer load waits this long before it exits, so the master
+# starts at most one such worker per interval; well below gunicorn's worker timeout.
+SETTINGS_RETRY_SECONDS = 5.0
+# Any exit code but gunicorn's 3 (failed boot) and 4 (failed import) makes the master
+# start a new worker rather than stop.
+SETTINGS_INVALID_EXIT = 1
 # Signals that start or speed up a stop: the master's shutdown notice, SIGTERM, SIGQUIT.
 _SHUTDOWN_SIGNALS = (signal.SIGUSR2, signal.SIGTERM, signal.SIGQUIT)
 # How long a kept-alive connection may stay idle once shutdown has begun. A client that
@@ -136,7 +142,20 @@ class GatehouseWorker(GeventWorker):
         gevent.spawn(self.log.info, "worker_draining", extra={"worker_pid": self.pid})
 
     def load_wsgi(self) -> None:
-        super().load_wsgi()
+        from service.config import InvalidConfiguration
+
+        try:
+            super().load_wsgi()
+        except InvalidConfiguration as exc:
+            # The master checked the settings at start and before each reload, so a file
+            # that a setting names went bad since: a blocklist, a certificate, the log
+            # directory. gunicorn stops the whole server when a worker fails to boot;
+            # exiting as a crashed worker instead, after a pause, makes the master start
+            # another while the other workers go on serving.
+            self.log.error("worker_settings_invalid", extra={
+                "worker_pid": self.pid, "error": str(exc), "retry_seconds": SETTINGS_RETRY_SECONDS})
+            time.sleep(SETTINGS_RETRY_SECONDS)
+            raise SystemExit(SETTINGS_INVALID_EXIT) from None
         # The app itself, for the worker_exit hook; self.wsgi becomes the wrapper below.
         self.application = app = self.wsgi
 

@@ -149,8 +149,8 @@ def connect_to_mysql(settings: Settings) -> pymysql.connections.Connection:
             raise BackupFailed(f"TLS to MySQL failed ({failure.reason}): {failure.hint}") from None
         message = exc.args[1] if len(exc.args) > 1 else str(exc)
         raise BackupFailed(f"cannot connect to MySQL at {settings.mysql_host}:{settings.mysql_port}: {message}; "
-                           "check GATEHOUSE_MYSQL_HOST, GATEHOUSE_MYSQL_PORT, GATEHOUSE_MYSQL_USER and "
-                           "GATEHOUSE_MYSQL_PASSWORD") from None
+                           "check GATEHOUSE_MYSQL_HOST, GATEHOUSE_MYSQL_PORT, GATEHOUSE_MYSQL_USER, "
+                           "GATEHOUSE_MYSQL_PASSWORD and GATEHOUSE_MYSQL_DATABASE") from None
 
 
 def check_server_tls(settings: Settings) -> None:

@@ -100,7 +100,8 @@ def _run_locked(client: redis.Redis, name: str, work: Callable[[], Mapping[str, 
     try:
         acquired = lock.acquire()
     except redis.RedisError as exc:
-        log.error("job_failed", job=name, error=f"Redis unreachable, lock not taken: {exc}")
+        log.error("job_failed", job=name,
+                  error=f"Redis failed, lock not taken: {exc}; check GATEHOUSE_REDIS_URL and that Redis is up")
         return EXIT_FAILED
 
     if not acquired:

@@ -6,6 +6,7 @@ import pytest
 
 from service.app import close_app, create_app
 from service.argon2id import Argon2id
+from service.errors import PasswordBlocklisted
 from tests.blueprints.test_auth import run_sql
 from tests.conftest import PASSWORD
 from tests.helpers import bearer
@@ -118,3 +119,17 @@ def test_new_password_with_control_characters_rejected(client, settings, passwor
     assert response.get_json()["field"] == "password"
     assert "control characters" in response.get_json()["detail"]
     assert run_sql(settings, "SELECT COUNT(*) AS n FROM users")[0]["n"] == 0
+
+
+def test_operator_list_read_at_start_survives_a_damaged_file(settings, tmp_path):
+    """A worker checks new passwords against the list its settings check read, not the file as it is now."""
+    from service.passwords import Passwords
+
+    path = tmp_path / "blocked.txt"
+    path.write_text("acme rocket sled\n")
+    passwords = Passwords(settings.model_copy(update={"password_blocklist_file": path}))
+    path.write_bytes(b"acme rocket sled\n\xff not UTF-8\n")
+
+    with pytest.raises(PasswordBlocklisted):
+        passwords.check_new("Acme Rocket Sled", email="wile@example.com", field="password")
+    passwords.check_new(PASSWORD, email="wile@example.com", field="password")

@@ -268,3 +268,43 @@ def test_reload_with_a_broken_file_keeps_serving(tmp_path):
         assert requests.get(f"{server.url}/ready", timeout=5).status_code == 200
     finally:
         server.stop()
+
+
+def test_worker_with_broken_settings_does_not_stop_the_server(tmp_path):
+    """A worker replaced after a file that a setting names went bad waits and exits; the others serve on."""
+    blocklist = tmp_path / "blocked.txt"
+    blocklist.write_text("acme rocket sled\n")
+    server = Gunicorn(tmp_path, env={"GATEHOUSE_PASSWORD_BLOCKLIST_FILE": str(blocklist)})
+    server.start()
+    try:
+        server.wait_ready()
+        # Both workers must have loaded the file before it goes bad.
+        deadline = time.monotonic() + 15
+        while server.output().count('"event":"app_created"') < 2:
+            assert time.monotonic() < deadline, server.output()[-2000:]
+            time.sleep(0.05)
+        crashed, survivor = sorted(server.worker_pids())
+        blocklist.write_bytes(b"acme rocket sled\n\xff broken\n")
+
+        os.kill(crashed, signal.SIGKILL)
+        deadline = time.monotonic() + 15
+        while "worker_settings_invalid" not in server.output():
+            assert time.monotonic() < deadline, server.output()[-2000:]
+            time.sleep(0.05)
+
+        assert server.process.poll() is None
+        assert survivor in server.worker_pids()
+        assert requests.get(f"{server.url}/ready", timeout=5).status_code == 200
+        invalid = [json.loads(line) for line in server.output().splitlines()
+                   if line.startswith("{") and "worker_settings_invalid" in line]
+        assert "GATEHOUSE_PASSWORD_BLOCKLIST_FILE" in invalid[0]["error"]
+
+        blocklist.write_text("acme rocket sled\n")
+        deadline = time.monotonic() + 20
+        while server.output().count('"event":"app_created"') < 3:
+            assert time.monotonic() < deadline, server.output()[-2000:]
+            time.sleep(0.1)
+        assert server.process.poll() is None
+        assert len(server.worker_pids()) == 2
+    finally:
+        server.stop()

@@ -182,7 +182,8 @@ def test_purge_command_fails_without_redis(redis_client):
     assert result.returncode == 1
     failed = [event for event in log_events(result.stderr) if event["event"] == "job_failed"]
     assert len(failed) == 1
-    assert "Redis unreachable" in failed[0]["error"]
+    assert "Redis failed, lock not taken" in failed[0]["error"]
+    assert "GATEHOUSE_REDIS_URL" in failed[0]["error"]
 
 
 def test_purge_enforces_a_lowered_maximum(redis_client, settings):
