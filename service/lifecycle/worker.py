@@ -37,7 +37,7 @@ from service.lifecycle import error_pages, state
 
 POLL_SECONDS = 0.1
 # A worker whose settings no longer load waits this long before it exits, so the master
-# starts at most one such worker per interval; well below gunicorn's worker timeout.
+# starts at most one such worker per interval. It is well below gunicorn's worker timeout.
 SETTINGS_RETRY_SECONDS = 5.0
 # Any exit code but gunicorn's 3 (failed boot) and 4 (failed import) makes the master
 # start a new worker rather than stop.
@@ -149,9 +149,9 @@ class GatehouseWorker(GeventWorker):
         except InvalidConfiguration as exc:
             # The master checked the settings at start and before each reload, so a file
             # that a setting names went bad since: a blocklist, a certificate, the log
-            # directory. gunicorn stops the whole server when a worker fails to boot;
-            # exiting as a crashed worker instead, after a pause, makes the master start
-            # another while the other workers go on serving.
+            # directory. gunicorn stops the whole server when a worker fails to boot. So this
+            # worker exits as a crashed one after a pause, and the master starts another
+            # while the other workers go on serving.
             self.log.error("worker_settings_invalid", extra={
                 "worker_pid": self.pid, "error": str(exc), "retry_seconds": SETTINGS_RETRY_SECONDS})
             time.sleep(SETTINGS_RETRY_SECONDS)
