@@ -8,8 +8,10 @@ handler created in the master stays safe in the workers that inherit it.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+import time
 from datetime import UTC, datetime
 
 from service.config import Settings
@@ -23,6 +25,40 @@ _MARK = "_gatehouse_log_file"
 # through the group, and other users cannot read client addresses and account ids.
 LOG_FILE_MODE = 0o640
 LOG_FILE_UMASK = 0o027
+# A failing log file (its directory removed, the disk full) is reported on stderr at most
+# once per this many seconds, with the number of records lost since the last report.
+WRITE_FAILURE_REPORT_SECONDS = 60.0
+
+
+class _WriteFailures:
+    """Report a log file's failed writes as one JSON line on stderr per interval.
+
+    logging's default prints a traceback to stderr for every record that fails, which
+    is neither JSON nor bounded. stdout still gets every record, so the line only needs
+    to say that the file misses them.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._last_report = float("-inf")
+        self._lost = 0
+
+    def record(self, error: BaseException | None) -> None:
+        self._lost += 1
+        now = time.monotonic()
+        if now - self._last_report < WRITE_FAILURE_REPORT_SECONDS:
+            return
+
+        line = {"event": "log_file_write_failed", "level": "error", "path": self._path,
+                "error": f"{type(error).__name__}: {error}" if error else "unknown", "records_lost": self._lost,
+                "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z")}
+        try:
+            sys.stderr.write(json.dumps(line) + "\n")
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            return
+        self._last_report = now
+        self._lost = 0
 
 
 def _handler_class() -> type[logging.Handler]:
@@ -64,7 +100,13 @@ def build_handler(settings: Settings) -> logging.Handler | None:
     if settings.log_file is None:
         return None
 
-    handler = _handler_class()(
+    failures = _WriteFailures(str(settings.log_file))
+
+    class Handler(_handler_class()):  # type: ignore[misc, valid-type]
+        def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+            failures.record(sys.exc_info()[1])
+
+    handler = Handler(
         str(settings.log_file),
         when=settings.log_file_rotate_when,
         interval=settings.log_file_rotate_interval,

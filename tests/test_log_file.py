@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -240,3 +241,29 @@ def test_log_files_not_readable_by_others(tmp_path):
     assert (tmp_path / ".__gatehouse.lock") in files
     for path in files:
         assert path.stat().st_mode & 0o777 == 0o640, path.name
+
+
+def test_lost_log_file_reported_once_as_json(tmp_path, capsys):
+    directory = tmp_path / "logs"
+    directory.mkdir()
+    settings = load_settings({"log_file": str(directory / "gatehouse.log")})
+    logger = logging.getLogger("tests.log_file.lost")
+    try:
+        log_file.attach(settings, logger)
+        logger.warning("before")
+        shutil.rmtree(directory)
+        for number in range(5):
+            logger.warning("after_%d", number)
+    finally:
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+            handler.close()
+
+    errors = capsys.readouterr().err
+    assert "--- Logging error ---" not in errors
+    reports = [json.loads(line) for line in errors.splitlines() if line.startswith("{")]
+    assert len(reports) == 1
+    assert reports[0]["event"] == "log_file_write_failed"
+    assert reports[0]["path"] == str(directory / "gatehouse.log")
+    assert reports[0]["records_lost"] == 1
+    assert "FileNotFoundError" in reports[0]["error"] or "No such file" in reports[0]["error"]
