@@ -61,6 +61,9 @@ class _WriteFailures:
         self._lost = 0
 
 
+_WRITE_FAILURES: dict[str, _WriteFailures] = {}
+
+
 def _handler_class() -> type[logging.Handler]:
     """Import the handler class without letting its lock library import redis.
 
@@ -100,7 +103,8 @@ def build_handler(settings: Settings) -> logging.Handler | None:
     if settings.log_file is None:
         return None
 
-    failures = _WriteFailures(str(settings.log_file))
+    # One per path in a process: a worker's root logger and gunicorn's loggers have handlers of their own.
+    failures = _WRITE_FAILURES.setdefault(str(settings.log_file), _WriteFailures(str(settings.log_file)))
 
     class Handler(_handler_class()):  # type: ignore[misc, valid-type]
         def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
