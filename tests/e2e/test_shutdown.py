@@ -238,40 +238,9 @@ def kill_worker_then_stop(server: Gunicorn) -> tuple[float, int]:
     return signalled, server.wait_exit(timeout=GRACEFUL_TIMEOUT + 5)
 
 
-def test_reload_with_a_broken_file_keeps_serving(tmp_path):
-    """SIGHUP after a file that a setting names went bad is refused; the old workers serve on."""
-    blocklist = tmp_path / "blocked.txt"
-    blocklist.write_text("acme rocket sled\n")
-    server = Gunicorn(tmp_path, env={"GATEHOUSE_PASSWORD_BLOCKLIST_FILE": str(blocklist)})
-    server.start()
-    try:
-        server.wait_ready()
-        workers = server.worker_pids()
-        blocklist.write_bytes(b"acme rocket sled\n\xff broken\n")
-
-        server.process.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 10
-        while "reload_refused" not in server.output():
-            assert time.monotonic() < deadline, server.output()[-2000:]
-            time.sleep(0.05)
-
-        assert server.process.poll() is None
-        assert server.worker_pids() == workers
-        assert requests.get(f"{server.url}/ready", timeout=5).status_code == 200
-        refused = [json.loads(line) for line in server.output().splitlines()
-                   if line.startswith("{") and "reload_refused" in line]
-        assert "GATEHOUSE_PASSWORD_BLOCKLIST_FILE" in refused[0]["error"]
-        assert "line 2" in refused[0]["error"]
-
-        blocklist.write_text("acme rocket sled\n")
-        assert not server.reload() & workers
-        assert requests.get(f"{server.url}/ready", timeout=5).status_code == 200
-    finally:
-        server.stop()
-
-
-def test_worker_with_broken_settings_does_not_stop_the_server(tmp_path):
-    """A worker replaced after a file that a setting names went bad waits and exits; the others serve on."""
+@pytest.fixture
+def blocklist_server(tmp_path):
+    """A server whose password blocklist file the test can break, ready with both workers loaded."""
     blocklist = tmp_path / "blocked.txt"
     blocklist.write_text("acme rocket sled\n")
     server = Gunicorn(tmp_path, env={"GATEHOUSE_PASSWORD_BLOCKLIST_FILE": str(blocklist)})
@@ -279,32 +248,60 @@ def test_worker_with_broken_settings_does_not_stop_the_server(tmp_path):
     try:
         server.wait_ready()
         # Both workers must have loaded the file before it goes bad.
-        deadline = time.monotonic() + 15
-        while server.output().count('"event":"app_created"') < 2:
-            assert time.monotonic() < deadline, server.output()[-2000:]
-            time.sleep(0.05)
-        crashed, survivor = sorted(server.worker_pids())
-        blocklist.write_bytes(b"acme rocket sled\n\xff broken\n")
-
-        os.kill(crashed, signal.SIGKILL)
-        deadline = time.monotonic() + 15
-        while "worker_settings_invalid" not in server.output():
-            assert time.monotonic() < deadline, server.output()[-2000:]
-            time.sleep(0.05)
-
-        assert server.process.poll() is None
-        assert survivor in server.worker_pids()
-        assert requests.get(f"{server.url}/ready", timeout=5).status_code == 200
-        invalid = [json.loads(line) for line in server.output().splitlines()
-                   if line.startswith("{") and "worker_settings_invalid" in line]
-        assert "GATEHOUSE_PASSWORD_BLOCKLIST_FILE" in invalid[0]["error"]
-
-        blocklist.write_text("acme rocket sled\n")
-        deadline = time.monotonic() + 20
-        while server.output().count('"event":"app_created"') < 3:
-            assert time.monotonic() < deadline, server.output()[-2000:]
-            time.sleep(0.1)
-        assert server.process.poll() is None
-        assert len(server.worker_pids()) == 2
+        wait_for_output(server, lambda output: output.count('"event":"app_created"') >= 2)
+        yield server, blocklist
     finally:
         server.stop()
+
+
+def wait_for_output(server: Gunicorn, condition, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition(server.output()):
+        assert time.monotonic() < deadline, server.output()[-2000:]
+        time.sleep(0.05)
+
+
+def logged(server: Gunicorn, event: str) -> list[dict]:
+    return [json.loads(line) for line in server.output().splitlines()
+            if line.startswith("{") and f'"event":"{event}"' in line]
+
+
+def test_reload_with_a_broken_file_keeps_serving(blocklist_server):
+    """SIGHUP after a file that a setting names went bad is refused; the old workers serve on."""
+    server, blocklist = blocklist_server
+    workers = server.worker_pids()
+    blocklist.write_bytes(b"acme rocket sled\n\xff broken\n")
+
+    server.process.send_signal(signal.SIGHUP)
+    wait_for_output(server, lambda output: "reload_refused" in output)
+
+    assert server.process.poll() is None
+    assert server.worker_pids() == workers
+    assert requests.get(f"{server.url}/ready", timeout=5).status_code == 200
+    refused = logged(server, "reload_refused")
+    assert "GATEHOUSE_PASSWORD_BLOCKLIST_FILE" in refused[0]["error"]
+    assert "line 2" in refused[0]["error"]
+
+    blocklist.write_text("acme rocket sled\n")
+    assert not server.reload() & workers
+    assert requests.get(f"{server.url}/ready", timeout=5).status_code == 200
+
+
+def test_worker_with_broken_settings_does_not_stop_the_server(blocklist_server):
+    """A worker replaced after a file that a setting names went bad waits and exits; the others serve on."""
+    server, blocklist = blocklist_server
+    crashed, survivor = sorted(server.worker_pids())
+    blocklist.write_bytes(b"acme rocket sled\n\xff broken\n")
+
+    os.kill(crashed, signal.SIGKILL)
+    wait_for_output(server, lambda output: "worker_settings_invalid" in output)
+
+    assert server.process.poll() is None
+    assert survivor in server.worker_pids()
+    assert requests.get(f"{server.url}/ready", timeout=5).status_code == 200
+    assert "GATEHOUSE_PASSWORD_BLOCKLIST_FILE" in logged(server, "worker_settings_invalid")[0]["error"]
+
+    blocklist.write_text("acme rocket sled\n")
+    wait_for_output(server, lambda output: output.count('"event":"app_created"') >= 3)
+    assert server.process.poll() is None
+    assert len(server.worker_pids()) == 2
