@@ -211,7 +211,7 @@ def change_password(svc: Services, user: users.User, session_id: str, current: s
     raises RateLimited. A wrong current password raises InvalidCurrentPassword, and a new
     password equal to the current one then raises PasswordUnchanged. Either leaves the
     password and the sessions as they were. A new password on the blocklist raises
-    PasswordBlocklisted before the current one is checked: it tells nothing about the
+    PasswordBlocklisted before the current one is checked: it reveals nothing about the
     current password.
     """
     svc.passwords.check_new(new, email=user.email, field="new_password")

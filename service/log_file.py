@@ -25,8 +25,8 @@ _MARK = "_gatehouse_log_file"
 # through the group, and other users cannot read client addresses and account ids.
 LOG_FILE_MODE = 0o640
 LOG_FILE_UMASK = 0o027
-# A failing log file (its directory removed, the disk full) is reported on stderr at most
-# once per this many seconds, with the number of records lost since the last report.
+# A log file that cannot be written (its directory removed, the disk full) is reported on
+# stderr at most once per this many seconds in each process, with the records lost since.
 WRITE_FAILURE_REPORT_SECONDS = 60.0
 
 

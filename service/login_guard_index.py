@@ -36,13 +36,24 @@ MAX_INDEXED_CLIENTS = 1000
 # Keys that one SCAN step of reindex_all reads.
 REINDEX_SCAN_COUNT = 1000
 
+# expire_with_last_member() sets the index to expire with its member scored last, the
+# client network whose keys expire last.
+_EXPIRE_FUNCTION = """
+local function expire_with_last_member(index)
+    local last = redis.call('ZRANGE', index, -1, -1, 'WITHSCORES')
+    if last[2] then
+        redis.call('PEXPIREAT', index, last[2])
+    end
+end
+"""
+
 # KEYS[1]: the account's index. KEYS[2..4]: the client's keys, in the order of ADDRESS_KINDS.
 # ARGV[1]: the client network. ARGV[2]: MAX_INDEXED_CLIENTS.
 # ARGV[3..5]: the account's stems of ADDRESS_KINDS, which name another member's keys as STEM/MEMBER.
 # Returns how many other members gave way to keep the index within ARGV[2].
 # NOTE: the keys of an evicted member are derived inside the script, which is fine on
 # a single Redis or behind Sentinel but would not hash to one slot on Redis Cluster.
-INDEX_LUA = """
+INDEX_LUA = _EXPIRE_FUNCTION + """
 local index, client, max_members = KEYS[1], ARGV[1], tonumber(ARGV[2])
 local time = redis.call('TIME')
 local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
@@ -72,10 +83,7 @@ if excess > 0 then
     end
 end
 
-local last = redis.call('ZRANGE', index, -1, -1, 'WITHSCORES')
-if last[2] then
-    redis.call('PEXPIREAT', index, last[2])
-end
+expire_with_last_member(index)
 return evicted
 """
 
@@ -84,7 +92,7 @@ return evicted
 # ARGV[2..4]: the account's stems of ADDRESS_KINDS.
 # Returns how many keys it deleted.
 # Like INDEX_LUA, it derives the keys of each member inside the script.
-CLEAR_LUA = """
+CLEAR_LUA = _EXPIRE_FUNCTION + """
 local index, erase = KEYS[1], ARGV[1] == '1'
 local deleted = 0
 if #KEYS > 1 then
@@ -110,10 +118,7 @@ end
 if erase then
     return deleted + redis.call('DEL', index)
 end
-local last = redis.call('ZRANGE', index, -1, -1, 'WITHSCORES')
-if last[2] then
-    redis.call('PEXPIREAT', index, last[2])
-end
+expire_with_last_member(index)
 return deleted
 """
 

@@ -23,7 +23,7 @@ from tests.test_login_guard import EMAIL, GUARD_SETTINGS, guard_key
 
 ACCOUNT = account_key(EMAIL)
 OTHER_EMAIL = "bob@example.com"
-# Three addresses that the account knows. The guard keys an IPv6 address by its /64
+# Three addresses known to the account. The guard keys an IPv6 address by its /64
 # network, whose name contains "/" itself.
 KNOWN = ("198.51.100.10", "198.51.100.20", "2001:db8:1::5")
 NETWORKS = [client_network(address) for address in KNOWN]

@@ -50,7 +50,7 @@ def test_password_change_refuses_and_keeps_the_password(client, tokens):
     assert client.get("/v1/users/me", headers=bearer(tokens["access_token"])).status_code == 200
 
 
-def test_password_change_refuses_own_email_without_checking_the_current_one(client, tokens):
+def test_change_rejects_email_before_current(client, tokens):
     response = client.post("/v1/users/me/password", headers=bearer(tokens["access_token"]),
                            json={"current_password": "not the password", "new_password": "Alice2026!"})
 
@@ -121,7 +121,7 @@ def test_new_password_with_control_characters_rejected(client, settings, passwor
     assert run_sql(settings, "SELECT COUNT(*) AS n FROM users")[0]["n"] == 0
 
 
-def test_operator_list_read_at_start_survives_a_damaged_file(settings, tmp_path):
+def test_operator_list_survives_damaged_file(settings, tmp_path):
     """A worker checks new passwords against the list its settings check read, not the file as it is now."""
     from service.passwords import Passwords
 
