@@ -18,6 +18,11 @@ log = structlog.get_logger(__name__)
 # Every key the service writes starts with this, so the database can be shared with other tools.
 KEY_PREFIX = "gh:"
 
+# Size of the buffer each connection reads replies into. redis-py allocates its default
+# of 64 KiB per connection, 2.5 MiB in a worker's two pools of 20. Most replies here are
+# a few hundred bytes, and a longer one takes more reads.
+SOCKET_READ_SIZE = 4096
+
 
 class SentinelBlockingConnectionPool(SentinelConnectionPool, redis.BlockingConnectionPool):
     """A BlockingConnectionPool whose connections go to the master that the Sentinels name.
@@ -112,6 +117,7 @@ def create_pool(settings: Settings, *, max_connections: int, timeout: float, soc
         "socket_timeout": socket_timeout,
         "socket_connect_timeout": settings.redis_connect_timeout,
         "health_check_interval": 30,
+        "socket_read_size": SOCKET_READ_SIZE,
         **options,
     }
     if settings.redis_mode == "sentinel":

@@ -1,11 +1,14 @@
-"""The Redis pool against the real test Redis: a request that finds no free connection gets a 503."""
+"""The Redis pools against the real test Redis: a request that finds no free connection gets a 503, and
+replies longer than a connection's read buffer arrive whole."""
 
 from __future__ import annotations
 
 import time
 
+from service import redis_store
 from service.app import close_app, create_app
 from service.context import EXTENSION_KEY
+from service.limits import LIMITER_KEY
 
 POOL_WAIT_SECONDS = 0.3
 
@@ -39,5 +42,29 @@ def test_refresh_gets_503_when_pool_exhausted():
         after = client.post("/v1/auth/refresh", json=body)
         assert after.status_code == 401
         assert after.get_json()["code"] == "invalid_refresh_token"
+    finally:
+        close_app(app)
+
+
+def test_both_pools_read_with_a_small_buffer_and_get_long_replies_whole():
+    app = create_app()
+    try:
+        client = app.extensions[EXTENSION_KEY].redis
+        limit_pool = app.extensions[LIMITER_KEY].storage.pool
+        for pool in (client.connection_pool, limit_pool):
+            assert pool.connection_kwargs["socket_read_size"] == redis_store.SOCKET_READ_SIZE
+
+        # A reply 60 times the buffer, and one across many reads in a pipeline.
+        key = f"{redis_store.KEY_PREFIX}test:long-reply"
+        value = "0123456789abcdef" * (redis_store.SOCKET_READ_SIZE * 60 // 16)
+        try:
+            client.set(key, value, ex=60)
+            assert client.get(key) == value
+            pipe = client.pipeline(transaction=False)
+            for _ in range(3):
+                pipe.get(key)
+            assert pipe.execute() == [value] * 3
+        finally:
+            client.delete(key)
     finally:
         close_app(app)
