@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Protocol
 
 import redis
@@ -59,6 +60,15 @@ def _audit(svc: AccountServices, actor_id: str | None, client_ip: str, action: s
                  client_ip=client_ip, detail=detail)
 
 
+def _keep_another_admin(user_id: str) -> roles.Step:
+    """Return the step that stops a change when it would leave no active administrator.
+
+    Each administrator is kept from removing itself, and this also keeps two of them from
+    removing each other at the same moment.
+    """
+    return functools.partial(roles.keep_another_admin, user_id=user_id)
+
+
 def get_user(svc: Services, user_id: str) -> tuple[users.User, list[SessionInfo]]:
     """Return a user with current roles and live sessions; raise NotFound."""
     user = users.find_user(svc.database, user_id)
@@ -69,14 +79,16 @@ def get_user(svc: Services, user_id: str) -> tuple[users.User, list[SessionInfo]
 
 def set_status(svc: Services, actor_id: str, client_ip: str, user_id: str, status: str) -> users.User:
     """Disable or enable an account; disabling ends all its sessions at once."""
-    if user_id == actor_id and status == users.STATUS_DISABLED:
+    disabling = status == users.STATUS_DISABLED
+    if user_id == actor_id and disabling:
         raise Conflict("Administrators cannot disable their own account.", field="user_id")
-    if not users.set_status(svc.database, user_id, status):
+    if not users.set_status(svc.database, user_id, status,
+                            before=_keep_another_admin(user_id) if disabling else None):
         raise NotFound("No such user.", field="user_id")
 
-    ended = svc.sessions.revoke_user(user_id) if status == users.STATUS_DISABLED else 0
+    ended = svc.sessions.revoke_user(user_id) if disabling else 0
     _user_changed(svc, user_id)
-    action = "user_disabled" if status == users.STATUS_DISABLED else "user_enabled"
+    action = "user_disabled" if disabling else "user_enabled"
     _audit(svc, actor_id, client_ip, action, "user", user_id, sessions_ended=ended)
     user, _ = get_user(svc, user_id)
     return user
@@ -123,12 +135,21 @@ def delete_user(svc: AccountServices, actor_id: str | None, client_ip: str, user
     if users.find_user(svc.database, user_id) is None:
         raise NotFound("No such user.", field="user_id")
 
-    # The sessions end before the row goes, so a Redis failure leaves the account in place
-    # for a retry. The second pass ends a session that a login started in between. As with
-    # disabling, the revocations reach every worker through the channel, and user_changed
-    # drops their cached copies of the account.
-    ended = svc.sessions.revoke_user(user_id)
-    email = users.delete_user(svc.database, user_id)
+    # The sessions end in the deletion's transaction, before the row goes, so a Redis
+    # failure leaves the account in place for a retry, and so does a refusal of the check
+    # that keeps an administrator. The second pass ends a session that a login started in
+    # between. As with disabling, the revocations reach every worker through the channel,
+    # and user_changed drops their cached copies of the account.
+    ended = 0
+
+    def end_sessions(cursor: object) -> None:
+        nonlocal ended
+        # The command line (actor_id None) may delete the last administrator: it creates new ones.
+        if actor_id is not None:
+            roles.keep_another_admin(cursor, user_id)
+        ended = svc.sessions.revoke_user(user_id)
+
+    email = users.delete_user(svc.database, user_id, before=end_sessions)
     if email is None:
         raise NotFound("No such user.", field="user_id")
     ended += svc.sessions.revoke_user(user_id)
@@ -149,7 +170,8 @@ def grant_role(svc: Services, actor_id: str, client_ip: str, user_id: str, role:
 def revoke_role(svc: Services, actor_id: str, client_ip: str, user_id: str, role: str) -> users.User:
     if user_id == actor_id and role == roles.ADMIN:
         raise Conflict("Administrators cannot revoke their own admin role.", field="role")
-    changed = roles.revoke(svc.database, user_id, role)
+    changed = roles.revoke(svc.database, user_id, role,
+                           before=_keep_another_admin(user_id) if role == roles.ADMIN else None)
     _user_changed(svc, user_id)
     _audit(svc, actor_id, client_ip, "role_revoked", "user", user_id, role=role, changed=changed)
     user, _ = get_user(svc, user_id)

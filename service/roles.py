@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import pymysql
 
 from service.database import Database
 from service.errors import Conflict, NotFound
+from service.users import STATUS_ACTIVE
 
 ADMIN = "admin"
+
+# A step that runs first in the transaction of a change, and raises to stop it.
+Step = Callable[[Any], None]
 _DUPLICATE_ENTRY = 1062
 
 
@@ -63,9 +69,35 @@ def grant(database: Database, user_id: str, role: str) -> bool:
         return cursor.rowcount == 1
 
 
-def revoke(database: Database, user_id: str, role: str) -> bool:
-    """Revoke a role; return False when the user did not have it."""
-    with database.cursor() as cursor:
+def keep_another_admin(cursor: Any, user_id: str) -> None:
+    """Raise Conflict when the user is the only active account with the admin role.
+
+    Run it first in the transaction that disables, deletes or demotes the account. It
+    locks the admin role's row, so two such transactions run one after the other, and
+    the second one counts the administrators that the first one left.
+    """
+    cursor.execute("SELECT id FROM roles WHERE name = %s FOR UPDATE", (ADMIN,))
+    row = cursor.fetchone()
+    if row is None:
+        return
+
+    # A locking read returns the latest committed rows, not the transaction's snapshot.
+    cursor.execute("SELECT ur.user_id FROM user_roles ur JOIN users u ON u.id = ur.user_id "
+                   "WHERE ur.role_id = %s AND u.status = %s LOCK IN SHARE MODE", (row["id"], STATUS_ACTIVE))
+    active_admins = {admin["user_id"] for admin in cursor.fetchall()}
+    if active_admins == {user_id}:
+        raise Conflict("This is the only active administrator. Grant the admin role to another active "
+                       "account first.", field="user_id")
+
+
+def revoke(database: Database, user_id: str, role: str, *, before: Step | None = None) -> bool:
+    """Revoke a role; return False when the user did not have it.
+
+    `before` runs first in the same transaction and may raise to stop the change.
+    """
+    with database.transaction() as cursor:
+        if before is not None:
+            before(cursor)
         _require_user(cursor, user_id)
         role_id = _role_id(cursor, role)
         cursor.execute("DELETE FROM user_roles WHERE user_id = %s AND role_id = %s", (user_id, role_id))

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import pymysql
 import structlog
@@ -231,12 +233,15 @@ def find_by_email(database: Database, email: str) -> User | None:
     return find_user(database, row["id"])
 
 
-def delete_user(database: Database, user_id: str) -> str | None:
+def delete_user(database: Database, user_id: str, *, before: Callable[[Any], None] | None = None) -> str | None:
     """Delete a user and, by the foreign key's cascade, their role grants. Return the email, or None when absent.
 
     Audit rows stay, because audit_log has no foreign key to users, and they keep the id.
+    `before` runs first in the same transaction and may raise to stop the deletion.
     """
     with database.transaction() as cursor:
+        if before is not None:
+            before(cursor)
         cursor.execute("SELECT email FROM users WHERE id = %s FOR UPDATE", (user_id,))
         row = cursor.fetchone()
         if row is None:
@@ -246,9 +251,15 @@ def delete_user(database: Database, user_id: str) -> str | None:
     return row["email"]
 
 
-def set_status(database: Database, user_id: str, status: str) -> bool:
-    """Set a user's status; return whether the user exists."""
-    with database.cursor() as cursor:
+def set_status(database: Database, user_id: str, status: str, *,
+               before: Callable[[Any], None] | None = None) -> bool:
+    """Set a user's status; return whether the user exists.
+
+    `before` runs first in the same transaction and may raise to stop the change.
+    """
+    with database.transaction() as cursor:
+        if before is not None:
+            before(cursor)
         cursor.execute(
             "UPDATE users SET status = %s, updated_at = %s WHERE id = %s",
             (status, datetime.now(UTC).replace(tzinfo=None), user_id),
