@@ -123,10 +123,17 @@ def parse_query(model: type[BaseModel]) -> Any:
         raise _problem_for(exc) from None
 
 
-def _field_path(loc: tuple[int | str, ...]) -> str:
-    """Join a pydantic error location into a field path, leaving out union-member tags."""
+def _field_path(loc: tuple[int | str, ...], *, client_name: bool = False) -> str:
+    """Join a pydantic error location into a field path, leaving out union-member tags.
+
+    Tags contain "[" or "(", and the models' own field names never do. With client_name,
+    the last part is a name that the client sent, such as an unknown field, kept as sent.
+    """
     parts = []
-    for part in loc:
+    for index, part in enumerate(loc):
+        if client_name and index == len(loc) - 1:
+            parts.append(str(part))
+            break
         if isinstance(part, str) and ("[" in part or "(" in part):
             break
         parts.append(str(part))
@@ -145,20 +152,24 @@ def _problem_for(exc: ValidationError, raw: bytes = b"") -> InvalidRequest | Inv
     seen: set[str] = set()
     # A body full of unknown fields must not come back as a larger error document.
     for error in errors[:_MAX_FIELD_ERRORS]:
-        location = _field_path(error["loc"])
+        unknown = error["type"] == "extra_forbidden"
+        location = _field_path(error["loc"], client_name=unknown)
         if location in seen:
             continue  # one entry per field, even when each member of a union failed
         seen.add(location)
-        if error["type"] == "extra_forbidden":
-            message = "unknown field"
-        elif error["type"] == "model_type" or not location:
+        if unknown:
+            field_errors.append({"field": location, "message": "unknown field"})
+            continue
+        if error["type"] == "model_type" or not location:
             message = "the body must be a JSON object"
         else:
             message = error["msg"].removeprefix("Value error, ")
         field_errors.append({"field": location or "body", "message": message})
 
     first = field_errors[0]
-    return InvalidRequest(f"{first['field']}: {first['message']}", field=first["field"], errors=field_errors)
+    # An unknown field can have an empty name, which the detail shows quoted.
+    name = first["field"] or '""'
+    return InvalidRequest(f"{name}: {first['message']}", field=first["field"], errors=field_errors)
 
 
 def json_response(model: BaseModel, status: int = 200, headers: dict[str, str] | None = None) -> Response:

@@ -35,7 +35,15 @@ class Problem(Exception):
 
 
 class InvalidRequest(Problem):
+    """A request that breaks its declaration. With a field, `errors` lists at least that field."""
+
     status, code, title = 400, "invalid_request", "Invalid request"
+
+    def __init__(self, detail: str | None = None, *, field: str | None = None,
+                 errors: list[dict[str, str]] | None = None) -> None:
+        if errors is None and field is not None and detail:
+            errors = [{"field": field, "message": detail.removeprefix(f"{field}: ")}]
+        super().__init__(detail, field=field, errors=errors)
 
 
 class InvalidJson(Problem):
@@ -233,7 +241,7 @@ def problem_response(problem: Problem) -> Response:
         "code": problem.code,
         "request_id": g.get("request_id"),
     }
-    if problem.field:
+    if problem.field is not None:
         body["field"] = problem.field
     if problem.errors:
         body["errors"] = problem.errors

@@ -246,6 +246,17 @@ def test_unknown_field_rejected(client):
     assert response.get_json()["errors"] == [{"field": "remember_me", "message": "unknown field"}]
 
 
+@pytest.mark.parametrize("name", ["a[0]", "f(x)", "", "email.x"])
+def test_unknown_field_named_as_sent(client, name):
+    response = client.post("/v1/auth/login", json={"email": "alice@example.com", "password": PASSWORD, name: 1})
+
+    assert response.status_code == 400
+    assert response.get_json()["field"] == name
+    assert response.get_json()["errors"] == [{"field": name, "message": "unknown field"}]
+    quoted_if_empty = name or '""'
+    assert response.get_json()["detail"] == f"{quoted_if_empty}: unknown field"
+
+
 class FailingStream:
     """A WSGI input stream that raises `error` on every read, as gunicorn's reader does on a bad body."""
 

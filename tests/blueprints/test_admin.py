@@ -135,11 +135,13 @@ def test_list_users_search_finds_older_spelling(client, admin_tokens, settings):
     assert search(client, admin_tokens, "\uff21LICE@") == ["alice@example.com", "\uff41lice@example.com"]
 
 
-@pytest.mark.parametrize("query", ["limit=0", "limit=abc", "status=gone", "unknown=1"])
-def test_list_users_rejects_bad_query(client, admin_tokens, query):
+@pytest.mark.parametrize(("query", "field"), [("limit=0", "limit"), ("limit=abc", "limit"), ("status=gone", "status"),
+                                              ("unknown=1", "unknown"), ("query[]=a", "query[]"), ("f(x)=1", "f(x)")])
+def test_list_users_rejects_bad_query(client, admin_tokens, query, field):
     response = client.get(f"/v1/admin/users?{query}", headers=bearer(admin_tokens["access_token"]))
     assert response.status_code == 400
-    assert response.get_json()["field"]
+    assert response.get_json()["field"] == field
+    assert [error["field"] for error in response.get_json()["errors"]] == [field]
 
 
 @pytest.mark.parametrize("query", ["limit=1&limit=2", "status=active&status=active", "unknown=1&unknown=2"])
@@ -150,6 +152,8 @@ def test_list_users_rejects_repeated_parameter(client, admin_tokens, query):
     assert response.get_json()["code"] == "invalid_request"
     assert response.get_json()["field"] == query.partition("=")[0]
     assert "once" in response.get_json()["detail"]
+    assert response.get_json()["errors"] == [{"field": query.partition("=")[0],
+                                              "message": "given 2 times; give each query parameter once"}]
 
 
 @pytest.mark.parametrize("cursor", ["garbage", "", "alice", "alice@", "@example.com", "a" * 300 + "@example.com"],
