@@ -13,7 +13,7 @@ from pydantic_core import from_json
 from werkzeug.routing import BaseConverter
 
 from service.bearer import authenticate_request, require_roles
-from service.errors import InvalidJson, InvalidRequest, UnsupportedMediaType
+from service.errors import InvalidJson, InvalidRequest, UnsupportedContentEncoding, UnsupportedMediaType
 
 _MAX_FIELD_ERRORS = 10
 _MAX_FIELD_NAME = 64
@@ -79,6 +79,9 @@ def parse_body(model: type[BaseModel]) -> Any:
     """Validate the JSON body against a model; raise a Problem naming the failing field."""
     if request.mimetype != "application/json":
         raise UnsupportedMediaType("Send the body as application/json.", field="Content-Type")
+    coding = request.headers.get("Content-Encoding", "")
+    if coding.strip().lower() not in ("", "identity"):
+        raise UnsupportedContentEncoding(coding)
 
     raw = request.get_data(cache=False)
     if not raw:

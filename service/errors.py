@@ -77,6 +77,17 @@ class UnsupportedMediaType(Problem):
     status, code, title = 415, "unsupported_media_type", "Unsupported media type"
 
 
+class UnsupportedContentEncoding(UnsupportedMediaType):
+    """A body sent with a content coding, such as gzip. RFC 7694 responds with 415 and the accepted codings."""
+
+    def __init__(self, coding: str) -> None:
+        super().__init__(f"Content-Encoding: {coding[:40]!r} is not accepted; send the body without a content coding.",
+                         field="Content-Encoding")
+
+    def headers(self) -> dict[str, str]:
+        return {"Accept-Encoding": "identity"}
+
+
 class PayloadTooLarge(Problem):
     status, code, title = 413, "payload_too_large", "Request body too large"
 

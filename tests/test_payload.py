@@ -8,6 +8,7 @@ input stream raises the errors of gunicorn's chunked reader, or stalls.
 from __future__ import annotations
 
 import io
+import gzip
 import json
 import time
 
@@ -75,6 +76,32 @@ def test_json_routes_reject_other_media_types(client, content_type):
     assert response.status_code == 415
     assert response.get_json()["code"] == "unsupported_media_type"
     assert response.get_json()["field"] == "Content-Type"
+
+
+@pytest.mark.parametrize("coding", ["gzip", "br", "deflate, gzip", "x-unknown"])
+def test_content_encoding_rejected(client, coding):
+    body = json.dumps({"email": "alice@example.com", "password": PASSWORD}).encode()
+    if coding == "gzip":
+        body = gzip.compress(body)
+
+    response = client.post("/v1/auth/register", data=body, content_type="application/json",
+                           headers={"Content-Encoding": coding})
+
+    assert response.status_code == 415
+    assert response.get_json()["code"] == "unsupported_media_type"
+    assert response.get_json()["field"] == "Content-Encoding"
+    assert response.headers["Accept-Encoding"] == "identity"
+    # Nothing was registered: the same body without the header still creates the account.
+    assert client.post("/v1/auth/register", json=json.loads(gzip.decompress(body) if coding == "gzip" else body)
+                       ).status_code == 201
+
+
+@pytest.mark.parametrize("coding", ["identity", "IDENTITY", " identity "])
+def test_identity_content_encoding_accepted(client, coding):
+    response = client.post("/v1/auth/register", json={"email": "alice@example.com", "password": PASSWORD},
+                           headers={"Content-Encoding": coding})
+
+    assert response.status_code == 201
 
 
 def test_json_with_charset_parameter_accepted(client):
