@@ -44,8 +44,13 @@ def register(body: RegisterRequest) -> Response:
            errors=(401, 403), tags=("auth",))
 def login(body: LoginRequest) -> Response:
     pair = auth.login(services(), body.email, body.password,
-                      user_agent=request.user_agent.string, ip=request.remote_addr or "", guard=login_guard())
+                      user_agent=_user_agent(), ip=request.remote_addr or "", guard=login_guard())
     return json_response(pair, headers=NO_STORE)
+
+
+def _user_agent() -> str:
+    """Return the User-Agent header as text. WSGI passes header bytes as Latin-1, and clients send UTF-8."""
+    return request.headers.get("User-Agent", "").encode("latin-1").decode("utf-8", errors="replace")
 
 
 @blueprint.post("/refresh")

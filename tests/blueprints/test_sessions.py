@@ -35,6 +35,18 @@ def test_sessions_lists_each_login(client, tokens):
     assert set(sessions[0]) == {"id", "created_at", "last_used_at", "expires_at", "user_agent", "ip", "current"}
 
 
+@pytest.mark.parametrize(("sent", "stored"), [
+    ("Ué\u202e".encode(), "Ué\u202e"),
+    (b"agent \xff\xfe", "agent \ufffd\ufffd"),
+    ("é".encode() * 300, "é" * 256),
+], ids=["utf8", "invalid_utf8", "long_utf8"])
+def test_user_agent_stored_as_utf8_text(client, tokens, sent, stored):
+    # A WSGI server passes the header's bytes as a Latin-1 string.
+    login(client, user_agent=sent.decode("latin-1"))
+    sessions = client.get("/v1/auth/sessions", headers=bearer(tokens["access_token"])).get_json()["sessions"]
+    assert sessions[0]["user_agent"] == stored
+
+
 def test_delete_session_ends_it(client, tokens):
     other = login(client).get_json()
     sessions = client.get("/v1/auth/sessions", headers=bearer(tokens["access_token"])).get_json()["sessions"]
