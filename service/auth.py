@@ -177,6 +177,7 @@ def _require_active_account(svc: Services, session_id: str, user_id: str, *, ip:
         # The account was disabled or deleted without ending its sessions (for example
         # directly in the database): end this one now instead of issuing tokens.
         svc.sessions.revoke(session_id)
+        metrics.REFRESHES.labels(outcome="account_inactive").inc()
         log.warning("refresh_rejected", reason="account_inactive", user_id=user_id, client_ip=ip)
         raise InvalidRefreshToken()
 

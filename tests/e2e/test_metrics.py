@@ -54,6 +54,26 @@ def test_domain_metrics_count_each_outcome(server):
     assert delta("gatehouse_refreshes_total", outcome="reuse_detected") == 0
 
 
+def test_refresh_of_disabled_account_counted(server, settings):
+    from tests.blueprints.test_auth import run_sql
+
+    requests.post(f"{server.url}/v1/auth/register", json={"email": "gone@example.com", "password": PASSWORD},
+                  timeout=10)
+    pair = requests.post(f"{server.url}/v1/auth/login", json={"email": "gone@example.com", "password": PASSWORD},
+                         timeout=10).json()
+    # Disabled in the database only, so its sessions stay until a refresh finds the account inactive.
+    run_sql(settings, "UPDATE users SET status = 'disabled' WHERE email = %s", ("gone@example.com",))
+    before = scrape(server.url)
+
+    response = requests.post(f"{server.url}/v1/auth/refresh", json={"refresh_token": pair["refresh_token"]},
+                             timeout=10)
+
+    assert response.status_code == 401
+    after = scrape(server.url)
+    key = ("gatehouse_refreshes_total", (("outcome", "account_inactive"),))
+    assert after[key] - before.get(key, 0.0) == 1
+
+
 def test_gauges_describe_pools_dependencies_and_build(server):
     samples = scrape(server.url)
     workers = 2
