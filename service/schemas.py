@@ -167,6 +167,18 @@ class QueryParameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _decimal_digits_only(value: Any) -> Any:
+    """Reject a query number that is not ASCII digits alone, such as " 1", "+5" or "1_000"."""
+    if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+        raise PydanticCustomError("int_parsing", "Input should be a whole number in decimal digits")
+    return value
+
+
+# Page sizes in query strings. The bounds come before the validator, or the JSON Schema would show them as ge and le.
+UserPageSize = Annotated[int, Field(ge=1, le=200), BeforeValidator(_decimal_digits_only)]
+AuditPageSize = Annotated[int, Field(ge=1, le=1000), BeforeValidator(_decimal_digits_only)]
+
+
 class ChangePasswordRequest(RequestBody):
     current_password: ExistingPassword
     new_password: NewPassword
@@ -237,7 +249,7 @@ class UserSearch(QueryParameters):
         description="substring of the email, case-insensitive. Fullwidth and other compatibility characters "
                     "match their plain forms (NFKC), as on login.")
     status: Literal["active", "disabled"] | None = None
-    limit: int = Field(50, ge=1, le=200)
+    limit: UserPageSize = 50
     cursor: UserCursor | None = Field(
         None, description="the next_cursor of the previous page: lists only users whose email sorts after it")
 
@@ -257,7 +269,7 @@ class CreateRoleRequest(RequestBody):
 
 
 class AuditQuery(QueryParameters):
-    limit: int = Field(100, ge=1, le=1000)
+    limit: AuditPageSize = 100
 
 
 class AuditEntry(BaseModel):

@@ -136,7 +136,9 @@ def test_list_users_search_finds_older_spelling(client, admin_tokens, settings):
 
 
 @pytest.mark.parametrize(("query", "field"), [("limit=0", "limit"), ("limit=abc", "limit"), ("status=gone", "status"),
-                                              ("unknown=1", "unknown"), ("query[]=a", "query[]"), ("f(x)=1", "f(x)")])
+                                              ("unknown=1", "unknown"), ("query[]=a", "query[]"), ("f(x)=1", "f(x)"),
+                                              ("limit=%201", "limit"), ("limit=+5", "limit"), ("limit=1_0", "limit"),
+                                              ("limit=%D9%A1", "limit")])
 def test_list_users_rejects_bad_query(client, admin_tokens, query, field):
     response = client.get(f"/v1/admin/users?{query}", headers=bearer(admin_tokens["access_token"]))
     assert response.status_code == 400
