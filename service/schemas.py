@@ -233,7 +233,8 @@ def parse_cursor(value: str) -> str:
     try:
         return normalize_email(value)
     except ValueError:
-        raise ValueError("invalid cursor: pass the next_cursor of the previous page unchanged") from None
+        raise ValueError("invalid cursor: pass the next_cursor of the previous page unchanged, URL-encoded "
+                         "(an email can contain + and &)") from None
 
 
 UserCursor = Annotated[

@@ -168,6 +168,7 @@ def test_list_users_rejects_invalid_cursor(client, admin_tokens, cursor):
     assert response.content_type == "application/problem+json"
     assert response.get_json()["code"] == "invalid_request"
     assert response.get_json()["field"] == "cursor"
+    assert "URL-encoded" in response.get_json()["detail"]
 
 
 def test_list_users_cursor_accepts_long_local_part(client, admin_tokens):
@@ -180,6 +181,19 @@ def test_list_users_cursor_accepts_long_local_part(client, admin_tokens):
 
     assert response.status_code == 200
     assert [item["email"] for item in response.get_json()["items"]] == ["root@example.com", "zed@example.com"]
+
+
+def test_list_users_cursor_with_plus_pages_on(client, admin_tokens):
+    register(client, "kate+tag@example.com")
+    register(client, "zoe@example.com")
+    headers = bearer(admin_tokens["access_token"])
+    first = client.get("/v1/admin/users", query_string={"limit": 1}, headers=headers).get_json()
+    assert first["next_cursor"] == "kate+tag@example.com"
+
+    response = client.get("/v1/admin/users", query_string={"cursor": first["next_cursor"]}, headers=headers)
+
+    assert response.status_code == 200
+    assert [item["email"] for item in response.get_json()["items"]] == ["root@example.com", "zoe@example.com"]
 
 
 def test_list_users_cursor_compared_normalized(client, admin_tokens):
