@@ -108,7 +108,12 @@ def _backup_restore(args: argparse.Namespace) -> int:
     settings = load_settings()
     client = create_client(settings)
     try:
-        return run_job(client, "backup_restore", lambda: restore_backup(settings, client, args.path),
+        sessions = None
+        if args.end_sessions:
+            from service.app import session_store
+
+            sessions = session_store(settings, client)
+        return run_job(client, "backup_restore", lambda: restore_backup(settings, client, args.path, sessions),
                        lock_seconds=settings.job_lock_seconds, lock_name="backup")
     finally:
         close_client(client)
@@ -165,6 +170,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )
     restore.add_argument("path", type=Path, help="backup directory to restore")
     restore.add_argument("--yes", action="store_true", help="confirm that the current data may be replaced")
+    restore.add_argument("--end-sessions", action="store_true",
+                         help="end every restored session, so that sessions ended after the backup stay ended "
+                              "and every user logs in again")
     restore.set_defaults(handler=_backup_restore)
 
     jobs = commands.add_parser("jobs", help="manage the locks of the maintenance jobs")

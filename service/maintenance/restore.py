@@ -9,6 +9,10 @@ RESTORE, keeping its absolute expiry. The maintenance records (gh:job:*) and loc
 (gh:lock:*) stay as they are on the live server: restoring them would bring back old
 monitoring times and a lock held by the run that took the backup. Keys outside gh:
 (rate-limit counters, other tools) are not touched.
+
+The snapshot's sessions come back as they were at the backup, also those ended since,
+and their spent refresh tokens work again. With end_sessions, every restored session
+is ended as a logout ends one, so every user logs in again.
 """
 
 from __future__ import annotations
@@ -25,14 +29,16 @@ from service.maintenance.dumps import DUMP_NAME, RDB_NAME, BackupFailed
 from service.maintenance.scratch import ScratchRedis, require_programs
 from service.maintenance.verify import check_files
 from service.redis_store import KEY_PREFIX
+from service.sessions import SessionStore
 
 # Keys under these prefixes describe the live deployment, not its data.
 _KEPT_PREFIXES = (f"{KEY_PREFIX}job:", f"{KEY_PREFIX}lock:")
 _BATCH = 500
 
 
-def restore_backup(settings: Settings, client: redis.Redis, backup: Path) -> dict[str, Any]:
-    """Check the backup's files, then restore MySQL and Redis from it."""
+def restore_backup(settings: Settings, client: redis.Redis, backup: Path,
+                   sessions: SessionStore | None = None) -> dict[str, Any]:
+    """Check the backup's files, then restore MySQL and Redis from it, and end the restored sessions with `sessions`."""
     require_programs("mariadb", "redis-server")
     manifest = dumps.read_manifest(backup)
     problems = check_files(backup, manifest)
@@ -48,8 +54,20 @@ def restore_backup(settings: Settings, client: redis.Redis, backup: Path) -> dic
         deleted = _delete_service_keys(client)
         restored = _copy_service_keys(source, client)
 
-    return {"backup": str(backup), "tables": len(manifest["mysql"]["rows"]),
-            "rows": sum(manifest["mysql"]["rows"].values()), "keys_deleted": deleted, "keys_restored": restored}
+    result = {"backup": str(backup), "tables": len(manifest["mysql"]["rows"]),
+              "rows": sum(manifest["mysql"]["rows"].values()), "keys_deleted": deleted, "keys_restored": restored}
+    if sessions is not None:
+        result["sessions_ended"] = _end_sessions(client, sessions)
+    return result
+
+
+def _end_sessions(client: redis.Redis, sessions: SessionStore) -> int:
+    """End the sessions of every account that has a session index, and return how many ended."""
+    prefix, suffix = f"{KEY_PREFIX}user:", ":sessions"
+    ended = 0
+    for key in client.scan_iter(match=f"{prefix}*{suffix}", count=_BATCH):
+        ended += sessions.revoke_user(key.removeprefix(prefix).removesuffix(suffix))
+    return ended
 
 
 def _restorable(key: str) -> bool:

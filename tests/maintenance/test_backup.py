@@ -21,6 +21,7 @@ from service.database import connect_args
 from service.maintenance.backup import CANARY_EMAIL, CANARY_USER_ID
 from service.maintenance.dumps import DUMP_NAME, MANIFEST_NAME, RDB_NAME, sha256_of
 from service.maintenance.jobs import EXIT_LOCKED, EXIT_USAGE, lock_key, read_record
+from service.redis_store import KEY_PREFIX
 from service.sessions import session_key, user_sessions_key
 from tests.helpers import ROOT
 from tests.tls_mariadb import CertificateAuthority
@@ -309,6 +310,26 @@ def test_restore_brings_back_data(backup, data, settings, redis_client):
     assert redis_client.get(lock_key("tokens_purge")) == "held-by-a-live-run"
     assert not redis_client.exists(lock_key("backup"))
     assert only_event(events, "job_succeeded")["keys_restored"] >= 2 * (len(USERS) + 1)
+
+
+def test_restore_ends_sessions_when_asked(backup, data, sessions, redis_client):
+    ann = data[USERS[0]]
+    [session_id] = redis_client.zrange(user_sessions_key(ann), 0, -1)
+    sessions.revoke(session_id)  # a logout after the backup
+
+    plain, _, _ = gatehouse(backup.parent, "backup", "restore", str(backup), "--yes")
+    assert plain == 0
+    # Without the option, the session ended after the backup is live again.
+    assert redis_client.exists(session_key(session_id))
+
+    code, events, messages = gatehouse(backup.parent, "backup", "restore", str(backup), "--yes", "--end-sessions")
+
+    assert code == 0, (events, messages)
+    assert only_event(events, "job_succeeded")["sessions_ended"] >= len(USERS)
+    assert not redis_client.exists(session_key(session_id))
+    assert redis_client.zscore(f"{KEY_PREFIX}revoked", session_id) is not None
+    for user_id in data.values():
+        assert redis_client.zcard(user_sessions_key(user_id)) == 0
 
 
 def test_retention_keeps_newest(tmp_path, data):
