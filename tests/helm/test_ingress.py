@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import helm_python
 import pytest
 
 from tests.helm.chart import render
@@ -13,6 +14,11 @@ from tests.helm.chart import render
 INTERNAL_ROUTES = ("/metrics", "/health", "/ready", "/openapi.json")
 PUBLIC_ROUTES = ("/v1/auth/login", "/v1/users/me", "/.well-known/jwks.json")
 CUSTOM_PATHS = [{"path": "/v1/auth", "pathType": "Prefix"}, {"path": "/openapi.json", "pathType": "Exact"}]
+
+
+def with_ingress(**ingress: Any) -> dict[str, Any]:
+    """Values with the Ingress on, behind one trusted proxy as the chart requires."""
+    return {"ingress": {"enabled": True, **ingress}, "config": {"trustedProxyCount": 1}}
 
 
 def ingress_paths(result) -> list[dict[str, Any]]:
@@ -41,7 +47,7 @@ def is_routed(paths: list[dict[str, Any]], request_path: str) -> bool:
 
 @pytest.fixture(scope="module")
 def default_ingress():
-    return render({"ingress": {"enabled": True}})
+    return render(with_ingress())
 
 
 def test_ingress_off_by_default(rendered):
@@ -76,7 +82,7 @@ def test_default_paths_point_at_http_port(default_ingress):
 
 
 def test_custom_paths_honoured():
-    result = render({"ingress": {"enabled": True, "paths": CUSTOM_PATHS}})
+    result = render(with_ingress(paths=CUSTOM_PATHS))
     assert [(p["path"], p["pathType"]) for p in ingress_paths(result)] == \
         [("/v1/auth", "Prefix"), ("/openapi.json", "Exact")]
 
@@ -84,7 +90,7 @@ def test_custom_paths_honoured():
 def test_host_paths_replace_default():
     hosts = [{"host": "api.example.com"},
              {"host": "keys.example.com", "paths": [{"path": "/.well-known/jwks.json", "pathType": "Exact"}]}]
-    rules = render({"ingress": {"enabled": True, "hosts": hosts}}).one("Ingress")["spec"]["rules"]
+    rules = render(with_ingress(hosts=hosts)).one("Ingress")["spec"]["rules"]
 
     assert [rule["host"] for rule in rules] == ["api.example.com", "keys.example.com"]
     assert [p["path"] for p in rules[0]["http"]["paths"]] == ["/v1", "/.well-known/jwks.json"]
@@ -102,7 +108,7 @@ def test_notes_quiet_with_default_paths(default_ingress):
     ([{"path": "/v1", "pathType": "Prefix"}, {"path": "/openapi.json", "pathType": "Exact"}], "/openapi.json"),
 ])
 def test_notes_warn_about_internal_routes(paths, published):
-    notes = render({"ingress": {"enabled": True, "paths": paths}}).notes
+    notes = render(with_ingress(paths=paths)).notes
     assert f"meant for the cluster only:\n  {published}\n" in notes
 
 
@@ -130,7 +136,7 @@ def test_prometheus_scrapes_service_not_ingress(rendered):
 
 def test_network_policy_open_to_cluster_by_default():
     """With allowExternal (the default), any pod, Prometheus included, may connect to the http port."""
-    policy = render({"ingress": {"enabled": True}, "networkPolicy": {"enabled": True}}).one("NetworkPolicy")
+    policy = render({**with_ingress(), "networkPolicy": {"enabled": True}}).one("NetworkPolicy")
     http_rule = policy["spec"]["ingress"][0]
 
     assert http_rule["ports"] == [{"port": "http", "protocol": "TCP"}]
@@ -145,3 +151,11 @@ def test_probes_target_pod_port(default_ingress, probe):
 
     assert container[probe]["httpGet"]["port"] in port_names
     assert not is_routed(ingress_paths(default_ingress), container[probe]["httpGet"]["path"])
+
+
+def test_ingress_without_trusted_proxy_fails():
+    with pytest.raises(helm_python.HelmRenderError) as failure:
+        render({"ingress": {"enabled": True}})
+
+    assert "config.trustedProxyCount" in str(failure.value)
+    assert "one automatic ban would block them all" in str(failure.value)

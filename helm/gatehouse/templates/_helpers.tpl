@@ -405,6 +405,7 @@ express, and fail rendering with the value paths and the fix.
 {{- $messages = append $messages (include "gatehouse.validateValues.sentinel" .) -}}
 {{- $messages = append $messages (include "gatehouse.validateValues.keyPublish" .) -}}
 {{- $messages = append $messages (include "gatehouse.validateValues.mysqlTls" .) -}}
+{{- $messages = append $messages (include "gatehouse.validateValues.ingressProxy" .) -}}
 {{- $messages = without $messages "" -}}
 {{- if $messages -}}
 {{- printf "\nVALUES VALIDATION:\n%s" (join "\n" $messages) | fail -}}
@@ -442,6 +443,18 @@ up sooner restarts pods that would have come up.
 gatehouse: startupProbe
     startupProbe allows {{ $budget }} seconds (initialDelaySeconds + periodSeconds x failureThreshold), but the start-up checks may take config.startupTimeoutSeconds ({{ .Values.config.startupTimeoutSeconds }}). Raise startupProbe.failureThreshold or periodSeconds, or lower config.startupTimeoutSeconds.
 {{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Behind an Ingress every request comes from the controller's address. With no
+trusted proxy, all clients share one rate limit, and the first automatic ban
+blocks every one of them.
+*/}}
+{{- define "gatehouse.validateValues.ingressProxy" -}}
+{{- if and .Values.ingress.enabled (eq (int .Values.config.trustedProxyCount) 0) -}}
+gatehouse: config.trustedProxyCount
+    ingress.enabled is true but config.trustedProxyCount is 0, so Gatehouse would see every client as the ingress controller: one rate limit for all of them, and one automatic ban would block them all. Set config.trustedProxyCount to the number of proxies in front of the pods, 1 for an ingress controller alone.
 {{- end -}}
 {{- end -}}
 
