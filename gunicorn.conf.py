@@ -10,7 +10,7 @@ import tempfile
 
 import gunicorn.http.wsgi
 
-from service.config import InvalidConfiguration, load_settings
+from service.config import InvalidConfiguration, load_settings, unknown_variables
 from service.lifecycle import error_pages
 
 # Parsing GATEHOUSE_REDIS_URL imports redis, which the master must not import before it
@@ -157,6 +157,10 @@ def on_starting(server):
         sys.exit(2)
 
     server.log.info("master_starting", extra={"pid": os.getpid(), "settings": _settings.summary()})
+    unknown = unknown_variables(os.environ)
+    if unknown:
+        # A misspelled setting is otherwise left out in silence, and its default applies.
+        server.log.warning("settings_unknown_variables", extra={"names": unknown})
     try:
         # Without the metrics directory, the check process leaves no metric files behind.
         check_env = {name: value for name, value in os.environ.items() if name != "PROMETHEUS_MULTIPROC_DIR"}

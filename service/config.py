@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -326,6 +327,21 @@ class Settings(RedisSettings, AbuseProtectionSettings, MySQLTLSSettings):
                 value = str(value)
             summary[name] = value
         return summary
+
+# Variables with the prefix that the project's own tools read, not the service: the
+# set-up scripts, the Makefile, bench/ and tests/.
+TOOL_VARIABLE_PREFIXES = ("GATEHOUSE_DEV_", "GATEHOUSE_TEST_", "GATEHOUSE_BENCH_")
+TOOL_VARIABLES = frozenset({"GATEHOUSE_STATE_DIR", "GATEHOUSE_MYSQL_ADMIN_DEFAULTS", "GATEHOUSE_MYSQL_ROOT_SOCKET",
+                            "GATEHOUSE_SERVICES_TIMEOUT", "GATEHOUSE_FUZZ_EXAMPLES"})
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """Return the GATEHOUSE_ variables that name no setting, such as a misspelled one, sorted."""
+    settings = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    return sorted(name for name in environ
+                  if name.startswith(ENV_PREFIX) and name not in settings and name not in TOOL_VARIABLES
+                  and not name.startswith(TOOL_VARIABLE_PREFIXES))
+
 
 def load_settings(overrides: dict[str, Any] | None = None, *, parse_redis_url: bool = True) -> Settings:
     """Read settings from the environment, then overrides; raise InvalidConfiguration on the first problem.

@@ -57,10 +57,11 @@ class _PermanentFailure(Exception):
     """A start-up check failed in a way that retrying cannot fix; the message contains the fix."""
 
 
-def _retry(name: str, attempt: Callable[[], T], deadline: float) -> T:
+def _retry(name: str, attempt: Callable[[], T], deadline: float, hint: str) -> T:
     """Call attempt until it succeeds or the deadline passes, backing off up to 2 s.
 
-    A _PermanentFailure ends the retries at once.
+    A _PermanentFailure ends the retries at once. `hint` names the settings to check when
+    the server stays unreachable.
     """
     delay = 0.2
     tries = 0
@@ -73,7 +74,7 @@ def _retry(name: str, attempt: Callable[[], T], deadline: float) -> T:
         except (pymysql.err.OperationalError, pymysql.err.InterfaceError, redis.RedisError, OSError) as exc:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise StartupCheckFailed(f"{name} unreachable after {tries} attempts: {exc}") from None
+                raise StartupCheckFailed(f"{name} unreachable after {tries} attempts: {exc}: {hint}") from None
 
             log.warning("startup_check_retrying", dependency=name, attempt=tries, error=str(exc))
             time.sleep(min(delay, remaining))
@@ -173,6 +174,9 @@ def run_startup_checks(settings: Settings) -> None:
         raise StartupCheckFailed(f"bundled password blocklist: {exc}") from None
 
     deadline = time.monotonic() + settings.startup_timeout_seconds
-    _retry("mysql", lambda: _check_mysql(settings), deadline)
-    _retry("redis", lambda: _check_redis(settings), deadline)
+    _retry("mysql", lambda: _check_mysql(settings), deadline,
+           "check GATEHOUSE_MYSQL_HOST and GATEHOUSE_MYSQL_PORT, and that the server runs")
+    redis_settings = "GATEHOUSE_REDIS_SENTINELS" if settings.redis_mode == "sentinel" else "GATEHOUSE_REDIS_URL"
+    _retry("redis", lambda: _check_redis(settings), deadline,
+           f"check {redis_settings}, and that the server runs")
     log.info("startup_checks_passed", signing_kid=ring.signing_key.kid)

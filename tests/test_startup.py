@@ -101,6 +101,7 @@ def test_mysql_refused_connection_retried():
     message, seconds = failed_check(timeout=1.5, mysql_port=free_port())
 
     assert message.startswith("mysql unreachable after ")
+    assert message.endswith("check GATEHOUSE_MYSQL_HOST and GATEHOUSE_MYSQL_PORT, and that the server runs")
     assert seconds >= 1.5
 
 
@@ -183,6 +184,7 @@ def test_redis_refused_connection_retried():
     message, seconds = failed_check(timeout=1.5, redis_url=f"redis://127.0.0.1:{free_port()}/0")
 
     assert message.startswith("redis unreachable after ")
+    assert message.endswith("check GATEHOUSE_REDIS_URL, and that the server runs")
     assert seconds >= 1.5
 
 
@@ -231,4 +233,5 @@ def test_sentinel_without_master_retried(sentinel_port):
 
     assert message.startswith("redis unreachable after ")
     assert "No master found" in message
+    assert message.endswith("check GATEHOUSE_REDIS_SENTINELS, and that the server runs")
     assert seconds >= 1.5

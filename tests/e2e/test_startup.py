@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import uuid
@@ -67,6 +68,18 @@ def test_unreachable_mysql_stops_start(tmp_path):
     assert "mysql unreachable" in output
     assert "startup_check_retrying" in output
     assert_no_mysql_password(output)
+
+
+def test_misspelled_setting_logged_at_start(tmp_path):
+    # The start fails fast on an unreachable MySQL, after the master logged its settings.
+    env = {"GATEHOUSE_MYSQL_PASWORD": "typo-value-7f3a", "GATEHOUSE_MYSQL_PORT": str(free_port()),
+           "GATEHOUSE_STARTUP_TIMEOUT_SECONDS": "1"}
+
+    _, output = start_until_exit(tmp_path, env, timeout=20)
+
+    [line] = [line for line in output.splitlines() if "settings_unknown_variables" in line]
+    assert json.loads(line)["names"] == ["GATEHOUSE_MYSQL_PASWORD"]
+    assert "typo-value-7f3a" not in output
 
 
 def test_mysql_without_tls_stops_start_at_once(tmp_path):
