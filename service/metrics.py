@@ -47,7 +47,7 @@ POOL_IN_USE = Gauge("gatehouse_pool_connections_in_use", "Pooled connections len
 POOL_MAX = Gauge("gatehouse_pool_connections_max", "Pool capacity.", ["pool"], multiprocess_mode="livesum")
 
 LOGIN_RESULTS = ("success", "invalid_credentials", "disabled")
-REFRESH_OUTCOMES = ("rotated", "grace", "reuse_detected", "expired", "invalid")
+REFRESH_OUTCOMES = ("rotated", "grace", "reuse_detected", "expired", "invalid", "account_inactive")
 POOLS = ("mysql", "redis")
 BAN_CAUSES = ("failed_logins", "credential_stuffing", "rate_limit", "manual")
 # Jobs whose last success and failure are exported; each records them in Redis under gh:job:<name>.
