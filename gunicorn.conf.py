@@ -213,7 +213,7 @@ def post_worker_init(worker):
     """Worker, after the app loaded: count this worker in the gatehouse_workers gauge."""
     from service.lifecycle.metrics import mark_worker_serving
 
-    mark_worker_serving()
+    mark_worker_serving(worker.cfg.workers)
 
 
 def worker_abort(worker):

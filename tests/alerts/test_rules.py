@@ -29,6 +29,8 @@ class Case:
     normal: dict[str, str]
     eval_time: str
     interval: str = "1m"
+    # Labels of the firing alert besides severity, for alerts per instance.
+    labels: tuple[tuple[str, str], ...] = ()
 
 
 CASES = [
@@ -46,6 +48,23 @@ CASES = [
          bad={"gatehouse_token_rotation_errors_total": "0+1x20"},
          normal={"gatehouse_token_rotation_errors_total": "0x20"},
          eval_time="10m"),
+    Case("GatehouseDown",
+         bad={'up{job="gatehouse", namespace="monitoring", instance="a"}': "1 1 0 0 0 0 0 0 0",
+              'up{job="gatehouse", namespace="monitoring", instance="b"}': "1 1 0 0 0 0 0 0 0",
+              # Another release of the same name in another namespace does not count.
+              'up{job="gatehouse", namespace="other", instance="c"}': "1x9"},
+         normal={'up{job="gatehouse", namespace="monitoring", instance="a"}': "1 1 0 0 0 0 0 0 0",
+                 'up{job="gatehouse", namespace="monitoring", instance="b"}': "1x9"},
+         eval_time="8m"),
+    Case("GatehouseWorkersMissing",
+         bad={'gatehouse_workers{instance="a"}': "2 2 1 1 1 1 1 1 1 1 1 1 1 1 1",
+              'gatehouse_workers_configured{instance="a"}': "2x15",
+              'gatehouse_workers{instance="b"}': "2x15",
+              'gatehouse_workers_configured{instance="b"}': "2x15"},
+         # A worker that a crash took is back within minutes.
+         normal={'gatehouse_workers{instance="a"}': "2 2 1 1 2 2 2 2 2 2 2 2 2 2 2",
+                 'gatehouse_workers_configured{instance="a"}': "2x15"},
+         eval_time="14m", labels=(("instance", "a"),)),
     Case("GatehouseRedisUnavailable",
          bad={'gatehouse_dependency_up{dependency="redis", instance="a"}': "1 1 0 0 0 0 0",
               'gatehouse_dependency_up{dependency="redis", instance="b"}': "1x7"},
@@ -156,7 +175,7 @@ def test_thresholds_come_from_values():
 
 def promtool_test(case: Case, rule: dict) -> dict:
     def unit(series: dict[str, str], firing: bool) -> dict:
-        expected = [{"exp_labels": {"severity": rule["labels"]["severity"]},
+        expected = [{"exp_labels": {"severity": rule["labels"]["severity"], **dict(case.labels)},
                      "exp_annotations": rule["annotations"]}] if firing else []
         return {
             "interval": case.interval,

@@ -78,6 +78,8 @@ def test_gauges_describe_pools_dependencies_and_build(server):
     samples = scrape(server.url)
     workers = 2
     assert value(samples, "gatehouse_pool_connections_max", pool="mysql") == workers * 10
+    assert value(samples, "gatehouse_workers") == workers
+    assert value(samples, "gatehouse_workers_configured") == workers
     assert value(samples, "gatehouse_pool_connections_max", pool="redis") == workers * 20
     assert value(samples, "gatehouse_pool_connections_in_use", pool="mysql") == 0
     assert value(samples, "gatehouse_dependency_up", dependency="mysql") == 1
