@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 from pathlib import Path
@@ -48,10 +49,15 @@ def _keys_generate(args: argparse.Namespace) -> int:
 
 
 def _check(_args: argparse.Namespace) -> int:
+    from service import log_file
     from service.startup import StartupCheckFailed, run_startup_checks
 
+    settings = load_settings()
+    # The gunicorn master runs this check before it starts; with GATEHOUSE_LOG_FILE the
+    # reason for a failed start belongs in that file, as the workers' lines do.
+    log_file.attach(settings, logging.getLogger())
     try:
-        run_startup_checks(load_settings())
+        run_startup_checks(settings)
     except StartupCheckFailed as exc:
         log.error("startup_check_failed", error=str(exc))
         return 1

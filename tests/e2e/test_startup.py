@@ -82,6 +82,21 @@ def test_misspelled_setting_logged_at_start(tmp_path):
     assert "typo-value-7f3a" not in output
 
 
+def test_failed_check_reason_in_log_file(tmp_path):
+    log_path = tmp_path / "logs" / "gatehouse.log"
+    log_path.parent.mkdir()
+    env = {"GATEHOUSE_LOG_FILE": str(log_path), "GATEHOUSE_MYSQL_PORT": str(free_port()),
+           "GATEHOUSE_STARTUP_TIMEOUT_SECONDS": "1"}
+
+    returncode, output = start_until_exit(tmp_path, env, timeout=20)
+
+    assert returncode == 3, output
+    events = [json.loads(line) for line in log_path.read_text().splitlines()]
+    reasons = [event["error"] for event in events if event["event"] == "startup_check_failed" and "error" in event]
+    assert len(reasons) == 1
+    assert reasons[0].startswith("mysql unreachable after ")
+
+
 def test_mysql_without_tls_stops_start_at_once(tmp_path):
     returncode, output = start_until_exit(tmp_path, {"GATEHOUSE_MYSQL_TLS_MODE": "required"}, timeout=20)
 
