@@ -53,8 +53,8 @@ def _check(_args: argparse.Namespace) -> int:
     from service.startup import StartupCheckFailed, run_startup_checks
 
     settings = load_settings()
-    # The gunicorn master runs this check before it starts; with GATEHOUSE_LOG_FILE the
-    # reason for a failed start belongs in that file, as the workers' lines do.
+    # The gunicorn master runs this check before it starts. So the reason for a failed
+    # start goes to GATEHOUSE_LOG_FILE too, with the workers' lines.
     log_file.attach(settings, logging.getLogger())
     try:
         run_startup_checks(settings)
