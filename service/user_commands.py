@@ -82,17 +82,19 @@ def _users_create(args: argparse.Namespace) -> int:
         print(f"gatehouse: {_validation_message(exc)}", file=sys.stderr)
         return 2
 
+    # A role named twice is granted, audited and logged once.
+    wanted = list(dict.fromkeys(args.role))
     settings = load_settings()
     database = Database(settings)
     try:
         known = {role.name for role in roles.list_roles(database)}
-        unknown = sorted(set(args.role) - known)
+        unknown = sorted(set(wanted) - known)
         if unknown:
             print(f"gatehouse: unknown role {', '.join(unknown)}; known roles: {', '.join(sorted(known))}",
                   file=sys.stderr)
             return 2
         user = users.register(database, Passwords(settings), request.email, request.password)
-        for role in args.role:
+        for role in wanted:
             roles.grant(database, user.id, role)
             audit.record(database, actor_id=None, action="role_granted", target_type="user", target_id=user.id,
                          client_ip="", detail={"role": role, "via": "cli"})
@@ -105,7 +107,7 @@ def _users_create(args: argparse.Namespace) -> int:
     finally:
         database.close()
 
-    log.info("user_created", user_id=user.id, roles=args.role)
+    log.info("user_created", user_id=user.id, roles=wanted)
     print(user.id)
     return 0
 

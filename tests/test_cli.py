@@ -128,6 +128,18 @@ def cli_audit_entries(action: str) -> list[dict]:
     return [{**row, "detail": json.loads(row["detail"])} for row in rows]
 
 
+def test_create_grants_repeated_role_once(client):
+    result = run_create("--email", "ops@example.com", "--role", "admin", "--role", "admin",
+                        stdin="long enough password\n")
+
+    assert result.returncode == 0, result.stderr
+    user_id = result.stdout.strip()
+    assert cli_audit_entries("role_granted") == [
+        {"actor_id": None, "target_id": user_id, "detail": {"role": "admin", "via": "cli"}, "client_ip": ""}]
+    [created] = [json.loads(line) for line in result.stderr.splitlines() if '"user_created"' in line]
+    assert created["roles"] == ["admin"]
+
+
 def test_set_password_from_stdin(client):
     user_id, pair = register_and_login(client)
 
