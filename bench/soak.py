@@ -129,10 +129,10 @@ def render(results: SoakResults) -> str:
     if run is not None:
         lines += [
             f"Load: bench/lua/mixed.lua at a fixed {results.rate:,.0f} req/s for {results.seconds:g} s after a "
-            f"warm-up of {BURST_SECONDS:g} s at saturation and {results.warmup_seconds:g} s at the same rate; "
-            f"{run.requests:,} requests at "
-            f"{run.rate:,.0f} req/s, p50 {run.latency_ms['p50']:.1f} ms, p99 {run.latency_ms['p99']:.1f} ms, "
-            f"{run.error_count} errors, {run.errors['timeout']} timeouts; other processes kept "
+            f"warm-up of {BURST_SECONDS:g} s at saturation and {results.warmup_seconds:g} s at the same rate. "
+            f"It sent {run.requests:,} requests at "
+            f"{run.rate:,.0f} req/s: p50 {run.latency_ms['p50']:.1f} ms, p99 {run.latency_ms['p99']:.1f} ms, "
+            f"{run.error_count} errors, {run.errors['timeout']} timeouts. Other processes kept "
             f"{run.other_cores:.2f} cores busy on average."
             + (" The server could not keep the rate (overloaded)." if run.rate < 0.95 * results.rate else ""),
             "",
