@@ -33,7 +33,6 @@ from service.limit_storage import STORAGE_SCHEME, BoundedMemoryStorage, Failover
 # Re-exported: client_network and UNPARSABLE_CLIENT lived here before IP bans needed them too.
 from service.networks import UNPARSABLE_CLIENT, client_network  # noqa: F401
 
-log = structlog.get_logger(__name__)
 
 LIMITER_KEY = "gatehouse.limiter"
 # Probes and scrapes come from the platform every few seconds and must never be refused.
@@ -260,12 +259,13 @@ def init_app(app: Flask, settings: Settings) -> Limiter:
 
 
 def handle_rate_limited(problem: RateLimited) -> Response:
-    """Log and count a 429, count it toward a ban, then render it.
+    """Count a 429, count it toward a ban, then render it.
 
-    The log context already contains the route and client ip.
+    The request's request_completed line names the limit: one line per 429, so a flood
+    of refused requests does not write twice as many lines as it sends.
     """
     metrics.RATE_LIMIT_HITS.labels(route=_route_key(), limit=problem.limit).inc()
-    log.warning("rate_limited", limit=problem.limit, retry_after=problem.retry_after)
+    structlog.contextvars.bind_contextvars(rate_limit=problem.limit, retry_after=problem.retry_after)
     svc = current_app.extensions.get(EXTENSION_KEY)
     # While the limits run from memory, Redis is down and recording would only fail
     # with a warning per 429. The outage itself is logged once.

@@ -148,12 +148,17 @@ def test_hit_logged_and_counted(limited_app, capsys):
 
     failed_login(client, address="192.0.2.44")
 
-    events = log_events(capsys.readouterr().out, "rate_limited")
+    output = capsys.readouterr().out
+    # One line for the refused request: its request_completed names the limit.
+    assert log_events(output, "rate_limited") == []
+    events = [event for event in log_events(output, "request_completed") if event["status"] == 429]
     assert len(events) == 1
     assert events[0]["level"] == "warning"
+    assert events[0]["error_code"] == "rate_limited"
     assert events[0]["route"] == "/v1/auth/login"
     assert events[0]["client_ip"] == "192.0.2.44"
-    assert events[0]["limit"] == "client_ip"
+    assert events[0]["rate_limit"] == "client_ip"
+    assert events[0]["retry_after"] >= 1
     assert counter._value.get() == hits_before + 1
 
 
@@ -352,9 +357,10 @@ def test_unmatched_hits_share_one_label(limited_app, capsys):
     assert counter._value.get() == hits_before + 4
     routes = {sample.labels["route"] for family in metrics.RATE_LIMIT_HITS.collect() for sample in family.samples}
     assert not routes & {"/a", "/b", "/v1%2Fc", "/d/e/f", "None"}
-    events = log_events(capsys.readouterr().out, "rate_limited")
+    events = [event for event in log_events(capsys.readouterr().out, "request_completed") if event["status"] == 429]
     assert len(events) == 4
     assert {event["client_ip"] for event in events} == {"192.0.2.63"}
+    assert {event["rate_limit"] for event in events} == {"client_ip"}
 
 
 def test_unmatched_hits_ban_address(settings):

@@ -99,11 +99,13 @@ def test_rate_limit_hit_logged_with_route_and_client(server):
         login(server.url, f"user{n}@example.com", "wrong password", via_proxy(client, forged="10.9.9.9"))
     time.sleep(0.5)
 
-    hits = [record for record in log_records(server, "rate_limited") if record.get("client_ip") == client]
+    hits = [record for record in log_records(server, "request_completed")
+            if record.get("client_ip") == client and record["status"] == 429]
     assert len(hits) == 1
     assert hits[0]["level"] == "warning"
     assert hits[0]["route"] == "/v1/auth/login"
-    assert hits[0]["limit"] == "client_ip"
+    assert hits[0]["rate_limit"] == "client_ip"
+    assert log_records(server, "rate_limited") == []
     metrics = requests.get(f"{server.url}/metrics", timeout=10).text
     assert 'gatehouse_rate_limit_hits_total{limit="client_ip",route="/v1/auth/login"}' in metrics
 
