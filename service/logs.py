@@ -180,6 +180,10 @@ def configure_logging(level: str = "info", *, stream: str = "stdout") -> None:
     root.setLevel(level.upper())
 
 
+def _drop_invalid_request_lines(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Invalid request from ip=")
+
+
 class GunicornLogger(GunicornBaseLogger):
     """gunicorn's logger, rendering its error and access records as JSON lines on stdout."""
 
@@ -193,3 +197,5 @@ class GunicornLogger(GunicornBaseLogger):
             # gunicorn removes handlers carrying this flag when it reloads its configuration.
             handler._gunicorn = True  # type: ignore[attr-defined]
             log.addHandler(handler)
+        # The worker logs each request that gunicorn rejects as request_rejected, with its status.
+        self.error_log.addFilter(_drop_invalid_request_lines)

@@ -18,6 +18,7 @@ Gatehouse's worker hands it the error through without_request_data first.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import json
 import re
@@ -39,6 +40,10 @@ _PROBLEMS: dict[int, tuple[str, str | None]] = {
     500: ("internal_error", None),
     501: ("unsupported_transfer_encoding", "Transfer-Encoding"),
 }
+# The status of the error response that write_problem wrote last in this greenlet, for the
+# worker's log line and metrics (gunicorn's handler picks the status and does not return it).
+_WRITTEN_STATUS: contextvars.ContextVar[int | None] = contextvars.ContextVar("gatehouse_error_status",
+                                                                             default=None)
 # Cuts a detail that is longer than expected; without_request_data keeps details short.
 MAX_DETAIL_CHARACTERS = 300
 
@@ -78,10 +83,18 @@ def write_problem(sock: Any, status_int: int, reason: str, mesg: str) -> None:
     except ValueError:
         pass
     # ASCII JSON, so the body is valid in the latin-1 head that HTTP/1.1 requires too.
+    _WRITTEN_STATUS.set(status_int)
     body = (json.dumps(problem_document(status_int, reason, mesg)) + "\n").encode("ascii")
     head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: {PROBLEM_MEDIA_TYPE}\r\n"
             f"Content-Length: {len(body)}\r\n\r\n").encode("latin-1")
     util.write_nonblock(sock, head + body)
+
+
+def take_written_status() -> int | None:
+    """Return the status of the error response written since the last call in this greenlet, if any."""
+    status = _WRITTEN_STATUS.get()
+    _WRITTEN_STATUS.set(None)
+    return status
 
 
 def without_request_data(exc: BaseException) -> BaseException:

@@ -134,7 +134,31 @@ class GatehouseWorker(GeventWorker):
 
     def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
         # gunicorn logs its parse errors and sends them as the response's detail.
-        super().handle_error(req, client, addr, error_pages.without_request_data(exc))
+        safe = error_pages.without_request_data(exc)
+        error_pages.take_written_status()
+        super().handle_error(req, client, addr, safe)
+        status = error_pages.take_written_status()
+        if status is not None:
+            self._log_rejection(req, addr, status, safe)
+
+    def _log_rejection(self, req: Any, addr: Any, status: int, error: BaseException) -> None:
+        """Log and count a response that gunicorn wrote itself, as request_completed does for the app's."""
+        from service.http_metrics import RECORDER_KEY
+        from service.method_guard import KNOWN_METHODS
+
+        method = getattr(req, "method", None)
+        method = method if method in KNOWN_METHODS else "OTHER"
+        fields = {"status": status, "error_code": error_pages.problem_code(status), "method": method,
+                  "client_ip": addr[0] if addr else None, "error": str(error)[:error_pages.MAX_DETAIL_CHARACTERS]}
+        # As request_completed: a 501 rejects the client's transfer coding, so it is the client's error.
+        if status >= 500 and status != 501:
+            self.log.error("request_rejected", extra=fields)
+        else:
+            self.log.warning("request_rejected", extra=fields)
+        app = getattr(self, "application", None)
+        if app is not None:
+            # No route matched and gunicorn's parse time is not known: route "None", 0 s.
+            app.extensions[RECORDER_KEY].record(method, "None", status, 0.0)
 
     def handle_shutdown_notice(self, _sig: int, _frame: Any) -> None:
         state.begin_shutdown()

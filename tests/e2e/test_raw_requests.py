@@ -41,6 +41,13 @@ def request_log(server, request_id: str) -> list[dict]:
             if record.get("event") == "request_completed" and record.get("request_id") == request_id]
 
 
+def rejection_log(server) -> list[dict]:
+    """Return the request_rejected records in the server's output so far."""
+    time.sleep(0.5)
+    records = [json.loads(line) for line in server.output().splitlines() if line.startswith("{")]
+    return [record for record in records if record.get("event") == "request_rejected"]
+
+
 def count_status(url: str, status: int) -> float:
     text = requests.get(f"{url}/metrics", timeout=10).text
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
@@ -207,6 +214,8 @@ def test_http10_without_host_served(server):
         "unknown_transfer_coding", "unknown_expectation"])
 def test_gunicorn_errors_are_problems(server, request_bytes, status, code, field):
     workers = server.worker_pids()
+    rejected_before = len(rejection_log(server))
+    counted_before = count_status(server.url, status)
 
     got_status, headers, body = raw_exchange(server.url, request_bytes)
 
@@ -222,6 +231,13 @@ def test_gunicorn_errors_are_problems(server, request_bytes, status, code, field
     assert problem.get("field") == field
     assert problem["detail"]
     assert server.worker_pids() == workers
+    # One structured line and one count per rejected request, as the app's requests get.
+    rejected = rejection_log(server)[rejected_before:]
+    assert [(line["status"], line["error_code"], line["level"]) for line in rejected] == [
+        (status, code, "warning")]
+    assert rejected[0]["client_ip"] == "127.0.0.1"
+    assert "Invalid request from ip=" not in server.output()
+    assert count_status(server.url, status) == counted_before + 1
 
 
 SECRET = "SECRETTOKENVALUE123"
