@@ -94,12 +94,12 @@ def _ban_reason(value: str) -> str:
 
 
 def _blacklist_list(_args: argparse.Namespace) -> int:
-    import json
+    from service.blueprints.views import ban_view
 
     _, blacklist = _blacklist()
+    # One JSON document per ban, the same as GET /v1/admin/bans lists.
     for ban in blacklist.list():
-        print(json.dumps({"ip": ban.ip, "cause": ban.cause, "reason": ban.reason, "offences": ban.offences,
-                          "expires_at": ban.expires_at, "actor": ban.actor}))
+        print(ban_view(ban).model_dump_json())
     return 0
 
 

@@ -470,6 +470,10 @@ def test_cli_shows_network_key(ban_app):
     assert banned.stdout.splitlines() == ["banned 2001:db8:9::/64"]
     records = [json.loads(line) for line in cli("list").stdout.splitlines()]
     assert [record["ip"] for record in records] == ["2001:db8:9::/64"]
+    # The same document as GET /v1/admin/bans: times in ISO 8601.
+    assert set(records[0]) == {"ip", "cause", "reason", "created_at", "expires_at", "offences", "actor"}
+    lifetime = datetime.fromisoformat(records[0]["expires_at"]) - datetime.fromisoformat(records[0]["created_at"])
+    assert abs(lifetime.total_seconds() - 600) < 2
     unbanned = cli("unban", "2001:db8:9:0:0:0:0:2")
     assert unbanned.returncode == 0, unbanned.stderr
     assert unbanned.stdout.splitlines() == ["unbanned 2001:db8:9::/64"]

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from flask import Blueprint, Response, request
 
 from service import admin, audit, roles, users
 from service.api import json_response, operation
 from service.bearer import current_principal
-from service.blacklist import Ban
-from service.blueprints.views import admin_user_view, session_view
+from service.blueprints.views import admin_user_view, ban_view, session_view
 from service.context import services
 from service.schemas import (
     AdminUser,
@@ -156,16 +153,10 @@ def audit_log(query: AuditQuery) -> Response:
     return json_response(AuditLog(entries=[AuditEntry(**row) for row in rows]))
 
 
-def _ban_view(ban: Ban) -> BanOut:
-    return BanOut(ip=ban.ip, cause=ban.cause, reason=ban.reason, created_at=datetime.fromtimestamp(ban.created_at, UTC),
-                  expires_at=datetime.fromtimestamp(ban.expires_at, UTC) if ban.expires_at else None,
-                  offences=ban.offences, actor=ban.actor)
-
-
 @blueprint.get("/bans")
 @operation("Every banned client address", responses={200: BanList}, roles=ADMIN_ONLY, tags=TAGS)
 def list_bans() -> Response:
-    return json_response(BanList(bans=[_ban_view(ban) for ban in services().blacklist.list()]))
+    return json_response(BanList(bans=[ban_view(ban) for ban in services().blacklist.list()]))
 
 
 @blueprint.post("/bans")
@@ -173,7 +164,7 @@ def list_bans() -> Response:
            responses={201: BanOut}, errors=(409,), roles=ADMIN_ONLY, tags=TAGS)
 def create_ban(body: CreateBanRequest) -> Response:
     ban = admin.ban_address(services(), *_actor(), str(body.ip), body.reason, body.duration_seconds)
-    return json_response(_ban_view(ban), 201)
+    return json_response(ban_view(ban), 201)
 
 
 @blueprint.delete("/bans/<address:ip>")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from service.schemas import AdminUser, Session
+from service.blacklist import Ban
+from service.schemas import AdminUser, BanOut, Session
 from service.sessions import SessionInfo
 from service.users import User
 
@@ -24,3 +25,10 @@ def session_view(session: SessionInfo, current_session_id: str | None = None) ->
 def admin_user_view(user: User) -> AdminUser:
     return AdminUser(id=user.id, email=user.email, status=user.status, created_at=user.created_at,
                      roles=list(user.roles))
+
+
+def ban_view(ban: Ban) -> BanOut:
+    """Return a ban as GET /v1/admin/bans and `gatehouse blacklist list` show it."""
+    return BanOut(ip=ban.ip, cause=ban.cause, reason=ban.reason, created_at=datetime.fromtimestamp(ban.created_at, UTC),
+                  expires_at=datetime.fromtimestamp(ban.expires_at, UTC) if ban.expires_at else None,
+                  offences=ban.offences, actor=ban.actor)
