@@ -155,10 +155,10 @@ class GatehouseWorker(GeventWorker):
             self.log.error("request_rejected", extra=fields)
         else:
             self.log.warning("request_rejected", extra=fields)
-        app = getattr(self, "application", None)
-        if app is not None:
+        recorder = getattr(self, "application", None) and self.application.extensions.get(RECORDER_KEY)
+        if recorder is not None:
             # No route matched and gunicorn's parse time is not known: route "None", 0 s.
-            app.extensions[RECORDER_KEY].record(method, "None", status, 0.0)
+            recorder.record(method, "None", status, 0.0)
 
     def handle_shutdown_notice(self, _sig: int, _frame: Any) -> None:
         state.begin_shutdown()
