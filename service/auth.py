@@ -184,7 +184,8 @@ def _require_active_account(svc: Services, session_id: str, user_id: str, *, ip:
 
 def logout(svc: Services, session_id: str) -> None:
     """End one session: its refresh tokens and access tokens stop working."""
-    svc.sessions.revoke(session_id)
+    # Also when Redis lost the session: the caller's access token names it.
+    svc.sessions.revoke(session_id, even_if_missing=True)
     metrics.LOGOUTS.inc()
     log.info("logged_out", session_id=session_id)
 

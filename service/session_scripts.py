@@ -160,10 +160,18 @@ TRIM_USER_LUA = _REVOKE_FUNCTION + _EVICT_FUNCTION + """
 return evict_oldest(ARGV[1], KEYS[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5], '')
 """
 
-# ARGV: prefix, sid, revoked-until, now, expected uid ("" for any)
+# ARGV: prefix, sid, revoked-until, now, expected uid ("" for any), "1" to record a missing session too
 REVOKE_SESSION_LUA = _REVOKE_FUNCTION + """
 local uid = redis.call('HGET', ARGV[1] .. 'sess:' .. ARGV[2], 'uid')
-if not uid or (ARGV[5] ~= '' and uid ~= ARGV[5]) then
+if not uid then
+    -- A session that Redis no longer holds (lost data, a restore) may still have live
+    -- access tokens: with ARGV[6] = '1' it goes into the revoked set all the same.
+    if ARGV[6] == '1' then
+        revoke(ARGV[1], ARGV[2], false, ARGV[3], ARGV[4])
+    end
+    return 0
+end
+if ARGV[5] ~= '' and uid ~= ARGV[5] then
     return 0
 end
 revoke(ARGV[1], ARGV[2], uid, ARGV[3], ARGV[4])

@@ -267,12 +267,18 @@ class SessionStore:
                         timeout_ms=self._wait_timeout_ms)
         return result
 
-    def revoke(self, session_id: str, *, user_id: str | None = None) -> bool:
-        """End a session and all its tokens; return whether it existed (and belonged to user_id, if given)."""
+    def revoke(self, session_id: str, *, user_id: str | None = None, even_if_missing: bool = False) -> bool:
+        """End a session and all its tokens; return whether it existed (and belonged to user_id, if given).
+
+        With even_if_missing, a session id that Redis does not hold goes into the revoked
+        set anyway, so its access tokens stop working. Only for an id taken from a
+        verified access token: its owner is the caller.
+        """
         now = time.time()
-        args = [KEY_PREFIX, session_id, self._revoked_until(now), repr(now), user_id or ""]
+        args = [KEY_PREFIX, session_id, self._revoked_until(now), repr(now), user_id or "",
+                "1" if even_if_missing else ""]
         revoked = bool(self._revoke(keys=[], args=args))
-        if revoked:
+        if revoked or even_if_missing:
             self._on_revoked(session_id, self._revoked_until(now))
         return revoked
 

@@ -358,6 +358,22 @@ def test_logout_ends_only_this_session(client, tokens):
     assert client.get("/v1/users/me", headers={"Authorization": f"Bearer {other['access_token']}"}).status_code == 200
 
 
+def test_logout_ends_session_that_redis_lost(client, tokens, settings):
+    # As after a restore of an older backup: the session's keys are gone, its access token is not.
+    store = redis.Redis.from_url(settings.redis_url.get_secret_value(), decode_responses=True)
+    headers = {"Authorization": f"Bearer {tokens['access_token']}"}
+    [session_key] = store.keys(f"{KEY_PREFIX}sess:*[^s]")
+    store.delete(session_key)
+    assert client.get("/v1/users/me", headers=headers).status_code == 200
+
+    response = client.post("/v1/auth/logout", headers=headers)
+
+    assert response.status_code == 204
+    me = client.get("/v1/users/me", headers=headers)
+    assert me.status_code == 401
+    assert me.get_json()["code"] == "session_revoked"
+
+
 def test_logout_requires_token(client):
     response = client.post("/v1/auth/logout")
     assert response.status_code == 401
