@@ -103,9 +103,9 @@ class ScrapeCollector(Collector):
         yield latency
 
         success = GaugeMetricFamily("gatehouse_job_last_success_timestamp_seconds",
-                                    "Unix time of the job's last success (0: never).", labels=["job"])
+                                    "Unix time of the job's last success (0: never).", labels=["job_name"])
         failure = GaugeMetricFamily("gatehouse_job_last_failure_timestamp_seconds",
-                                    "Unix time of the job's last failure (0: never).", labels=["job"])
+                                    "Unix time of the job's last failure (0: never).", labels=["job_name"])
         try:
             records = self._job_records()
         except Exception:  # Redis down: the job gauges are left out, and gatehouse_dependency_up shows why

@@ -85,7 +85,10 @@ def test_gauges_describe_pools_dependencies_and_build(server):
     assert value(samples, "gatehouse_dependency_up", dependency="mysql") == 1
     assert value(samples, "gatehouse_dependency_up", dependency="redis") == 1
     assert value(samples, "gatehouse_dependency_check_duration_seconds", dependency="redis") < 1
-    assert value(samples, "gatehouse_job_last_success_timestamp_seconds", job="tokens_purge") == 0
+    assert value(samples, "gatehouse_job_last_success_timestamp_seconds", job_name="tokens_purge") == 0
+    # Prometheus sets job and instance on every target: a metric's own would become exported_job,
+    # which no rule or dashboard would match.
+    assert not [key for key in samples if {"job", "instance"} & {name for name, _ in key[1]}]
     assert [key for key in samples if key[0] == "gatehouse_build_info"]
     assert value(samples, "gatehouse_http_requests_in_flight") == 1  # the scrape itself
 
