@@ -12,6 +12,7 @@ import pytest
 from service import setting_checks
 from service.config import (
     EMPTY_MEANS_UNSET, ENV_PREFIX, OWASP_ARGON2ID_MINIMUMS, InvalidConfiguration, Settings, is_text_setting, load_settings,
+    unknown_variables,
 )
 
 MYSQL_PASSWORD = "mysql-secret-7f3a"
@@ -471,3 +472,10 @@ def test_empty_redis_url_not_set(environment):
     environment.setenv("GATEHOUSE_REDIS_URL", "")
 
     assert invalid_configuration_message().startswith("GATEHOUSE_REDIS_URL is not set")
+
+
+def test_unknown_variables_leave_out_command_and_tool_inputs():
+    environ = {"GATEHOUSE_MYSQL_PASWORD": "x", "GATEHOUSE_MYSQL_PASSWORD": "x", "GATEHOUSE_NEW_USER_PASSWORD": "x",
+               "GATEHOUSE_TEST_MYSQL_PORT": "1", "GATEHOUSE_STATE_DIR": "/tmp", "OTHER_VARIABLE": "x"}
+
+    assert unknown_variables(environ) == ["GATEHOUSE_MYSQL_PASWORD"]
