@@ -129,8 +129,9 @@ def render_rules(values: dict | None = None) -> dict:
     import helm_python
 
     chart = helm_python.Chart.load(str(CHART))
-    rendered = chart.render({"prometheusRule": {"enabled": True}, **(values or {})}, name="gatehouse",
-                            namespace="monitoring")
+    # With the chart's ServiceMonitor, whose job label GatehouseDown selects.
+    base = {"prometheusRule": {"enabled": True}, "metrics": {"serviceMonitor": {"enabled": True}}}
+    rendered = chart.render({**base, **(values or {})}, name="gatehouse", namespace="monitoring")
     return yaml.safe_load(rendered["gatehouse/templates/prometheusrule.yaml"])["spec"]
 
 
@@ -163,6 +164,16 @@ def test_every_alert_documented_and_labelled():
 
 def test_every_alert_has_a_case():
     assert {case.alert for case in CASES} == set(rules_by_name(render_rules()))
+
+
+def test_down_alert_needs_a_known_job():
+    without_monitor = rules_by_name(render_rules({"metrics": {"serviceMonitor": {"enabled": False}}}))
+    assert "GatehouseDown" not in without_monitor
+    assert "GatehouseWorkersMissing" in without_monitor
+
+    own_job = rules_by_name(render_rules({"metrics": {"serviceMonitor": {"enabled": False}},
+                                          "alerts": {"upJob": "auth-gatehouse"}}))
+    assert own_job["GatehouseDown"]["expr"] == 'absent(up{job="auth-gatehouse"} == 1)'
 
 
 def test_thresholds_come_from_values():

@@ -452,9 +452,13 @@ trusted proxy, all clients share one rate limit, and the first automatic ban
 blocks every one of them.
 */}}
 {{- define "gatehouse.validateValues.ingressProxy" -}}
-{{- if and .Values.ingress.enabled (eq (int .Values.config.trustedProxyCount) 0) -}}
+{{- $count := .Values.config.trustedProxyCount -}}
+{{- if hasKey .Values.extraEnv "GATEHOUSE_TRUSTED_PROXY_COUNT" -}}
+{{- $count = index .Values.extraEnv "GATEHOUSE_TRUSTED_PROXY_COUNT" -}}
+{{- end -}}
+{{- if and .Values.ingress.enabled (eq (int $count) 0) -}}
 gatehouse: config.trustedProxyCount
-    ingress.enabled is true but config.trustedProxyCount is 0, so Gatehouse would see every client as the ingress controller: one rate limit for all of them, and one automatic ban would block them all. Set config.trustedProxyCount to the number of proxies in front of the pods, 1 for an ingress controller alone.
+    ingress.enabled is true but config.trustedProxyCount (or GATEHOUSE_TRUSTED_PROXY_COUNT in extraEnv) is 0, so Gatehouse would see every client as the ingress controller: one rate limit for all of them, and one automatic ban would block them all. Set config.trustedProxyCount to the number of proxies in front of the pods, 1 for an ingress controller alone.
 {{- end -}}
 {{- end -}}
 
