@@ -56,6 +56,14 @@ class _Recorder:
         duration.observe(seconds)
         total.inc()
 
+    def count_rejected(self, method: str, status: int) -> None:
+        """Count a request that gunicorn rejected itself, in http_request_total only.
+
+        Its duration is not known, and a 500 that gunicorn writes follows one that the
+        app's teardown has already recorded.
+        """
+        self._total.labels(method=method, status=status).inc()
+
     def start(self) -> None:
         g.metrics_started = time.perf_counter()
 

@@ -156,9 +156,9 @@ class GatehouseWorker(GeventWorker):
         else:
             self.log.warning("request_rejected", extra=fields)
         recorder = getattr(self, "application", None) and self.application.extensions.get(RECORDER_KEY)
+        # Counted whatever the path: the probes that the metrics leave out are well-formed.
         if recorder is not None:
-            # No route matched and gunicorn's parse time is not known: route "None", 0 s.
-            recorder.record(method, "None", status, 0.0)
+            recorder.count_rejected(method, status)
 
     def handle_shutdown_notice(self, _sig: int, _frame: Any) -> None:
         state.begin_shutdown()

@@ -200,16 +200,16 @@ def test_http10_without_host_served(server):
 
 @pytest.mark.parametrize(("request_bytes", "status", "code", "field"), [
     (b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "request_line_too_long", "request_line"),
-    (b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n", 431, "header_fields_too_large",
+    (b"GET /v1/users/me HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n", 431, "header_fields_too_large",
      "headers"),
-    (b"GET /health HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n", 400, "malformed_request", None),
-    (b"GET /health HTTP/9.9\r\nHost: x\r\n\r\n", 400, "malformed_request", None),
+    (b"GET /v1/users/me HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n", 400, "malformed_request", None),
+    (b"GET /v1/users/me HTTP/9.9\r\nHost: x\r\n\r\n", 400, "malformed_request", None),
     # RFC 9112: chunked must be the final transfer coding of a request.
     (b"POST /v1/auth/login HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 400,
      "malformed_request", None),
     (b"POST /v1/auth/login HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: foo\r\n\r\n", 501,
      "unsupported_transfer_encoding", "Transfer-Encoding"),
-    (b"GET /health HTTP/1.1\r\nHost: x\r\nExpect: 200-ok\r\n\r\n", 417, "expectation_failed", "Expect"),
+    (b"GET /v1/users/me HTTP/1.1\r\nHost: x\r\nExpect: 200-ok\r\n\r\n", 417, "expectation_failed", "Expect"),
 ], ids=["long_request_line", "long_header", "bad_header_name", "bad_version", "chunked_not_final",
         "unknown_transfer_coding", "unknown_expectation"])
 def test_gunicorn_errors_are_problems(server, request_bytes, status, code, field):
