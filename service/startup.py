@@ -45,6 +45,8 @@ MYSQL_PERMANENT_ERRORS = {
     ER.TABLEACCESS_DENIED_ERROR: _GRANT_HINT,
     ER.COLUMNACCESS_DENIED_ERROR: _GRANT_HINT,
 }
+# The longest error text of a dependency that the check quotes; the settings hint follows it.
+MAX_ERROR_CHARACTERS = 300
 # The server's reply to SELECT with a database number beyond its `databases` setting.
 REDIS_DB_OUT_OF_RANGE = "DB index is out of range"
 
@@ -55,6 +57,11 @@ class StartupCheckFailed(Exception):
 
 class _PermanentFailure(Exception):
     """A start-up check failed in a way that retrying cannot fix; the message contains the fix."""
+
+
+def _shortened(error: str) -> str:
+    """Cut an error message to MAX_ERROR_CHARACTERS. redis-py's Sentinel errors describe the whole pool."""
+    return error if len(error) <= MAX_ERROR_CHARACTERS else error[:MAX_ERROR_CHARACTERS] + "..."
 
 
 def _retry(name: str, attempt: Callable[[], T], deadline: float, hint: str) -> T:
@@ -73,10 +80,11 @@ def _retry(name: str, attempt: Callable[[], T], deadline: float, hint: str) -> T
             raise StartupCheckFailed(f"{name} check failed: {exc}") from None
         except (pymysql.err.OperationalError, pymysql.err.InterfaceError, redis.RedisError, OSError) as exc:
             remaining = deadline - time.monotonic()
+            error = _shortened(str(exc))
             if remaining <= 0:
-                raise StartupCheckFailed(f"{name} unreachable after {tries} attempts: {exc}: {hint}") from None
+                raise StartupCheckFailed(f"{name} unreachable after {tries} attempts: {error}: {hint}") from None
 
-            log.warning("startup_check_retrying", dependency=name, attempt=tries, error=str(exc))
+            log.warning("startup_check_retrying", dependency=name, attempt=tries, error=error)
             time.sleep(min(delay, remaining))
             delay = min(delay * 2, 2.0)
 
