@@ -45,7 +45,7 @@ MYSQL_PERMANENT_ERRORS = {
     ER.TABLEACCESS_DENIED_ERROR: _GRANT_HINT,
     ER.COLUMNACCESS_DENIED_ERROR: _GRANT_HINT,
 }
-# The longest error text of a dependency that the check quotes; the settings hint follows it.
+# The maximum length of a dependency error that the check quotes before its settings hint.
 MAX_ERROR_CHARACTERS = 300
 # The server's reply to SELECT with a database number beyond its `databases` setting.
 REDIS_DB_OUT_OF_RANGE = "DB index is out of range"
