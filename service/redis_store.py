@@ -18,8 +18,8 @@ log = structlog.get_logger(__name__)
 # Every key the service writes starts with this, so the database can be shared with other tools.
 KEY_PREFIX = "gh:"
 
-# Size of the buffer each connection reads replies into. redis-py allocates its default
-# of 64 KiB per connection, 2.5 MiB in a worker's two pools of 20. Most replies here are
+# Size of the buffer each connection reads replies into. redis-py 8.2 allocates its default
+# of 32 KiB per connection, 1.25 MiB in a worker's two pools of 20. Most replies here are
 # a few hundred bytes, and a longer one takes more reads.
 SOCKET_READ_SIZE = 4096
 
