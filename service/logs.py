@@ -184,6 +184,18 @@ def _drop_invalid_request_lines(record: logging.LogRecord) -> bool:
     return not str(record.msg).startswith("Invalid request from ip=")
 
 
+# Signals that end a worker because it crashed, not because something stopped it.
+_CRASH_SIGNALS = frozenset({"SIGSEGV", "SIGABRT", "SIGBUS", "SIGFPE", "SIGILL"})
+
+
+def _worker_crash_as_error(record: logging.LogRecord) -> bool:
+    """Raise gunicorn's warning about a worker that a crash signal ended to an error, like its SIGKILL line."""
+    args = record.args if isinstance(record.args, tuple) else ()
+    if record.msg == "Worker (pid:%s) was sent %s!" and args and args[-1] in _CRASH_SIGNALS:
+        record.levelno, record.levelname = logging.ERROR, "ERROR"
+    return True
+
+
 class GunicornLogger(GunicornBaseLogger):
     """gunicorn's logger, rendering its error and access records as JSON lines on stdout."""
 
@@ -199,3 +211,4 @@ class GunicornLogger(GunicornBaseLogger):
             log.addHandler(handler)
         # The worker logs each request that gunicorn rejects as request_rejected, with its status.
         self.error_log.addFilter(_drop_invalid_request_lines)
+        self.error_log.addFilter(_worker_crash_as_error)

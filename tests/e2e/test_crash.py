@@ -141,7 +141,9 @@ def test_crashed_worker_dumps_fatal_stack(server):
     output = server.output()
     assert "Fatal Python error: Segmentation fault" in output
     assert "most recent call first" in output
-    assert f"Worker (pid:{victim}) was sent SIGSEGV" in output
+    [crash] = [event for event in log_events(output) if event["event"] == f"Worker (pid:{victim}) was sent SIGSEGV!"]
+    # A crash is an error, as a worker killed by SIGKILL is.
+    assert crash["level"] == "error"
     assert requests.get(f"{server.url}/health", timeout=5).status_code == 200
 
 
