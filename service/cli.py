@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
+# A command run beside the server, with its environment, must not write metric files
+# into the server's directory: gunicorn's master removes only its workers' files, so a
+# command's pool gauges would stay in the server's sums. prometheus_client reads the
+# variable when it is first imported, which the imports below do.
+os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+
 import argparse
 import logging
 import signal

@@ -33,6 +33,18 @@ def test_create_reads_password_from_stdin(client):
     assert "from standard input" not in result.stdout + result.stderr
 
 
+def test_commands_write_no_metric_files_into_server_directory(client, tmp_path):
+    # As when an operator runs a command inside a server's pod, with its environment.
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+
+    result = run_create("--email", "ops@example.com", stdin="long enough password\n",
+                        env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)})
+
+    assert result.returncode == 0, result.stderr
+    assert list(metrics_dir.iterdir()) == []
+
+
 def test_create_rejects_unknown_role_before_creating(client):
     result = run_create("--email", "ops@example.com", "--role", "wizard", stdin="long enough password\n")
     assert result.returncode == 2
