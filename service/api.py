@@ -13,7 +13,7 @@ from pydantic_core import from_json
 from werkzeug.routing import BaseConverter
 
 from service.bearer import authenticate_request, require_roles
-from service.errors import InvalidJson, InvalidRequest, UnsupportedContentEncoding, UnsupportedMediaType
+from service.errors import InvalidJson, InvalidRequest, Problem, UnsupportedContentEncoding, UnsupportedMediaType
 
 _MAX_FIELD_ERRORS = 10
 _MAX_FIELD_NAME = 64
@@ -31,11 +31,13 @@ class Operation:
     query: type[BaseModel] | None = None
     description: str | None = None
     uses_dependencies: bool = True
+    # The codes of the route's own problems by status, where the declaration names their classes.
+    codes: dict[int, tuple[str, ...]] = field(default_factory=dict)
 
 
 def operation(summary: str, *, request_model: type[BaseModel] | None = None,
               query_model: type[BaseModel] | None = None,
-              responses: dict[int, type[BaseModel] | None], errors: tuple[int, ...] = (),
+              responses: dict[int, type[BaseModel] | None], errors: tuple[int | type[Problem], ...] = (),
               bearer: bool = False, roles: tuple[str, ...] = (), tags: tuple[str, ...] = (),
               uses_dependencies: bool = True, description: str | None = None) -> Callable:
     """Declare a route's body, query, responses, authentication and required roles.
@@ -43,15 +45,21 @@ def operation(summary: str, *, request_model: type[BaseModel] | None = None,
     With bearer=True (implied by roles) the access token is checked first, so a 401
     or 403 comes before any body error; the caller is then current_principal(). The
     validated body arrives as the `body` argument, the query string as `query`.
-    errors lists the statuses of the route's own problems, and service.openapi_responses
-    adds the ones that follow from the other arguments and from the request hooks.
+    errors lists the route's own problems, as Problem classes (whose codes /openapi.json
+    names) or statuses, and service.openapi_responses adds the ones that follow from the
+    other arguments and from the request hooks.
     uses_dependencies=False documents a route that never returns 503. description is
     the operation's Markdown description in /openapi.json, for rules the schemas cannot
     express.
     """
     bearer = bearer or bool(roles)
-    spec = Operation(summary, request_model, responses, tuple(sorted(set(errors))), bearer, roles, tags,
-                     query_model, description, uses_dependencies)
+    statuses = {error if isinstance(error, int) else error.status for error in errors}
+    codes: dict[int, tuple[str, ...]] = {}
+    for error in errors:
+        if not isinstance(error, int):
+            codes[error.status] = (*codes.get(error.status, ()), error.code)
+    spec = Operation(summary, request_model, responses, tuple(sorted(statuses)), bearer, roles, tags,
+                     query_model, description, uses_dependencies, codes)
 
     def decorator(view: Callable) -> Callable:
         @functools.wraps(view)

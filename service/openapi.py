@@ -150,6 +150,8 @@ def _response_description(spec: Operation, status: int, causes: list[Cause]) -> 
         title = spec.summary
     else:
         title = _ERROR_TITLES.get(status, HTTPStatus(status).phrase)
+        if status in spec.codes:
+            title += ": " + ", ".join(f"`{code}`" for code in spec.codes[status])
     if not causes:
         return title
 

@@ -69,6 +69,21 @@ def document(client) -> dict:
     return client.get("/openapi.json").get_json()
 
 
+def _problem_classes(base: type) -> list[type]:
+    return [cls for sub in base.__subclasses__() for cls in (sub, *_problem_classes(sub))]
+
+
+def test_every_problem_code_in_document(document):
+    # The base classes and the 500 that no operation plans to send are left out.
+    from service import errors
+
+    abstract = {errors.Unauthorized, errors.DependencyUnavailable}
+    codes = {cls.code for cls in _problem_classes(errors.Problem) if cls not in abstract} - {"internal_error"}
+    text = json.dumps(document)
+
+    assert sorted(code for code in codes if f"`{code}`" not in text) == []
+
+
 def test_operations_found(app):
     operations = documented_operations(app)
 

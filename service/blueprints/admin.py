@@ -9,6 +9,7 @@ from service.api import json_response, operation
 from service.bearer import current_principal
 from service.blueprints.views import admin_user_view, ban_view, session_view
 from service.context import services
+from service.errors import Conflict, NotFound, PasswordBlocklisted
 from service.schemas import (
     AdminUser,
     AdminUserDetail,
@@ -50,7 +51,7 @@ def list_users(query: UserSearch) -> Response:
 
 
 @blueprint.get("/users/<id:user_id>")
-@operation("One user with roles and active sessions", responses={200: AdminUserDetail}, errors=(404,),
+@operation("One user with roles and active sessions", responses={200: AdminUserDetail}, errors=(NotFound,),
            roles=ADMIN_ONLY, tags=TAGS)
 def get_user(user_id: str) -> Response:
     user, sessions = admin.get_user(services(), user_id)
@@ -61,7 +62,7 @@ def get_user(user_id: str) -> Response:
 
 @blueprint.delete("/users/<id:user_id>")
 @operation("Delete a user: the account, its role grants and its sessions", responses={204: None},
-           errors=(404, 409), roles=ADMIN_ONLY, tags=TAGS,
+           errors=(NotFound, Conflict), roles=ADMIN_ONLY, tags=TAGS,
            description="Every session of the account ends, so its access tokens get 401 `session_revoked` and "
                        "its refresh tokens 401 `invalid_refresh_token`. The email can register again. Audit "
                        "entries about the account stay and keep its id, and the `user_deleted` entry leaves "
@@ -73,7 +74,8 @@ def delete_user(user_id: str) -> Response:
 
 @blueprint.put("/users/<id:user_id>/password")
 @operation("Set a user's password and end all their sessions", request_model=SetPasswordRequest,
-           responses={200: SessionsEnded}, errors=(404, 409, 422), roles=ADMIN_ONLY, tags=TAGS,
+           responses={200: SessionsEnded}, errors=(NotFound, Conflict, PasswordBlocklisted), roles=ADMIN_ONLY,
+           tags=TAGS,
            description="The password follows the rules of registration: 422 `password_blocklisted` for a "
                        "commonly used password or the account's email. The account's recorded login failures "
                        "and login delay are cleared. A disabled account stays disabled. 409 `conflict` when "
@@ -85,46 +87,46 @@ def set_user_password(user_id: str, body: SetPasswordRequest) -> Response:
 
 
 @blueprint.post("/users/<id:user_id>/disable")
-@operation("Disable a user and end all their sessions", responses={200: AdminUser}, errors=(404, 409),
+@operation("Disable a user and end all their sessions", responses={200: AdminUser}, errors=(NotFound, Conflict),
            roles=ADMIN_ONLY, tags=TAGS)
 def disable_user(user_id: str) -> Response:
     return json_response(admin_user_view(admin.set_status(services(), *_actor(), user_id, users.STATUS_DISABLED)))
 
 
 @blueprint.post("/users/<id:user_id>/enable")
-@operation("Enable a disabled user", responses={200: AdminUser}, errors=(404,), roles=ADMIN_ONLY, tags=TAGS)
+@operation("Enable a disabled user", responses={200: AdminUser}, errors=(NotFound,), roles=ADMIN_ONLY, tags=TAGS)
 def enable_user(user_id: str) -> Response:
     return json_response(admin_user_view(admin.set_status(services(), *_actor(), user_id, users.STATUS_ACTIVE)))
 
 
 @blueprint.put("/users/<id:user_id>/roles/<role:role>")
-@operation("Grant a role", responses={200: AdminUser}, errors=(404,), roles=ADMIN_ONLY, tags=TAGS)
+@operation("Grant a role", responses={200: AdminUser}, errors=(NotFound,), roles=ADMIN_ONLY, tags=TAGS)
 def grant_role(user_id: str, role: str) -> Response:
     return json_response(admin_user_view(admin.grant_role(services(), *_actor(), user_id, role)))
 
 
 @blueprint.delete("/users/<id:user_id>/roles/<role:role>")
-@operation("Revoke a role", responses={200: AdminUser}, errors=(404, 409), roles=ADMIN_ONLY, tags=TAGS)
+@operation("Revoke a role", responses={200: AdminUser}, errors=(NotFound, Conflict), roles=ADMIN_ONLY, tags=TAGS)
 def revoke_role(user_id: str, role: str) -> Response:
     return json_response(admin_user_view(admin.revoke_role(services(), *_actor(), user_id, role)))
 
 
 @blueprint.get("/users/<id:user_id>/sessions")
-@operation("A user's active sessions", responses={200: SessionList}, errors=(404,), roles=ADMIN_ONLY, tags=TAGS)
+@operation("A user's active sessions", responses={200: SessionList}, errors=(NotFound,), roles=ADMIN_ONLY, tags=TAGS)
 def list_user_sessions(user_id: str) -> Response:
     _, sessions = admin.get_user(services(), user_id)
     return json_response(SessionList(sessions=[session_view(session) for session in sessions]))
 
 
 @blueprint.delete("/users/<id:user_id>/sessions/<id:session_id>")
-@operation("End one session of a user", responses={204: None}, errors=(404,), roles=ADMIN_ONLY, tags=TAGS)
+@operation("End one session of a user", responses={204: None}, errors=(NotFound,), roles=ADMIN_ONLY, tags=TAGS)
 def revoke_user_session(user_id: str, session_id: str) -> Response:
     admin.revoke_session(services(), *_actor(), user_id, session_id)
     return Response(status=204)
 
 
 @blueprint.delete("/users/<id:user_id>/sessions")
-@operation("End every session of a user", responses={200: SessionsEnded}, errors=(404,), roles=ADMIN_ONLY,
+@operation("End every session of a user", responses={200: SessionsEnded}, errors=(NotFound,), roles=ADMIN_ONLY,
            tags=TAGS)
 def revoke_user_sessions(user_id: str) -> Response:
     return json_response(SessionsEnded(sessions_ended=admin.revoke_all_sessions(services(), *_actor(), user_id)))
@@ -138,7 +140,7 @@ def list_roles() -> Response:
 
 
 @blueprint.post("/roles")
-@operation("Create a role", request_model=CreateRoleRequest, responses={201: Role}, errors=(409,),
+@operation("Create a role", request_model=CreateRoleRequest, responses={201: Role}, errors=(Conflict,),
            roles=ADMIN_ONLY, tags=TAGS)
 def create_role(body: CreateRoleRequest) -> Response:
     role = admin.create_role(services(), *_actor(), body.name, body.description)
@@ -161,14 +163,14 @@ def list_bans() -> Response:
 
 @blueprint.post("/bans")
 @operation("Ban a client address, for a time or permanently", request_model=CreateBanRequest,
-           responses={201: BanOut}, errors=(409,), roles=ADMIN_ONLY, tags=TAGS)
+           responses={201: BanOut}, errors=(Conflict,), roles=ADMIN_ONLY, tags=TAGS)
 def create_ban(body: CreateBanRequest) -> Response:
     ban = admin.ban_address(services(), *_actor(), str(body.ip), body.reason, body.duration_seconds)
     return json_response(ban_view(ban), 201)
 
 
 @blueprint.delete("/bans/<address:ip>")
-@operation("Lift a ban", responses={204: None}, errors=(404,), roles=ADMIN_ONLY, tags=TAGS)
+@operation("Lift a ban", responses={204: None}, errors=(NotFound,), roles=ADMIN_ONLY, tags=TAGS)
 def delete_ban(ip: str) -> Response:
     admin.unban_address(services(), *_actor(), ip)
     return Response(status=204)

@@ -9,6 +9,14 @@ from service.api import json_response, operation
 from service.bearer import current_principal
 from service.blueprints.views import session_view
 from service.context import services
+from service.errors import (
+    AccountDisabled,
+    EmailTaken,
+    InvalidCredentials,
+    InvalidRefreshToken,
+    NotFound,
+    PasswordBlocklisted,
+)
 from service.login_guard import login_guard
 from service.schemas import (
     LoginRequest,
@@ -28,7 +36,7 @@ NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 @blueprint.post("/register")
 @operation("Register an account", request_model=RegisterRequest, responses={201: UserCreated},
-           errors=(409, 422), tags=("auth",),
+           errors=(EmailTaken, PasswordBlocklisted), tags=("auth",),
            description="422 `password_blocklisted` when the password is a commonly used one, one the operator "
                        "blocked, or the email address, its part before the @-sign or the service's name, "
                        "also with digits or punctuation around it.")
@@ -41,7 +49,7 @@ def register(body: RegisterRequest) -> Response:
 
 @blueprint.post("/login")
 @operation("Log in and receive a token pair", request_model=LoginRequest, responses={200: TokenPair},
-           errors=(401, 403), tags=("auth",))
+           errors=(InvalidCredentials, AccountDisabled), tags=("auth",))
 def login(body: LoginRequest) -> Response:
     pair = auth.login(services(), body.email, body.password,
                       user_agent=_user_agent(), ip=request.remote_addr or "", guard=login_guard())
@@ -55,7 +63,7 @@ def _user_agent() -> str:
 
 @blueprint.post("/refresh")
 @operation("Exchange a refresh token for a new token pair", request_model=RefreshRequest,
-           responses={200: TokenPair}, errors=(401,), tags=("auth",))
+           responses={200: TokenPair}, errors=(InvalidRefreshToken,), tags=("auth",))
 def refresh(body: RefreshRequest) -> Response:
     pair = auth.refresh(services(), body.refresh_token, ip=request.remote_addr or "")
     return json_response(pair, headers=NO_STORE)
@@ -87,7 +95,7 @@ def list_sessions() -> Response:
 
 
 @blueprint.delete("/sessions/<id:session_id>")
-@operation("End one of the caller's sessions", responses={204: None}, errors=(404,), bearer=True,
+@operation("End one of the caller's sessions", responses={204: None}, errors=(NotFound,), bearer=True,
            tags=("sessions",))
 def end_session(session_id: str) -> Response:
     auth.end_session(services(), current_principal().user.id, session_id)

@@ -10,6 +10,7 @@ from service import auth
 from service.api import json_response, operation
 from service.bearer import current_principal
 from service.context import services
+from service.errors import InvalidCurrentPassword, PasswordBlocklisted, PasswordUnchanged
 from service.login_guard import login_guard
 from service.schemas import ChangePasswordRequest, CurrentUser, SessionsEnded
 from service.users import User
@@ -37,7 +38,8 @@ def current_user_body(user: User) -> bytes:
 
 @blueprint.post("/me/password")
 @operation("Change the password and end every other session", request_model=ChangePasswordRequest,
-           responses={200: SessionsEnded}, errors=(403, 422), bearer=True, tags=("users",),
+           responses={200: SessionsEnded}, errors=(InvalidCurrentPassword, PasswordUnchanged, PasswordBlocklisted),
+           bearer=True, tags=("users",),
            description="422 `password_blocklisted` first when `new_password` is a commonly used one, one the "
                        "operator blocked, or the email, its part before the @-sign or the service's name, "
                        "also with digits or punctuation around it. "
