@@ -75,23 +75,25 @@ CASES = [
          normal={'gatehouse_dependency_up{dependency="mysql"}': "1x7"},
          eval_time="5m"),
     Case("GatehouseServerErrorRatioHigh",
-         bad={'http_request_duration_seconds_count{status="500"}': "0+60x20",
-              'http_request_duration_seconds_count{status="200"}': "0+60x20"},
-         normal={'http_request_duration_seconds_count{status="500"}': "0+1x20",
-                 'http_request_duration_seconds_count{status="200"}': "0+600x20",
+         bad={'http_request_duration_seconds_count{job="gatehouse", namespace="monitoring", status="500"}': "0+60x20",
+              'http_request_duration_seconds_count{job="gatehouse", namespace="monitoring", status="200"}': "0+60x20"},
+         normal={'http_request_duration_seconds_count{job="gatehouse", namespace="monitoring", status="500"}': "0+1x20",
+                 'http_request_duration_seconds_count{job="gatehouse", namespace="monitoring", status="200"}': "0+600x20",
+                 # Another Flask service's errors, under the same metric name, are not Gatehouse's.
+                 'http_request_duration_seconds_count{job="other", namespace="monitoring", status="500"}': "0+600x20",
                  # A client that sends an unsupported transfer coding gets 501, which is not the service's fault.
-                 'http_request_duration_seconds_count{status="501"}': "0+600x20"},
+                 'http_request_duration_seconds_count{job="gatehouse", namespace="monitoring", status="501"}': "0+600x20"},
          eval_time="15m"),
     Case("GatehouseLatencyP99High",
-         bad={'http_request_duration_seconds_bucket{url_rule="/v1/auth/login", le="0.1"}': "0+10x30",
-              'http_request_duration_seconds_bucket{url_rule="/v1/auth/login", le="1"}': "0+100x30",
-              'http_request_duration_seconds_bucket{url_rule="/v1/auth/login", le="+Inf"}': "0+100x30"},
-         normal={'http_request_duration_seconds_bucket{url_rule="/v1/auth/login", le="0.1"}': "0+100x30",
-                 'http_request_duration_seconds_bucket{url_rule="/v1/auth/login", le="1"}': "0+100x30",
-                 'http_request_duration_seconds_bucket{url_rule="/v1/auth/login", le="+Inf"}': "0+100x30",
+         bad={'http_request_duration_seconds_bucket{job="gatehouse", namespace="monitoring", url_rule="/v1/auth/login", le="0.1"}': "0+10x30",
+              'http_request_duration_seconds_bucket{job="gatehouse", namespace="monitoring", url_rule="/v1/auth/login", le="1"}': "0+100x30",
+              'http_request_duration_seconds_bucket{job="gatehouse", namespace="monitoring", url_rule="/v1/auth/login", le="+Inf"}': "0+100x30"},
+         normal={'http_request_duration_seconds_bucket{job="gatehouse", namespace="monitoring", url_rule="/v1/auth/login", le="0.1"}': "0+100x30",
+                 'http_request_duration_seconds_bucket{job="gatehouse", namespace="monitoring", url_rule="/v1/auth/login", le="1"}': "0+100x30",
+                 'http_request_duration_seconds_bucket{job="gatehouse", namespace="monitoring", url_rule="/v1/auth/login", le="+Inf"}': "0+100x30",
                  # Slow probes do not count.
-                 'http_request_duration_seconds_bucket{url_rule="/ready", le="0.1"}': "0x30",
-                 'http_request_duration_seconds_bucket{url_rule="/ready", le="+Inf"}': "0+100x30"},
+                 'http_request_duration_seconds_bucket{job="gatehouse", namespace="monitoring", url_rule="/ready", le="0.1"}': "0x30",
+                 'http_request_duration_seconds_bucket{job="gatehouse", namespace="monitoring", url_rule="/ready", le="+Inf"}': "0+100x30"},
          eval_time="20m"),
     Case("GatehouseRateLimitHitsSurging",
          bad={'gatehouse_rate_limit_hits_total{route="/v1/auth/login"}': "0+600x30"},
@@ -174,6 +176,15 @@ def test_down_alert_needs_a_known_job():
     own_job = rules_by_name(render_rules({"metrics": {"serviceMonitor": {"enabled": False}},
                                           "alerts": {"upJob": "auth-gatehouse"}}))
     assert own_job["GatehouseDown"]["expr"] == 'absent(up{job="auth-gatehouse"} == 1)'
+
+
+def test_rules_without_known_job_pass_promtool_check(tmp_path):
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump(render_rules({"metrics": {"serviceMonitor": {"enabled": False}}})))
+
+    result = subprocess.run([PROMTOOL, "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
+
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_thresholds_come_from_values():
