@@ -164,9 +164,9 @@ def test_delay_logged_with_client_ip(delayed, capsys):
     wrong_login(delayed, ATTACKER)
 
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
-    limited = [event for event in events if event["event"] == "rate_limited"]
+    limited = [event for event in events if event["event"] == "request_completed" and event["status"] == 429]
     assert len(limited) == 1
-    assert limited[0]["limit"] == "login_delay"
+    assert limited[0]["rate_limit"] == "login_delay"
     assert limited[0]["client_ip"] == ATTACKER
     assert limited[0]["route"] == "/v1/auth/login"
 
