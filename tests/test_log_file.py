@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from service import log_file
-from service.config import InvalidConfiguration, load_settings
+from service.config import InvalidConfiguration, Settings, load_settings
 from service.setting_checks import log_lock_file
 
 
@@ -190,21 +191,28 @@ def test_empty_log_file_means_none():
     assert log_file.build_handler(load_settings({"log_file": ""})) is None
 
 
-def test_attach_replaces_earlier_handler(tmp_path):
-    settings = load_settings({"log_file": str(tmp_path / "gatehouse.log")})
-    logger = logging.getLogger("tests.log_file")
+@contextlib.contextmanager
+def attached_logger(settings: Settings, name: str) -> Iterator[logging.Logger]:
+    """Yield a logger with the log file handler of `settings`, and close its handlers afterwards."""
+    logger = logging.getLogger(name)
     try:
         log_file.attach(settings, logger)
+        yield logger
+    finally:
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+            handler.close()
+
+
+def test_attach_replaces_earlier_handler(tmp_path):
+    settings = load_settings({"log_file": str(tmp_path / "gatehouse.log")})
+    with attached_logger(settings, "tests.log_file") as logger:
         log_file.attach(settings, logger)
         logger.warning("written_once")
 
         file_handlers = [handler for handler in logger.handlers if isinstance(handler, logging.FileHandler)]
         assert len(file_handlers) == 1
         assert (tmp_path / "gatehouse.log").read_text().count("written_once") == 1
-    finally:
-        for handler in list(logger.handlers):
-            logger.removeHandler(handler)
-            handler.close()
 
 
 def test_lock_file_mode_750_corrected(tmp_path):
@@ -212,29 +220,17 @@ def test_lock_file_mode_750_corrected(tmp_path):
     lock_file.touch()
     lock_file.chmod(0o750)
     settings = load_settings({"log_file": str(tmp_path / "gatehouse.log")})
-    logger = logging.getLogger("tests.log_file.old_lock")
-    try:
-        log_file.attach(settings, logger)
+    with attached_logger(settings, "tests.log_file.old_lock") as logger:
         logger.warning("written")
-    finally:
-        for handler in list(logger.handlers):
-            logger.removeHandler(handler)
-            handler.close()
 
     assert lock_file.stat().st_mode & 0o777 == 0o640
 
 
 def test_log_files_not_readable_by_others(tmp_path):
     settings = load_settings({"log_file": str(tmp_path / "gatehouse.log"), "log_file_max_bytes": 1024})
-    logger = logging.getLogger("tests.log_file.mode")
-    try:
-        log_file.attach(settings, logger)
+    with attached_logger(settings, "tests.log_file.mode") as logger:
         for index in range(200):
             logger.warning("line_%d", index)
-    finally:
-        for handler in list(logger.handlers):
-            logger.removeHandler(handler)
-            handler.close()
 
     files = [path for path in tmp_path.iterdir() if path.is_file()]
     assert any(path.name.endswith(".gz") for path in files), [path.name for path in files]
@@ -247,17 +243,11 @@ def test_lost_log_file_reported_once_as_json(tmp_path, capsys):
     directory = tmp_path / "logs"
     directory.mkdir()
     settings = load_settings({"log_file": str(directory / "gatehouse.log")})
-    logger = logging.getLogger("tests.log_file.lost")
-    try:
-        log_file.attach(settings, logger)
+    with attached_logger(settings, "tests.log_file.lost") as logger:
         logger.warning("before")
         shutil.rmtree(directory)
         for number in range(5):
             logger.warning("after_%d", number)
-    finally:
-        for handler in list(logger.handlers):
-            logger.removeHandler(handler)
-            handler.close()
 
     errors = capsys.readouterr().err
     assert "--- Logging error ---" not in errors
