@@ -12,7 +12,7 @@ from service.access_state import AccessState
 from service.blacklist import PERMANENT_SCORE, AddressAllowlisted, Ban
 from service.config import Settings
 from service.context import Services
-from service.database import Database
+from service.database import Database, TransactionStep
 from service.emails import fold_email
 from service.errors import Conflict, InvalidRequest, NotFound
 from service.networks import parse_network_key
@@ -60,7 +60,7 @@ def _audit(svc: AccountServices, actor_id: str | None, client_ip: str, action: s
                  client_ip=client_ip, detail=detail)
 
 
-def _keep_another_admin(user_id: str) -> roles.Step:
+def _keep_another_admin(user_id: str) -> TransactionStep:
     """Return the step that stops a change when it would leave no active administrator.
 
     Each administrator is kept from removing itself, and this also keeps two of them from

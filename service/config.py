@@ -328,9 +328,10 @@ class Settings(RedisSettings, AbuseProtectionSettings, MySQLTLSSettings):
             summary[name] = value
         return summary
 
-# Variables with the prefix that are no settings: the new password that `gatehouse users`
-# reads, and what the project's own tools read (the set-up scripts, the Makefile, bench/
-# and tests/).
+
+# Variables with the prefix that are not settings: the new password that `gatehouse users`
+# reads, and the variables of the project's own tools (the set-up scripts, the Makefile,
+# bench/ and tests/).
 TOOL_VARIABLE_PREFIXES = ("GATEHOUSE_DEV_", "GATEHOUSE_TEST_", "GATEHOUSE_BENCH_")
 TOOL_VARIABLES = frozenset({"GATEHOUSE_NEW_USER_PASSWORD", "GATEHOUSE_STATE_DIR", "GATEHOUSE_MYSQL_ADMIN_DEFAULTS",
                             "GATEHOUSE_MYSQL_ROOT_SOCKET", "GATEHOUSE_SERVICES_TIMEOUT", "GATEHOUSE_FUZZ_EXAMPLES"})

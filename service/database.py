@@ -7,7 +7,7 @@ import ssl
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -38,6 +38,10 @@ _NOT_SENT_CODES = frozenset({2003, 2006})
 # Firewalls and NAT gateways that drop idle connections without closing them do so after
 # minutes (an AWS NAT gateway after 350 s), far beyond this.
 PING_AFTER_IDLE_SECONDS = 5.0
+
+
+# A step that runs first in a transaction of a change, on its cursor, and raises to stop it.
+TransactionStep = Callable[[Any], None]
 
 
 def _retry_is_safe(error: Exception) -> bool:

@@ -73,7 +73,8 @@ BODY_MODEL_CAUSES = (
     _problem(errors.InvalidJson,
              "the body is empty or not JSON as RFC 8259 defines it (no NaN or Infinity), and `field` is `body`"),
     _problem(errors.InvalidRequest, "a body field is missing, invalid or unknown, and `field` names it"),
-    _problem(errors.UnsupportedMediaType, "the body is not application/json, or has a Content-Encoding other than identity"),
+    _problem(errors.UnsupportedMediaType,
+             "the body is not application/json, or has a Content-Encoding other than identity"),
 )
 QUERY_CAUSE = _problem(errors.InvalidRequest, "a query parameter is invalid, unknown or repeated, and `field` names it")
 BEARER_CAUSES = (

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import pymysql
 
-from service.database import Database
+from service.database import Database, TransactionStep
 from service.errors import Conflict, NotFound
 from service.users import STATUS_ACTIVE
 
 ADMIN = "admin"
-
-# A step that runs first in the transaction of a change, and raises to stop it.
-Step = Callable[[Any], None]
 _DUPLICATE_ENTRY = 1062
 
 
@@ -90,7 +86,7 @@ def keep_another_admin(cursor: Any, user_id: str) -> None:
                        "account first.", field="user_id")
 
 
-def revoke(database: Database, user_id: str, role: str, *, before: Step | None = None) -> bool:
+def revoke(database: Database, user_id: str, role: str, *, before: TransactionStep | None = None) -> bool:
     """Revoke a role; return False when the user did not have it.
 
     `before` runs first in the same transaction and may raise to stop the change.

@@ -83,18 +83,18 @@ def _users_create(args: argparse.Namespace) -> int:
         return 2
 
     # A role named twice is granted, audited and logged once.
-    wanted = list(dict.fromkeys(args.role))
+    roles_to_grant = list(dict.fromkeys(args.role))
     settings = load_settings()
     database = Database(settings)
     try:
         known = {role.name for role in roles.list_roles(database)}
-        unknown = sorted(set(wanted) - known)
+        unknown = sorted(set(roles_to_grant) - known)
         if unknown:
             print(f"gatehouse: unknown role {', '.join(unknown)}; known roles: {', '.join(sorted(known))}",
                   file=sys.stderr)
             return 2
         user = users.register(database, Passwords(settings), request.email, request.password)
-        for role in wanted:
+        for role in roles_to_grant:
             roles.grant(database, user.id, role)
             audit.record(database, actor_id=None, action="role_granted", target_type="user", target_id=user.id,
                          client_ip="", detail={"role": role, "via": "cli"})
@@ -107,7 +107,7 @@ def _users_create(args: argparse.Namespace) -> int:
     finally:
         database.close()
 
-    log.info("user_created", user_id=user.id, roles=wanted)
+    log.info("user_created", user_id=user.id, roles=roles_to_grant)
     print(user.id)
     return 0
 

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import pymysql
 import structlog
 
-from service.database import Database
+from service.database import Database, TransactionStep
 from service.emails import fold_email, search_spellings
 from service.errors import AccountDisabled, EmailTaken, InvalidCredentials
 from service.passwords import Passwords
@@ -233,7 +231,7 @@ def find_by_email(database: Database, email: str) -> User | None:
     return find_user(database, row["id"])
 
 
-def delete_user(database: Database, user_id: str, *, before: Callable[[Any], None] | None = None) -> str | None:
+def delete_user(database: Database, user_id: str, *, before: TransactionStep | None = None) -> str | None:
     """Delete a user and, by the foreign key's cascade, their role grants. Return the email, or None when absent.
 
     Audit rows stay, because audit_log has no foreign key to users, and they keep the id.
@@ -252,7 +250,7 @@ def delete_user(database: Database, user_id: str, *, before: Callable[[Any], Non
 
 
 def set_status(database: Database, user_id: str, status: str, *,
-               before: Callable[[Any], None] | None = None) -> bool:
+               before: TransactionStep | None = None) -> bool:
     """Set a user's status; return whether the user exists.
 
     `before` runs first in the same transaction and may raise to stop the change.

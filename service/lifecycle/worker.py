@@ -155,7 +155,8 @@ class GatehouseWorker(GeventWorker):
             self.log.error("request_rejected", extra=fields)
         else:
             self.log.warning("request_rejected", extra=fields)
-        recorder = getattr(self, "application", None) and self.application.extensions.get(RECORDER_KEY)
+        app = getattr(self, "application", None)
+        recorder = app.extensions.get(RECORDER_KEY) if app is not None else None
         # Counted whatever the path: the probes that the metrics leave out are well-formed.
         if recorder is not None:
             recorder.count_rejected(method, status)

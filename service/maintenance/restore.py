@@ -38,7 +38,10 @@ _BATCH = 500
 
 def restore_backup(settings: Settings, client: redis.Redis, backup: Path,
                    sessions: SessionStore | None = None) -> dict[str, Any]:
-    """Check the backup's files, then restore MySQL and Redis from it, and end the restored sessions with `sessions`."""
+    """Check the backup's files, then restore MySQL and Redis from it.
+
+    With `sessions`, end every restored session afterwards.
+    """
     require_programs("mariadb", "redis-server")
     manifest = dumps.read_manifest(backup)
     problems = check_files(backup, manifest)
