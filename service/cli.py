@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import os
 
-# A command run beside the server, with its environment, must not write metric files
-# into the server's directory: gunicorn's master removes only its workers' files, so a
-# command's pool gauges would stay in the server's sums. prometheus_client reads the
-# variable when it is first imported, which the imports below do.
+# A command run with the server's environment writes no metric files into its directory,
+# because the master removes only its workers' files. prometheus_client reads the variable
+# at its first import, below.
 os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
 
 import argparse

@@ -33,7 +33,7 @@ def test_create_reads_password_from_stdin(client):
     assert "from standard input" not in result.stdout + result.stderr
 
 
-def test_commands_write_no_metric_files_into_server_directory(client, tmp_path):
+def test_commands_skip_server_metrics_dir(client, tmp_path):
     # As when an operator runs a command inside a server's pod, with its environment.
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()

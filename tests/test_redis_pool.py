@@ -46,7 +46,7 @@ def test_refresh_gets_503_when_pool_exhausted():
         close_app(app)
 
 
-def test_both_pools_read_with_a_small_buffer_and_get_long_replies_whole():
+def test_pools_read_long_replies_whole():
     app = create_app()
     try:
         client = app.extensions[EXTENSION_KEY].redis

@@ -157,7 +157,7 @@ class GatehouseWorker(GeventWorker):
             self.log.warning("request_rejected", extra=fields)
         app = getattr(self, "application", None)
         recorder = app.extensions.get(RECORDER_KEY) if app is not None else None
-        # Counted whatever the path: the probes that the metrics leave out are well-formed.
+        # Counted whatever the path, because the probes that the metrics leave out are well-formed.
         if recorder is not None:
             recorder.count_rejected(method, status)
 

@@ -178,7 +178,7 @@ def test_down_alert_needs_a_known_job():
     assert own_job["GatehouseDown"]["expr"] == 'absent(up{job="auth-gatehouse"} == 1)'
 
 
-def test_rules_without_known_job_pass_promtool_check(tmp_path):
+def test_rules_without_job_pass_promtool(tmp_path):
     path = tmp_path / "rules.yaml"
     path.write_text(yaml.safe_dump(render_rules({"metrics": {"serviceMonitor": {"enabled": False}}})))
 
