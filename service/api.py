@@ -33,13 +33,16 @@ class Operation:
     uses_dependencies: bool = True
     # The codes of the route's own problems by status, where the declaration names their classes.
     codes: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    # Caching headers of the route's own responses, as names of service.openapi_responses.CACHING_HEADERS.
+    caching: tuple[str, ...] = ()
 
 
 def operation(summary: str, *, request_model: type[BaseModel] | None = None,
               query_model: type[BaseModel] | None = None,
               responses: dict[int, type[BaseModel] | None], errors: tuple[int | type[Problem], ...] = (),
               bearer: bool = False, roles: tuple[str, ...] = (), tags: tuple[str, ...] = (),
-              uses_dependencies: bool = True, description: str | None = None) -> Callable:
+              uses_dependencies: bool = True, description: str | None = None,
+              caching: tuple[str, ...] = ()) -> Callable:
     """Declare a route's body, query, responses, authentication and required roles.
 
     With bearer=True (implied by roles) the access token is checked first, so a 401
@@ -50,16 +53,20 @@ def operation(summary: str, *, request_model: type[BaseModel] | None = None,
     other arguments and from the request hooks.
     uses_dependencies=False documents a route that never returns 503. description is
     the operation's Markdown description in /openapi.json, for rules the schemas cannot
-    express.
+    express. caching names the caching headers that the view sets on its responses
+    (service.openapi_responses.CACHING_HEADERS); a bearer route always has "no-store",
+    which this decorator sets.
     """
     bearer = bearer or bool(roles)
+    if bearer and "no-store" not in caching:
+        caching = ("no-store", *caching)
     statuses = {error if isinstance(error, int) else error.status for error in errors}
     codes: dict[int, tuple[str, ...]] = {}
     for error in errors:
         if not isinstance(error, int):
             codes[error.status] = (*codes.get(error.status, ()), error.code)
     spec = Operation(summary, request_model, responses, tuple(sorted(statuses)), bearer, roles, tags,
-                     query_model, description, uses_dependencies, codes)
+                     query_model, description, uses_dependencies, codes, caching)
 
     def decorator(view: Callable) -> Callable:
         @functools.wraps(view)

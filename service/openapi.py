@@ -131,6 +131,8 @@ def _response_object(spec: Operation, status: int, causes: list[Cause], *, rate_
     declared = status in spec.responses or status in spec.errors
     entry: dict[str, Any] = {"description": _response_description(spec, status, causes)}
     headers = openapi_responses.response_headers(status, causes, declared=declared, rate_limited=rate_limited)
+    if status in spec.responses:
+        headers.update(openapi_responses.caching_headers(spec.caching))
     if headers:
         entry["headers"] = headers
     content: dict[str, Any] = {}

@@ -135,6 +135,28 @@ HEADER_COMPONENTS: dict[str, dict[str, Any]] = {
                                "was rejected."),
 }
 
+# The caching headers that an operation's own responses may declare, by the name that
+# Operation.caching uses: the header, its entry's name in components.headers, the entry.
+CACHING_HEADERS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "no-store": ("Cache-Control", "NoStore", _header(
+        {"type": "string", "enum": ["no-store"]}, True,
+        "The response is personal or secret: no shared or browser cache may keep it.")),
+    "token-no-cache": ("Pragma", "NoCache", _header(
+        {"type": "string", "enum": ["no-cache"]}, True,
+        "For HTTP/1.0 caches, on token responses as RFC 6749 section 5.1 asks.")),
+    "public-max-age": ("Cache-Control", "PublicMaxAge", _header(
+        {"type": "string", "pattern": "^public, max-age=[0-9]+$"}, True,
+        "Any cache may keep the response for `GATEHOUSE_JWKS_MAX_AGE_SECONDS`; a new signing key is published "
+        "at least that long before it signs.")),
+}
+HEADER_COMPONENTS.update({component: header for _, component, header in CACHING_HEADERS.values()})
+
+
+def caching_headers(caching: tuple[str, ...]) -> dict[str, Any]:
+    """Return the caching headers of an operation's own responses, as references to HEADER_COMPONENTS."""
+    return {CACHING_HEADERS[name][0]: {"$ref": f"#/components/headers/{CACHING_HEADERS[name][1]}"}
+            for name in caching}
+
 
 def is_rate_limited(path: str) -> bool:
     """Tell whether requests to a route template count against a rate limit."""

@@ -167,6 +167,23 @@ def test_rate_limit_headers_listed(app, document):
                     assert headers[name]["required"] is True, f"{name} in {label}"
 
 
+def test_caching_headers_listed(app, document):
+    token_routes = {"/v1/auth/login", "/v1/auth/refresh"}
+    for route, path, method, spec in documented_operations(app):
+        for status, response in document["paths"][path][method.lower()]["responses"].items():
+            label = f"{status} of {method} {path}"
+            headers = headers_of(document, response)
+            if int(status) not in spec.responses:
+                assert not {"Cache-Control", "Pragma"} & set(headers), label
+            elif spec.bearer or route in token_routes:
+                assert headers["Cache-Control"]["schema"] == {"type": "string", "enum": ["no-store"]}, label
+                assert ("Pragma" in headers) is (route in token_routes), label
+            elif route == "/.well-known/jwks.json":
+                assert headers["Cache-Control"]["schema"]["pattern"].startswith("^public, max-age="), label
+            else:
+                assert "Cache-Control" not in headers, label
+
+
 def test_new_route_gets_pipeline_responses():
     app = create_app()
     try:
@@ -183,7 +200,7 @@ def test_new_route_gets_pipeline_responses():
     assert "`ip_banned`" in responses["403"]["description"]
     assert "`rate_limited`" in responses["429"]["description"]
     assert {"408", "413", "503"} <= set(responses)
-    assert set(headers_of(document, responses["204"])) == {"X-Request-ID", *RATE_LIMIT_HEADERS}
+    assert set(headers_of(document, responses["204"])) == {"X-Request-ID", "Cache-Control", *RATE_LIMIT_HEADERS}
     assert "WWW-Authenticate" in headers_of(document, responses["401"])
 
 

@@ -49,7 +49,7 @@ def register(body: RegisterRequest) -> Response:
 
 @blueprint.post("/login")
 @operation("Log in and receive a token pair", request_model=LoginRequest, responses={200: TokenPair},
-           errors=(InvalidCredentials, AccountDisabled), tags=("auth",))
+           errors=(InvalidCredentials, AccountDisabled), tags=("auth",), caching=("no-store", "token-no-cache"))
 def login(body: LoginRequest) -> Response:
     pair = auth.login(services(), body.email, body.password,
                       user_agent=_user_agent(), ip=request.remote_addr or "", guard=login_guard())
@@ -63,7 +63,8 @@ def _user_agent() -> str:
 
 @blueprint.post("/refresh")
 @operation("Exchange a refresh token for a new token pair", request_model=RefreshRequest,
-           responses={200: TokenPair}, errors=(InvalidRefreshToken,), tags=("auth",))
+           responses={200: TokenPair}, errors=(InvalidRefreshToken,), tags=("auth",),
+           caching=("no-store", "token-no-cache"))
 def refresh(body: RefreshRequest) -> Response:
     pair = auth.refresh(services(), body.refresh_token, ip=request.remote_addr or "")
     return json_response(pair, headers=NO_STORE)

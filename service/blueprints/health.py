@@ -50,7 +50,7 @@ def ready() -> Response:
 
 @blueprint.get("/.well-known/jwks.json")
 @operation("Public keys that verify access tokens (RFC 7517)", responses={200: Jwks}, tags=("tokens",),
-           uses_dependencies=False)
+           uses_dependencies=False, caching=("public-max-age",))
 def jwks() -> Response:
     svc = services()
     response = jsonify(svc.keys.jwks())

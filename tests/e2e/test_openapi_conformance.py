@@ -1,4 +1,4 @@
-"""Responses of a real gunicorn against the /openapi.json it serves: bans and gunicorn's own errors."""
+"""Responses of a real gunicorn against the /openapi.json it serves: bans, gunicorn's own errors and caching."""
 
 from __future__ import annotations
 
@@ -121,3 +121,30 @@ def test_gunicorn_431_documented(server, schema):
     assert response.json()["code"] == "header_fields_too_large"
     assert "request_id" not in response.json()
     assert_documented(schema, "/v1/users/me", "GET", response)
+
+
+def test_successful_responses_documented(server, settings, schema):
+    """The caching headers of token, bearer and key-set responses are required in the document, so these fail without them."""
+    create_user(settings, "cached@example.com", PASSWORD)
+    login = requests.post(f"{server.url}/v1/auth/login", json={"email": "cached@example.com", "password": PASSWORD},
+                          timeout=10)
+    refreshed = requests.post(f"{server.url}/v1/auth/refresh", json={"refresh_token": login.json()["refresh_token"]},
+                              timeout=10)
+    token = refreshed.json()["access_token"]
+    # The first request reaches Flask and caches the token in that worker; the later ones
+    # on the same connection take the warm path there.
+    with requests.Session() as session:
+        current_user = [session.get(f"{server.url}/v1/users/me", headers=bearer(token), timeout=10) for _ in range(3)]
+    jwks = requests.get(f"{server.url}/.well-known/jwks.json", timeout=10)
+
+    for response in (login, refreshed):
+        assert response.status_code == 200, response.text
+        assert (response.headers["Cache-Control"], response.headers["Pragma"]) == ("no-store", "no-cache")
+    assert_documented(schema, "/v1/auth/login", "POST", login)
+    assert_documented(schema, "/v1/auth/refresh", "POST", refreshed)
+    for response in current_user:
+        assert response.status_code == 200, response.text
+        assert response.headers["Cache-Control"] == "no-store"
+        assert_documented(schema, "/v1/users/me", "GET", response)
+    assert jwks.headers["Cache-Control"].startswith("public, max-age=")
+    assert_documented(schema, "/.well-known/jwks.json", "GET", jwks)
