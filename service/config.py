@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -43,6 +44,10 @@ EMPTY_MEANS_UNSET = {
     "log_file", "backup_dir", "ban_allowlist", "password_blocklist_file", "mysql_tls_ca", "mysql_tls_cert", "mysql_tls_key",
 }
 TEXT_TYPES = (str, Path, SecretStr)
+# The spellings of number settings. pydantic alone also reads 1_000, +5, 5.0 as an integer
+# and 1e3 as a decimal, which are more often typing mistakes than intent.
+INTEGER_SPELLING = re.compile(r"-?[0-9]+")
+DECIMAL_SPELLING = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
 
 
 def is_text_setting(annotation: Any) -> bool:
@@ -227,6 +232,22 @@ class Settings(RedisSettings, AbuseProtectionSettings, MySQLTLSSettings):
         # A password may consist of spaces, but no name, path or address can.
         if not value.strip() and SecretStr not in (annotation, *get_args(annotation)):
             raise PydanticCustomError("empty", "contains only whitespace")
+        return value
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _check_number_spelling(cls, value: Any, info: ValidationInfo) -> Any:
+        kinds = {annotation := cls.model_fields[info.field_name].annotation, *get_args(annotation)}
+        if not isinstance(value, str) or not value.strip() or not kinds & {int, float}:
+            return value
+
+        if float in kinds:
+            if DECIMAL_SPELLING.fullmatch(value.strip()) is None:
+                raise PydanticCustomError("number_spelling", "write it with the digits 0-9 and at most one "
+                                          "decimal point, without +, _ or an exponent")
+        elif INTEGER_SPELLING.fullmatch(value.strip()) is None:
+            raise PydanticCustomError("number_spelling", "write it with the digits 0-9 only, without +, _ or a "
+                                      "decimal point")
         return value
 
     @field_validator("backup_dir", mode="before")
