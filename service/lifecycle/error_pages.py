@@ -26,7 +26,7 @@ from http import HTTPStatus
 from typing import Any
 
 from gunicorn import util
-from gunicorn.http.errors import ParseException
+from gunicorn.http.errors import LimitRequestLine, ParseException
 
 from service.problem_format import PROBLEM_MEDIA_TYPE, PROBLEM_TYPE_PREFIX
 
@@ -106,6 +106,10 @@ def without_request_data(exc: BaseException) -> BaseException:
     """
     if not isinstance(exc, ParseException):
         return exc
+    if isinstance(exc, LimitRequestLine) and exc.max_size is not None:
+        # gunicorn quotes how much it had read when it gave up, often its 8192-byte
+        # buffer, as if that were the request line's length.
+        return _with_message(exc, f"Request line is longer than {exc.max_size} bytes")
 
     text = str(exc)
     head = _QUOTED_DATA.split(text, maxsplit=1)[0]
@@ -113,10 +117,15 @@ def without_request_data(exc: BaseException) -> BaseException:
         return exc
 
     name = _quoted_name(exc)
+    return _with_message(exc, f"{head}: {name!r}" if name else head)
+
+
+def _with_message(exc: BaseException, message: str) -> BaseException:
+    """Return a copy of exc, of a subclass of its class, whose str() is message."""
     redacted_class = _redacted_class(type(exc))
     redacted = redacted_class.__new__(redacted_class)
     redacted.__dict__.update(exc.__dict__)
-    redacted.safe_message = f"{head}: {name!r}" if name else head
+    redacted.safe_message = message
     return redacted
 
 

@@ -198,6 +198,20 @@ def test_http10_without_host_served(server):
     assert json.loads(body) == {"status": "ok"}
 
 
+@pytest.mark.parametrize("request_bytes", [
+    b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+    # A line without its end yet: gunicorn gives up after one read of its 8192-byte buffer.
+    # (A longer line, sent in full, makes the closing server reset the connection.)
+    b"GET /" + b"a" * 8187,
+], ids=["complete", "unfinished"])
+def test_long_request_line_detail_states_limit(server, request_bytes):
+    status, _, body = raw_exchange(server.url, request_bytes)
+
+    assert status == 414
+    # gunicorn's own text gave the bytes it had read, such as its whole buffer, as the line's length.
+    assert json.loads(body)["detail"] == "Request line is longer than 4094 bytes"
+
+
 @pytest.mark.parametrize(("request_bytes", "status", "code", "field"), [
     (b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "request_line_too_long", "request_line"),
     (b"GET /v1/users/me HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n", 431, "header_fields_too_large",
