@@ -191,7 +191,7 @@ class Blacklist:
         keys = [counter, accounts, _ban_key(ip), f"{KEY_PREFIX}offences:{ip}", BANS_KEY]
         policy = self.policy
         result = self._record_abuse(keys=keys, args=[
-            policy.window_seconds, account, threshold, policy.distinct_accounts, int(time.time()),
+            policy.window_seconds, account, threshold, policy.distinct_accounts, repr(time.time()),
             policy.base_seconds, policy.multiplier, policy.max_seconds, policy.offence_decay_seconds,
             cause, ip, EVENTS_CHANNEL,
         ])

@@ -101,6 +101,20 @@ def test_escalation_capped_at_maximum(ban_app):
     assert ban.expires_at - ban.created_at == pytest.approx(600, abs=1)
 
 
+def test_automatic_ban_records_when_it_began(ban_app):
+    blacklist = ban_app.extensions["gatehouse"].blacklist
+    before = time.time()
+    for _ in range(3):
+        blacklist.record_failed_login(ATTACKER, "alice@example.com")
+    after = time.time()
+
+    ban = blacklist.get(ATTACKER)
+
+    # To the fraction of a second, as a manual ban's: whole seconds put it before the offence.
+    assert before <= ban.created_at <= after
+    assert ban.expires_at == int(ban.created_at + 60)
+
+
 def test_allowlisted_network_never_banned(ban_app, user):
     client = ban_app.test_client()
     statuses = [fail_login(client, "198.51.100.20").status_code for _ in range(10)]
