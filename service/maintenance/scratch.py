@@ -137,7 +137,29 @@ def _install_mariadb(defaults_file: Path, timeout: float) -> None:
         raise ScratchServerFailed(f"mariadb-install-db failed:\n{stderr[-2000:]}")
 
 
-class ScratchRedis:
+class _ScratchServer:
+    """A server process of a job's own, used as a context manager: started on entry, stopped on exit."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        # A start that fails or is interrupted stops the server: __exit__ runs only after a successful start.
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, _type: type[BaseException] | None, _value: BaseException | None,
+                 _traceback: TracebackType | None) -> None:
+        self.stop()
+
+
+class ScratchRedis(_ScratchServer):
     """A redis-server with no persistence, optionally loading an RDB file at start."""
 
     def __init__(self, workdir: Path, rdb: Path | None = None) -> None:
@@ -200,20 +222,8 @@ class ScratchRedis:
     def stop(self) -> None:
         _stop(self._process, timeout=30)
 
-    def __enter__(self) -> Self:
-        # A start that fails or is interrupted stops the server: __exit__ runs only after a successful start.
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
 
-    def __exit__(self, _type: type[BaseException] | None, _value: BaseException | None,
-                 _traceback: TracebackType | None) -> None:
-        self.stop()
-
-
-class ScratchMariaDB:
+class ScratchMariaDB(_ScratchServer):
     """A mariadbd with a fresh data directory and a root account reachable through its socket."""
 
     def __init__(self, workdir: Path, server_options: str = "") -> None:
@@ -276,15 +286,3 @@ class ScratchMariaDB:
 
     def stop(self) -> None:
         _stop(self._process, timeout=60)
-
-    def __enter__(self) -> Self:
-        # A start that fails or is interrupted stops the server: __exit__ runs only after a successful start.
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, _type: type[BaseException] | None, _value: BaseException | None,
-                 _traceback: TracebackType | None) -> None:
-        self.stop()
