@@ -321,6 +321,19 @@ def scrape(url: str) -> dict[str, float]:
     return samples
 
 
+def assert_pool_wait_problem(response: Any, elapsed: float, wait_seconds: float, code: str) -> None:
+    """Fail unless a request that found its pool busy waited about wait_seconds, then got a 503 problem with code."""
+    assert response.status_code == 503
+    assert elapsed >= wait_seconds * 0.8
+    assert elapsed < 5
+    assert response.mimetype == "application/problem+json"
+    assert response.headers.get("Retry-After", "").isdigit()
+    assert int(response.headers["Retry-After"]) >= 1
+    problem = response.get_json()
+    assert problem["code"] == code
+    assert problem["status"] == 503
+
+
 def load_openapi(document: dict) -> Any:
     """Load an /openapi.json document for assert_documented."""
     import schemathesis
