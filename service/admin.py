@@ -1,9 +1,25 @@
-"""Administrative actions on users, roles and sessions; each one is audited and broadcast."""
+"""Administrative actions on users, roles and sessions; each one is audited and broadcast.
+
+A change of an account commits its MySQL statements, the Redis steps that must go with
+them (ending sessions, clearing login failures) and its audit row in one transaction.
+A Redis failure rolls the change back, so the caller's 503 means that nothing changed
+and a retry starts afresh. Sessions ended before the failure stay ended, which errs on
+the safe side. The MySQL statements come first and lock the account's row, so a login
+that starts a session meanwhile reads the change when it checks the account again
+(users.credentials_unchanged).
+
+The broadcast that drops the workers' cached copies of the account comes after the
+commit, because a worker that reloaded the account before it would cache the old row.
+NOTE: when the broadcast fails, the caller gets a 503 for a change that was made. A
+retry changes nothing more, writes a second audit row and broadcasts again; without one,
+the cached copies expire after GATEHOUSE_USER_CACHE_SECONDS.
+"""
 
 from __future__ import annotations
 
-import functools
-from typing import Protocol
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol
 
 import redis
 
@@ -12,7 +28,7 @@ from service.access_state import AccessState
 from service.blacklist import PERMANENT_SCORE, AddressAllowlisted, Ban
 from service.config import Settings
 from service.context import Services
-from service.database import Database, TransactionStep
+from service.database import Database
 from service.emails import fold_email
 from service.errors import Conflict, InvalidRequest, NotFound
 from service.networks import parse_network_key
@@ -60,13 +76,22 @@ def _audit(svc: AccountServices, actor_id: str | None, client_ip: str, action: s
                  client_ip=client_ip, detail=detail)
 
 
-def _keep_another_admin(user_id: str) -> TransactionStep:
-    """Return the step that stops a change when it would leave no active administrator.
+@contextmanager
+def _audited_change(svc: AccountServices, actor_id: str | None, client_ip: str, action: str,
+                    target_id: str) -> Iterator[tuple[Any, dict[str, object]]]:
+    """Lend a cursor in a transaction that ends with the audit row of a change to a user.
 
-    Each administrator is kept from removing itself, and this also keeps two of them from
-    removing each other at the same moment.
+    The block makes the change and its Redis steps, and fills the audit detail that comes
+    with the cursor. An exception from it rolls everything back and writes no audit row.
+    The admin_action line is logged once the transaction has committed.
     """
-    return functools.partial(roles.keep_another_admin, user_id=user_id)
+    detail: dict[str, object] = {}
+    with svc.database.transaction() as cursor:
+        yield cursor, detail
+        audit.insert(cursor, actor_id=actor_id, action=action, target_type="user", target_id=target_id,
+                     client_ip=client_ip, detail=detail)
+    audit.log_action(actor_id=actor_id, action=action, target_type="user", target_id=target_id,
+                     client_ip=client_ip, detail=detail)
 
 
 def get_user(svc: Services, user_id: str) -> tuple[users.User, list[SessionInfo]]:
@@ -82,14 +107,16 @@ def set_status(svc: Services, actor_id: str, client_ip: str, user_id: str, statu
     disabling = status == users.STATUS_DISABLED
     if user_id == actor_id and disabling:
         raise Conflict("Administrators cannot disable their own account.", field="user_id")
-    if not users.set_status(svc.database, user_id, status,
-                            before=_keep_another_admin(user_id) if disabling else None):
-        raise NotFound("No such user.", field="user_id")
-
-    ended = svc.sessions.revoke_user(user_id) if disabling else 0
-    _user_changed(svc, user_id)
     action = "user_disabled" if disabling else "user_enabled"
-    _audit(svc, actor_id, client_ip, action, "user", user_id, sessions_ended=ended)
+    with _audited_change(svc, actor_id, client_ip, action, user_id) as (cursor, detail):
+        if disabling:
+            # First in the transaction: it also keeps two administrators from disabling each other at once.
+            roles.keep_another_admin(cursor, user_id)
+        if not users.set_status(cursor, user_id, status):
+            raise NotFound("No such user.", field="user_id")
+        detail["sessions_ended"] = svc.sessions.revoke_user(user_id) if disabling else 0
+
+    _user_changed(svc, user_id)
     user, _ = get_user(svc, user_id)
     return user
 
@@ -111,14 +138,13 @@ def reset_password(svc: AccountServices, actor_id: str | None, client_ip: str, u
     if user is None:
         raise NotFound("No such user.", field="user_id")
     svc.passwords.check_new(password, email=user.email, field="password")
-    if not users.set_password(svc.database, svc.passwords, user_id, password):
-        raise NotFound("No such user.", field="user_id")
-
-    # The sessions end after the new hash is stored, so no login with the old password
-    # can start a session that outlives the reset.
-    ended = svc.sessions.revoke_user(user_id)
-    login_guard.clear_failures(svc.redis, fold_email(user.email))
-    _audit(svc, actor_id, client_ip, "password_reset", "user", user_id, sessions_ended=ended, **detail)
+    password_hash = svc.passwords.hash(password)
+    with _audited_change(svc, actor_id, client_ip, "password_reset", user_id) as (cursor, audit_detail):
+        if not users.set_password_hash(cursor, user_id, password_hash):
+            raise NotFound("No such user.", field="user_id")
+        ended = svc.sessions.revoke_user(user_id)
+        login_guard.clear_failures(svc.redis, fold_email(user.email))
+        audit_detail.update(sessions_ended=ended, **detail)
     return ended
 
 
@@ -132,37 +158,27 @@ def delete_user(svc: AccountServices, actor_id: str | None, client_ip: str, user
     """
     if user_id == actor_id:
         raise Conflict("Administrators cannot delete their own account.", field="user_id")
-    if users.find_user(svc.database, user_id) is None:
-        raise NotFound("No such user.", field="user_id")
-
-    # The sessions end in the deletion's transaction, before the row goes, so a Redis
-    # failure leaves the account in place for a retry, and so does a refusal of the check
-    # that keeps an administrator. The second pass ends a session that a login started in
-    # between. As with disabling, the revocations reach every worker through the channel,
-    # and user_changed drops their cached copies of the account.
-    ended = 0
-
-    def end_sessions(cursor: object) -> None:
-        nonlocal ended
+    # As with disabling, the revocations reach every worker through the channel, and
+    # user_changed drops their cached copies of the account.
+    with _audited_change(svc, actor_id, client_ip, "user_deleted", user_id) as (cursor, audit_detail):
         # The command line (actor_id None) may delete the last administrator: it creates new ones.
         if actor_id is not None:
             roles.keep_another_admin(cursor, user_id)
+        email = users.delete_user(cursor, user_id)
+        if email is None:
+            raise NotFound("No such user.", field="user_id")
         ended = svc.sessions.revoke_user(user_id)
+        login_guard.erase_account(svc.redis, fold_email(email), svc.settings.rate_limit_login_account)
+        audit_detail.update(sessions_ended=ended, **detail)
 
-    email = users.delete_user(svc.database, user_id, before=end_sessions)
-    if email is None:
-        raise NotFound("No such user.", field="user_id")
-    ended += svc.sessions.revoke_user(user_id)
     _user_changed(svc, user_id)
-    login_guard.erase_account(svc.redis, fold_email(email), svc.settings.rate_limit_login_account)
-    _audit(svc, actor_id, client_ip, "user_deleted", "user", user_id, sessions_ended=ended, **detail)
     return ended
 
 
 def grant_role(svc: Services, actor_id: str, client_ip: str, user_id: str, role: str) -> users.User:
-    changed = roles.grant(svc.database, user_id, role)
+    with _audited_change(svc, actor_id, client_ip, "role_granted", user_id) as (cursor, detail):
+        detail.update(role=role, changed=roles.grant(cursor, user_id, role))
     _user_changed(svc, user_id)
-    _audit(svc, actor_id, client_ip, "role_granted", "user", user_id, role=role, changed=changed)
     user, _ = get_user(svc, user_id)
     return user
 
@@ -170,10 +186,11 @@ def grant_role(svc: Services, actor_id: str, client_ip: str, user_id: str, role:
 def revoke_role(svc: Services, actor_id: str, client_ip: str, user_id: str, role: str) -> users.User:
     if user_id == actor_id and role == roles.ADMIN:
         raise Conflict("Administrators cannot revoke their own admin role.", field="role")
-    changed = roles.revoke(svc.database, user_id, role,
-                           before=_keep_another_admin(user_id) if role == roles.ADMIN else None)
+    with _audited_change(svc, actor_id, client_ip, "role_revoked", user_id) as (cursor, detail):
+        if role == roles.ADMIN:
+            roles.keep_another_admin(cursor, user_id)
+        detail.update(role=role, changed=roles.revoke(cursor, user_id, role))
     _user_changed(svc, user_id)
-    _audit(svc, actor_id, client_ip, "role_revoked", "user", user_id, role=role, changed=changed)
     user, _ = get_user(svc, user_id)
     return user
 

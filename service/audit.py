@@ -59,14 +59,27 @@ def parse_detail(text: str) -> dict[str, Any]:
 def record(database: Database, *, actor_id: str | None, action: str, target_type: str, target_id: str,
            client_ip: str, detail: dict[str, Any] | None = None) -> None:
     """Write an audit row and log the action; actor_id None means the command line."""
-    detail_text = serialize_detail(detail or {})
     with database.cursor() as cursor:
-        cursor.execute(
-            "INSERT INTO audit_log (created_at, actor_id, action, target_type, target_id, detail, client_ip)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s)",
-            (datetime.now(UTC).replace(tzinfo=None), actor_id, action, target_type, target_id, detail_text,
-             client_ip[:45]),
-        )
+        insert(cursor, actor_id=actor_id, action=action, target_type=target_type, target_id=target_id,
+               client_ip=client_ip, detail=detail)
+    log_action(actor_id=actor_id, action=action, target_type=target_type, target_id=target_id,
+               client_ip=client_ip, detail=detail)
+
+
+def insert(cursor: Any, *, actor_id: str | None, action: str, target_type: str, target_id: str, client_ip: str,
+           detail: dict[str, Any] | None = None) -> None:
+    """Write an audit row with the cursor, inside the transaction of the change it records."""
+    cursor.execute(
+        "INSERT INTO audit_log (created_at, actor_id, action, target_type, target_id, detail, client_ip)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+        (datetime.now(UTC).replace(tzinfo=None), actor_id, action, target_type, target_id,
+         serialize_detail(detail or {}), client_ip[:45]),
+    )
+
+
+def log_action(*, actor_id: str | None, action: str, target_type: str, target_id: str, client_ip: str,
+               detail: dict[str, Any] | None = None) -> None:
+    """Log the admin_action line of an audit row, once the row is committed."""
     log.info("admin_action", actor_id=actor_id, action=action, target_type=target_type, target_id=target_id,
              client_ip=client_ip, detail=detail or {})
 

@@ -231,12 +231,20 @@ def change_password(svc: Services, user: users.User, session_id: str, current: s
         raise PasswordUnchanged("The new password is the current password. Choose a different one.",
                                 field="new_password")
 
+    # The other sessions end in the transaction that stores the new hash, so a Redis
+    # failure leaves the old password in place for a retry (service.admin explains the order).
+    ended = 0
+
+    def end_other_sessions(_cursor: object) -> None:
+        nonlocal ended
+        ended = svc.sessions.revoke_user(user.id, keep=session_id)
+
     # An administrator's reset, a disable or a deletion may have run since the check, and
     # must not be undone by the holder of the old password.
-    if not users.replace_password(svc.database, svc.passwords, user.id, checked_hash, current, new):
+    if not users.replace_password(svc.database, svc.passwords, user.id, checked_hash, current, new,
+                                  then=end_other_sessions):
         log.warning("password_change_rejected", reason="credentials_changed")
         raise InvalidCurrentPassword("The current password is wrong.", field="current_password")
 
-    ended = svc.sessions.revoke_user(user.id, keep=session_id)
     log.info("password_changed", other_sessions_ended=ended)
     return ended

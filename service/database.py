@@ -40,7 +40,7 @@ _NOT_SENT_CODES = frozenset({2003, 2006})
 PING_AFTER_IDLE_SECONDS = 5.0
 
 
-# A step that runs first in a transaction of a change, on its cursor, and raises to stop it.
+# A step of a change that runs inside its transaction, on its cursor, and raises to undo the change.
 TransactionStep = Callable[[Any], None]
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pymysql
 
-from service.database import Database, TransactionStep
+from service.database import Database
 from service.errors import Conflict, NotFound
 from service.users import STATUS_ACTIVE
 
@@ -55,14 +55,13 @@ def _require_user(cursor: object, user_id: str) -> None:
         raise NotFound("No such user.", field="user_id")
 
 
-def grant(database: Database, user_id: str, role: str) -> bool:
-    """Grant a role; return False when the user already had it."""
-    with database.cursor() as cursor:
-        _require_user(cursor, user_id)
-        role_id = _role_id(cursor, role)
-        cursor.execute("INSERT IGNORE INTO user_roles (user_id, role_id, granted_at) VALUES (%s, %s, %s)",
-                       (user_id, role_id, datetime.now(UTC).replace(tzinfo=None)))
-        return cursor.rowcount == 1
+def grant(cursor: Any, user_id: str, role: str) -> bool:
+    """Grant a role with the cursor; return False when the user already had it."""
+    _require_user(cursor, user_id)
+    role_id = _role_id(cursor, role)
+    cursor.execute("INSERT IGNORE INTO user_roles (user_id, role_id, granted_at) VALUES (%s, %s, %s)",
+                   (user_id, role_id, datetime.now(UTC).replace(tzinfo=None)))
+    return cursor.rowcount == 1
 
 
 def keep_another_admin(cursor: Any, user_id: str) -> None:
@@ -86,15 +85,9 @@ def keep_another_admin(cursor: Any, user_id: str) -> None:
                        "account first.", field="user_id")
 
 
-def revoke(database: Database, user_id: str, role: str, *, before: TransactionStep | None = None) -> bool:
-    """Revoke a role; return False when the user did not have it.
-
-    `before` runs first in the same transaction and may raise to stop the change.
-    """
-    with database.transaction() as cursor:
-        if before is not None:
-            before(cursor)
-        _require_user(cursor, user_id)
-        role_id = _role_id(cursor, role)
-        cursor.execute("DELETE FROM user_roles WHERE user_id = %s AND role_id = %s", (user_id, role_id))
-        return cursor.rowcount == 1
+def revoke(cursor: Any, user_id: str, role: str) -> bool:
+    """Revoke a role with the cursor; return False when the user did not have it."""
+    _require_user(cursor, user_id)
+    role_id = _role_id(cursor, role)
+    cursor.execute("DELETE FROM user_roles WHERE user_id = %s AND role_id = %s", (user_id, role_id))
+    return cursor.rowcount == 1

@@ -95,9 +95,12 @@ def _users_create(args: argparse.Namespace) -> int:
             return 2
         user = users.register(database, Passwords(settings), request.email, request.password)
         for role in roles_to_grant:
-            roles.grant(database, user.id, role)
-            audit.record(database, actor_id=None, action="role_granted", target_type="user", target_id=user.id,
-                         client_ip="", detail={"role": role, "via": "cli"})
+            with database.transaction() as cursor:
+                roles.grant(cursor, user.id, role)
+                audit.insert(cursor, actor_id=None, action="role_granted", target_type="user", target_id=user.id,
+                             client_ip="", detail={"role": role, "via": "cli"})
+            audit.log_action(actor_id=None, action="role_granted", target_type="user", target_id=user.id,
+                             client_ip="", detail={"role": role, "via": "cli"})
     except Problem as exc:
         hint = ""
         if exc.code == "email_taken":

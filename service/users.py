@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from typing import Any
 from datetime import UTC, datetime
 
 import pymysql
@@ -88,19 +89,27 @@ def credentials_unchanged(database: Database, passwords: Passwords, user_id: str
     A different hash that the password still verifies against is a re-hash by another
     login, such as one of a worker with other argon2 parameters during a rollout, and
     counts as unchanged. Only then does this cost an argon2 verification.
+
+    The read locks the row, so it waits for a change of the account that is still in its
+    transaction and reads the outcome. Such a change ends the account's sessions before
+    it commits, so a login's session either predates that step and ends with the others,
+    or its check here sees the change.
     """
-    return _active_hash_accepting(database, passwords, user_id, password, known_hash=password_hash) is not None
+    return _active_hash_accepting(database, passwords, user_id, password, known_hash=password_hash,
+                                  lock=True) is not None
 
 
 def _active_hash_accepting(database: Database, passwords: Passwords, user_id: str, password: str, *,
-                           known_hash: str | None = None) -> str | None:
+                           known_hash: str | None = None, lock: bool = False) -> str | None:
     """Return the stored hash of an active account if the password verifies against it, else None.
 
     A stored hash equal to known_hash, which the password matched before, is returned
-    without another argon2 verification.
+    without another argon2 verification. With lock, the read waits for a transaction that
+    changes the row and returns the latest committed values.
     """
     with database.cursor() as cursor:
-        cursor.execute("SELECT password_hash, status FROM users WHERE id = %s", (user_id,))
+        cursor.execute("SELECT password_hash, status FROM users WHERE id = %s" + (" LOCK IN SHARE MODE" if lock else ""),
+                       (user_id,))
         row = cursor.fetchone()
     if row is None or row["status"] != STATUS_ACTIVE:
         return None
@@ -109,13 +118,20 @@ def _active_hash_accepting(database: Database, passwords: Passwords, user_id: st
     return None
 
 
-def _swap_hash(database: Database, user_id: str, expected_hash: str, new_hash: str) -> bool:
-    """Store new_hash only while the active account still has expected_hash; return whether it was stored."""
-    with database.cursor() as cursor:
-        return bool(cursor.execute(
+def _swap_hash(database: Database, user_id: str, expected_hash: str, new_hash: str,
+               then: TransactionStep | None = None) -> bool:
+    """Store new_hash only while the active account still has expected_hash; return whether it was stored.
+
+    `then` runs after a stored hash, in the same transaction, and may raise to undo it.
+    """
+    with database.transaction() as cursor:
+        stored = bool(cursor.execute(
             "UPDATE users SET password_hash = %s, updated_at = %s WHERE id = %s AND password_hash = %s AND status = %s",
             (new_hash, datetime.now(UTC).replace(tzinfo=None), user_id, expected_hash, STATUS_ACTIVE),
         ))
+        if stored and then is not None:
+            then(cursor)
+        return stored
 
 
 def _find_login_row(cursor: pymysql.cursors.DictCursor, email: str) -> dict | None:
@@ -189,18 +205,20 @@ def current_password_hash(database: Database, passwords: Passwords, user_id: str
 
 
 def replace_password(database: Database, passwords: Passwords, user_id: str, checked_hash: str, current: str,
-                     new: str) -> bool:
+                     new: str, *, then: TransactionStep) -> bool:
     """Store a hash of `new` in place of checked_hash, the hash `current` was checked against; return whether it was stored.
 
     The update applies only while the row still has the checked hash and is active, so
     it never undoes a reset, disable or deletion that ran since the check, and then
     False comes back. A hash that a concurrent login upgraded still counts when
     `current` verifies against it: the update is tried once more against that hash.
+    `then` runs after the update in its transaction, and an exception from it undoes
+    the update.
     """
     new_hash = passwords.hash(new)
     expected = checked_hash
     for _ in range(2):
-        if _swap_hash(database, user_id, expected, new_hash):
+        if _swap_hash(database, user_id, expected, new_hash, then):
             return True
         stored = _active_hash_accepting(database, passwords, user_id, current)
         if stored is None:
@@ -209,16 +227,14 @@ def replace_password(database: Database, passwords: Passwords, user_id: str, che
     return False
 
 
-def set_password(database: Database, passwords: Passwords, user_id: str, password: str) -> bool:
-    """Replace a user's password hash, and return whether the user exists."""
-    new_hash = passwords.hash(password)
-    with database.cursor() as cursor:
-        # Each hash has a new random salt, so the row counts as changed whenever it exists.
-        cursor.execute(
-            "UPDATE users SET password_hash = %s, updated_at = %s WHERE id = %s",
-            (new_hash, datetime.now(UTC).replace(tzinfo=None), user_id),
-        )
-        return cursor.rowcount > 0
+def set_password_hash(cursor: Any, user_id: str, password_hash: str) -> bool:
+    """Replace a user's password hash with the cursor, and return whether the user exists."""
+    # Each hash has a new random salt, so the row counts as changed whenever it exists.
+    cursor.execute(
+        "UPDATE users SET password_hash = %s, updated_at = %s WHERE id = %s",
+        (password_hash, datetime.now(UTC).replace(tzinfo=None), user_id),
+    )
+    return cursor.rowcount > 0
 
 
 def find_by_email(database: Database, email: str) -> User | None:
@@ -231,39 +247,29 @@ def find_by_email(database: Database, email: str) -> User | None:
     return find_user(database, row["id"])
 
 
-def delete_user(database: Database, user_id: str, *, before: TransactionStep | None = None) -> str | None:
-    """Delete a user and, by the foreign key's cascade, their role grants. Return the email, or None when absent.
+def delete_user(cursor: Any, user_id: str) -> str | None:
+    """Delete a user with the cursor and, by the foreign key's cascade, their role grants.
 
-    Audit rows stay, because audit_log has no foreign key to users, and they keep the id.
-    `before` runs first in the same transaction and may raise to stop the deletion.
+    Return the email, or None when absent. Audit rows stay, because audit_log has no
+    foreign key to users, and they keep the id.
     """
-    with database.transaction() as cursor:
-        if before is not None:
-            before(cursor)
-        cursor.execute("SELECT email FROM users WHERE id = %s FOR UPDATE", (user_id,))
-        row = cursor.fetchone()
-        if row is None:
-            return None
+    cursor.execute("SELECT email FROM users WHERE id = %s FOR UPDATE", (user_id,))
+    row = cursor.fetchone()
+    if row is None:
+        return None
 
-        cursor.execute("DELETE FROM users WHERE id = %s", (user_id,))
+    cursor.execute("DELETE FROM users WHERE id = %s", (user_id,))
     return row["email"]
 
 
-def set_status(database: Database, user_id: str, status: str, *,
-               before: TransactionStep | None = None) -> bool:
-    """Set a user's status; return whether the user exists.
-
-    `before` runs first in the same transaction and may raise to stop the change.
-    """
-    with database.transaction() as cursor:
-        if before is not None:
-            before(cursor)
-        cursor.execute(
-            "UPDATE users SET status = %s, updated_at = %s WHERE id = %s",
-            (status, datetime.now(UTC).replace(tzinfo=None), user_id),
-        )
-        cursor.execute("SELECT 1 FROM users WHERE id = %s", (user_id,))
-        return cursor.fetchone() is not None
+def set_status(cursor: Any, user_id: str, status: str) -> bool:
+    """Set a user's status with the cursor; return whether the user exists."""
+    cursor.execute(
+        "UPDATE users SET status = %s, updated_at = %s WHERE id = %s",
+        (status, datetime.now(UTC).replace(tzinfo=None), user_id),
+    )
+    cursor.execute("SELECT 1 FROM users WHERE id = %s", (user_id,))
+    return cursor.fetchone() is not None
 
 
 def _escape_like(text: str) -> str:

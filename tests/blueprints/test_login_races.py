@@ -8,6 +8,7 @@ password reset, deletion or disable can produce.
 from __future__ import annotations
 
 import json
+import threading
 
 import argon2
 import pytest
@@ -15,6 +16,21 @@ import pytest
 from service import users
 from service.argon2id import Argon2id
 from tests.conftest import PASSWORD
+
+
+def reset_password(svc, user_id: str, password: str) -> None:
+    with svc.database.transaction() as cursor:
+        users.set_password_hash(cursor, user_id, svc.passwords.hash(password))
+
+
+def disable_account(svc, user_id: str) -> None:
+    with svc.database.transaction() as cursor:
+        users.set_status(cursor, user_id, users.STATUS_DISABLED)
+
+
+def delete_account(svc, user_id: str) -> None:
+    with svc.database.transaction() as cursor:
+        users.delete_user(cursor, user_id)
 
 
 def change_after_check(monkeypatch, change):
@@ -33,9 +49,9 @@ def change_after_check(monkeypatch, change):
 def test_login_racing_change_keeps_no_session(app, client, user, monkeypatch, change):
     svc = app.extensions["gatehouse"]
     changes = {
-        "password": lambda user_id: users.set_password(svc.database, svc.passwords, user_id, "a new long password"),
-        "disable": lambda user_id: users.set_status(svc.database, user_id, users.STATUS_DISABLED),
-        "delete": lambda user_id: users.delete_user(svc.database, user_id),
+        "password": lambda user_id: reset_password(svc, user_id, "a new long password"),
+        "disable": lambda user_id: disable_account(svc, user_id),
+        "delete": lambda user_id: delete_account(svc, user_id),
     }
     change_after_check(monkeypatch, changes[change])
 
@@ -43,6 +59,42 @@ def test_login_racing_change_keeps_no_session(app, client, user, monkeypatch, ch
 
     assert response.status_code == 401
     assert response.get_json()["code"] == "invalid_credentials"
+    assert svc.sessions.list(user["id"]) == []
+
+
+@pytest.mark.parametrize("change", ["password", "disable", "delete"])
+def test_login_during_uncommitted_change_keeps_no_session(app, client, user, change):
+    """A change ends the sessions inside its transaction: a login that starts one after that must see the change."""
+    svc = app.extensions["gatehouse"]
+    statements = {
+        "password": lambda cursor: users.set_password_hash(cursor, user["id"], svc.passwords.hash("a new long password")),
+        "disable": lambda cursor: users.set_status(cursor, user["id"], users.STATUS_DISABLED),
+        "delete": lambda cursor: users.delete_user(cursor, user["id"]),
+    }
+    sessions_ended = threading.Event()
+    errors: list[BaseException] = []
+
+    def change_and_commit_later() -> None:
+        try:
+            with svc.database.transaction() as cursor:
+                statements[change](cursor)
+                svc.sessions.revoke_user(user["id"])
+                sessions_ended.set()
+                # The login below starts its session now and checks the account while this is uncommitted.
+                threading.Event().wait(0.5)
+        except BaseException as exc:
+            errors.append(exc)
+            sessions_ended.set()
+
+    changer = threading.Thread(target=change_and_commit_later)
+    changer.start()
+    assert sessions_ended.wait(10)
+
+    response = client.post("/v1/auth/login", json={"email": user["email"], "password": PASSWORD})
+    changer.join(10)
+
+    assert errors == []
+    assert response.status_code == 401
     assert svc.sessions.list(user["id"]) == []
 
 
@@ -105,7 +157,7 @@ def test_password_reset_during_upgrade_is_kept(app, client, user, monkeypatch):
     svc = app.extensions["gatehouse"]
 
     def reset(hash_function):
-        users.set_password(svc.database, svc.passwords, user["id"], "a new long password")
+        reset_password(svc, user["id"], "a new long password")
 
     change_during_upgrade(monkeypatch, svc, user["id"], reset)
 
@@ -124,7 +176,7 @@ def test_disable_during_upgrade_keeps_no_session(app, client, user, monkeypatch)
 
     def disable(hash_function):
         outdated.append(stored_hash(svc, user["id"]))
-        users.set_status(svc.database, user["id"], users.STATUS_DISABLED)
+        disable_account(svc, user["id"])
 
     change_during_upgrade(monkeypatch, svc, user["id"], disable)
 
@@ -154,8 +206,8 @@ def change_own_password(client, tokens):
 
 def test_reset_racing_password_change_is_kept(app, client, user, tokens, monkeypatch):
     svc = app.extensions["gatehouse"]
-    change_after_current_password_check(monkeypatch, lambda user_id: users.set_password(
-        svc.database, svc.passwords, user_id, "the administrator's password"))
+    change_after_current_password_check(monkeypatch, lambda user_id: reset_password(
+        svc, user_id, "the administrator's password"))
 
     response = change_own_password(client, tokens)
 
