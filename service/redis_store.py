@@ -103,6 +103,30 @@ def create_sentinel(settings: Settings) -> Sentinel:
     )
 
 
+class _DropOnReadOnly:
+    """Connection mixin: a READONLY reply drops the connection and raises redis.ConnectionError.
+
+    In standalone mode the URL may name a managed Redis whose host name moves to the new
+    primary on a failover. A connection that still reaches the old one, now a replica,
+    gets READONLY for every write. Dropping it makes the pool connect, and resolve the
+    name, again. The error handler and the rate limits treat the failure as any other
+    lost connection. redis-py's Sentinel connections do the same.
+    """
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().read_response(*args, **kwargs)  # type: ignore[misc]
+        except redis.ReadOnlyError:
+            self.disconnect()  # type: ignore[attr-defined]
+            raise redis.ConnectionError("the Redis server answered READONLY: it is a replica now, and the "
+                                        "connection was dropped") from None
+
+
+@functools.cache
+def _dropping_on_read_only(connection_class: type) -> type:
+    return type(f"DropOnReadOnly{connection_class.__name__}", (_DropOnReadOnly, connection_class), {})
+
+
 def create_pool(settings: Settings, *, max_connections: int, timeout: float, socket_timeout: float | None,
                 tracked: bool = False, **options: Any) -> redis.BlockingConnectionPool:
     """Build a bounded pool of connections to the Redis master, in the mode that GATEHOUSE_REDIS_MODE selects.
@@ -133,7 +157,10 @@ def create_pool(settings: Settings, *, max_connections: int, timeout: float, soc
 
     assert settings.redis_url is not None  # config.py requires it in standalone mode
     pool_class = TrackedBlockingConnectionPool if tracked else redis.BlockingConnectionPool
-    return pool_class.from_url(settings.redis_url.get_secret_value(), **connection_options)
+    pool = pool_class.from_url(settings.redis_url.get_secret_value(), **connection_options)
+    # Set after from_url, which picks the class from the URL's scheme (TCP, TLS or a Unix socket).
+    pool.connection_class = _dropping_on_read_only(pool.connection_class)
+    return pool
 
 
 def create_client(settings: Settings) -> redis.Redis:

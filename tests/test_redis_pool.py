@@ -1,14 +1,17 @@
-"""The Redis pools against the real test Redis: a request that finds no free connection gets a 503, and
-replies longer than a connection's read buffer arrive whole."""
+"""The Redis pools against the real test Redis: a request that finds no free connection gets a 503,
+replies longer than a connection's read buffer arrive whole, and a server turned replica gets a 503."""
 
 from __future__ import annotations
 
 import time
 
+import redis
+
 from service import redis_store
 from service.app import close_app, create_app
 from service.context import EXTENSION_KEY
 from service.limits import LIMITER_KEY
+from tests.conftest import PASSWORD
 from tests.helpers import assert_pool_wait_problem
 
 POOL_WAIT_SECONDS = 0.3
@@ -60,4 +63,28 @@ def test_pools_read_long_replies_whole():
         finally:
             client.delete(key)
     finally:
+        close_app(app)
+
+
+def test_read_only_redis_gets_503_then_recovers(settings, user):
+    """A standalone Redis that became a replica answers writes with READONLY, as after a failover behind one host name."""
+    app = create_app()
+    admin = redis.Redis.from_url(settings.redis_url.get_secret_value())
+    credentials = {"email": user["email"], "password": PASSWORD}
+    try:
+        client = app.test_client()
+        assert client.post("/v1/auth/login", json=credentials).status_code == 200
+        # Nothing listens on port 1 of the loopback address, so the server keeps its data and refuses writes.
+        admin.replicaof("127.0.0.1", 1)
+        try:
+            refused = client.post("/v1/auth/login", json=credentials)
+        finally:
+            admin.replicaof("NO", "ONE")
+
+        assert refused.status_code == 503
+        assert refused.get_json()["code"] == "redis_unavailable"
+        assert int(refused.headers["Retry-After"]) >= 1
+        assert client.post("/v1/auth/login", json=credentials).status_code == 200
+    finally:
+        admin.close()
         close_app(app)
