@@ -251,12 +251,16 @@ class Blacklist:
         # Entries that older releases stored under a raw spelling of the same key go too.
         legacy = [member for member in self._redis.zrange(BANS_KEY, 0, -1)
                   if member != ip and _stored_key(member) == ip]
+        now = time.time()
         pipe = self._redis.pipeline(transaction=True)
+        pipe.zmscore(BANS_KEY, [ip, *legacy])
         pipe.delete(_ban_key(ip), *(_ban_key(member) for member in legacy))
         pipe.zrem(BANS_KEY, ip, *legacy)
         pipe.publish(EVENTS_CHANNEL, json.dumps({"kind": "ip_unbanned", "ip": ip}))
-        deleted, removed, _ = pipe.execute()
-        existed = bool(deleted or removed)
+        scores, deleted, _, _ = pipe.execute()
+        # An expired ban leaves its entry in the set until `gatehouse blacklist rotate`, and
+        # lifting it lifts nothing: only a ban that list() shows counts.
+        existed = bool(deleted) or any(score is not None and score > now for score in scores)
         if existed:
             log.warning("ip_unbanned", ip=ip, cause="manual", actor=actor)
         return existed

@@ -10,11 +10,13 @@ import time
 from datetime import datetime
 
 import pytest
+import redis
 
 from service import metrics
 from service.app import close_app, create_app
-from service.blacklist import InvalidBanLength, parse_networks
+from service.blacklist import BANS_KEY, InvalidBanLength, parse_networks
 from service.networks import UNPARSABLE_CLIENT, parse_network_key
+from service.redis_store import KEY_PREFIX
 from tests.conftest import PASSWORD
 from tests.helpers import ROOT, bearer, wait_until
 
@@ -120,6 +122,24 @@ def test_allowlisted_network_never_banned(ban_app, user):
     statuses = [fail_login(client, "198.51.100.20").status_code for _ in range(10)]
     assert statuses == [401] * 10
     assert ban_app.extensions["gatehouse"].blacklist.list() == []
+
+
+def test_unban_of_expired_ban_not_found(ban_app, admin_tokens, settings):
+    client = ban_app.test_client()
+    headers = bearer(admin_tokens["access_token"])
+    assert client.post("/v1/admin/bans", json={"ip": "203.0.113.50", "reason": "expiry", "duration_seconds": 60},
+                       headers=headers).status_code == 201
+    # What Redis holds once the ban has expired: its hash is gone and its set entry stays until a rotation.
+    store = redis.Redis.from_url(settings.redis_url.get_secret_value())
+    store.delete(f"{KEY_PREFIX}ban:203.0.113.50")
+    store.zadd(BANS_KEY, {"203.0.113.50": time.time() - 1})
+    store.close()
+    audit_before = client.get("/v1/admin/audit", headers=headers).get_json()["entries"]
+
+    response = client.delete("/v1/admin/bans/203.0.113.50", headers=headers)
+
+    assert response.status_code == 404
+    assert client.get("/v1/admin/audit", headers=headers).get_json()["entries"] == audit_before
 
 
 def test_manual_ban_list_and_unban(ban_app, admin_tokens):
