@@ -176,11 +176,23 @@ def on_starting(server):
 
 
 def _settings_problem():
-    """Return the line naming an invalid setting, or None when the settings load."""
+    """Return the line naming an invalid setting or the lack of a usable signing key, or None."""
+    import subprocess
+
     try:
         load_settings(parse_redis_url=False)
     except InvalidConfiguration as exc:
         return str(exc)
+    # In a child process: loading the keys imports cryptography and PyJWT, which the
+    # master leaves to the workers, as it does redis.
+    try:
+        check = subprocess.run([sys.executable, "-m", "service.cli", "keys", "check"], capture_output=True,
+                               text=True, timeout=60, check=False)
+    except subprocess.TimeoutExpired:
+        return "`gatehouse keys check` timed out after 60 s"
+    if check.returncode != 0:
+        lines = check.stderr.strip().splitlines()
+        return lines[-1] if lines else f"`gatehouse keys check` exited with {check.returncode}"
     return None
 
 

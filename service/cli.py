@@ -55,6 +55,20 @@ def _keys_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keys_check(_args: argparse.Namespace) -> int:
+    from service.tokens.keys import InvalidSigningKey, KeyRing, MissingSigningKey
+
+    settings = load_settings(parse_redis_url=False)
+    try:
+        # As a worker that SIGHUP starts loads them: a bad file is left out while another key loads.
+        KeyRing.load(settings.keys_dir, settings.jwt_algorithm, publish_seconds=settings.key_publish_seconds,
+                     skip_invalid=True)
+    except (MissingSigningKey, InvalidSigningKey) as exc:
+        print(f"gatehouse: no usable signing key: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _check(_args: argparse.Namespace) -> int:
     from service import log_file
     from service.startup import StartupCheckFailed, run_startup_checks
@@ -187,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--algorithm", choices=("EdDSA", "ES256", "RS256"),
                           help="key type (default: $GATEHOUSE_JWT_ALGORITHM or EdDSA)")
     generate.set_defaults(handler=_keys_generate)
+    keys_check = keys.add_parser("check", help="load the key directory as a reloaded worker does; exit 2 when no key "
+                                 "can sign, which makes the server refuse SIGHUP")
+    keys_check.set_defaults(handler=_keys_check)
 
     blacklist = commands.add_parser("blacklist", help="list, add and lift IP bans")
     blacklist_commands = blacklist.add_subparsers(dest="blacklist_command", required=True)

@@ -168,15 +168,16 @@ class GatehouseWorker(GeventWorker):
 
     def load_wsgi(self) -> None:
         from service.config import InvalidConfiguration
+        from service.tokens.keys import InvalidSigningKey, MissingSigningKey
 
         try:
             super().load_wsgi()
-        except InvalidConfiguration as exc:
-            # The master checked the settings at start and before each reload, so a file
-            # that a setting names went bad since: a blocklist, a certificate, the log
-            # directory. gunicorn stops the whole server when a worker fails to boot. So this
-            # worker exits as a crashed one after a pause, and the master starts another
-            # while the other workers go on serving.
+        except (InvalidConfiguration, MissingSigningKey, InvalidSigningKey) as exc:
+            # The master checked the settings and keys at start and before each reload, so
+            # a file went bad since: a key, a blocklist, a certificate, the log directory.
+            # gunicorn stops the whole server when a worker fails to boot. So this worker
+            # exits as a crashed one after a pause, and the master starts another while
+            # the other workers go on serving.
             self.log.error("worker_settings_invalid", extra={
                 "worker_pid": self.pid, "error": str(exc), "retry_seconds": SETTINGS_RETRY_SECONDS})
             time.sleep(SETTINGS_RETRY_SECONDS)

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 import requests
@@ -302,6 +304,67 @@ def test_broken_settings_worker_keeps_server(blocklist_server):
     assert "GATEHOUSE_PASSWORD_BLOCKLIST_FILE" in logged(server, "worker_settings_invalid")[0]["error"]
 
     blocklist.write_text("acme rocket sled\n")
+    wait_for_output(server, lambda output: output.count('"event":"app_created"') >= 3)
+    assert server.process.poll() is None
+    assert len(server.worker_pids()) == 2
+
+
+@pytest.fixture
+def key_server(tmp_path):
+    """A server whose key directory the test can empty, ready with both workers loaded."""
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    for key in Path(os.environ["GATEHOUSE_KEYS_DIR"]).glob("*.pem"):
+        shutil.copy2(key, keys / key.name)
+    server = Gunicorn(tmp_path, env={"GATEHOUSE_KEYS_DIR": str(keys)})
+    server.start()
+    try:
+        server.wait_ready()
+        wait_for_output(server, lambda output: output.count('"event":"app_created"') >= 2)
+        yield server, keys
+    finally:
+        server.stop()
+
+
+def test_reload_without_usable_key_refused(key_server):
+    """SIGHUP while no key in the directory loads, as during a copy still in progress, is refused."""
+    server, keys = key_server
+    workers = server.worker_pids()
+    saved = {key: key.read_bytes() for key in keys.glob("*.pem")}
+    for key in saved:
+        key.write_bytes(saved[key][:40])
+
+    server.process.send_signal(signal.SIGHUP)
+    wait_for_output(server, lambda output: "reload_refused" in output)
+
+    assert server.process.poll() is None
+    assert server.worker_pids() == workers
+    assert requests.get(f"{server.url}/ready", timeout=5).status_code == 200
+    assert "no usable signing key" in logged(server, "reload_refused")[0]["error"]
+
+    for key, content in saved.items():
+        key.write_bytes(content)
+    assert not server.reload() & workers
+
+
+def test_worker_without_key_keeps_server(key_server):
+    """A worker replaced while the key directory is empty waits and exits; the other serves on."""
+    server, keys = key_server
+    crashed, survivor = sorted(server.worker_pids())
+    hidden = keys.parent / "hidden"
+    keys.rename(hidden)
+    keys.mkdir()
+
+    os.kill(crashed, signal.SIGKILL)
+    wait_for_output(server, lambda output: "worker_settings_invalid" in output)
+
+    assert server.process.poll() is None
+    assert survivor in server.worker_pids()
+    assert requests.get(f"{server.url}/ready", timeout=5).status_code == 200
+    assert "no signing key" in logged(server, "worker_settings_invalid")[0]["error"]
+
+    keys.rmdir()
+    hidden.rename(keys)
     wait_for_output(server, lambda output: output.count('"event":"app_created"') >= 3)
     assert server.process.poll() is None
     assert len(server.worker_pids()) == 2
