@@ -69,16 +69,27 @@ def _lent_connections() -> Any:
     return POOL_IN_USE.labels(pool="redis")
 
 
+# The attribute that marks a connection lent by get_connection and not yet released.
+_LENT = "_gatehouse_lent"
+
+
 class _PoolGauges:
-    """Counts lent connections in the pool gauges; mixed in before a pool class."""
+    """Counts lent connections in the pool gauges; mixed in before a pool class.
+
+    redis-py 8.2's get_connection also calls release for a connection whose connect
+    failed, before it raises, so only connections that get_connection returned count.
+    """
 
     def get_connection(self, *args: Any, **kwargs: Any) -> Any:
         connection = super().get_connection(*args, **kwargs)  # type: ignore[misc]
+        setattr(connection, _LENT, True)
         _lent_connections().inc()
         return connection
 
     def release(self, connection: Any) -> None:
-        _lent_connections().dec()
+        if getattr(connection, _LENT, False):
+            setattr(connection, _LENT, False)
+            _lent_connections().dec()
         super().release(connection)  # type: ignore[misc]
 
 

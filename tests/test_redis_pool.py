@@ -1,10 +1,13 @@
 """The Redis pools against the real test Redis: a request that finds no free connection gets a 503,
-replies longer than a connection's read buffer arrive whole, and a server turned replica gets a 503."""
+replies longer than a connection's read buffer arrive whole, a server turned replica gets a 503, and the
+lent-connection gauge counts only connections that were lent."""
 
 from __future__ import annotations
 
+import os
 import time
 
+import pytest
 import redis
 
 from service import redis_store
@@ -88,3 +91,26 @@ def test_read_only_redis_gets_503_then_recovers(settings, user):
     finally:
         admin.close()
         close_app(app)
+
+
+def test_failed_connects_leave_lent_gauge_alone():
+    # Nothing listens on port 1 of the loopback address, so every connect fails.
+    pool = redis_store.TrackedBlockingConnectionPool.from_url("redis://127.0.0.1:1/0", max_connections=2, timeout=0.1)
+    lent = redis_store.POOL_IN_USE.labels(pool="redis")
+    before = lent._value.get()
+    try:
+        for _ in range(5):
+            with pytest.raises(redis.ConnectionError):
+                redis.Redis(connection_pool=pool).ping()
+        assert lent._value.get() == before
+
+        working = redis_store.TrackedBlockingConnectionPool.from_url(os.environ["GATEHOUSE_REDIS_URL"],
+                                                                    max_connections=2, timeout=0.1)
+        connection = working.get_connection()
+        assert lent._value.get() == before + 1
+        working.release(connection)
+        working.release(connection)
+        assert lent._value.get() == before
+        working.disconnect()
+    finally:
+        pool.disconnect()
