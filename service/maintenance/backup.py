@@ -54,6 +54,21 @@ def require_backup_dir(settings: Settings) -> Path:
     return backup_dir
 
 
+def claim_key(backup: Path) -> str:
+    """Return the Redis key that a run sets while it reads or removes the backup."""
+    return f"{KEY_PREFIX}backup:claim:{backup.name}"
+
+
+def claim(client: redis.Redis, backup: Path, purpose: str, seconds: int) -> bool:
+    """Claim a backup for reading ("verify") or removal ("retention"); return False when another run has it.
+
+    `gatehouse backup verify` takes another lock than `backup create`, so that a long
+    verification does not hold up the next backup. The claim keeps the one from deleting
+    what the other reads. It expires after `seconds`, in case its holder dies.
+    """
+    return bool(client.set(claim_key(backup), purpose, nx=True, ex=seconds))
+
+
 def complete_backups(backup_dir: Path) -> list[Path]:
     """Return the complete backups in backup_dir, oldest first (their names sort by time)."""
     return sorted(path for path in backup_dir.iterdir()
@@ -65,9 +80,7 @@ def create_backup(settings: Settings, client: redis.Redis) -> dict[str, Any]:
     require_programs(DUMP_PROGRAMS, "redis-cli", "redis-server")
     backup_dir = require_backup_dir(settings)
     created = time.time()
-    final = backup_dir / (BACKUP_PREFIX + dumps.utc_stamp(created))
-    if final.exists():
-        raise BackupFailed(f"{final} already exists: backups are named by the second, wait a second and retry")
+    final = _new_backup_path(backup_dir, BACKUP_PREFIX + dumps.utc_stamp(created))
 
     _remove_incomplete(backup_dir)
     work = Path(tempfile.mkdtemp(prefix=INCOMPLETE_PREFIX, dir=backup_dir))
@@ -86,7 +99,7 @@ def create_backup(settings: Settings, client: redis.Redis) -> dict[str, Any]:
         shutil.rmtree(work, ignore_errors=True)
         raise
 
-    removed = _apply_retention(backup_dir, settings.backup_keep)
+    removed, in_use = _apply_retention(client, backup_dir, settings.backup_keep, settings.job_lock_seconds)
     return {
         "backup": str(final),
         "tables": len(manifest["mysql"]["rows"]),
@@ -94,7 +107,21 @@ def create_backup(settings: Settings, client: redis.Redis) -> dict[str, Any]:
         "keys": sum(entry["keys"] for entry in manifest["redis"]["prefixes"].values()),
         "bytes": sum(entry["bytes"] for entry in manifest["files"].values()),
         "removed_backups": removed,
+        "kept_in_use": in_use,
     }
+
+
+def _new_backup_path(backup_dir: Path, name: str) -> Path:
+    """Return backup_dir/name, or with -2, -3 and so on appended when a backup of the same second exists.
+
+    The suffixed names sort after the plain one and before the next second's.
+    """
+    path = backup_dir / name
+    number = 1
+    while path.exists():
+        number += 1
+        path = backup_dir / f"{name}-{number}"
+    return path
 
 
 def _write_canary(settings: Settings, client: redis.Redis) -> dict[str, Any]:
@@ -189,12 +216,25 @@ def _remove_incomplete(backup_dir: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def _apply_retention(backup_dir: Path, keep: int) -> list[str]:
-    """Delete the oldest complete backups beyond the newest `keep`; return their names."""
+def _apply_retention(client: redis.Redis, backup_dir: Path, keep: int, claim_seconds: int) -> tuple[list[str], list[str]]:
+    """Delete the oldest complete backups beyond the newest `keep`.
+
+    Return the names of those deleted and of those kept because a verification reads
+    them: the next run deletes these.
+    """
     backups = complete_backups(backup_dir)
     expired = backups[:-keep] if len(backups) > keep else []
+    removed, in_use = [], []
     for path in expired:
-        # Renamed first: what an interrupted deletion leaves is then removed by the next run.
-        doomed = path.rename(backup_dir / (INCOMPLETE_PREFIX + path.name))
-        shutil.rmtree(doomed)
-    return [path.name for path in expired]
+        if not claim(client, path, "retention", claim_seconds):
+            log.warning("backup_retention_deferred", backup=str(path), reason="a verification is reading it")
+            in_use.append(path.name)
+            continue
+        try:
+            # Renamed first: what an interrupted deletion leaves is then removed by the next run.
+            doomed = path.rename(backup_dir / (INCOMPLETE_PREFIX + path.name))
+            shutil.rmtree(doomed)
+        finally:
+            client.delete(claim_key(path))
+        removed.append(path.name)
+    return removed, in_use

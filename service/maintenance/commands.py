@@ -27,8 +27,19 @@ def _usage_error(message: str) -> int:
     return EXIT_USAGE
 
 
+# The value of an empty PATH argument, kept apart because Path("") is the current directory.
+EMPTY_PATH = Path("<empty>")
+
+
+def _path_argument(text: str) -> Path:
+    # A script whose variable is unset passes "": without this it would name the current directory.
+    return Path(text) if text.strip() else EMPTY_PATH
+
+
 def _backup_path_problem(path: Path) -> str | None:
     """Return why path cannot be a backup directory, or None when it is a directory."""
+    if path == EMPTY_PATH:
+        return "the backup path is empty: give the directory of one backup"
     if not path.exists():
         return f"backup directory {path} does not exist"
     if not path.is_dir():
@@ -90,7 +101,7 @@ def _backup_verify(args: argparse.Namespace) -> int:
         require_backup_dir(settings)
     client = create_client(settings)
     try:
-        return run_job(client, "backup_verify", lambda: verify_backup(settings, args.path),
+        return run_job(client, "backup_verify", lambda: verify_backup(settings, client, args.path),
                        lock_seconds=settings.job_lock_seconds)
     finally:
         close_client(client)
@@ -162,13 +173,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     verify = backup_commands.add_parser(
         "verify", help="check a backup's checksums and load it into scratch servers to compare it with its manifest"
     )
-    verify.add_argument("path", nargs="?", type=Path, help="backup directory to verify")
+    verify.add_argument("path", nargs="?", type=_path_argument, help="backup directory to verify")
     verify.add_argument("--latest", action="store_true", help="verify the newest backup in $GATEHOUSE_BACKUP_DIR")
     verify.set_defaults(handler=_backup_verify)
     restore = backup_commands.add_parser(
         "restore", help="replace the configured database tables and Redis gh: keys with a backup's content"
     )
-    restore.add_argument("path", type=Path, help="backup directory to restore")
+    restore.add_argument("path", type=_path_argument, help="backup directory to restore")
     restore.add_argument("--yes", action="store_true", help="confirm that the current data may be replaced")
     restore.add_argument("--end-sessions", action="store_true",
                          help="end every restored session, so that sessions ended after the backup stay ended "

@@ -29,12 +29,16 @@ EXIT_SUCCEEDED = 0
 EXIT_FAILED = 1
 # A usage or configuration error, found before the lock is taken; nothing is recorded.
 EXIT_USAGE = 2
-# sysexits.h EX_TEMPFAIL: another run holds the lock; running again later is the fix.
+# sysexits.h EX_TEMPFAIL: another run holds the lock or the input (JobSkipped); running again later is the fix.
 EXIT_LOCKED = 75
 
 
 class JobFailed(Exception):
     """A job found a problem it reports as its result, such as a backup that does not verify."""
+
+
+class JobSkipped(Exception):
+    """The work found nothing it should do now, as when its input is being removed: exit 75, nothing recorded."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,9 @@ def _run_locked(client: redis.Redis, name: str, work: Callable[[], Mapping[str, 
             result = dict(work())
     except JobTerminated as exc:
         return _record_failure(client, name, started, str(exc), exit_code=exc.exit_code)
+    except JobSkipped as exc:
+        log.warning("job_skipped", job=name, reason=str(exc))
+        return EXIT_LOCKED
     except JobFailed as exc:
         return _record_failure(client, name, started, str(exc))
     except Exception as exc:  # the job's boundary: any error is its failure, logged with the stack

@@ -22,9 +22,9 @@ import redis
 
 from service.config import Settings
 from service.maintenance import dumps
-from service.maintenance.backup import CANARY_USER_ID, complete_backups, require_backup_dir
+from service.maintenance.backup import CANARY_USER_ID, claim, claim_key, complete_backups, require_backup_dir
 from service.maintenance.dumps import DUMP_NAME, RDB_NAME, BackupFailed
-from service.maintenance.jobs import JobFailed
+from service.maintenance.jobs import JobFailed, JobSkipped
 from service.maintenance.scratch import (
     ScratchMariaDB,
     ScratchRedis,
@@ -68,10 +68,25 @@ def check_files(backup: Path, manifest: dict[str, Any]) -> list[str]:
     return problems
 
 
-def verify_backup(settings: Settings, path: Path | None) -> dict[str, Any]:
-    """Run every check on one backup; raise JobFailed listing all problems, or return a summary."""
+def verify_backup(settings: Settings, client: redis.Redis, path: Path | None) -> dict[str, Any]:
+    """Run every check on one backup; raise JobFailed listing all problems, or return a summary.
+
+    The backup is claimed while it is read, so that retention does not delete it
+    meanwhile, and JobSkipped comes back when retention is deleting it already.
+    """
     require_programs("redis-check-rdb", "redis-server", "mariadb-install-db", "mariadbd", "mariadb")
     backup = find_backup(settings, path)
+    if not claim(client, backup, "verify", settings.job_lock_seconds):
+        raise JobSkipped(f"{backup} is being deleted by the retention of `gatehouse backup create`")
+    try:
+        if not backup.is_dir():
+            raise JobSkipped(f"{backup} was deleted by the retention of `gatehouse backup create`")
+        return _verify(backup)
+    finally:
+        client.delete(claim_key(backup))
+
+
+def _verify(backup: Path) -> dict[str, Any]:
     manifest = dumps.read_manifest(backup)
     problems = check_files(backup, manifest)
 

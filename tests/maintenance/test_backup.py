@@ -18,7 +18,7 @@ import pymysql
 import pytest
 
 from service.database import connect_args
-from service.maintenance.backup import CANARY_EMAIL, CANARY_USER_ID
+from service.maintenance.backup import CANARY_EMAIL, CANARY_USER_ID, claim, claim_key
 from service.maintenance.dumps import DUMP_NAME, MANIFEST_NAME, RDB_NAME, sha256_of
 from service.maintenance.jobs import EXIT_LOCKED, EXIT_USAGE, lock_key, read_record
 from service.redis_store import KEY_PREFIX
@@ -349,6 +349,54 @@ def test_retention_keeps_newest(tmp_path, data):
     assert remaining[0] == "gatehouse-20200102T000000Z"
 
 
+def test_retention_keeps_backup_being_verified(tmp_path, data, redis_client):
+    old = tmp_path / "gatehouse-20200101T000000Z"
+    old.mkdir()
+    (old / MANIFEST_NAME).write_text("{}")
+    # The claim that `gatehouse backup verify` sets while it reads the backup.
+    assert claim(redis_client, old, "verify", 60)
+
+    code, events, messages = gatehouse(tmp_path, "backup", "create", GATEHOUSE_BACKUP_KEEP="1")
+
+    assert code == 0, (events, messages)
+    succeeded = only_event(events, "job_succeeded")
+    assert succeeded["removed_backups"] == []
+    assert succeeded["kept_in_use"] == [old.name]
+    assert old.is_dir()
+    redis_client.delete(claim_key(old))
+    time.sleep(1.1)  # backups are named by the second
+    code, events, messages = gatehouse(tmp_path, "backup", "create", GATEHOUSE_BACKUP_KEEP="1")
+    assert code == 0, (events, messages)
+    assert old.name in only_event(events, "job_succeeded")["removed_backups"]
+
+
+def test_verify_skips_backup_being_removed(backup, redis_client):
+    # The claim that retention sets while it deletes the backup.
+    assert claim(redis_client, backup, "retention", 60)
+
+    code, events, messages = gatehouse(backup.parent, "backup", "verify", str(backup))
+
+    assert code == EXIT_LOCKED, (events, messages)
+    assert "being deleted" in only_event(events, "job_skipped")["reason"]
+    assert read_record(redis_client, "backup_verify").last_failure_at is None
+
+
+def test_create_in_same_second_gets_suffix(tmp_path, data):
+    # Backups of this second and the next few exist, so the run's own second is taken too.
+    now = time.time()
+    for offset in range(4):
+        existing = tmp_path / f"gatehouse-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(now + offset))}"
+        existing.mkdir()
+        (existing / MANIFEST_NAME).write_text("{}")
+
+    code, events, messages = gatehouse(tmp_path, "backup", "create", GATEHOUSE_BACKUP_KEEP="10")
+
+    assert code == 0, (events, messages)
+    created = Path(only_event(events, "job_succeeded")["backup"])
+    assert created.name.endswith("Z-2")
+    assert created.name in [path.name for path in sorted(tmp_path.iterdir())][1:5]
+
+
 def test_create_skips_while_backup_locked(tmp_path, redis_client):
     redis_client.set(lock_key("backup"), "a-restore-in-progress", ex=60)
 
@@ -442,6 +490,8 @@ USAGE_ERRORS = [
     (("backup", "verify", "{tmp}/missing"), "", "missing does not exist"),
     (("backup", "verify", "{tmp}/file"), "", "file is not a directory"),
     (("backup", "restore", "{tmp}/missing", "--yes"), "", "missing does not exist"),
+    (("backup", "verify", ""), "", "the backup path is empty"),
+    (("backup", "restore", " ", "--yes"), "", "the backup path is empty"),
 ]
 
 
