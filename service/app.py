@@ -162,9 +162,9 @@ def ban_policy(settings: Settings) -> BanPolicy:
 
 
 def _dependency_checks(svc: Services) -> dict[str, tuple[bool, float]]:
-    """Return the readiness probe's per-dependency result, reused for up to a second."""
-    report = svc.readiness.report()
-    return {name: (check.ok, check.latency_ms / 1000) for name, check in report.checks.items()}
+    """Return the readiness probe's per-dependency result, within SCRAPE_CHECK_WAIT_SECONDS."""
+    results = svc.readiness.results_within(metrics.SCRAPE_CHECK_WAIT_SECONDS)
+    return {name: (check.ok, check.latency_ms / 1000) for name, check in results.items()}
 
 
 def _job_records(svc: Services) -> dict[str, tuple[float | None, float | None]]:

@@ -76,8 +76,17 @@ def _initialize_labels() -> None:
     UNBANS.labels(cause="manual")
 
 
+# The longest a scrape waits for the dependency checks. Prometheus's default scrape timeout
+# and the chart's are 10 s, and a check of a hung MySQL can take several of its timeouts.
+SCRAPE_CHECK_WAIT_SECONDS = 3.0
+
+
 class ScrapeCollector(Collector):
-    """Gauges computed when /metrics is scraped, by the worker that serves the scrape."""
+    """Gauges computed when /metrics is scraped, by the worker that serves the scrape.
+
+    The gauges read from Redis are left out when the Redis check failed, so a hung Redis
+    does not hold the scrape up for its timeouts.
+    """
 
     def __init__(self, dependency_checks: Callable[[], dict[str, tuple[bool, float]]],
                  job_records: Callable[[], dict[str, tuple[float | None, float | None]]],
@@ -96,11 +105,14 @@ class ScrapeCollector(Collector):
                                labels=["dependency"])
         latency = GaugeMetricFamily("gatehouse_dependency_check_duration_seconds",
                                     "Duration of the last dependency check.", labels=["dependency"])
-        for name, (ok, seconds) in self._dependency_checks().items():
+        dependencies = self._dependency_checks()
+        for name, (ok, seconds) in dependencies.items():
             up.add_metric([name], 1 if ok else 0)
             latency.add_metric([name], seconds)
         yield up
         yield latency
+        if not dependencies.get("redis", (False, 0.0))[0]:
+            return
 
         success = GaugeMetricFamily("gatehouse_job_last_success_timestamp_seconds",
                                     "Unix time of the job's last success (0: never).", labels=["job_name"])

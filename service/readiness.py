@@ -58,6 +58,8 @@ class ReadinessProbe:
         self._lock = threading.Lock()
         self._report: Report | None = None
         self._checked_at = 0.0
+        # The check running now and when it started (time.monotonic()), for stalled().
+        self._running: tuple[str, float] | None = None
 
     def report(self) -> Report:
         """Return the cached report, or run the checks when it is older than the cache interval."""
@@ -68,7 +70,11 @@ class ReadinessProbe:
         if not self._lock.acquire(blocking=self._report is None):
             return self._report  # type: ignore[return-value]
         try:
-            checks = {"mysql": _timed(self._check_mysql), "redis": _timed(self._check_redis)}
+            checks = {}
+            for name, check in (("mysql", self._check_mysql), ("redis", self._check_redis)):
+                self._running = (name, time.monotonic())
+                checks[name] = _timed(check)
+            self._running = None
             report = Report(all(check.ok for check in checks.values()), checks)
             if self._report is not None and report.ready != self._report.ready:
                 # Only losing readiness is a warning. Turning ready again is logged at info level.
@@ -79,6 +85,36 @@ class ReadinessProbe:
         finally:
             self._lock.release()
         return report
+
+    def results_within(self, wait_seconds: float) -> dict[str, Check]:
+        """Return each dependency's latest check result, waiting at most wait_seconds; for /metrics.
+
+        The checks run as report() runs them, on a thread of their own. A check still
+        running after wait_seconds, such as one that waits out a hung server's timeouts,
+        counts as failed with the time it has taken so far. The other dependency keeps
+        its latest result. So a scrape ends within about wait_seconds and shows the hung
+        dependency as down, where waiting for the check could outlast the scrape timeout.
+        """
+        done = threading.Event()
+
+        def refresh() -> None:
+            try:
+                self.report()
+            finally:
+                done.set()
+
+        threading.Thread(target=refresh, name="readiness-refresh", daemon=True).start()
+        finished = done.wait(wait_seconds)
+        results = dict(self._report.checks) if self._report is not None else {}
+        running = self._running
+        if running is not None:
+            name, started = running
+            elapsed = time.monotonic() - started
+            # Unfinished: this call's own checks are still running. Finished, with a check
+            # running: another caller's checks, which have run for as long as this waited.
+            if not finished or elapsed >= wait_seconds:
+                results[name] = Check(False, round(elapsed * 1000, 2), "check_stalled")
+        return results
 
     def _check_mysql(self) -> None:
         with self._database.cursor() as cursor:

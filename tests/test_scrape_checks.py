@@ -1,0 +1,69 @@
+"""A scrape of /metrics waits a bounded time for the dependency checks, on the real MariaDB and a paused Redis.
+
+CLIENT PAUSE makes the test Redis hold every command, as a hung server does, and it
+resumes by itself.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+
+from service.app import close_app, create_app
+
+PAUSE_MS = 1500
+WAIT_SECONDS = 0.3
+
+
+@pytest.fixture
+def paused_redis(settings):
+    """Return a function that pauses the test Redis for PAUSE_MS; the fixture waits until it has resumed."""
+    client = redis.Redis.from_url(settings.redis_url.get_secret_value())
+    yield lambda: client.client_pause(PAUSE_MS, all=True)
+    time.sleep(PAUSE_MS / 1000)
+    client.close()
+
+
+@pytest.fixture
+def fresh_app():
+    # No cache, so every call runs the checks again.
+    app = create_app({"ready_cache_seconds": 0})
+    yield app
+    close_app(app)
+
+
+def test_stalled_redis_check_reported_down(fresh_app, paused_redis):
+    probe = fresh_app.extensions["gatehouse"].readiness
+    assert {name: check.ok for name, check in probe.results_within(5).items()} == {"mysql": True, "redis": True}
+    paused_redis()
+
+    started = time.monotonic()
+    results = probe.results_within(WAIT_SECONDS)
+    elapsed = time.monotonic() - started
+
+    assert elapsed < WAIT_SECONDS + 0.5
+    assert results["mysql"].ok
+    assert not results["redis"].ok
+    assert results["redis"].error == "check_stalled"
+    assert results["redis"].latency_ms > 0
+
+
+def test_scrape_with_hung_redis_ends_in_time(fresh_app, paused_redis, monkeypatch):
+    monkeypatch.setattr("service.metrics.SCRAPE_CHECK_WAIT_SECONDS", WAIT_SECONDS)
+    client = fresh_app.test_client()
+    assert client.get("/metrics").status_code == 200
+    paused_redis()
+
+    started = time.monotonic()
+    response = client.get("/metrics")
+    elapsed = time.monotonic() - started
+
+    text = response.get_data(as_text=True)
+    assert response.status_code == 200
+    assert elapsed < WAIT_SECONDS + 0.5
+    assert 'gatehouse_dependency_up{dependency="redis"} 0.0' in text
+    assert 'gatehouse_dependency_up{dependency="mysql"} 1.0' in text
+    # Read from Redis, so left out rather than waited for.
+    assert "gatehouse_blacklisted_ips" not in text
