@@ -58,7 +58,7 @@ class ReadinessProbe:
         self._lock = threading.Lock()
         self._report: Report | None = None
         self._checked_at = 0.0
-        # The check running now and when it started (time.monotonic()), for stalled().
+        # The check running now and when it started (time.monotonic()), for results_within().
         self._running: tuple[str, float] | None = None
 
     def report(self) -> Report:
