@@ -131,10 +131,8 @@ def on_starting(server):
     and urllib3 into the master, and workers forked from it would inherit them
     unpatched by gevent.
     """
-    import subprocess
-
     from service.lifecycle.crash import enable_faulthandler
-    from service.lifecycle.master import install_reload_check, install_shutdown_handlers
+    from service.lifecycle.master import install_reload_check, install_shutdown_handlers, run_startup_check
     from service.lifecycle.metrics_dir import MetricsDirInUse, claim_metrics_dir
 
     enable_faulthandler()
@@ -161,18 +159,17 @@ def on_starting(server):
     if unknown:
         # A misspelled setting is otherwise left out in silence, and its default applies.
         server.log.warning("settings_unknown_variables", extra={"names": unknown})
-    try:
-        # Without the metrics directory, the check process leaves no metric files behind.
-        check_env = {name: value for name, value in os.environ.items() if name != "PROMETHEUS_MULTIPROC_DIR"}
-        check = subprocess.run([sys.executable, "-m", "service.cli", "check"], env=check_env,
-                               timeout=_settings.startup_timeout_seconds + 30, check=False)
-    except subprocess.TimeoutExpired:
+    # Without the metrics directory, the check process leaves no metric files behind.
+    check_env = {name: value for name, value in os.environ.items() if name != "PROMETHEUS_MULTIPROC_DIR"}
+    returncode = run_startup_check(server, [sys.executable, "-m", "service.cli", "check"], check_env,
+                                   timeout=_settings.startup_timeout_seconds + 30)
+    if returncode is None:
         server.log.error("startup_check_failed", extra={"error": "start-up checks timed out"})
         sys.exit(3)
-    if check.returncode != 0:
-        server.log.error("startup_check_failed", extra={"returncode": check.returncode})
+    if returncode != 0:
+        server.log.error("startup_check_failed", extra={"returncode": returncode})
         # 2: the check process found an invalid setting and printed the line naming it.
-        sys.exit(2 if check.returncode == 2 else 3)
+        sys.exit(2 if returncode == 2 else 3)
 
 
 def _settings_problem():

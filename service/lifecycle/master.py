@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import queue
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from typing import Any
@@ -83,3 +84,34 @@ def install_reload_check(arbiter: Any, settings_problem: Callable[[], str | None
 
     # Looked up by name on the arbiter for each queued signal, as the shutdown handlers are.
     arbiter.handle_hup = handle
+
+
+def run_startup_check(arbiter: Any, argv: list[str], env: dict[str, str], timeout: float) -> int | None:
+    """Run the start-up check process and return its exit code, or None when it timed out.
+
+    gunicorn installs its signal handlers only after the on_starting hook, so until then
+    SIGTERM or SIGINT would end the master at once and leave the check running on its
+    own, to log a failure after the master has gone. Meanwhile both signals stop the
+    check, log startup_interrupted and end the master with 128 + the signal number.
+    """
+    check = subprocess.Popen(argv, env=env)
+
+    def interrupt(signum: int, _frame: Any) -> None:
+        check.terminate()
+        try:
+            check.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            check.kill()
+        arbiter.log.warning("startup_interrupted", extra={"signal": signal.Signals(signum).name})
+        raise SystemExit(128 + signum)
+
+    previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return check.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        check.kill()
+        check.wait()
+        return None
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

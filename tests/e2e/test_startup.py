@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -68,6 +70,41 @@ def test_unreachable_mysql_stops_start(tmp_path):
     assert "mysql unreachable" in output
     assert "startup_check_retrying" in output
     assert_no_mysql_password(output)
+
+
+def test_sigterm_during_checks_stops_check_process(tmp_path):
+    # The checks retry an unreachable MySQL for up to 20 s, so they are still running at the signal.
+    gunicorn = Gunicorn(tmp_path, env={"GATEHOUSE_MYSQL_PORT": str(free_port()),
+                                       "GATEHOUSE_STARTUP_TIMEOUT_SECONDS": "20"})
+    gunicorn.start()
+    try:
+        deadline = time.monotonic() + 20
+        while "startup_check_retrying" not in gunicorn.output():
+            assert time.monotonic() < deadline, gunicorn.output()
+            time.sleep(0.05)
+        checks = [pid for pid, command in processes_of(gunicorn.process.pid).items() if "service.cli check" in command]
+        assert len(checks) == 1
+
+        gunicorn.process.send_signal(signal.SIGTERM)
+        returncode = gunicorn.wait_exit(timeout=10)
+    finally:
+        gunicorn.stop()
+
+    assert returncode == 128 + signal.SIGTERM
+    assert "startup_interrupted" in gunicorn.output()
+    assert not Path(f"/proc/{checks[0]}").exists()
+
+
+def processes_of(parent: int) -> dict[int, str]:
+    """Return the command line of each child process of parent, by pid."""
+    children = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == parent:
+                children[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+    return children
 
 
 def test_misspelled_setting_logged_at_start(tmp_path):
