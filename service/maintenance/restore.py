@@ -48,6 +48,9 @@ def restore_backup(settings: Settings, client: redis.Redis, backup: Path,
     if problems:
         raise BackupFailed(f"refusing to restore {backup}: " + "; ".join(problems))
 
+    # The mariadb client's own error text is left out of job_failed (it can quote rows), so
+    # a connection that fails is reported from this check, with its cause.
+    dumps.connect_to_mysql(settings).close()
     with dumps.mysql_defaults_file(settings) as defaults_file:
         dumps.load_dump(defaults_file, settings.mysql_database, backup / DUMP_NAME)
 

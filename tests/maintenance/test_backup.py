@@ -23,7 +23,7 @@ from service.maintenance.dumps import DUMP_NAME, MANIFEST_NAME, RDB_NAME, sha256
 from service.maintenance.jobs import EXIT_LOCKED, EXIT_USAGE, lock_key, read_record
 from service.redis_store import KEY_PREFIX
 from service.sessions import session_key, user_sessions_key
-from tests.helpers import ROOT
+from tests.helpers import ROOT, free_port
 from tests.tls_mariadb import CertificateAuthority
 
 PASSWORD = "correct horse battery staple"
@@ -594,3 +594,14 @@ def test_create_without_mysql_fails_with_the_cause(tmp_path, env, expected):
     assert "not-the-password" not in error
     assert "preferred" not in error
     assert list(tmp_path.iterdir()) == []
+
+
+def test_restore_without_mysql_fails_with_the_cause(backup, redis_client):
+    port = str(free_port())
+
+    code, events, _ = gatehouse(backup.parent, "backup", "restore", str(backup), "--yes", GATEHOUSE_MYSQL_PORT=port)
+
+    assert code == 1
+    error = only_event(events, "job_failed")["error"]
+    assert f"cannot connect to MySQL at 127.0.0.1:{port}" in error
+    assert "GATEHOUSE_MYSQL_HOST" in error
