@@ -53,7 +53,7 @@ class _WriteFailures:
                 "error": f"{type(error).__name__}: {error}" if error else "unknown", "records_lost": self._lost,
                 "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z")}
         try:
-            sys.stderr.write(json.dumps(line) + "\n")
+            sys.stderr.write(json.dumps(line, separators=(",", ":")) + "\n")
             sys.stderr.flush()
         except (OSError, ValueError):
             return
