@@ -254,7 +254,7 @@ def test_lost_log_file_reported_once_as_json(tmp_path, capsys):
     lines = [line for line in errors.splitlines() if line.startswith("{")]
     reports = [json.loads(line) for line in lines]
     assert len(reports) == 1
-    # Compact, as every other line: a parser may split on '","'.
+    # Compact, as every other line the service writes.
     assert lines[0] == json.dumps(reports[0], separators=(",", ":"))
     assert reports[0]["event"] == "log_file_write_failed"
     assert reports[0]["path"] == str(directory / "gatehouse.log")
