@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
+import time
 from typing import Any
 
 import pymysql
 import redis
 import structlog
-from flask import Flask, Response, g, json, request
+from flask import Flask, Response, current_app, g, json, request
 from werkzeug.exceptions import HTTPException
 
 from service.method_guard import ENCODED_CHARACTER_KEY, ENCODED_SEPARATOR_KEY
@@ -289,15 +291,39 @@ def _handle_http_exception(exc: HTTPException) -> Response:
     return response
 
 
+# During an outage every request fails alike, and each one's request_completed line has
+# its 503, so a worker logs the cause at most once per this many seconds per dependency.
+DEPENDENCY_LOG_INTERVAL_SECONDS = 1.0
+_FAILURE_LOG_KEY = "gatehouse.dependency_failure_log"
+
+
+class DependencyFailureLog:
+    """The dependency_failed lines of one app: the cause at most once per interval per dependency."""
+
+    def __init__(self) -> None:
+        self._logged_at: dict[str, float] = {}
+        self._unlogged: dict[str, int] = {}
+
+    def failed(self, dependency: str, exc: Exception) -> None:
+        """Log dependency_failed with the cause and the failures left unlogged since the last line."""
+        now = time.monotonic()
+        if now - self._logged_at.get(dependency, -math.inf) < DEPENDENCY_LOG_INTERVAL_SECONDS:
+            self._unlogged[dependency] = self._unlogged.get(dependency, 0) + 1
+            return
+        self._logged_at[dependency] = now
+        log.warning("dependency_failed", dependency=dependency, error=repr(exc)[:300],
+                    failures_unlogged=self._unlogged.pop(dependency, 0))
+
+
 def _handle_database_failure(exc: Exception) -> Response:
-    # Dependency failure policy for MySQL: refuse with 503 and Retry-After, log the cause once per request.
-    log.warning("dependency_failed", dependency="mysql", error=repr(exc))
+    # Dependency failure policy for MySQL: refuse with 503 and Retry-After.
+    current_app.extensions[_FAILURE_LOG_KEY].failed("mysql", exc)
     return problem_response(DatabaseUnavailable())
 
 
 def _handle_redis_failure(exc: Exception) -> Response:
-    # Dependency failure policy for Redis: refuse with 503 and Retry-After, log the cause once per request.
-    log.warning("dependency_failed", dependency="redis", error=repr(exc))
+    # Dependency failure policy for Redis: refuse with 503 and Retry-After.
+    current_app.extensions[_FAILURE_LOG_KEY].failed("redis", exc)
     return problem_response(RedisUnavailable())
 
 
@@ -308,6 +334,7 @@ def _handle_unexpected(exc: Exception) -> Response:
 
 def init_app(app: Flask) -> None:
     """Register the error handlers on the app."""
+    app.extensions[_FAILURE_LOG_KEY] = DependencyFailureLog()
     app.register_error_handler(Problem, _handle_problem)
     app.register_error_handler(HTTPException, _handle_http_exception)
     app.register_error_handler(pymysql.err.OperationalError, _handle_database_failure)

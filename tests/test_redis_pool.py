@@ -4,13 +4,14 @@ lent-connection gauge counts only connections that were lent."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
 import pytest
 import redis
 
-from service import redis_store
+from service import errors, redis_store
 from service.app import close_app, create_app
 from service.context import EXTENSION_KEY
 from service.limits import LIMITER_KEY
@@ -114,3 +115,28 @@ def test_failed_connects_leave_lent_gauge_alone():
         working.disconnect()
     finally:
         pool.disconnect()
+
+
+def test_dependency_failures_logged_once_per_interval(capsys):
+    app = create_app({"redis_pool_size": 1, "redis_pool_wait_seconds": 0.05})
+    try:
+        pool = app.extensions[EXTENSION_KEY].redis.connection_pool
+        client = app.test_client()
+        busy_connection = pool.get_connection()
+        try:
+            capsys.readouterr()
+            statuses = [client.post("/v1/auth/refresh", json={"refresh_token": "x" * 43}).status_code
+                        for _ in range(4)]
+            time.sleep(errors.DEPENDENCY_LOG_INTERVAL_SECONDS + 0.1)
+            statuses.append(client.post("/v1/auth/refresh", json={"refresh_token": "x" * 43}).status_code)
+        finally:
+            pool.release(busy_connection)
+    finally:
+        close_app(app)
+
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    logged = [event for event in events if event["event"] == "dependency_failed"]
+    assert statuses == [503] * 5
+    assert [event["failures_unlogged"] for event in logged] == [0, 3]
+    # Each request still has its own line with the 503.
+    assert [event["status"] for event in events if event["event"] == "request_completed"] == [503] * 5
