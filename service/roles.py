@@ -41,8 +41,9 @@ def create_role(database: Database, name: str, description: str) -> Role:
     return Role(name, description)
 
 
-def _role_id(cursor: object, name: str) -> int:
-    cursor.execute("SELECT id FROM roles WHERE name = %s", (name,))  # type: ignore[attr-defined]
+def _role_id(cursor: object, name: str, *, lock: bool = False) -> int:
+    sql = "SELECT id FROM roles WHERE name = %s" + (" LOCK IN SHARE MODE" if lock else "")
+    cursor.execute(sql, (name,))  # type: ignore[attr-defined]
     row = cursor.fetchone()  # type: ignore[attr-defined]
     if row is None:
         raise NotFound(f"No role named {name}.", field="role")
@@ -57,8 +58,11 @@ def _require_user(cursor: object, user_id: str) -> None:
 
 def grant(cursor: Any, user_id: str, role: str) -> bool:
     """Grant a role with the cursor; return False when the user already had it."""
+    # The role's row first, as keep_another_admin locks it before the user's row: a grant
+    # and a disable or deletion of the same user then wait for each other instead of
+    # deadlocking (the grant's foreign key checks lock both rows).
+    role_id = _role_id(cursor, role, lock=True)
     _require_user(cursor, user_id)
-    role_id = _role_id(cursor, role)
     cursor.execute("INSERT IGNORE INTO user_roles (user_id, role_id, granted_at) VALUES (%s, %s, %s)",
                    (user_id, role_id, datetime.now(UTC).replace(tzinfo=None)))
     return cursor.rowcount == 1

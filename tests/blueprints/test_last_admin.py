@@ -1,4 +1,5 @@
-"""Two administrators who remove each other at the same moment leave one of them, on the real MariaDB."""
+"""Two administrators who remove each other at the same moment leave one of them, and a grant racing a removal
+waits for it instead of deadlocking, on the real MariaDB."""
 
 from __future__ import annotations
 
@@ -99,3 +100,21 @@ def test_admin_removes_another_admin(client, settings, admin_tokens):
     response = client.delete(f"/v1/admin/users/{other['user_id']}/roles/admin", headers=headers)
     assert response.status_code == 200, response.get_json()
     assert _active_admins(client, admin_tokens["access_token"]) == {admin_tokens["user_id"]}
+
+
+@pytest.mark.parametrize("removal", ["disable", "delete"])
+def test_grant_racing_removal_does_not_deadlock(app, client, settings, admin_tokens, removal):
+    granter = admin_tokens
+    remover = _admin_tokens(client, settings, "remover@example.com")
+    method, template = ACTIONS[removal]
+    for round_number in range(ROUNDS * 2):
+        target = create_user(settings, f"target{round_number}@example.com", PASSWORD)
+        responses = _at_once(app, [
+            ("PUT", f"/v1/admin/users/{target}/roles/admin", granter["access_token"]),
+            (method, template.format(target=target), remover["access_token"]),
+        ])
+
+        # In either order both succeed, or the grant finds the user deleted; never a deadlock's 503.
+        grant, removed = (response.status_code for response in responses)
+        assert removed in (200, 204), responses[1].get_json()
+        assert grant in ((200, 404) if removal == "delete" else (200,)), responses[0].get_json()
