@@ -16,6 +16,10 @@ from service.migrate import MIGRATION_TABLE, expected_versions
 log = structlog.get_logger(__name__)
 
 
+# How often results_within looks whether another caller's checks have ended.
+_RUNNING_POLL_SECONDS = 0.02
+
+
 class SchemaBehind(Exception):
     """The database lacks migrations that this version of the code ships."""
 
@@ -89,12 +93,14 @@ class ReadinessProbe:
     def results_within(self, wait_seconds: float) -> dict[str, Check]:
         """Return each dependency's latest check result, waiting at most wait_seconds; for /metrics.
 
-        The checks run as report() runs them, on a thread of their own. A check still
-        running after wait_seconds, such as one that waits out a hung server's timeouts,
-        counts as failed with the time it has taken so far. The other dependency keeps
-        its latest result. So a scrape ends within about wait_seconds and shows the hung
-        dependency as down, where waiting for the check could outlast the scrape timeout.
+        The checks run as report() runs them, on a thread of their own, or this waits for
+        the checks that another caller, such as /ready, is running. A check still running
+        after wait_seconds, such as one that waits out a hung server's timeouts, counts as
+        failed with the time it has taken so far. The other dependency keeps its latest
+        result. So a scrape ends within about wait_seconds and shows the hung dependency
+        as down, where waiting for the check could outlast the scrape timeout.
         """
+        deadline = time.monotonic() + wait_seconds
         done = threading.Event()
 
         def refresh() -> None:
@@ -104,16 +110,15 @@ class ReadinessProbe:
                 done.set()
 
         threading.Thread(target=refresh, name="readiness-refresh", daemon=True).start()
-        finished = done.wait(wait_seconds)
+        done.wait(wait_seconds)
+        # report() returns the previous report at once while another caller's checks run.
+        while self._running is not None and time.monotonic() < deadline:
+            time.sleep(_RUNNING_POLL_SECONDS)
         results = dict(self._report.checks) if self._report is not None else {}
         running = self._running
         if running is not None:
             name, started = running
-            elapsed = time.monotonic() - started
-            # Unfinished: this call's own checks are still running. Finished, with a check
-            # running: another caller's checks, which have run for as long as this waited.
-            if not finished or elapsed >= wait_seconds:
-                results[name] = Check(False, round(elapsed * 1000, 2), "check_stalled")
+            results[name] = Check(False, round((time.monotonic() - started) * 1000, 2), "check_stalled")
         return results
 
     def _check_mysql(self) -> None:

@@ -6,6 +6,7 @@ resumes by itself.
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -48,6 +49,25 @@ def test_stalled_redis_check_reported_down(fresh_app, paused_redis):
     assert not results["redis"].ok
     assert results["redis"].error == "check_stalled"
     assert results["redis"].latency_ms > 0
+
+
+def test_stalled_check_of_another_caller_reported_down(fresh_app, paused_redis):
+    probe = fresh_app.extensions["gatehouse"].readiness
+    probe.results_within(5)
+    paused_redis()
+    # A /ready probe of the same worker runs the checks first and waits on Redis.
+    ready_probe = threading.Thread(target=probe.report)
+    ready_probe.start()
+    time.sleep(0.1)
+
+    started = time.monotonic()
+    results = probe.results_within(WAIT_SECONDS)
+    elapsed = time.monotonic() - started
+    ready_probe.join(10)
+
+    assert elapsed < WAIT_SECONDS + 0.5
+    assert not results["redis"].ok
+    assert results["redis"].error == "check_stalled"
 
 
 def test_scrape_with_hung_redis_ends_in_time(fresh_app, paused_redis, monkeypatch):
