@@ -183,10 +183,11 @@ def _settings_problem():
     # In a child process: loading the keys imports cryptography and PyJWT, which the
     # master leaves to the workers, as it does redis.
     try:
+        # The master reaps and starts no workers meanwhile, so the bound is short.
         check = subprocess.run([sys.executable, "-m", "service.cli", "keys", "check"], capture_output=True,
-                               text=True, timeout=60, check=False)
+                               text=True, timeout=20, check=False)
     except subprocess.TimeoutExpired:
-        return "`gatehouse keys check` timed out after 60 s"
+        return "`gatehouse keys check` timed out after 20 s"
     if check.returncode != 0:
         lines = check.stderr.strip().splitlines()
         return lines[-1] if lines else f"`gatehouse keys check` exited with {check.returncode}"

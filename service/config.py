@@ -244,7 +244,7 @@ class Settings(RedisSettings, AbuseProtectionSettings, MySQLTLSSettings):
         if float in kinds:
             if DECIMAL_SPELLING.fullmatch(value.strip()) is None:
                 raise PydanticCustomError("number_spelling", "write it with the digits 0-9 and at most one "
-                                          "decimal point, without +, _ or an exponent")
+                                          "decimal point between two of them (0.5), without +, _ or an exponent")
         elif INTEGER_SPELLING.fullmatch(value.strip()) is None:
             raise PydanticCustomError("number_spelling", "write it with the digits 0-9 only, without +, _ or a "
                                       "decimal point")

@@ -112,15 +112,15 @@ def create_backup(settings: Settings, client: redis.Redis) -> dict[str, Any]:
 
 
 def _new_backup_path(backup_dir: Path, name: str) -> Path:
-    """Return backup_dir/name, or with -2, -3 and so on appended when a backup of the same second exists.
+    """Return backup_dir/name, or with -002, -003 and so on appended when a backup of the same second exists.
 
-    The suffixed names sort after the plain one and before the next second's.
+    The suffixed names sort after the plain one, in order, and before the next second's.
     """
     path = backup_dir / name
     number = 1
     while path.exists():
         number += 1
-        path = backup_dir / f"{name}-{number}"
+        path = backup_dir / f"{name}-{number:03d}"
     return path
 
 

@@ -102,6 +102,9 @@ def key_time(path: Path) -> float | None:
 def load_key(path: Path, algorithm: str) -> SigningKey:
     """Read one PEM private key, derive its kid and read the time in its file name."""
     published_at = key_time(path)
+    # A FIFO or device would block the read, and with it a worker's start or a reload check.
+    if not path.is_file():
+        raise InvalidSigningKey(f"{path} is not a regular file")
     try:
         private_key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as exc:

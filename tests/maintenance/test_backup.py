@@ -393,7 +393,7 @@ def test_create_in_same_second_gets_suffix(tmp_path, data):
 
     assert code == 0, (events, messages)
     created = Path(only_event(events, "job_succeeded")["backup"])
-    assert created.name.endswith("Z-2")
+    assert created.name.endswith("Z-002")
     assert created.name in [path.name for path in sorted(tmp_path.iterdir())][1:5]
 
 

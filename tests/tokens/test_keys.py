@@ -95,6 +95,18 @@ def test_lenient_load_skips_invalid_file(tmp_path, capsys, name, content):
         KeyRing.load(tmp_path, "EdDSA", publish_seconds=PUBLISH_SECONDS)
 
 
+def test_fifo_named_like_key_rejected_without_blocking(tmp_path):
+    # Reading a FIFO would wait for a writer forever, and with it a worker's start or a reload check.
+    os.mkfifo(tmp_path / "20260101T000000Z-pipe.pem")
+    good = generate_key(tmp_path, "EdDSA")
+
+    ring = KeyRing.load(tmp_path, "EdDSA", publish_seconds=PUBLISH_SECONDS, skip_invalid=True)
+
+    assert ring.signing_key.path == good
+    with pytest.raises(InvalidSigningKey, match="not a regular file"):
+        KeyRing.load(tmp_path, "EdDSA", publish_seconds=PUBLISH_SECONDS)
+
+
 def test_lenient_load_without_valid_key_raises(tmp_path):
     (tmp_path / "broken.pem").write_text("not a key")
 
