@@ -123,6 +123,15 @@ CASES = [
          normal={'gatehouse_job_last_success_timestamp_seconds{job_name="backup_verify"}': "300x20",
                  'gatehouse_job_last_failure_timestamp_seconds{job_name="backup_verify"}': "200x20"},
          eval_time="10m"),
+    Case("GatehouseMaintenanceJobFailing",
+         bad={'gatehouse_job_last_success_timestamp_seconds{job_name="blacklist_rotate"}': "100x20",
+              'gatehouse_job_last_failure_timestamp_seconds{job_name="blacklist_rotate"}': "200x20",
+              # A job with alerts of its own is left to them.
+              'gatehouse_job_last_success_timestamp_seconds{job_name="tokens_purge"}': "100x20",
+              'gatehouse_job_last_failure_timestamp_seconds{job_name="tokens_purge"}': "200x20"},
+         normal={'gatehouse_job_last_success_timestamp_seconds{job_name="backup_create"}': "300x20",
+                 'gatehouse_job_last_failure_timestamp_seconds{job_name="backup_create"}': "200x20"},
+         eval_time="10m", labels=(("job_name", "blacklist_rotate"),)),
 ]
 
 
