@@ -4,8 +4,8 @@ A change of an account commits its MySQL statements, the Redis steps that must g
 them (ending sessions, clearing login failures) and its audit row in one transaction.
 A Redis failure rolls the change back, so the caller's 503 means that nothing changed
 and a retry starts afresh. Sessions ended before the failure stay ended, which errs on
-the safe side. NOTE: a 503 from a connection lost while MySQL commits can hide a change
-that was made; the retry then changes nothing more, or gets 404 after a deletion. The MySQL statements come first and lock the account's row, so a login
+the safe side. NOTE: when the connection is lost while MySQL commits, the 503 can hide a
+change that was made. A retry then changes nothing more, or gets 404 after a deletion. The MySQL statements come first and lock the account's row, so a login
 that starts a session meanwhile reads the change when it checks the account again
 (users.credentials_unchanged).
 

@@ -76,7 +76,7 @@ def _initialize_labels() -> None:
     UNBANS.labels(cause="manual")
 
 
-# The longest a scrape waits for the dependency checks. Prometheus's default scrape timeout
+# Maximum wait of a scrape for the dependency checks. Prometheus's default scrape timeout
 # and the chart's are 10 s, and a check of a hung MySQL can take several of its timeouts.
 SCRAPE_CHECK_WAIT_SECONDS = 3.0
 

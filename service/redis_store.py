@@ -129,7 +129,7 @@ class _DropOnReadOnly:
             return super().read_response(*args, **kwargs)  # type: ignore[misc]
         except redis.ReadOnlyError:
             self.disconnect()  # type: ignore[attr-defined]
-            raise redis.ConnectionError("the Redis server answered READONLY: it is a replica now, and the "
+            raise redis.ConnectionError("the Redis server replied READONLY: it is a replica now, and the "
                                         "connection was dropped") from None
 
 

@@ -129,7 +129,7 @@ def test_unban_of_expired_ban_not_found(ban_app, admin_tokens, settings):
     headers = bearer(admin_tokens["access_token"])
     assert client.post("/v1/admin/bans", json={"ip": "203.0.113.50", "reason": "expiry", "duration_seconds": 60},
                        headers=headers).status_code == 201
-    # What Redis holds once the ban has expired: its hash is gone and its set entry stays until a rotation.
+    # What Redis contains once the ban has expired: its hash is gone and its set entry stays until a rotation.
     store = redis.Redis.from_url(settings.redis_url.get_secret_value())
     store.delete(f"{KEY_PREFIX}ban:203.0.113.50")
     store.zadd(BANS_KEY, {"203.0.113.50": time.time() - 1})

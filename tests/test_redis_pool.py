@@ -1,6 +1,9 @@
-"""The Redis pools against the real test Redis: a request that finds no free connection gets a 503,
-replies longer than a connection's read buffer arrive whole, a server turned replica gets a 503, and the
-lent-connection gauge counts only connections that were lent."""
+"""The Redis pools against the real test Redis.
+
+A request that finds no free connection gets a 503, and so does one to a server that
+became a replica. Replies longer than a connection's read buffer arrive whole. The
+lent-connection gauge counts only connections that were lent.
+"""
 
 from __future__ import annotations
 
@@ -71,7 +74,7 @@ def test_pools_read_long_replies_whole():
 
 
 def test_read_only_redis_gets_503_then_recovers(settings, user):
-    """A standalone Redis that became a replica answers writes with READONLY, as after a failover behind one host name."""
+    """A standalone Redis that became a replica replies READONLY to writes, as after a failover behind one host name."""
     app = create_app()
     admin = redis.Redis.from_url(settings.redis_url.get_secret_value())
     credentials = {"email": user["email"], "password": PASSWORD}
@@ -81,13 +84,13 @@ def test_read_only_redis_gets_503_then_recovers(settings, user):
         # Nothing listens on port 1 of the loopback address, so the server keeps its data and refuses writes.
         admin.replicaof("127.0.0.1", 1)
         try:
-            refused = client.post("/v1/auth/login", json=credentials)
+            unavailable = client.post("/v1/auth/login", json=credentials)
         finally:
             admin.replicaof("NO", "ONE")
 
-        assert refused.status_code == 503
-        assert refused.get_json()["code"] == "redis_unavailable"
-        assert int(refused.headers["Retry-After"]) >= 1
+        assert unavailable.status_code == 503
+        assert unavailable.get_json()["code"] == "redis_unavailable"
+        assert int(unavailable.headers["Retry-After"]) >= 1
         assert client.post("/v1/auth/login", json=credentials).status_code == 200
     finally:
         admin.close()

@@ -8,12 +8,14 @@ response cut short, a closed connection after the request was sent) is a failure
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -240,20 +242,26 @@ def kill_worker_then_stop(server: Gunicorn) -> tuple[float, int]:
     return signalled, server.wait_exit(timeout=GRACEFUL_TIMEOUT + 5)
 
 
+@contextlib.contextmanager
+def loaded_server(tmp_path, env: dict[str, str]) -> Iterator[Gunicorn]:
+    """Start a server and wait until both workers have loaded their files, so a test can break them afterwards."""
+    server = Gunicorn(tmp_path, env=env)
+    server.start()
+    try:
+        server.wait_ready()
+        wait_for_output(server, lambda output: output.count('"event":"app_created"') >= 2)
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def blocklist_server(tmp_path):
     """A server whose password blocklist file the test can break, ready with both workers loaded."""
     blocklist = tmp_path / "blocked.txt"
     blocklist.write_text("acme rocket sled\n")
-    server = Gunicorn(tmp_path, env={"GATEHOUSE_PASSWORD_BLOCKLIST_FILE": str(blocklist)})
-    server.start()
-    try:
-        server.wait_ready()
-        # Both workers must have loaded the file before it goes bad.
-        wait_for_output(server, lambda output: output.count('"event":"app_created"') >= 2)
+    with loaded_server(tmp_path, {"GATEHOUSE_PASSWORD_BLOCKLIST_FILE": str(blocklist)}) as server:
         yield server, blocklist
-    finally:
-        server.stop()
 
 
 def wait_for_output(server: Gunicorn, condition, timeout: float = 20.0) -> None:
@@ -316,14 +324,8 @@ def key_server(tmp_path):
     keys.mkdir()
     for key in Path(os.environ["GATEHOUSE_KEYS_DIR"]).glob("*.pem"):
         shutil.copy2(key, keys / key.name)
-    server = Gunicorn(tmp_path, env={"GATEHOUSE_KEYS_DIR": str(keys)})
-    server.start()
-    try:
-        server.wait_ready()
-        wait_for_output(server, lambda output: output.count('"event":"app_created"') >= 2)
+    with loaded_server(tmp_path, {"GATEHOUSE_KEYS_DIR": str(keys)}) as server:
         yield server, keys
-    finally:
-        server.stop()
 
 
 def test_reload_without_usable_key_refused(key_server):
