@@ -1,4 +1,4 @@
-"""The /ready checks: MySQL reachable with the expected schema, Redis reachable; cached briefly."""
+"""The /ready checks: MySQL reachable with the expected schema, Redis accepting writes; cached briefly."""
 
 from __future__ import annotations
 
@@ -12,12 +12,18 @@ import structlog
 
 from service.database import Database
 from service.migrate import MIGRATION_TABLE, expected_versions
+from service.redis_store import KEY_PREFIX
 
 log = structlog.get_logger(__name__)
 
 
 # How often results_within looks whether another caller's checks have ended.
 _RUNNING_POLL_SECONDS = 0.02
+
+# The key the Redis check writes. Every worker of every replica writes the same key, so
+# it adds one key to the database, which expires once the checks stop.
+READY_KEY = KEY_PREFIX + "ready"
+_READY_KEY_MILLISECONDS = 60_000
 
 
 class SchemaBehind(Exception):
@@ -130,4 +136,9 @@ class ReadinessProbe:
             raise SchemaBehind(f"schema out of date, pending migrations: {', '.join(sorted(missing))}")
 
     def _check_redis(self) -> None:
-        self._redis.ping()
+        # A write, not PING: a Redis that became a replica (the old primary behind a managed
+        # service's host name after a failover) answers PING but refuses every write the
+        # service makes. redis_store turns its READONLY reply into a ConnectionError.
+        # ROLE or INFO would tell as well, but a managed Redis may refuse them to the
+        # service's user, which would take every pod out of service.
+        self._redis.set(READY_KEY, str(int(time.time())), px=_READY_KEY_MILLISECONDS)

@@ -18,6 +18,7 @@ from service import errors, redis_store
 from service.app import close_app, create_app
 from service.context import EXTENSION_KEY
 from service.limits import LIMITER_KEY
+from service.readiness import READY_KEY
 from tests.conftest import PASSWORD
 from tests.helpers import assert_pool_wait_problem
 
@@ -74,24 +75,34 @@ def test_pools_read_long_replies_whole():
 
 
 def test_read_only_redis_gets_503_then_recovers(settings, user):
-    """A standalone Redis that became a replica replies READONLY to writes, as after a failover behind one host name."""
-    app = create_app()
+    """A standalone Redis that became a replica replies READONLY to writes, as after a failover behind one host name.
+
+    It still answers PING, so /ready must check with a write to take the pod out of service.
+    """
+    app = create_app({"ready_cache_seconds": 0})
     admin = redis.Redis.from_url(settings.redis_url.get_secret_value())
     credentials = {"email": user["email"], "password": PASSWORD}
     try:
         client = app.test_client()
         assert client.post("/v1/auth/login", json=credentials).status_code == 200
+        assert client.get("/ready").status_code == 200
         # Nothing listens on port 1 of the loopback address, so the server keeps its data and refuses writes.
         admin.replicaof("127.0.0.1", 1)
         try:
             unavailable = client.post("/v1/auth/login", json=credentials)
+            not_ready = client.get("/ready")
         finally:
             admin.replicaof("NO", "ONE")
 
         assert unavailable.status_code == 503
         assert unavailable.get_json()["code"] == "redis_unavailable"
         assert int(unavailable.headers["Retry-After"]) >= 1
+        assert not_ready.status_code == 503
+        assert not_ready.get_json()["checks"]["redis"]["ok"] is False
+        assert not_ready.get_json()["checks"]["mysql"]["ok"] is True
         assert client.post("/v1/auth/login", json=credentials).status_code == 200
+        assert client.get("/ready").status_code == 200
+        assert admin.ttl(READY_KEY) > 0
     finally:
         admin.close()
         close_app(app)
