@@ -3,13 +3,17 @@
 concurrent-log-handler's ConcurrentTimedRotatingFileHandler does the work: the
 gunicorn master and every worker write the one file, and its lock file serialises
 writes and rotations across processes. It notices a fork and reopens its lock, so a
-handler created in the master stays safe in the workers that inherit it.
+handler created in the master stays safe in the workers that inherit it. It also
+reopens the log file when its path names another file, and the handler here does the
+same for the lock file, so that all processes lock one file again after the log
+directory was removed and made anew.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from datetime import UTC, datetime
@@ -85,6 +89,30 @@ def _handler_class() -> type[logging.Handler]:
     return ConcurrentTimedRotatingFileHandler
 
 
+def _close_replaced_lock(handler: logging.Handler) -> None:
+    """Close a handler's lock file when its path names another file now, or none.
+
+    The handler keeps its lock file open. When the log directory is removed and made
+    again, a process started afterwards creates a new lock file, while the running ones
+    would keep locking the removed one, and their writes and rotations would no longer
+    exclude each other's. Once closed, the next write opens the file the path names.
+    """
+    lock = handler.stream_lock
+    if lock is None or lock.closed:
+        return
+    try:
+        on_disk, opened = os.stat(handler.lockFilename), os.fstat(lock.fileno())
+        replaced = (on_disk.st_ino, on_disk.st_dev) != (opened.st_ino, opened.st_dev)
+    except OSError:
+        replaced = True
+    if replaced:
+        # With the handler's thread lock, no other thread of this process holds the file lock.
+        with handler._thread_lock:
+            if handler.stream_lock is lock and not handler.is_locked:
+                lock.close()
+                handler.stream_lock = None
+
+
 def _archive_name(default_name: str) -> str:
     """Add the UTC time of day in microseconds to an archive name: NAME.PERIOD.HHMMSSffffff.
 
@@ -107,6 +135,13 @@ def build_handler(settings: Settings) -> logging.Handler | None:
     failures = _WRITE_FAILURES.setdefault(str(settings.log_file), _WriteFailures(str(settings.log_file)))
 
     class Handler(_handler_class()):  # type: ignore[misc, valid-type]
+        def emit(self, record: logging.LogRecord) -> None:
+            # NOTE: relies on concurrent-log-handler 0.9's attributes of the inner handler
+            # (stream_lock, lockFilename, is_locked, _thread_lock); tests/test_log_file.py
+            # fails when they change.
+            _close_replaced_lock(self.clh)
+            super().emit(record)
+
         def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
             failures.record(sys.exc_info()[1])
 

@@ -260,3 +260,38 @@ def test_lost_log_file_reported_once_as_json(tmp_path, capsys):
     assert reports[0]["path"] == str(directory / "gatehouse.log")
     assert reports[0]["records_lost"] == 1
     assert "FileNotFoundError" in reports[0]["error"] or "No such file" in reports[0]["error"]
+
+
+def deleted_open_files(name: str) -> list[str]:
+    """Return the targets of this process's open descriptors that name a removed file called name."""
+    targets = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.endswith(f"/{name} (deleted)"):
+                targets.append(target)
+    return targets
+
+
+def test_running_handler_locks_new_lock_file_after_directory_made_again(tmp_path):
+    """A process that outlives its log directory locks the same file as the processes started after it."""
+    directory = tmp_path / "logs"
+    directory.mkdir()
+    settings = load_settings({"log_file": str(directory / "gatehouse.log")})
+    lock_file = directory / ".__gatehouse.lock"
+    with attached_logger(settings, "tests.log_file.running") as running:
+        running.warning("before")
+        shutil.rmtree(directory)
+        running.warning("lost")
+        directory.mkdir()
+        with attached_logger(settings, "tests.log_file.started_later") as started_later:
+            started_later.warning("from_new_process")
+            running.warning("after")
+
+            assert deleted_open_files(lock_file.name) == []
+            open_locks = [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
+                          if os.path.realpath(f"/proc/self/fd/{fd}") == str(lock_file)]
+            assert len(open_locks) == 2, open_locks
+
+    lines = (directory / "gatehouse.log").read_text().splitlines()
+    assert [json.loads(line)["event"] for line in lines] == ["from_new_process", "after"]
