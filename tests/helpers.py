@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,6 +38,61 @@ def reset_state(settings: Settings) -> None:
     finally:
         connection.close()
     redis.Redis.from_url(settings.redis_url.get_secret_value()).flushdb()
+
+
+# Root bypasses file modes, so as root the checks that depend on them run in a forked
+# child that has dropped to this user id (nobody on Debian).
+UNPRIVILEGED_UID = 65534
+
+
+@contextmanager
+def directory_for_modes(tmp_path: Path) -> Iterator[Path]:
+    """Yield a directory where file modes bind: tmp_path, or for root one the unprivileged user can write."""
+    if os.geteuid() != 0:
+        yield tmp_path
+        return
+
+    # pytest's own temporary directories are private to root, so the child could not reach them.
+    directory = Path(tempfile.mkdtemp(prefix="gatehouse-modes-"))
+    directory.chmod(0o777)
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory)
+
+
+def call_under_modes(function: Callable[[], str]) -> str:
+    """Return function()'s text as a user whom file modes bind: this process, or for root a forked unprivileged child.
+
+    The child runs only function and exits without pytest's cleanup. An exception in it
+    fails the calling test with the child's traceback.
+    """
+    if os.geteuid() != 0:
+        return function()
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        status = 1
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(UNPRIVILEGED_UID)
+            os.setuid(UNPRIVILEGED_UID)
+            report = function()
+            status = 0
+        except BaseException:
+            report = traceback.format_exc()
+        finally:
+            os.write(write_end, report.encode())
+            os._exit(status)
+
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        report = pipe.read().decode()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, report
+    return report
 
 
 def free_port() -> int:

@@ -7,8 +7,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
-import traceback
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import pytest
 from service import log_file
 from service.config import InvalidConfiguration, Settings, load_settings
 from service.setting_checks import log_lock_file
+from tests.helpers import call_under_modes, directory_for_modes
 
 
 def log_file_error(path: Path | str) -> str:
@@ -25,25 +24,10 @@ def log_file_error(path: Path | str) -> str:
     return str(excinfo.value)
 
 
-# Root bypasses file modes, so as root the read-only cases run their check in a forked
-# child that has dropped to this user id (nobody on Debian).
-UNPRIVILEGED_UID = 65534
-
-
 @pytest.fixture
 def mode_dir(tmp_path) -> Iterator[Path]:
-    """A directory where file modes bind the check: tmp_path, or for root one the unprivileged user can write."""
-    if os.geteuid() != 0:
-        yield tmp_path
-        return
-
-    # pytest's own temporary directories are private to root, so the child could not reach them.
-    directory = Path(tempfile.mkdtemp(prefix="gatehouse-modes-"))
-    directory.chmod(0o777)
-    try:
+    with directory_for_modes(tmp_path) as directory:
         yield directory
-    finally:
-        shutil.rmtree(directory)
 
 
 def log_file_error_under_modes(path: Path) -> str:
@@ -54,29 +38,7 @@ def log_file_error_under_modes(path: Path) -> str:
     # The keys directory of the test profile is private to root; any directory passes its
     # check. The Redis URL check imports redis-py lazily, which the child could not read.
     overrides = {"log_file": str(path), "keys_dir": str(path.parent.parent)}
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: drop root, run the check, report, exit without pytest's cleanup
-        status = 1
-        try:
-            os.close(read_end)
-            os.setgroups([])
-            os.setgid(UNPRIVILEGED_UID)
-            os.setuid(UNPRIVILEGED_UID)
-            report = invalid_configuration(overrides)
-            status = 0
-        except BaseException:
-            report = traceback.format_exc()
-        finally:
-            os.write(write_end, report.encode())
-            os._exit(status)
-
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        report = pipe.read().decode()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, report
-    return report
+    return call_under_modes(lambda: invalid_configuration(overrides))
 
 
 def invalid_configuration(overrides: dict[str, str]) -> str:

@@ -13,6 +13,7 @@ so a directory with the final name is always complete.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
@@ -42,8 +43,13 @@ CANARY_EMAIL = "backup-canary@gatehouse.invalid"
 CANARY_SESSION_KEY = f"{KEY_PREFIX}backup:canary_session"
 
 
-def require_backup_dir(settings: Settings) -> Path:
-    """Return GATEHOUSE_BACKUP_DIR, or raise InvalidConfiguration unless it is an existing directory."""
+def require_backup_dir(settings: Settings, *, writable: bool = False) -> Path:
+    """Return GATEHOUSE_BACKUP_DIR, or raise InvalidConfiguration unless it is a directory this process can use.
+
+    That is: read, and with writable also create and remove files in. access() checks
+    for this process's user, and also rejects writes on a file system mounted read-only,
+    where file modes do not bind root.
+    """
     backup_dir = settings.backup_dir
     if backup_dir is None:
         raise InvalidConfiguration("GATEHOUSE_BACKUP_DIR is not set: set it to an existing directory for the backups")
@@ -51,6 +57,12 @@ def require_backup_dir(settings: Settings) -> Path:
         raise InvalidConfiguration(f"GATEHOUSE_BACKUP_DIR {backup_dir} does not exist: create it or correct the setting")
     if not backup_dir.is_dir():
         raise InvalidConfiguration(f"GATEHOUSE_BACKUP_DIR {backup_dir} is not a directory: set it to a directory")
+    if not os.access(backup_dir, os.R_OK | os.X_OK):
+        raise InvalidConfiguration(f"GATEHOUSE_BACKUP_DIR {backup_dir} is not readable by this user: "
+                                   "correct its owner or mode")
+    if writable and not os.access(backup_dir, os.W_OK):
+        raise InvalidConfiguration(f"GATEHOUSE_BACKUP_DIR {backup_dir} is not writable by this user, or is on a "
+                                   "read-only file system: correct its owner or mode, or the mount")
     return backup_dir
 
 
@@ -78,7 +90,7 @@ def complete_backups(backup_dir: Path) -> list[Path]:
 def create_backup(settings: Settings, client: redis.Redis) -> dict[str, Any]:
     """Write the canary, dump MySQL, snapshot Redis, write the manifest, apply retention."""
     require_programs(DUMP_PROGRAMS, "redis-cli", "redis-server")
-    backup_dir = require_backup_dir(settings)
+    backup_dir = require_backup_dir(settings, writable=True)
     created = time.time()
     final = _new_backup_path(backup_dir, BACKUP_PREFIX + dumps.utc_stamp(created))
 

@@ -78,7 +78,7 @@ def _backup_create(_args: argparse.Namespace) -> int:
     from service.maintenance.backup import create_backup, require_backup_dir
 
     settings = load_settings()
-    require_backup_dir(settings)
+    require_backup_dir(settings, writable=True)
     client = create_client(settings)
     try:
         return run_job(client, "backup_create", lambda: create_backup(settings, client),

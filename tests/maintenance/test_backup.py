@@ -17,13 +17,14 @@ from typing import Any
 import pymysql
 import pytest
 
+from service.config import InvalidConfiguration, Settings
 from service.database import connect_args
-from service.maintenance.backup import CANARY_EMAIL, CANARY_USER_ID, claim, claim_key
+from service.maintenance.backup import CANARY_EMAIL, CANARY_USER_ID, claim, claim_key, require_backup_dir
 from service.maintenance.dumps import DUMP_NAME, MANIFEST_NAME, RDB_NAME, sha256_of
 from service.maintenance.jobs import EXIT_LOCKED, EXIT_USAGE, lock_key, read_record
 from service.redis_store import KEY_PREFIX
 from service.sessions import session_key, user_sessions_key
-from tests.helpers import ROOT, free_port
+from tests.helpers import ROOT, call_under_modes, directory_for_modes, free_port
 from tests.tls_mariadb import CertificateAuthority
 
 PASSWORD = "correct horse battery staple"
@@ -511,6 +512,37 @@ def test_usage_error_exits_2_unrecorded(tmp_path, redis_client, args, backup_dir
     for job in JOBS:
         assert read_record(redis_client, job).last_failure_at is None
     assert redis_client.keys("gh:lock:*") == []
+
+
+def backup_dir_error(directory: Path, writable: bool) -> str:
+    """Return the InvalidConfiguration message of require_backup_dir for directory, or '' when it passes."""
+    settings = Settings.model_construct(backup_dir=directory)
+    try:
+        require_backup_dir(settings, writable=writable)
+    except InvalidConfiguration as exc:
+        return str(exc)
+    return ""
+
+
+@pytest.mark.parametrize(("mode", "writable", "expected"), [
+    (0o555, True, "is not writable by this user, or is on a read-only file system"),
+    (0o555, False, ""),
+    (0o333, False, "is not readable by this user"),
+    (0o777, True, ""),
+])
+def test_backup_dir_access_checked_for_user(tmp_path, mode, writable, expected):
+    """A backup directory this user cannot use is a setting to correct (exit 2), not a crash of the job."""
+    with directory_for_modes(tmp_path) as parent:
+        directory = parent / "backups"
+        directory.mkdir()
+        directory.chmod(mode)
+
+        message = call_under_modes(lambda: backup_dir_error(directory, writable))
+
+    assert (message == "") == (expected == ""), message
+    assert expected in message
+    if expected:
+        assert message.startswith(f"GATEHOUSE_BACKUP_DIR {directory} ")
 
 
 def scratch_redis_running(temp_dir: Path) -> bool:
