@@ -260,6 +260,9 @@ def problem_response(problem: Problem) -> Response:
         body["errors"] = problem.errors
     response = Response(json.dumps(body) + "\n", status=problem.status, mimetype=PROBLEM_MEDIA_TYPE)
     response.headers.update(problem.headers())
+    # A problem describes one request at one moment: a cache that kept a 404 or 429 would
+    # send it for later requests that would have succeeded.
+    response.headers["Cache-Control"] = "no-store"
     g.error_code = problem.code
     return response
 

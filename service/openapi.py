@@ -133,6 +133,9 @@ def _response_object(spec: Operation, status: int, causes: list[Cause], *, rate_
     headers = openapi_responses.response_headers(status, causes, declared=declared, rate_limited=rate_limited)
     if status in spec.responses:
         headers.update(openapi_responses.caching_headers(spec.caching))
+    elif causes or status in spec.errors:
+        # Every problem document, the app's and gunicorn's, is sent with no-store.
+        headers.update(openapi_responses.caching_headers(("no-store",)))
     if headers:
         entry["headers"] = headers
     content: dict[str, Any] = {}

@@ -140,7 +140,7 @@ HEADER_COMPONENTS: dict[str, dict[str, Any]] = {
 CACHING_HEADERS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "no-store": ("Cache-Control", "NoStore", _header(
         {"type": "string", "enum": ["no-store"]}, True,
-        "The response is personal or secret: no shared or browser cache may keep it.")),
+        "The response is personal or secret, or a problem document: no shared or browser cache may keep it.")),
     "token-no-cache": ("Pragma", "NoCache", _header(
         {"type": "string", "enum": ["no-cache"]}, True,
         "For HTTP/1.0 caches, on token responses as RFC 6749 section 5.1 asks.")),

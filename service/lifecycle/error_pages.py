@@ -86,7 +86,7 @@ def write_problem(sock: Any, status_int: int, reason: str, mesg: str) -> None:
     # ASCII JSON, so the body is valid in the latin-1 head that HTTP/1.1 requires too.
     body = (json.dumps(problem_document(status_int, reason, mesg)) + "\n").encode("ascii")
     head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: {PROBLEM_MEDIA_TYPE}\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode("latin-1")
+            f"Cache-Control: no-store\r\nContent-Length: {len(body)}\r\n\r\n").encode("latin-1")
     util.write_nonblock(sock, head + body)
 
 
