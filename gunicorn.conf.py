@@ -86,6 +86,19 @@ limit_request_fields = 50
 limit_request_field_size = 8190
 
 #
+# Proxy headers
+#
+#   forwarded_allow_ips, forwarder_headers - none. By default gunicorn trusts peers on
+#       loopback to set the WSGI environ's SCRIPT_NAME and PATH_INFO from request headers
+#       of those names, and the scheme from X-Forwarded-Proto. A client on the same host
+#       or in the same pod (a sidecar that forwards every header) could then route
+#       /v1/metrics to /metrics, past a proxy that publishes only /v1, and make any request
+#       fail with 500 through a SCRIPT_NAME that is not a prefix of its path. The app reads
+#       the client address through GATEHOUSE_TRUSTED_PROXY_COUNT alone (service/app.py).
+forwarded_allow_ips = ""
+forwarder_headers = ""
+
+#
 # Response headers
 #
 #   Server - gunicorn has no setting for this header. gunicorn 27 writes

@@ -102,6 +102,25 @@ def test_non_canonical_path_not_routed(server, settings, target, status, code, f
     assert json.loads(body).get("field") == field
 
 
+@pytest.mark.parametrize(("target", "header", "status", "code"), [
+    ("/v1/metrics", "SCRIPT_NAME: /v1", 404, "not_found"),
+    ("/v1/ready", "SCRIPT_NAME: /v1", 404, "not_found"),
+    ("/v1/openapi.json", "SCRIPT_NAME: /v1", 404, "not_found"),
+    ("/v1/users/me", "SCRIPT_NAME: /elsewhere", 401, "missing_token"),
+    ("/health", "SCRIPT_NAME: /elsewhere", 200, None),
+    ("/v1/nothing", "PATH_INFO: /metrics", 404, "not_found"),
+], ids=["script_name_metrics", "script_name_ready", "script_name_openapi", "script_name_not_prefix_api",
+        "script_name_not_prefix_health", "path_info"])
+def test_path_headers_from_loopback_ignored(server, target, header, status, code):
+    """A request is routed by its target alone, also from loopback, where gunicorn trusts such headers by default."""
+    got_status, headers, body = raw_request(server.url, target, [header])
+
+    assert got_status == status, body
+    if code is not None:
+        assert headers["content-type"] == "application/problem+json"
+        assert json.loads(body)["code"] == code
+
+
 def test_encoded_separator_in_query_served(server, settings):
     token = admin_token(server, settings)
 
