@@ -92,8 +92,8 @@ limit_request_field_size = 8190
 #       loopback to set the WSGI environ's SCRIPT_NAME and PATH_INFO from request headers
 #       of those names, and the scheme from X-Forwarded-Proto. A client on the same host
 #       or in the same pod (a sidecar that forwards every header) could then route
-#       /v1/metrics to /metrics, past a proxy that publishes only /v1, and make any request
-#       fail with 500 through a SCRIPT_NAME that is not a prefix of its path. The app reads
+#       /v1/metrics to /metrics, past a proxy that publishes only /v1. A SCRIPT_NAME that
+#       is not a prefix of the path made any request fail with 500. The app reads
 #       the client address through GATEHOUSE_TRUSTED_PROXY_COUNT alone (service/app.py).
 forwarded_allow_ips = ""
 forwarder_headers = ""
