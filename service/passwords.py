@@ -87,6 +87,10 @@ class Passwords:
             raise PasswordBlocklisted("This password is a commonly used or blocked one, or one with a few digits or "
                                       "symbols added, which attackers try first. Choose another one, such as a few "
                                       "unrelated words.", field=field)
+        if password_blocklist.is_trivial(password):
+            raise PasswordBlocklisted("This password is blank once spaces and invisible characters are left out, or "
+                                      "repeats one to three characters, which attackers try first. Choose another "
+                                      "one, such as a few unrelated words.", field=field)
         if password_blocklist.matches_context(password, email):
             raise PasswordBlocklisted("This password is the email address, its part before the @-sign or the "
                                       "service's name, which attackers try first. Choose another one.", field=field)

@@ -47,6 +47,19 @@ def test_listed_words_with_affixes_are_blocked(password):
     assert password_blocklist.bundled().blocks(password)
 
 
+@pytest.mark.parametrize("password", [" " * 8, "\u00a0" * 8, "\u200b" * 8, "\u3164" * 8, "\u2800" * 8, "\t \n" * 3,
+                                      "!!!!!!!!", "........", "ÄÄÄÄÄÄÄÄ", "!@!@!@!@", "abcabcabc", "ab ab ab ab",
+                                      "xYz" * 4, "\u200b!\u200b!\u200b!\u200b!"])
+def test_blank_and_repeated_passwords_are_trivial(password):
+    assert password_blocklist.is_trivial(password)
+
+
+@pytest.mark.parametrize("password", ["correct horse battery staple", "abcdabcd", "!@#$!@#$", "x7Kq!mZ2#pL9",
+                                      "summer summer summer", "aaaaaaab", "#$%&*(+)=?!@", "ab ab ab abc"])
+def test_varied_passwords_are_not_trivial(password):
+    assert not password_blocklist.is_trivial(password)
+
+
 @pytest.mark.parametrize(("password", "email", "matches"), [
     ("alice.smith", "alice.smith@example.com", True),
     ("Alice.Smith2024!", "alice.smith@example.com", True),

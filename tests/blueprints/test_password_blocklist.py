@@ -18,6 +18,10 @@ REFUSED = [
     ("alice.smith@example.com", "alice.smith2024!"),
     ("alice@example.com", "alice@example.com"),
     ("alice@example.com", "gatehouse!"),
+    # Blank once spaces and invisible characters are left out, or a short unit repeated.
+    ("alice@example.com", " " * 8),
+    ("alice@example.com", "\u200b" * 8),
+    ("alice@example.com", "!@" * 5),
 ]
 
 
