@@ -129,10 +129,23 @@ def test_missing_client_certificate_denied(tls_server):
 
 
 def test_client_certificate_of_other_ca_rejected(tls_server):
+    """The server's alert names the cause, but under TLS 1.3 it can be lost, as a start-up check's retry would see.
+
+    The client finishes its handshake before the server checks the certificate. When the
+    server closes the connection before the client has read the alert (about one
+    connection in eight here), the client sees a lost connection, which is no TLS
+    failure. The start-up check retries such errors, so a later attempt names the cause.
+    """
     certificate, key = tls_server.other_ca.issue("intruder")
     settings = tls_server.x509_settings(mysql_tls_cert=certificate, mysql_tls_key=key)
 
-    failure = tls_failure(connect_error(settings))
+    failure = None
+    for _ in range(8):
+        error = connect_error(settings)
+        failure = tls_failure(error)
+        if failure is not None:
+            break
+        assert isinstance(getattr(error, "original_exception", None) or error.__context__, ssl.SSLEOFError), error
 
     assert failure is not None
     assert failure.reason.startswith("TLS handshake failed: ")
