@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Flask, Response, make_response, request
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_core import from_json
 from werkzeug.routing import BaseConverter
 
@@ -35,6 +35,15 @@ class Operation:
     codes: dict[int, tuple[str, ...]] = field(default_factory=dict)
     # Caching headers of the route's own responses, as names of service.openapi_responses.CACHING_HEADERS.
     caching: tuple[str, ...] = ()
+    # True for the probes and public documents, which ignore a query string. Other routes
+    # without a query model reject any query parameter.
+    ignores_query: bool = False
+
+
+class _NoQuery(BaseModel):
+    """The query of a route that takes no parameters: any parameter is an unknown one."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 def operation(summary: str, *, request_model: type[BaseModel] | None = None,
@@ -42,7 +51,7 @@ def operation(summary: str, *, request_model: type[BaseModel] | None = None,
               responses: dict[int, type[BaseModel] | None], errors: tuple[int | type[Problem], ...] = (),
               bearer: bool = False, roles: tuple[str, ...] = (), tags: tuple[str, ...] = (),
               uses_dependencies: bool = True, description: str | None = None,
-              caching: tuple[str, ...] = ()) -> Callable:
+              caching: tuple[str, ...] = (), ignores_query: bool = False) -> Callable:
     """Declare a route's body, query, responses, authentication and required roles.
 
     With bearer=True (implied by roles) the access token is checked first, so a 401
@@ -55,7 +64,9 @@ def operation(summary: str, *, request_model: type[BaseModel] | None = None,
     the operation's Markdown description in /openapi.json, for rules the schemas cannot
     express. caching names the caching headers that the view sets on its responses
     (service.openapi_responses.CACHING_HEADERS); a bearer route always has "no-store",
-    which this decorator sets.
+    which this decorator sets. A route without query_model rejects any query parameter
+    as unknown, as bodies reject unknown fields, unless ignores_query is set: probes and
+    public documents, whose clients may add a parameter to get past a cache.
     """
     bearer = bearer or bool(roles)
     if bearer and "no-store" not in caching:
@@ -66,7 +77,8 @@ def operation(summary: str, *, request_model: type[BaseModel] | None = None,
         if not isinstance(error, int):
             codes[error.status] = (*codes.get(error.status, ()), error.code)
     spec = Operation(summary, request_model, responses, tuple(sorted(statuses)), bearer, roles, tags,
-                     query_model, description, uses_dependencies, codes, caching)
+                     query_model, description, uses_dependencies, codes, caching, ignores_query)
+    checked_query = query_model or (None if ignores_query else _NoQuery)
 
     def decorator(view: Callable) -> Callable:
         @functools.wraps(view)
@@ -76,6 +88,8 @@ def operation(summary: str, *, request_model: type[BaseModel] | None = None,
                 require_roles(principal, roles)
             if query_model is not None:
                 kwargs["query"] = parse_query(query_model)
+            elif checked_query is not None and request.args:
+                parse_query(checked_query)
             if request_model is not None:
                 kwargs["body"] = parse_body(request_model)
             response = make_response(view(*args, **kwargs))

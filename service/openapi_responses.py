@@ -77,6 +77,8 @@ BODY_MODEL_CAUSES = (
              "the body is not application/json, or has a Content-Encoding other than identity"),
 )
 QUERY_CAUSE = _problem(errors.InvalidRequest, "a query parameter is invalid, unknown or repeated, and `field` names it")
+NO_QUERY_CAUSE = _problem(errors.InvalidRequest, "the request has a query parameter, which this operation does not "
+                                                 "take, and `field` names it")
 BEARER_CAUSES = (
     _problem(errors.MissingToken, "the request has no Authorization header"),
     _problem(errors.InvalidToken, "the access token is invalid or expired, or its account is gone or disabled"),
@@ -89,7 +91,7 @@ DEPENDENCY_CAUSES = (
 )
 
 ALL_CAUSES = (*GUNICORN_CAUSES, *REQUEST_LINE_CAUSES, *BODY_CAUSES, IP_BANNED, RATE_LIMITED, *BODY_MODEL_CAUSES,
-              QUERY_CAUSE, *BEARER_CAUSES, MISSING_ROLE, *DEPENDENCY_CAUSES)
+              QUERY_CAUSE, NO_QUERY_CAUSE, *BEARER_CAUSES, MISSING_ROLE, *DEPENDENCY_CAUSES)
 
 # Every 429 is an errors.RateLimited and every 503 an errors.DependencyUnavailable or the
 # 503 of /ready, and all of them send Retry-After.
@@ -174,6 +176,8 @@ def causes_for(spec: Operation, path: str, method: str) -> list[Cause]:
         causes.extend(BODY_MODEL_CAUSES)
     if spec.query is not None:
         causes.append(QUERY_CAUSE)
+    elif not spec.ignores_query:
+        causes.append(NO_QUERY_CAUSE)
     if spec.bearer:
         causes.extend(BEARER_CAUSES)
     if spec.roles:

@@ -16,7 +16,7 @@ headers, the HTTP metrics, the in-flight gauge and the request_completed log lin
 goes to Flask unchanged, and so does this one whenever a step would not end in a 200
 from memory: a banned address, a token not in the claims cache (unknown, expired or
 never seen by this worker), a revoked session, a revoked set not loaded yet, a user
-not cached or not active, or a body.
+not cached or not active, a query string or a body.
 
 Flask counts the rate limit before it checks the token. The warm path checks the
 token first, but it sends a request that is not warm to Flask before counting it, so
@@ -202,7 +202,8 @@ class WarmPath:
         """Return the headers and body of a warm response, or None to leave the request to Flask."""
         if _for_flask_only(environ):
             return None
-        if ENCODED_SEPARATOR_KEY in environ:
+        # A query string: the route takes no parameters, and Flask rejects them.
+        if ENCODED_SEPARATOR_KEY in environ or environ.get("QUERY_STRING"):
             return None
         client_address = environ.get("REMOTE_ADDR") or ""
         svc = self._services

@@ -243,6 +243,18 @@ def test_other_conditions_go_to_flask(client, user, tokens, warm, flask_calls, c
     assert flask_calls.count == calls_before + 1
 
 
+def test_query_string_goes_to_flask(client, tokens, warm, flask_calls):
+    headers = bearer(tokens["access_token"])
+    assert client.get(ME, headers=headers).status_code == 200
+    calls_before = flask_calls.count
+
+    response = client.get(f"{ME}?expand=roles", headers=headers)
+
+    assert response.status_code == 400
+    assert response.get_json()["field"] == "expand"
+    assert flask_calls.count == calls_before + 1
+
+
 @pytest.fixture
 def limited_app():
     app = create_app({"rate_limit_default": "3/minute"})

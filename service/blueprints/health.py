@@ -23,14 +23,15 @@ HEALTH_BODY = Health(status="ok").model_dump_json() + "\n"
 
 @blueprint.get("/health")
 @operation("Liveness: the process can serve; never checks dependencies", responses={200: Health},
-           tags=("operations",), uses_dependencies=False)
+           tags=("operations",), uses_dependencies=False, ignores_query=True)
 def health() -> Response:
     return Response(HEALTH_BODY, mimetype="application/json")
 
 
 @blueprint.get("/ready")
 @operation("Readiness: MySQL, Redis and the schema version, cached briefly",
-           responses={200: Readiness, 503: Readiness}, tags=("operations",), uses_dependencies=False)
+           responses={200: Readiness, 503: Readiness}, tags=("operations",), uses_dependencies=False,
+           ignores_query=True)
 def ready() -> Response:
     if state.shutting_down():
         # Checked before the dependencies: a stopping process is not ready, whatever their checks report.
@@ -50,7 +51,7 @@ def ready() -> Response:
 
 @blueprint.get("/.well-known/jwks.json")
 @operation("Public keys that verify access tokens (RFC 7517)", responses={200: Jwks}, tags=("tokens",),
-           uses_dependencies=False, caching=("public-max-age",))
+           uses_dependencies=False, caching=("public-max-age",), ignores_query=True)
 def jwks() -> Response:
     svc = services()
     response = jsonify(svc.keys.jwks())

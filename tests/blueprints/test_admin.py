@@ -146,6 +146,31 @@ def test_list_users_rejects_bad_query(client, admin_tokens, query, field):
     assert [error["field"] for error in response.get_json()["errors"]] == [field]
 
 
+@pytest.mark.parametrize(("method", "path"), [
+    ("GET", "/v1/admin/roles"), ("GET", "/v1/admin/bans"), ("GET", "/v1/users/me"), ("GET", "/v1/auth/sessions"),
+    ("GET", "/v1/admin/users/{user_id}"), ("POST", "/v1/auth/refresh"), ("POST", "/v1/auth/logout"),
+])
+def test_route_without_parameters_rejects_query(client, admin_tokens, method, path):
+    """A route that takes no query parameters rejects one as unknown, as bodies reject unknown fields."""
+    me = client.get("/v1/users/me", headers=bearer(admin_tokens["access_token"])).get_json()
+    target = path.format(user_id=me["id"]) + "?ip=203.0.113.7"
+
+    response = client.open(target, method=method, headers=bearer(admin_tokens["access_token"]),
+                           json={"refresh_token": admin_tokens["refresh_token"]} if method == "POST" else None)
+
+    assert response.status_code == 400, response.get_json()
+    assert response.get_json()["code"] == "invalid_request"
+    assert response.get_json()["field"] == "ip"
+    assert response.get_json()["errors"] == [{"field": "ip", "message": "unknown field"}]
+    # Nothing happened: the session still refreshes.
+    assert client.post("/v1/auth/refresh", json={"refresh_token": admin_tokens["refresh_token"]}).status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/health", "/ready", "/.well-known/jwks.json", "/openapi.json"])
+def test_probes_and_documents_ignore_query(client, path):
+    assert client.get(f"{path}?cache_buster=1").status_code == 200
+
+
 @pytest.mark.parametrize("query", ["limit=1&limit=2", "status=active&status=active", "unknown=1&unknown=2"])
 def test_list_users_rejects_repeated_parameter(client, admin_tokens, query):
     response = client.get(f"/v1/admin/users?{query}", headers=bearer(admin_tokens["access_token"]))
