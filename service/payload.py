@@ -43,9 +43,9 @@ log = structlog.get_logger(__name__)
 AUTH_PATH_PREFIX = "/v1/auth/"
 # Some responses leave the body unread (a 413, a 501, or a 429 before the body was read).
 # Then up to this much more of the body is read and discarded, so that the client
-# can finish sending and read the response. A client still sending after that is cut
-# off: the connection is shut down. Otherwise gunicorn (27.0, gevent worker) would
-# read the rest for keep-alive, however long it is.
+# can finish sending and read the response, and the connection is closed. A client
+# still sending after that is cut off: the connection is shut down. Otherwise gunicorn
+# (27.0, gevent worker) would read the rest for keep-alive, however long it is.
 DRAIN_SECONDS = 1.0
 DRAIN_MAX_BYTES = 1024 * 1024
 _DRAIN_STEP = 64 * 1024
@@ -166,6 +166,9 @@ def _close_unread_body(response: Response) -> Response:
     if not has_body(request.environ) or g.get("body_complete") or g.get("body_failed"):
         return response
 
+    # The response says "Connection: close" and gunicorn closes the connection after the
+    # drain below: whether the rest of the body arrives is unknown when the head is sent.
+    request.environ[CLOSE_CONNECTION_KEY] = True
     sock = request.environ.get("gunicorn.socket")
     if sock is not None:
         # Runs after gunicorn has written the response.

@@ -193,10 +193,27 @@ def test_oversized_content_length_refused_unread(server):
     with connect(server.url) as sock:
         sock.sendall(b"POST /v1/auth/login HTTP/1.1\r\nHost: gatehouse\r\nContent-Type: application/json\r\n"
                      b"Content-Length: 52428800\r\n\r\n")
-        status, _, response = read_response(sock)
+        status, headers, response = read_response(sock)
 
     assert status == 413
     assert str(AUTH_LIMIT) in json.loads(response)["detail"]
+    assert headers["connection"] == "close"
+
+
+@pytest.mark.parametrize("sent", ["part", "whole"])
+def test_response_to_unread_body_closes_connection(server, sent):
+    """A response that leaves the body unread says Connection: close, and the server closes after it."""
+    declared = AUTH_LIMIT + 1000
+    body = b"{" * (100 if sent == "part" else declared)
+    with connect(server.url) as sock:
+        sock.sendall(b"POST /v1/auth/login HTTP/1.1\r\nHost: gatehouse\r\nContent-Type: application/json\r\n"
+                     + f"Content-Length: {declared}\r\n\r\n".encode() + body)
+        status, headers, _ = read_response(sock)
+
+        assert status == 413
+        assert headers["connection"] == "close"
+        sock.settimeout(5)
+        assert sock.recv(100) == b""
 
 
 @pytest.mark.parametrize(("head", "status"), [
