@@ -166,7 +166,7 @@ def _close_unread_body(response: Response) -> Response:
     if not has_body(request.environ) or g.get("body_complete") or g.get("body_failed"):
         return response
 
-    # The response says "Connection: close" and gunicorn closes the connection after the
+    # The response carries "Connection: close", and gunicorn closes the connection after the
     # drain below: whether the rest of the body arrives is unknown when the head is sent.
     request.environ[CLOSE_CONNECTION_KEY] = True
     sock = request.environ.get("gunicorn.socket")
