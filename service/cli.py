@@ -108,9 +108,14 @@ def _ban_seconds(value: str) -> int:
 
 
 def _ban_reason(value: str) -> str:
-    """Parse --reason of a manual ban: 1 to 255 characters, as the admin API accepts."""
+    """Parse --reason of a manual ban: 1 to 255 characters of display text, as the admin API accepts."""
+    from service.schemas import display_text_problem
+
     if not 1 <= len(value) <= 255:
         raise argparse.ArgumentTypeError(f"the reason has {len(value)} characters; give 1 to 255")
+    problem = display_text_problem(value)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"the reason {problem}")
     return value
 
 

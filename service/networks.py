@@ -24,7 +24,7 @@ UNPARSABLE_CLIENT = "unparsable"
 _unparsable_logged = False
 
 
-def _without_port(address: str) -> str | None:
+def without_port(address: str) -> str | None:
     """Return the address inside "[IPv6]", "[IPv6]:port" or "IPv4:port", or None for any other text.
 
     Some proxies write X-Forwarded-For entries in these forms (RFC 7239 allows them in Forwarded).
@@ -64,7 +64,7 @@ def client_network(address: str | None) -> str:
     try:
         ip = ipaddress.ip_address(address or "")
     except ValueError:
-        inner = _without_port(address or "")
+        inner = without_port(address or "")
         if inner is None:
             return _unparsable(address)
         try:
@@ -92,7 +92,7 @@ def parse_network_key(text: str) -> str:
         try:
             ipaddress.ip_address(text)
         except ValueError:
-            address = _without_port(text)
+            address = without_port(text)
             if address is None:
                 raise
             ipaddress.ip_address(address)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import unicodedata
 from datetime import datetime
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
@@ -12,6 +12,7 @@ from pydantic_core import PydanticCustomError
 
 from service.blacklist import MAX_MANUAL_BAN_SECONDS, MIN_MANUAL_BAN_SECONDS
 from service.emails import normalize_email, normalize_new_email
+from service.networks import without_port
 from service.passwords import normalize_password
 
 # Longer passwords are rejected before hashing, so a huge body cannot buy argon2 time.
@@ -36,6 +37,36 @@ NewEmailAddress = Annotated[
                       "A domain with other characters is stored and returned in its ASCII (xn--) form.",
           json_schema_extra={"format": "email"}),
     AfterValidator(normalize_new_email),
+]
+
+
+# The bidirectional embedding, override and isolate characters (Unicode's Bidi_Control
+# minus the marks): they reorder the text that follows them on screen, so a reason
+# shown in an admin tool or a terminal could read other than it was written.
+_BIDI_FORMATTING = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def display_text_problem(value: str) -> str | None:
+    """Return why a text shown to administrators is invalid, or None: control or bidirectional formatting characters."""
+    if any(character in _BIDI_FORMATTING or unicodedata.category(character) == "Cc" for character in value):
+        return ("should contain no control characters (NUL, tab, line breaks) and no bidirectional formatting "
+                "characters (U+202A to U+202E, U+2066 to U+2069)")
+    return None
+
+
+def _check_display_text(value: str) -> str:
+    problem = display_text_problem(value)
+    if problem is not None:
+        raise PydanticCustomError("display_text_character", f"String {problem}")
+    return value
+
+
+# Free text that administrators read back: a ban's reason, a role's description.
+DisplayText = Annotated[
+    str,
+    # Documents the validator's rule; the validator itself gives the clearer message.
+    Field(json_schema_extra={"pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f\\u202a-\\u202e\\u2066-\\u2069]*$"}),
+    AfterValidator(_check_display_text),
 ]
 
 
@@ -266,7 +297,7 @@ class RoleList(BaseModel):
 
 class CreateRoleRequest(RequestBody):
     name: str = Field(pattern=r"^[a-z][a-z0-9_.-]{0,63}$", description="lower-case letters, digits, _ . -")
-    description: str = Field("", max_length=255)
+    description: DisplayText = Field("", max_length=255)
 
 
 class AuditQuery(QueryParameters):
@@ -306,19 +337,44 @@ class BanList(BaseModel):
 
 
 def _json_number_only(value: Any) -> Any:
-    """Reject a JSON string or boolean where a lax field expects a number."""
+    """Reject a JSON string or boolean where a lax field expects a number, and state the bounds of a huge one."""
     if isinstance(value, (str, bool)):
         raise PydanticCustomError("int_type", "Input should be a valid integer")
+    # A float too large for an integer (1e308) would get pydantic's message about parsing
+    # an input string, so it gets the message of any value beyond the bounds.
+    if isinstance(value, float) and value > MAX_MANUAL_BAN_SECONDS:
+        raise PydanticCustomError("less_than_equal", "Input should be less than or equal to {le}",
+                                  {"le": MAX_MANUAL_BAN_SECONDS})
+    if isinstance(value, float) and value < MIN_MANUAL_BAN_SECONDS:
+        raise PydanticCustomError("greater_than_equal", "Input should be greater than or equal to {ge}",
+                                  {"ge": MIN_MANUAL_BAN_SECONDS})
     return value
+
+
+def _ban_address(value: Any) -> Any:
+    """Accept an address as log lines show it, with a port or in brackets, and name the forms a wrong one may take."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    for candidate in (text, without_port(text)):
+        if candidate is None:
+            continue
+        try:
+            return str(ip_address(candidate))
+        except ValueError:
+            pass
+    raise PydanticCustomError(
+        "ip_address", "Input should be an IPv4 or IPv6 address, such as 203.0.113.7 or 2001:db8::7 (a port or "
+                      "brackets as in [2001:db8::7]:443 are accepted, a prefix length is not)")
 
 
 class CreateBanRequest(RequestBody):
     # Addresses only: an IPv6 address already names its /64, and a network type would let
     # the schema accept prefix lengths that the view rejects.
-    ip: IPv4Address | IPv6Address = Field(
+    ip: Annotated[IPv4Address | IPv6Address, BeforeValidator(_ban_address)] = Field(
         examples=["203.0.113.7"], description="an IPv4 address, or an IPv6 address whose /64 network is banned"
     )
-    reason: str = Field(min_length=1, max_length=255)
+    reason: DisplayText = Field(min_length=1, max_length=255)
     # Lax: JSON Schema counts 90.0 as an integer, so the API accepts it too, but no
     # string or boolean, which lax mode would read as numbers.
     # The bounds come before the validator, or the JSON Schema would show them as ge and le.

@@ -226,6 +226,53 @@ def test_manual_ban_rejects_bad_address(ban_app, admin_tokens, ip, status, code)
     assert response.status_code == status
     assert response.get_json()["code"] == code
     assert response.get_json()["field"] == "ip"
+    if status == 400:
+        assert "IPv4 or IPv6 address" in response.get_json()["detail"]
+
+
+@pytest.mark.parametrize(("ip", "key"), [("[2001:db8:77::2]:443", "2001:db8:77::/64"), ("[2001:db8:78::2]", "2001:db8:78::/64"),
+                                       ("192.0.2.81:8080", "192.0.2.81"), (" 192.0.2.82 ", "192.0.2.82")])
+def test_manual_ban_takes_address_forms_of_log_lines(ban_app, admin_tokens, ip, key):
+    """The ban takes the forms with port and brackets that the unban takes, as log lines show addresses."""
+    response = ban_app.test_client().post("/v1/admin/bans", json={"ip": ip, "reason": "from a log line"},
+                                          headers=bearer(admin_tokens["access_token"]))
+
+    assert response.status_code == 201, response.get_json()
+    assert response.get_json()["ip"] == key
+
+
+@pytest.mark.parametrize(("duration", "expected"), [("1e308", "less than or equal to 31536000"),
+                                                    ("-1e308", "greater than or equal to 60")])
+def test_manual_ban_states_bounds_of_huge_duration(ban_app, admin_tokens, duration, expected):
+    response = ban_app.test_client().post(
+        "/v1/admin/bans", data=f'{{"ip": "192.0.2.83", "reason": "x", "duration_seconds": {duration}}}',
+        content_type="application/json", headers=bearer(admin_tokens["access_token"]))
+
+    assert response.status_code == 400
+    assert response.get_json()["field"] == "duration_seconds"
+    assert expected in response.get_json()["detail"]
+
+
+@pytest.mark.parametrize("reason", ["line\nbreak", "nul\u0000", "tab\tbed", "\u202eesrever", "isolate\u2066x\u2069",
+                                    "c1\u0085"])
+def test_manual_ban_rejects_control_and_bidi_characters(ban_app, admin_tokens, reason):
+    response = ban_app.test_client().post("/v1/admin/bans", json={"ip": "192.0.2.97", "reason": reason},
+                                          headers=bearer(admin_tokens["access_token"]))
+
+    assert response.status_code == 400
+    assert response.get_json()["code"] == "invalid_request"
+    assert response.get_json()["field"] == "reason"
+    assert "bidirectional" in response.get_json()["detail"]
+    assert ban_app.extensions["gatehouse"].blacklist.list() == []
+
+
+def test_manual_ban_keeps_other_scripts_and_marks(ban_app, admin_tokens):
+    reason = "scanner \u05e1\u05d5\u05e8\u05e7 \u200f(RTL mark) \u00e9t\u00e9 \u2014 \U0001f6ab"
+    response = ban_app.test_client().post("/v1/admin/bans", json={"ip": "192.0.2.98", "reason": reason},
+                                          headers=bearer(admin_tokens["access_token"]))
+
+    assert response.status_code == 201, response.get_json()
+    assert response.get_json()["reason"] == reason
 
 
 def test_rotate_drops_expired_and_is_idempotent(ban_app):
@@ -520,6 +567,16 @@ def test_cli_rejects_ban_length_outside_range(ban_app, seconds):
 
     assert result.returncode == 2
     assert "--seconds" in result.stderr
+    assert cli("list").stdout == ""
+
+
+@pytest.mark.parametrize("reason", ["two\nlines", "\u202eesrever"])
+def test_cli_rejects_reason_with_control_or_bidi_characters(ban_app, reason):
+    result = cli("ban", "198.51.100.9", "--reason", reason)
+
+    assert result.returncode == 2
+    assert "--reason" in result.stderr
+    assert "bidirectional formatting characters" in result.stderr
     assert cli("list").stdout == ""
 
 

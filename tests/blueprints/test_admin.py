@@ -328,6 +328,17 @@ def test_admin_cannot_lock_self_out(client, admin_tokens):
     assert client.delete(f"/v1/admin/users/{own_id}/roles/admin", headers=headers).status_code == 409
 
 
+@pytest.mark.parametrize("description", ["two\nlines", "\u202ereversed", "nul\u0000"])
+def test_create_role_rejects_control_and_bidi_characters(client, admin_tokens, description):
+    response = client.post("/v1/admin/roles", json={"name": "auditor", "description": description},
+                           headers=bearer(admin_tokens["access_token"]))
+
+    assert response.status_code == 400
+    assert response.get_json()["field"] == "description"
+    roles = client.get("/v1/admin/roles", headers=bearer(admin_tokens["access_token"])).get_json()["roles"]
+    assert "auditor" not in [role["name"] for role in roles]
+
+
 def test_create_role_then_grant(client, admin_tokens):
     headers = bearer(admin_tokens["access_token"])
     created = client.post("/v1/admin/roles", json={"name": "auditor", "description": "Reads the audit log"},
