@@ -66,6 +66,17 @@ def require_backup_dir(settings: Settings, *, writable: bool = False) -> Path:
     return backup_dir
 
 
+# The name of the newest backup in GATEHOUSE_BACKUP_DIR that passed `backup verify`.
+LAST_VERIFIED_KEY = f"{KEY_PREFIX}backup:last_verified"
+
+
+def mark_verified(client: redis.Redis, backup: Path) -> None:
+    """Record a backup that passed verification, unless a newer one has (names sort by time)."""
+    current = client.get(LAST_VERIFIED_KEY)
+    if current is None or backup.name > current:
+        client.set(LAST_VERIFIED_KEY, backup.name)
+
+
 def claim_key(backup: Path) -> str:
     """Return the Redis key that a run sets while it reads or removes the backup."""
     return f"{KEY_PREFIX}backup:claim:{backup.name}"
@@ -229,15 +240,22 @@ def _remove_incomplete(backup_dir: Path) -> None:
 
 
 def _apply_retention(client: redis.Redis, backup_dir: Path, keep: int, claim_seconds: int) -> tuple[list[str], list[str]]:
-    """Delete the oldest complete backups beyond the newest `keep`.
+    """Delete the oldest complete backups beyond the newest `keep`, but never the newest verified one.
 
     Return the names of those deleted and of those kept because a verification reads
-    them: the next run deletes these.
+    them: the next run deletes these. The newest backup that passed verification stays
+    beside the newest `keep`, so that nights of failing verification, each of which may
+    create more backups through the Job's retries, cannot rotate out the last good one.
     """
     backups = complete_backups(backup_dir)
     expired = backups[:-keep] if len(backups) > keep else []
+    verified = client.get(LAST_VERIFIED_KEY)
     removed, in_use = [], []
     for path in expired:
+        if path.name == verified:
+            log.info("backup_retention_kept_verified", backup=str(path),
+                     reason="the newest backup that passed verification")
+            continue
         if not claim(client, path, "retention", claim_seconds):
             log.warning("backup_retention_deferred", backup=str(path), reason="a verification is reading it")
             in_use.append(path.name)

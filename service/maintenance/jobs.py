@@ -84,8 +84,11 @@ def remove_lock(client: redis.Redis, lock_name: str) -> float | None:
 
 
 def run_job(client: redis.Redis, name: str, work: Callable[[], Mapping[str, Any]], *,
-            lock_seconds: int, lock_name: str | None = None) -> int:
+            lock_seconds: int, lock_name: str | None = None, record: bool = True) -> int:
     """Run work under the job's Redis lock, log and record the outcome, and return the exit code.
+
+    With record=False the outcome is logged but not recorded, so /metrics and the alerts
+    keep the outcome of the scheduled runs. It is for a run by hand on another target.
 
     A second run while the lock is held does nothing and returns EXIT_LOCKED. The lock
     expires after lock_seconds, so a run that dies cannot block the job for longer.
@@ -95,11 +98,12 @@ def run_job(client: redis.Redis, name: str, work: Callable[[], Mapping[str, Any]
     Call it from the main thread, which alone can install signal handlers.
     """
     with StopSignals() as signals:
-        return _run_locked(client, name, work, signals, lock_seconds=lock_seconds, lock_name=lock_name)
+        return _run_locked(client, name, work, signals, lock_seconds=lock_seconds, lock_name=lock_name,
+                           record=record)
 
 
 def _run_locked(client: redis.Redis, name: str, work: Callable[[], Mapping[str, Any]], signals: StopSignals, *,
-                lock_seconds: int, lock_name: str | None) -> int:
+                lock_seconds: int, lock_name: str | None, record: bool) -> int:
     lock = client.lock(lock_key(lock_name or name), timeout=lock_seconds, blocking=False)
     try:
         acquired = lock.acquire()
@@ -117,29 +121,31 @@ def _run_locked(client: redis.Redis, name: str, work: Callable[[], Mapping[str, 
         with signals.raising():
             result = dict(work())
     except JobTerminated as exc:
-        return _record_failure(client, name, started, str(exc), exit_code=exc.exit_code)
+        return _record_failure(client, name, started, str(exc), exit_code=exc.exit_code, record=record)
     except JobSkipped as exc:
         log.warning("job_skipped", job=name, reason=str(exc))
         return EXIT_LOCKED
     except JobFailed as exc:
-        return _record_failure(client, name, started, str(exc))
+        return _record_failure(client, name, started, str(exc), record=record)
     except Exception as exc:  # the job's boundary: any error is its failure, logged with the stack
         log.exception("job_crashed", job=name)
-        return _record_failure(client, name, started, f"{type(exc).__name__}: {exc}")
+        return _record_failure(client, name, started, f"{type(exc).__name__}: {exc}", record=record)
     finally:
         _release(lock, name)
 
-    code = _record_success(client, name, started, result)
+    code = _record_success(client, name, started, result, record=record)
     if signals.received:
         log.warning("job_signal_ignored", job=name, signal=signal.Signals(signals.received[0]).name,
                     reason="the work had finished")
     return code
 
 
-def _record_success(client: redis.Redis, name: str, started: float, result: dict[str, Any]) -> int:
+def _record_success(client: redis.Redis, name: str, started: float, result: dict[str, Any], *, record: bool) -> int:
     finished = time.time()
     duration = round(finished - started, 3)
-    log.info("job_succeeded", job=name, duration_seconds=duration, **result)
+    log.info("job_succeeded", job=name, duration_seconds=duration, recorded=record, **result)
+    if not record:
+        return EXIT_SUCCEEDED
     try:
         client.hset(record_key(name), mapping={
             "last_success_at": repr(finished),
@@ -155,10 +161,12 @@ def _record_success(client: redis.Redis, name: str, started: float, result: dict
 
 
 def _record_failure(client: redis.Redis, name: str, started: float, error: str, *,
-                    exit_code: int = EXIT_FAILED) -> int:
+                    exit_code: int = EXIT_FAILED, record: bool) -> int:
     finished = time.time()
     duration = round(finished - started, 3)
-    log.error("job_failed", job=name, duration_seconds=duration, error=error)
+    log.error("job_failed", job=name, duration_seconds=duration, error=error, recorded=record)
+    if not record:
+        return exit_code
     try:
         client.hset(record_key(name), mapping={
             "last_failure_at": repr(finished),

@@ -22,7 +22,14 @@ import redis
 
 from service.config import Settings
 from service.maintenance import dumps
-from service.maintenance.backup import CANARY_USER_ID, claim, claim_key, complete_backups, require_backup_dir
+from service.maintenance.backup import (
+    CANARY_USER_ID,
+    claim,
+    claim_key,
+    complete_backups,
+    mark_verified,
+    require_backup_dir,
+)
 from service.maintenance.dumps import DUMP_NAME, RDB_NAME, BackupFailed
 from service.maintenance.jobs import JobFailed, JobSkipped
 from service.maintenance.scratch import (
@@ -81,7 +88,10 @@ def verify_backup(settings: Settings, client: redis.Redis, path: Path | None) ->
     try:
         if not backup.is_dir():
             raise JobSkipped(f"{backup} was deleted by the retention of `gatehouse backup create`")
-        return _verify(backup)
+        summary = _verify(backup)
+        if settings.backup_dir is not None and backup.resolve().parent == settings.backup_dir.resolve():
+            mark_verified(client, backup)
+        return summary
     finally:
         client.delete(claim_key(backup))
 

@@ -19,7 +19,14 @@ import pytest
 
 from service.config import InvalidConfiguration, Settings
 from service.database import connect_args
-from service.maintenance.backup import CANARY_EMAIL, CANARY_USER_ID, claim, claim_key, require_backup_dir
+from service.maintenance.backup import (
+    CANARY_EMAIL,
+    CANARY_USER_ID,
+    LAST_VERIFIED_KEY,
+    claim,
+    claim_key,
+    require_backup_dir,
+)
 from service.maintenance.dumps import DUMP_NAME, MANIFEST_NAME, RDB_NAME, sha256_of
 from service.maintenance.jobs import EXIT_LOCKED, EXIT_USAGE, lock_key, read_record
 from service.redis_store import KEY_PREFIX
@@ -210,6 +217,26 @@ def test_verify_accepts_good_backup(backup, redis_client):
     assert code == 0, (events, messages)
     assert only_event(events, "job_succeeded")["backup"] == str(backup)
     assert read_record(redis_client, "backup_verify").last_success_at is not None
+    assert redis_client.get(LAST_VERIFIED_KEY) == backup.name
+
+
+def test_verify_of_named_backup_is_not_recorded(backup, tmp_path, redis_client):
+    """Verifying a chosen backup by hand, as the restore runbook does, leaves the scheduled job's record alone."""
+    damaged = tmp_path / "copy" / backup.name
+    shutil.copytree(backup, damaged)
+    damage_user_row(damaged, break_syntax)
+
+    failed, failed_events, messages = gatehouse(backup.parent, "backup", "verify", str(damaged))
+    passed, passed_events, _ = gatehouse(backup.parent, "backup", "verify", str(backup))
+
+    assert failed == 1, (failed_events, messages)
+    assert only_event(failed_events, "job_failed")["recorded"] is False
+    assert passed == 0
+    assert only_event(passed_events, "job_succeeded")["recorded"] is False
+    record = read_record(redis_client, "backup_verify")
+    assert (record.last_failure_at, record.last_success_at) == (None, None)
+    # A backup in GATEHOUSE_BACKUP_DIR that passed counts for retention all the same.
+    assert redis_client.get(LAST_VERIFIED_KEY) == backup.name
 
 
 def test_verify_ignores_mysql_tls_settings(backup, tmp_path):
@@ -350,6 +377,23 @@ def test_retention_keeps_newest(tmp_path, data):
     assert remaining[0] == "gatehouse-20200102T000000Z"
 
 
+def test_retention_keeps_newest_verified_backup(tmp_path, data, redis_client):
+    """Backups that failed verification cannot push the last one that passed out of retention."""
+    names = ["gatehouse-20200101T000000Z", "gatehouse-20200102T000000Z", "gatehouse-20200103T000000Z"]
+    for name in names:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / MANIFEST_NAME).write_text("{}")
+    redis_client.set(LAST_VERIFIED_KEY, names[1])
+
+    code, events, messages = gatehouse(tmp_path, "backup", "create", GATEHOUSE_BACKUP_KEEP="1")
+
+    assert code == 0, (events, messages)
+    assert sorted(only_event(events, "job_succeeded")["removed_backups"]) == [names[0], names[2]]
+    assert only_event(events, "backup_retention_kept_verified")["backup"] == str(tmp_path / names[1])
+    assert (tmp_path / names[1]).is_dir()
+    assert len([path for path in tmp_path.iterdir() if path.name.startswith("gatehouse-")]) == 2
+
+
 def test_retention_keeps_backup_being_verified(tmp_path, data, redis_client):
     old = tmp_path / "gatehouse-20200101T000000Z"
     old.mkdir()
@@ -412,7 +456,7 @@ def test_create_skips_while_backup_locked(tmp_path, redis_client):
 def test_verify_error_leaves_out_rows(backup, redis_client, damage):
     damage_user_row(backup, damage)
 
-    code, events, messages = gatehouse(backup.parent, "backup", "verify", str(backup))
+    code, events, messages = gatehouse(backup.parent, "backup", "verify", "--latest")
 
     error = only_event(events, "job_failed")["error"]
     assert code == 1, (events, messages)
@@ -572,7 +616,7 @@ def assert_terminated(job: subprocess.Popen, redis_client, name: str, lock: str)
 @pytest.mark.parametrize("phase", [scratch_redis_running, mariadb_bootstrapping, scratch_mariadb_serving],
                          ids=["scratch_redis", "mariadb_bootstrap", "scratch_mariadb"])
 def test_sigterm_during_verify_stops_servers(backup, temp_dir, redis_client, phase):
-    job = start_gatehouse(backup.parent, temp_dir, "backup", "verify", str(backup))
+    job = start_gatehouse(backup.parent, temp_dir, "backup", "verify", "--latest")
     wait_for(lambda: phase(temp_dir) or job.poll() is not None, phase.__name__)
     started = processes_mentioning(str(temp_dir))
     job.send_signal(signal.SIGTERM)
