@@ -19,6 +19,11 @@ log = structlog.get_logger(__name__)
 
 # How often results_within looks whether another caller's checks have ended.
 _RUNNING_POLL_SECONDS = 0.02
+# A check that has run this long counts as failed for the probes that arrive meanwhile.
+# A check takes milliseconds when its server answers, while one that waits out a hung
+# server's timeouts takes up to three of them (15 s with the defaults), and the cached
+# "ready" would otherwise keep the pod in service that long.
+STALLED_CHECK_SECONDS = 2.0
 
 # The key the Redis check writes. Every worker of every replica writes the same key, so
 # it adds one key to the database, which expires once the checks stop.
@@ -76,9 +81,10 @@ class ReadinessProbe:
         if self._report is not None and time.monotonic() - self._checked_at < self._cache_seconds:
             return self._report
 
-        # One probe runs the checks; concurrent ones reuse the previous report instead of piling up.
+        # One probe runs the checks; concurrent ones reuse the previous report instead of
+        # piling up, unless the check has stalled.
         if not self._lock.acquire(blocking=self._report is None):
-            return self._report  # type: ignore[return-value]
+            return self._previous_or_stalled()
         try:
             checks = {}
             for name, check in (("mysql", self._check_mysql), ("redis", self._check_redis)):
@@ -95,6 +101,19 @@ class ReadinessProbe:
         finally:
             self._lock.release()
         return report
+
+    def _previous_or_stalled(self) -> Report:
+        """Return the previous report, or one with the running check failed once it has run STALLED_CHECK_SECONDS."""
+        previous, running = self._report, self._running
+        assert previous is not None
+        if running is None:
+            return previous
+        name, started = running
+        elapsed = time.monotonic() - started
+        if elapsed < STALLED_CHECK_SECONDS:
+            return previous
+        checks = {**previous.checks, name: Check(False, round(elapsed * 1000, 2), "check_stalled")}
+        return Report(False, checks)
 
     def results_within(self, wait_seconds: float) -> dict[str, Check]:
         """Return each dependency's latest check result, waiting at most wait_seconds; for /metrics.

@@ -87,3 +87,25 @@ def test_scrape_with_hung_redis_ends_in_time(fresh_app, paused_redis, monkeypatc
     assert 'gatehouse_dependency_up{dependency="mysql"} 1.0' in text
     # Read from Redis, so left out rather than waited for.
     assert "gatehouse_blacklisted_ips" not in text
+
+
+def test_ready_probes_during_stalled_check_not_ready(fresh_app, paused_redis, monkeypatch):
+    """Probes that arrive while another probe's check waits on a hung server get the cached result only briefly."""
+    monkeypatch.setattr("service.readiness.STALLED_CHECK_SECONDS", WAIT_SECONDS)
+    client = fresh_app.test_client()
+    assert client.get("/ready").status_code == 200
+    paused_redis()
+    running_probe = threading.Thread(target=fresh_app.extensions["gatehouse"].readiness.report)
+    running_probe.start()
+    time.sleep(0.1)
+
+    early = client.get("/ready")
+    time.sleep(WAIT_SECONDS)
+    late = client.get("/ready")
+    running_probe.join(10)
+
+    assert early.status_code == 200
+    assert late.status_code == 503
+    assert late.get_json()["checks"]["redis"]["ok"] is False
+    assert late.get_json()["checks"]["redis"]["error"] == "check_stalled"
+    assert late.get_json()["checks"]["mysql"]["ok"] is True
