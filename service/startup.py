@@ -129,6 +129,7 @@ def _check_redis(settings: Settings) -> None:
         if isinstance(client.connection_pool, SentinelConnectionPool):
             _check_sentinels(client.connection_pool)
         client.ping()
+        _report_eviction_policy(client)
     except (redis.AuthenticationError, redis.exceptions.AuthorizationError,
             redis.exceptions.AuthenticationWrongNumberOfArgsError) as exc:
         if settings.redis_mode == "sentinel":
@@ -147,6 +148,27 @@ def _check_redis(settings: Settings) -> None:
                                 "or the server's databases setting") from None
     finally:
         close_client(client)
+
+
+def _report_eviction_policy(client: redis.Redis) -> None:
+    """Log a warning when Redis may evict keys under memory pressure, which loses data without an error.
+
+    Under a volatile-* policy, common on managed services, Redis evicts sessions and
+    refresh tokens, which expire. Under allkeys-* it can also evict the revoked set, the
+    bans and the rate-limit counters. Only noeviction makes a full Redis refuse writes,
+    which the service reports as 503. The policy comes from INFO memory, because managed
+    services often deny CONFIG; a denied INFO is logged and skipped, since a warning is
+    not worth failing the start.
+    """
+    try:
+        policy = client.info("memory").get("maxmemory_policy")
+    except redis.ResponseError as exc:
+        log.info("redis_eviction_policy_unknown", error=str(exc)[:300])
+        return
+    if policy is not None and policy != "noeviction":
+        log.warning("redis_eviction_policy", policy=policy,
+                    hint="set maxmemory-policy to noeviction: under this policy Redis may evict sessions, "
+                         "revocations, bans or rate-limit counters when it is full")
 
 
 def _check_sentinels(pool: SentinelConnectionPool) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import redis
+import structlog.testing
 
 from service.config import Settings, load_settings
 from service.startup import StartupCheckFailed, run_startup_checks
@@ -178,6 +179,56 @@ def test_redis_denied_command_fails_at_once(settings, redis_user_without_ping):
 
     assert "Redis denied a command" in message
     assert seconds < AT_ONCE_SECONDS
+
+
+@pytest.fixture
+def eviction_policy(settings: Settings) -> Iterator[Callable[[str], None]]:
+    """Return a function that sets the test Redis's maxmemory-policy; the fixture restores the old one."""
+    admin = redis.Redis.from_url(settings.redis_url.get_secret_value(), decode_responses=True)
+    old = admin.config_get("maxmemory-policy")["maxmemory-policy"]
+    try:
+        yield lambda policy: admin.config_set("maxmemory-policy", policy)
+    finally:
+        admin.config_set("maxmemory-policy", old)
+        admin.close()
+
+
+@pytest.mark.parametrize(("policy", "warned"), [("allkeys-lru", True), ("volatile-ttl", True), ("noeviction", False)])
+def test_redis_eviction_policy_warned(settings, eviction_policy, policy, warned):
+    eviction_policy(policy)
+
+    with structlog.testing.capture_logs() as logs:
+        run_startup_checks(settings)
+
+    warnings = [entry for entry in logs if entry["event"] == "redis_eviction_policy"]
+    assert len(warnings) == int(warned), logs
+    if warned:
+        assert warnings[0]["policy"] == policy
+        assert warnings[0]["log_level"] == "warning"
+
+
+@pytest.fixture
+def redis_user_without_info(settings: Settings) -> Iterator[str]:
+    """A Redis ACL user that may run the service's commands but not INFO, as on some managed services."""
+    name = f"gh_noinfo_{uuid.uuid4().hex[:8]}"
+    admin = redis.Redis.from_url(settings.redis_url.get_secret_value())
+    admin.acl_setuser(name, enabled=True, passwords=[f"+{PROBE_PASSWORD}"], commands=["+@all", "-info"],
+                      keys=["~*"], channels=["*"])
+    try:
+        yield name
+    finally:
+        admin.acl_deluser(name)
+        admin.close()
+
+
+def test_redis_denied_info_passes(settings, redis_user_without_info):
+    user_settings = load_settings({"redis_url": redis_url(settings, f"{redis_user_without_info}:{PROBE_PASSWORD}")})
+
+    with structlog.testing.capture_logs() as logs:
+        run_startup_checks(user_settings)
+
+    assert "redis_eviction_policy_unknown" in [entry["event"] for entry in logs]
+    assert "startup_checks_passed" in [entry["event"] for entry in logs]
 
 
 def test_redis_refused_connection_retried():
