@@ -21,7 +21,12 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 from prometheus_flask_exporter import NO_PREFIX
 
+from service import metric_files
 from service.http_metrics import EXCLUDED_PATHS, ROUTE_LABEL, GunicornHttpMetrics, HttpMetrics
+
+# Before any metric below opens its file: a full metrics directory then raises an error
+# instead of killing the process with SIGBUS (service.metric_files).
+metric_files.install()
 
 # Label values come from fixed vocabularies; never a user id, email, token or address.
 LOGINS = Counter("gatehouse_logins_total", "Login attempts by result.", ["result"])

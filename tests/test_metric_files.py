@@ -1,0 +1,136 @@
+"""Metric files on a full file system: an error that names the file, never SIGBUS.
+
+A tmpfs of 256 KiB stands in for a full PROMETHEUS_MULTIPROC_DIR. Mounting it needs
+root, or the test is skipped. Each case runs in a forked child, so that a SIGBUS would
+end the child rather than pytest.
+"""
+
+from __future__ import annotations
+
+import errno
+import faulthandler
+import os
+import signal
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client import values
+from prometheus_client.mmap_dict import MmapedDict
+
+from service import metric_files
+from service.metric_files import AllocatedMmapedDict, MetricFileFull
+
+FILESYSTEM_BYTES = 256 * 1024
+
+
+@pytest.fixture
+def full_directory(tmp_path) -> Iterator[Path]:
+    """Yield a directory on a tmpfs whose space is used up but for 4 KiB."""
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={FILESYSTEM_BYTES}", "tmpfs", str(tmp_path)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.strip()}")
+    try:
+        with open(tmp_path / "filler", "wb") as filler:
+            filler.write(b"\0" * (FILESYSTEM_BYTES - 4096))
+        yield tmp_path
+    finally:
+        subprocess.run(["umount", str(tmp_path)], check=True)
+
+
+def outcome_in_child(action: Callable[[], None]) -> str:
+    """Run action in a forked child; return "ok", the OSError's errno name, or the signal that ended the child."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        report = "ok"
+        try:
+            os.close(read_end)
+            # A SIGBUS is the expected outcome of one case, so no stack dump for it.
+            faulthandler.disable()
+            action()
+        except MetricFileFull as exc:
+            report = f"MetricFileFull {errno.errorcode[exc.errno]} {exc.strerror}"
+        except BaseException as exc:
+            report = f"{type(exc).__name__} {exc}"
+        finally:
+            os.write(write_end, report.encode())
+            os._exit(0)
+
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        report = pipe.read().decode()
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        return signal.Signals(os.WTERMSIG(status)).name
+    return report
+
+
+def test_new_file_on_full_directory_raises(full_directory):
+    path = full_directory / "counter_1.db"
+
+    outcome = outcome_in_child(lambda: AllocatedMmapedDict(str(path)).write_value("key", 1.0, 0.0))
+
+    assert outcome.startswith("MetricFileFull ENOSPC"), outcome
+    assert str(path) in outcome
+    assert "PROMETHEUS_MULTIPROC_DIR" in outcome
+
+
+def test_growing_file_on_full_directory_raises(tmp_path, full_directory):
+    # A file made while there was room, then filled past its first size.
+    path = full_directory / "counter_2.db"
+    os.remove(full_directory / "filler")
+    metric_file = AllocatedMmapedDict(str(path))
+    with open(full_directory / "filler", "wb") as filler:
+        filler.write(b"\0" * (FILESYSTEM_BYTES - 2 * 64 * 1024))
+
+    def add_many_keys() -> None:
+        for number in range(10_000):
+            metric_file.write_value(f"gatehouse_example{{label=\"{number:040d}\"}}", 1.0, 0.0)
+
+    outcome = outcome_in_child(add_many_keys)
+
+    assert outcome.startswith("MetricFileFull ENOSPC"), outcome
+    metric_file.close()
+
+
+def test_library_class_dies_of_sigbus_on_full_directory(full_directory):
+    """Why the class exists: prometheus_client's own one kills the process."""
+    path = full_directory / "counter_3.db"
+    with open(full_directory / "filler", "ab") as filler:
+        filler.write(b"\0" * 4096)
+
+    outcome = outcome_in_child(lambda: MmapedDict(str(path)).write_value("key", 1.0, 0.0))
+
+    assert outcome == "SIGBUS"
+
+
+def test_prometheus_client_files_allocated(tmp_path, monkeypatch):
+    """A metric value of prometheus_client's multiprocess mode opens its file through the installed class."""
+    import service.metrics  # noqa: F401 - installs the class
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    value_class = values.MultiProcessValue(lambda: 424242)
+    value_class("counter", "gatehouse_example_total", "gatehouse_example_total", (), (), "Example.").inc(1)
+
+    [path] = tmp_path.glob("counter_424242.db")
+    # prometheus_client's own class leaves the file sparse: no blocks behind its pages.
+    assert os.stat(path).st_blocks * 512 >= os.stat(path).st_size >= 64 * 1024
+    metric_files.install()
+    assert values.MmapedDict is AllocatedMmapedDict
+
+
+def test_file_keeps_values_across_growth(tmp_path):
+    path = tmp_path / "counter_4.db"
+    metric_file = AllocatedMmapedDict(str(path))
+    keys = [f"gatehouse_example{{label=\"{number:040d}\"}}" for number in range(3_000)]
+    for number, key in enumerate(keys):
+        metric_file.write_value(key, float(number), 0.0)
+    metric_file.close()
+
+    read = {key: value for key, value, _ in AllocatedMmapedDict(str(path), read_mode=True).read_all_values()}
+
+    assert read == {key: float(number) for number, key in enumerate(keys)}
+    assert os.stat(path).st_blocks * 512 >= os.stat(path).st_size
