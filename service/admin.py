@@ -204,6 +204,9 @@ def create_role(svc: Services, actor_id: str, client_ip: str, name: str, descrip
 
 def revoke_session(svc: Services, actor_id: str, client_ip: str, user_id: str, session_id: str) -> None:
     if not svc.sessions.revoke(session_id, user_id=user_id):
+        # Which id is wrong: a client must tell a mistyped user id from an ended session.
+        if users.find_user(svc.database, user_id) is None:
+            raise NotFound("No such user.", field="user_id")
         raise NotFound("No such session for this user.", field="session_id")
     _audit(svc, actor_id, client_ip, "session_revoked", "session", session_id, user_id=user_id)
 

@@ -250,6 +250,19 @@ def test_unknown_user_gets_404(client, admin_tokens):
     assert response.get_json()["code"] == "not_found"
 
 
+@pytest.mark.parametrize(("method", "suffix"), [("GET", ""), ("POST", "/disable"), ("POST", "/enable"),
+                                                ("DELETE", "/sessions"), ("DELETE", "/sessions/" + "ab" * 16),
+                                                ("DELETE", "")])
+def test_unknown_user_id_named_on_every_user_route(client, admin_tokens, method, suffix):
+    """A well-formed id of no user is 404 with field user_id, whatever the route does with it."""
+    response = client.open(f"/v1/admin/users/{'0' * 32}{suffix}", method=method,
+                           headers=bearer(admin_tokens["access_token"]))
+
+    assert response.status_code == 404
+    assert response.get_json()["detail"] == "No such user."
+    assert response.get_json()["field"] == "user_id"
+
+
 def test_disable_answers_session_revoked(client, admin_tokens):
     user_id = register(client, "bob@example.com")
     bob = login(client, "bob@example.com")
