@@ -94,13 +94,19 @@ def _users_create(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 2
         user = users.register(database, Passwords(settings), request.email, request.password)
-        for role in roles_to_grant:
-            with database.transaction() as cursor:
+        # The account's creation is audited as an administrator's change, without the email,
+        # which the audit trail never holds. Its roles come in the same transaction.
+        actions = [("user_created", {"via": "cli"})] + [("role_granted", {"role": role, "via": "cli"})
+                                                        for role in roles_to_grant]
+        with database.transaction() as cursor:
+            for role in roles_to_grant:
                 roles.grant(cursor, user.id, role)
-                audit.insert(cursor, actor_id=None, action="role_granted", target_type="user", target_id=user.id,
-                             client_ip="", detail={"role": role, "via": "cli"})
-            audit.log_action(actor_id=None, action="role_granted", target_type="user", target_id=user.id,
-                             client_ip="", detail={"role": role, "via": "cli"})
+            for action, detail in actions:
+                audit.insert(cursor, actor_id=None, action=action, target_type="user", target_id=user.id,
+                             client_ip="", detail=detail)
+        for action, detail in actions:
+            audit.log_action(actor_id=None, action=action, target_type="user", target_id=user.id, client_ip="",
+                             detail=detail)
     except Problem as exc:
         hint = ""
         if exc.code == "email_taken":

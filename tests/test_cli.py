@@ -148,8 +148,19 @@ def test_create_grants_repeated_role_once(client):
     user_id = result.stdout.strip()
     assert cli_audit_entries("role_granted") == [
         {"actor_id": None, "target_id": user_id, "detail": {"role": "admin", "via": "cli"}, "client_ip": ""}]
-    [created] = [json.loads(line) for line in result.stderr.splitlines() if '"user_created"' in line]
+    assert cli_audit_entries("user_created") == [
+        {"actor_id": None, "target_id": user_id, "detail": {"via": "cli"}, "client_ip": ""}]
+    [created] = [record for record in map(json.loads, result.stderr.splitlines()) if record["event"] == "user_created"]
     assert created["roles"] == ["admin"]
+
+
+def test_create_without_role_audited(client):
+    result = run_create("--email", "plain@example.com", stdin="long enough password\n")
+
+    assert result.returncode == 0, result.stderr
+    assert cli_audit_entries("user_created") == [
+        {"actor_id": None, "target_id": result.stdout.strip(), "detail": {"via": "cli"}, "client_ip": ""}]
+    assert cli_audit_entries("role_granted") == []
 
 
 def test_set_password_from_stdin(client):
