@@ -82,6 +82,17 @@ def claim_key(backup: Path) -> str:
     return f"{KEY_PREFIX}backup:claim:{backup.name}"
 
 
+def remove_claims(client: redis.Redis, purpose: str) -> list[str]:
+    """Delete every backup claim set for purpose ("verify" or "retention"); return their keys."""
+    removed = []
+    for key in client.scan_iter(match=f"{KEY_PREFIX}backup:claim:*", count=100):
+        # Deleted only while it still has this purpose, in one step.
+        if client.eval("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end "
+                       "return 0", 1, key, purpose):
+            removed.append(key)
+    return sorted(removed)
+
+
 def claim(client: redis.Redis, backup: Path, purpose: str, seconds: int) -> bool:
     """Claim a backup for reading ("verify") or removal ("retention"); return False when another run has it.
 

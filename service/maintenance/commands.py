@@ -133,15 +133,27 @@ def _backup_restore(args: argparse.Namespace) -> int:
         close_client(client)
 
 
+# The backup claims that a run under each lock sets (service.maintenance.backup.claim).
+_CLAIM_PURPOSES = {"backup_verify": "verify", "backup": "retention"}
+
+
 def _jobs_unlock(args: argparse.Namespace) -> int:
+    from service.maintenance.backup import remove_claims
+
     settings = load_settings()
     client = create_client(settings)
     try:
         seconds_left = remove_lock(client, args.lock)
+        # A killed run also leaves its claims on backups, which would keep retention from
+        # deleting them until they expire: nothing runs under the lock once it is removed.
+        claims = remove_claims(client, _CLAIM_PURPOSES[args.lock]) if args.lock in _CLAIM_PURPOSES else []
     finally:
         close_client(client)
 
     key = lock_key(args.lock)
+    for claim in claims:
+        log.warning("backup_claim_removed", claim=claim)
+        print(f"removed claim {claim}")
     if seconds_left is None:
         print(f"no lock {key} was held")
         return 0

@@ -153,3 +153,22 @@ def test_unlock_command_removes_lock(redis_client):
     assert not redis_client.exists(lock_key("backup"))
     assert again.returncode == 0, again.stderr
     assert "no lock gh:lock:job:backup was held" in again.stdout
+
+
+def test_unlock_command_removes_claims_of_killed_run(redis_client, tmp_path):
+    """A verification killed with SIGKILL leaves its claim too, which would hold up retention for an hour."""
+    from service.maintenance.backup import claim, claim_key
+
+    read = tmp_path / "gatehouse-20200101T000000Z"
+    deleting = tmp_path / "gatehouse-20200102T000000Z"
+    assert claim(redis_client, read, "verify", 3600)
+    assert claim(redis_client, deleting, "retention", 3600)
+    redis_client.set(lock_key("backup_verify"), "left-by-a-killed-run", ex=600)
+
+    removed = run_gatehouse("jobs", "unlock", "backup_verify")
+
+    assert removed.returncode == 0, removed.stderr
+    assert f"removed claim {claim_key(read)}" in removed.stdout
+    assert not redis_client.exists(claim_key(read))
+    # The claim of the other lock's run stays.
+    assert redis_client.get(claim_key(deleting)) == "retention"
