@@ -95,6 +95,23 @@ def call_under_modes(function: Callable[[], str]) -> str:
     return report
 
 
+@contextmanager
+def full_tmpfs(directory: Path, size: int = 256 * 1024, left: int = 4096) -> Iterator[Path]:
+    """Mount a tmpfs of `size` bytes at directory, filled up but for `left` bytes; skip the test without mount rights."""
+    import pytest
+
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.strip()}")
+    try:
+        with open(directory / "filler", "wb") as filler:
+            filler.write(b"\0" * (size - left))
+        yield directory
+    finally:
+        subprocess.run(["umount", str(directory)], check=True)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

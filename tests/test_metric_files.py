@@ -11,7 +11,6 @@ import errno
 import faulthandler
 import os
 import signal
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from prometheus_client.mmap_dict import MmapedDict
 
 from service import metric_files
 from service.metric_files import AllocatedMmapedDict, MetricFileFull
+from tests.helpers import full_tmpfs
 
 FILESYSTEM_BYTES = 256 * 1024
 
@@ -28,16 +28,8 @@ FILESYSTEM_BYTES = 256 * 1024
 @pytest.fixture
 def full_directory(tmp_path) -> Iterator[Path]:
     """Yield a directory on a tmpfs whose space is used up but for 4 KiB."""
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={FILESYSTEM_BYTES}", "tmpfs", str(tmp_path)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.strip()}")
-    try:
-        with open(tmp_path / "filler", "wb") as filler:
-            filler.write(b"\0" * (FILESYSTEM_BYTES - 4096))
-        yield tmp_path
-    finally:
-        subprocess.run(["umount", str(tmp_path)], check=True)
+    with full_tmpfs(tmp_path, FILESYSTEM_BYTES) as directory:
+        yield directory
 
 
 def outcome_in_child(action: Callable[[], None]) -> str:

@@ -117,7 +117,10 @@ def create_backup(settings: Settings, client: redis.Redis) -> dict[str, Any]:
     final = _new_backup_path(backup_dir, BACKUP_PREFIX + dumps.utc_stamp(created))
 
     _remove_incomplete(backup_dir)
-    work = Path(tempfile.mkdtemp(prefix=INCOMPLETE_PREFIX, dir=backup_dir))
+    try:
+        work = Path(tempfile.mkdtemp(prefix=INCOMPLETE_PREFIX, dir=backup_dir))
+    except OSError as exc:
+        raise BackupFailed(f"cannot create a directory in {backup_dir}: {exc.strerror}") from None
     try:
         canary = _write_canary(settings, client)
         with dumps.mysql_defaults_file(settings) as defaults_file:
@@ -129,6 +132,11 @@ def create_backup(settings: Settings, client: redis.Redis) -> dict[str, Any]:
         for path in work.iterdir():
             path.chmod(0o600)
         work.rename(final)
+    except OSError as exc:
+        # A full or failing volume, as the client programs report it for their own files.
+        shutil.rmtree(work, ignore_errors=True)
+        where = exc.filename or work
+        raise BackupFailed(f"file system error at {where} in {backup_dir}: {exc.strerror or exc}") from None
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise

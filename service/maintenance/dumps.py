@@ -301,8 +301,11 @@ def expected_key_range(entry: dict[str, Any], loaded_at: float, counted_at: floa
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
     """Write manifest.json through a temporary file, so a crash never leaves half a manifest."""
     partial = directory / (MANIFEST_NAME + ".partial")
-    partial.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    partial.replace(directory / MANIFEST_NAME)
+    try:
+        partial.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        partial.replace(directory / MANIFEST_NAME)
+    except OSError as exc:
+        raise BackupFailed(f"cannot write {partial}: {exc.strerror or exc}") from None
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:

@@ -27,11 +27,11 @@ from service.maintenance.backup import (
     claim_key,
     require_backup_dir,
 )
-from service.maintenance.dumps import DUMP_NAME, MANIFEST_NAME, RDB_NAME, sha256_of
+from service.maintenance.dumps import DUMP_NAME, MANIFEST_NAME, RDB_NAME, BackupFailed, sha256_of, write_manifest
 from service.maintenance.jobs import EXIT_LOCKED, EXIT_USAGE, lock_key, read_record
 from service.redis_store import KEY_PREFIX
 from service.sessions import session_key, user_sessions_key
-from tests.helpers import ROOT, call_under_modes, directory_for_modes, free_port
+from tests.helpers import ROOT, call_under_modes, directory_for_modes, free_port, full_tmpfs
 from tests.tls_mariadb import CertificateAuthority
 
 PASSWORD = "correct horse battery staple"
@@ -556,6 +556,16 @@ def test_usage_error_exits_2_unrecorded(tmp_path, redis_client, args, backup_dir
     for job in JOBS:
         assert read_record(redis_client, job).last_failure_at is None
     assert redis_client.keys("gh:lock:*") == []
+
+
+def test_manifest_on_full_volume_names_file(tmp_path):
+    """A full backup volume is the job's reported failure, naming the file, not a crash with a stack trace."""
+    with full_tmpfs(tmp_path, left=0) as directory:
+        with pytest.raises(BackupFailed) as excinfo:
+            write_manifest(directory, {"format": 1, "padding": "x" * 8192})
+
+    assert str(excinfo.value).startswith(f"cannot write {tmp_path / MANIFEST_NAME}.partial: ")
+    assert "No space left on device" in str(excinfo.value)
 
 
 def backup_dir_error(directory: Path, writable: bool) -> str:
