@@ -10,7 +10,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
-from pydantic_settings import SettingsConfigDict
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from service.abuse_settings import AbuseProtectionSettings
 from service.mysql_tls_settings import MySQLTLSSettings
@@ -59,6 +59,20 @@ class InvalidConfiguration(Exception):
     """A setting is missing or invalid; the message names the variable and the fix."""
 
 
+class _UpperCaseEnvSource(EnvSettingsSource):
+    """The environment as pydantic-settings reads it, but only the GATEHOUSE_ names spelled in upper case.
+
+    pydantic-settings matches names in any case, so gatehouse_workers=4 took effect
+    unseen, and with GATEHOUSE_WORKERS set too, which one applied was unclear. Other
+    spellings are left out here, and unknown_variables names them.
+    """
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        # Lower-cased, as the base class returns them without case_sensitive.
+        return {name.lower(): value for name, value in os.environ.items()
+                if name.startswith(ENV_PREFIX) or not name.upper().startswith(ENV_PREFIX)}
+
+
 class Settings(RedisSettings, AbuseProtectionSettings, MySQLTLSSettings):
     """Every setting of the service; the field name is the variable name without the prefix.
 
@@ -68,6 +82,13 @@ class Settings(RedisSettings, AbuseProtectionSettings, MySQLTLSSettings):
 
     # allow_inf_nan=False: "nan" passes every ge/le bound, so a float setting would take it.
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True, allow_inf_nan=False)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, _UpperCaseEnvSource(settings_cls), dotenv_settings, file_secret_settings
 
     # Server (read by gunicorn.conf.py)
     bind: str = Field("127.0.0.1:8000", description="host:port that gunicorn listens on")
@@ -359,10 +380,11 @@ TOOL_VARIABLES = frozenset({"GATEHOUSE_NEW_USER_PASSWORD", "GATEHOUSE_STATE_DIR"
 
 
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:
-    """Return the GATEHOUSE_ variables that name no setting, such as a misspelled one, sorted."""
+    """Return the GATEHOUSE_ variables that name no setting, such as a misspelled one or one in lower case, sorted."""
     settings = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    # Names in another case are unknown too: only upper-case ones are read (_UpperCaseEnvSource).
     return sorted(name for name in environ
-                  if name.startswith(ENV_PREFIX) and name not in settings and name not in TOOL_VARIABLES
+                  if name.upper().startswith(ENV_PREFIX) and name not in settings and name not in TOOL_VARIABLES
                   and not name.startswith(TOOL_VARIABLE_PREFIXES))
 
 

@@ -502,3 +502,18 @@ def test_unknown_variables_leave_out_command_and_tool_inputs():
                "GATEHOUSE_TEST_MYSQL_PORT": "1", "GATEHOUSE_STATE_DIR": "/tmp", "OTHER_VARIABLE": "x"}
 
     assert unknown_variables(environ) == ["GATEHOUSE_MYSQL_PASWORD"]
+
+
+def test_setting_in_other_case_not_read(environment):
+    """Only the upper-case names are read: with two spellings, which one applied would be unclear."""
+    environment.setenv("gatehouse_workers", "7")
+    environment.setenv("Gatehouse_Log_Level", "debug")
+
+    settings = load_settings()
+
+    assert settings.workers == Settings.model_fields["workers"].default
+    assert settings.log_level == Settings.model_fields["log_level"].default
+    environment.setenv("GATEHOUSE_WORKERS", "3")
+    assert load_settings().workers == 3
+    assert unknown_variables({"gatehouse_workers": "7", "Gatehouse_Log_Level": "debug", "GATEHOUSE_WORKERS": "3"}) \
+        == ["Gatehouse_Log_Level", "gatehouse_workers"]
