@@ -10,7 +10,8 @@ import tempfile
 
 import gunicorn.http.wsgi
 
-from service.config import InvalidConfiguration, load_settings, unknown_variables
+from service.config import InvalidConfiguration, Settings, load_settings
+from service.environment import unknown_variables
 from service.lifecycle import error_pages
 
 # Parsing GATEHOUSE_REDIS_URL imports redis, which the master must not import before it
@@ -168,7 +169,7 @@ def on_starting(server):
         sys.exit(2)
 
     server.log.info("master_starting", extra={"pid": os.getpid(), "settings": _settings.summary()})
-    unknown = unknown_variables(os.environ)
+    unknown = unknown_variables(os.environ, Settings.model_fields)
     if unknown:
         # A misspelled setting is otherwise left out in silence, and its default applies.
         server.log.warning("settings_unknown_variables", extra={"names": unknown})

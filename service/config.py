@@ -10,14 +10,14 @@ from typing import Any, Literal, get_args
 
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
-from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from service.abuse_settings import AbuseProtectionSettings
 from service.mysql_tls_settings import MySQLTLSSettings
 from service.redis_settings import PARSE_REDIS_URL, RedisSettings
+from service.environment import ENV_PREFIX, UpperCaseEnvSource
 from service.setting_checks import check_can_create_file, check_can_open, log_lock_file
 
-ENV_PREFIX = "GATEHOUSE_"
 
 # OWASP's minimum configurations for argon2id with 1 lane (Password Storage Cheat Sheet), as
 # (memory in KiB, passes). They "provide an equal level of defense" and trade memory for CPU.
@@ -59,20 +59,6 @@ class InvalidConfiguration(Exception):
     """A setting is missing or invalid; the message names the variable and the fix."""
 
 
-class _UpperCaseEnvSource(EnvSettingsSource):
-    """The environment as pydantic-settings reads it, but only the GATEHOUSE_ names spelled in upper case.
-
-    pydantic-settings matches names in any case, so gatehouse_workers=4 took effect
-    unseen, and with GATEHOUSE_WORKERS set too, which one applied was unclear. Other
-    spellings are left out here, and unknown_variables names them.
-    """
-
-    def _load_env_vars(self) -> Mapping[str, str | None]:
-        # Lower-cased, as the base class returns them without case_sensitive.
-        return {name.lower(): value for name, value in os.environ.items()
-                if name.startswith(ENV_PREFIX) or not name.upper().startswith(ENV_PREFIX)}
-
-
 class Settings(RedisSettings, AbuseProtectionSettings, MySQLTLSSettings):
     """Every setting of the service; the field name is the variable name without the prefix.
 
@@ -88,7 +74,7 @@ class Settings(RedisSettings, AbuseProtectionSettings, MySQLTLSSettings):
                                    env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
                                    file_secret_settings: PydanticBaseSettingsSource,
                                    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return init_settings, _UpperCaseEnvSource(settings_cls), dotenv_settings, file_secret_settings
+        return init_settings, UpperCaseEnvSource(settings_cls), dotenv_settings, file_secret_settings
 
     # Server (read by gunicorn.conf.py)
     bind: str = Field("127.0.0.1:8000", description="host:port that gunicorn listens on")
@@ -369,23 +355,6 @@ class Settings(RedisSettings, AbuseProtectionSettings, MySQLTLSSettings):
                 value = str(value)
             summary[name] = value
         return summary
-
-
-# Variables with the prefix that are not settings: the new password that `gatehouse users`
-# reads, and the variables of the project's own tools (the set-up scripts, the Makefile,
-# bench/ and tests/).
-TOOL_VARIABLE_PREFIXES = ("GATEHOUSE_DEV_", "GATEHOUSE_TEST_", "GATEHOUSE_BENCH_")
-TOOL_VARIABLES = frozenset({"GATEHOUSE_NEW_USER_PASSWORD", "GATEHOUSE_STATE_DIR", "GATEHOUSE_MYSQL_ADMIN_DEFAULTS",
-                            "GATEHOUSE_MYSQL_ROOT_SOCKET", "GATEHOUSE_SERVICES_TIMEOUT", "GATEHOUSE_FUZZ_EXAMPLES"})
-
-
-def unknown_variables(environ: Mapping[str, str]) -> list[str]:
-    """Return the GATEHOUSE_ variables that name no setting, such as a misspelled one or one in lower case, sorted."""
-    settings = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
-    # Names in another case are unknown too: only upper-case ones are read (_UpperCaseEnvSource).
-    return sorted(name for name in environ
-                  if name.upper().startswith(ENV_PREFIX) and name not in settings and name not in TOOL_VARIABLES
-                  and not name.startswith(TOOL_VARIABLE_PREFIXES))
 
 
 def load_settings(overrides: dict[str, Any] | None = None, *, parse_redis_url: bool = True) -> Settings:

@@ -12,8 +12,8 @@ import pytest
 from service import setting_checks
 from service.config import (
     EMPTY_MEANS_UNSET, ENV_PREFIX, OWASP_ARGON2ID_MINIMUMS, InvalidConfiguration, Settings, is_text_setting, load_settings,
-    unknown_variables,
 )
+from service.environment import unknown_variables
 
 MYSQL_PASSWORD = "mysql-secret-7f3a"
 REDIS_PASSWORD = "redis-secret-9c1e"
@@ -501,7 +501,7 @@ def test_unknown_variables_leave_out_command_and_tool_inputs():
     environ = {"GATEHOUSE_MYSQL_PASWORD": "x", "GATEHOUSE_MYSQL_PASSWORD": "x", "GATEHOUSE_NEW_USER_PASSWORD": "x",
                "GATEHOUSE_TEST_MYSQL_PORT": "1", "GATEHOUSE_STATE_DIR": "/tmp", "OTHER_VARIABLE": "x"}
 
-    assert unknown_variables(environ) == ["GATEHOUSE_MYSQL_PASWORD"]
+    assert unknown_variables(environ, Settings.model_fields) == ["GATEHOUSE_MYSQL_PASWORD"]
 
 
 def test_setting_in_other_case_not_read(environment):
@@ -515,5 +515,5 @@ def test_setting_in_other_case_not_read(environment):
     assert settings.log_level == Settings.model_fields["log_level"].default
     environment.setenv("GATEHOUSE_WORKERS", "3")
     assert load_settings().workers == 3
-    assert unknown_variables({"gatehouse_workers": "7", "Gatehouse_Log_Level": "debug", "GATEHOUSE_WORKERS": "3"}) \
-        == ["Gatehouse_Log_Level", "gatehouse_workers"]
+    environ = {"gatehouse_workers": "7", "Gatehouse_Log_Level": "debug", "GATEHOUSE_WORKERS": "3"}
+    assert unknown_variables(environ, Settings.model_fields) == ["Gatehouse_Log_Level", "gatehouse_workers"]
