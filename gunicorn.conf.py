@@ -146,7 +146,12 @@ def on_starting(server):
     unpatched by gevent.
     """
     from service.lifecycle.crash import enable_faulthandler
-    from service.lifecycle.master import install_reload_check, install_shutdown_handlers, run_startup_check
+    from service.lifecycle.master import (
+        bind_problem,
+        install_reload_check,
+        install_shutdown_handlers,
+        run_startup_check,
+    )
     from service.lifecycle.metrics_dir import MetricsDirInUse, claim_metrics_dir
 
     enable_faulthandler()
@@ -173,6 +178,10 @@ def on_starting(server):
     if unknown:
         # A misspelled setting is otherwise left out in silence, and its default applies.
         server.log.warning("settings_unknown_variables", extra={"names": unknown})
+    problem = bind_problem(server.cfg.address)
+    if problem is not None:
+        server.log.error("bind_failed", extra={"error": problem})
+        sys.exit(3)
     # Without the metrics directory, the check process leaves no metric files behind.
     check_env = {name: value for name, value in os.environ.items() if name != "PROMETHEUS_MULTIPROC_DIR"}
     returncode = run_startup_check(server, [sys.executable, "-m", "service.cli", "check"], check_env,

@@ -14,8 +14,10 @@ itself turns either into a quick shutdown.
 
 from __future__ import annotations
 
+import errno
 import queue
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -115,3 +117,33 @@ def run_startup_check(arbiter: Any, argv: list[str], env: dict[str, str], timeou
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def bind_problem(addresses: list[Any]) -> str | None:
+    """Return why gunicorn could not listen on one of its (host, port) addresses, or None.
+
+    gunicorn binds only after the start-up checks, then retries five times, logs
+    "Can't connect" and exits 1, with no line naming GATEHOUSE_BIND. A trial bind
+    here fails at once with the cause. The port is released again before gunicorn
+    binds it, so another process could still take it in between.
+    """
+    for address in addresses:
+        if not isinstance(address, tuple):
+            continue  # a Unix socket path, which gunicorn manages itself
+        host, port = address[0], address[1]
+        try:
+            family, kind, protocol, _, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        except socket.gaierror as exc:
+            return f"GATEHOUSE_BIND {host}:{port}: cannot resolve {host} ({exc.strerror}): set a local address"
+        with socket.socket(family, kind, protocol) as trial:
+            # As gunicorn sets it, so that a port in TIME_WAIT does not count as taken.
+            trial.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                trial.bind(sockaddr)
+            except OSError as exc:
+                hint = {errno.EADDRINUSE: "another process listens on it: stop it or choose another port",
+                        errno.EADDRNOTAVAIL: "the address is not one of this host's: set a local address",
+                        errno.EACCES: "ports below 1024 need privileges: choose a port from 1024 up"}.get(
+                            exc.errno, "check the address")
+                return f"GATEHOUSE_BIND {host}:{port}: cannot listen ({exc.strerror}): {hint}"
+    return None

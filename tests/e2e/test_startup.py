@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 import uuid
@@ -290,3 +291,24 @@ def test_expected_versions_match_yoyo():
     from service.migrate import migrations_dir
 
     assert expected_versions() == {migration.id for migration in read_migrations(migrations_dir())}
+
+
+# No unresolvable host name: resolving one would query a DNS server.
+@pytest.mark.parametrize("bind", ["taken", "not_local"])
+def test_unusable_bind_address_stops_start_at_once(tmp_path, bind):
+    """A port in use or an address the host lacks stops the start at once, with a line naming GATEHOUSE_BIND."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        address = {"taken": f"127.0.0.1:{holder.getsockname()[1]}", "not_local": "192.0.2.1:8000"}[bind]
+
+        started = time.monotonic()
+        returncode, output = start_until_exit(tmp_path, {"GATEHOUSE_BIND": address})
+        seconds = time.monotonic() - started
+
+    assert returncode == 3, output
+    [failure] = [json.loads(line) for line in output.splitlines() if '"bind_failed"' in line]
+    assert failure["error"].startswith(f"GATEHOUSE_BIND {address}: ")
+    assert "startup_checks_passed" not in output
+    # gunicorn's own bind retries take 5 s.
+    assert seconds < 5
