@@ -207,6 +207,9 @@ def run_startup_checks(settings: Settings) -> None:
     _retry("mysql", lambda: _check_mysql(settings), deadline,
            "check GATEHOUSE_MYSQL_HOST and GATEHOUSE_MYSQL_PORT, and that the server runs")
     redis_settings = "GATEHOUSE_REDIS_SENTINELS" if settings.redis_mode == "sentinel" else "GATEHOUSE_REDIS_URL"
-    _retry("redis", lambda: _check_redis(settings), deadline,
-           f"check {redis_settings}, and that the server runs")
+    redis_hint = f"check {redis_settings}, and that the server runs"
+    if settings.redis_mode != "sentinel" and settings.redis_url.get_secret_value().startswith("rediss://"):
+        # A server without TLS leaves the TLS handshake unanswered, which reads as a timeout.
+        redis_hint += " and accepts TLS, which rediss:// asks for"
+    _retry("redis", lambda: _check_redis(settings), deadline, redis_hint)
     log.info("startup_checks_passed", signing_kid=ring.signing_key.kid)

@@ -239,6 +239,17 @@ def test_redis_refused_connection_retried():
     assert seconds >= 1.5
 
 
+def test_rediss_to_plain_redis_hints_at_tls(settings):
+    """The test Redis speaks no TLS, so the client's handshake goes unanswered until it times out."""
+    plain = settings.redis_url.get_secret_value()
+
+    message, _ = failed_check(timeout=1.5, redis_url="rediss://" + plain.removeprefix("redis://"))
+
+    assert message.startswith("redis unreachable after ")
+    assert message.endswith("and accepts TLS, which rediss:// asks for")
+    assert plain.split("@")[0].rsplit(":", 1)[1] not in message
+
+
 @pytest.fixture
 def sentinel_port(tmp_path: Path) -> Iterator[int]:
     """A Sentinel with a password and no monitored master, on a free port of 127.0.0.1."""
