@@ -239,3 +239,24 @@ def test_dashboard_configmap_carries_dashboard():
     assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
     dashboard = json.loads(config_map["data"]["gatehouse.json"])
     assert dashboard == json.loads((CHART / "files" / "dashboards" / "gatehouse.json").read_text())
+
+
+@pytest.mark.parametrize(("values", "left_out", "failing_jobs"), [
+    ({"cronJobs": {"tokensPurge": {"enabled": False}}},
+     {"GatehouseTokenPurgeStale", "GatehouseTokenPurgeFailing"}, "backup_create|blacklist_rotate"),
+    ({"cronJobs": {"backup": {"verify": False}}},
+     {"GatehouseBackupVerificationStale", "GatehouseBackupVerificationFailing"}, "backup_create|blacklist_rotate"),
+    ({"cronJobs": {"backup": {"enabled": False}, "blacklistRotate": {"enabled": False}}},
+     {"GatehouseBackupVerificationStale", "GatehouseBackupVerificationFailing", "GatehouseMaintenanceJobFailing"},
+     None),
+    ({"cronJobs": {"backup": {"enabled": False}}, "alerts": {"externalJobs": ["backup_create", "backup_verify"]}},
+     set(), "backup_create|blacklist_rotate"),
+], ids=["purge_off", "verify_off", "backup_and_rotation_off", "backup_run_elsewhere"])
+def test_alerts_of_jobs_that_do_not_run_left_out(values, left_out, failing_jobs):
+    """A job that never runs would fire its staleness alert forever, so its alerts go with its CronJob."""
+    rules = rules_by_name(render_rules(values))
+
+    assert not left_out & set(rules)
+    assert set(rules_by_name(render_rules())) - set(rules) == left_out
+    if failing_jobs is not None:
+        assert f'job_name=~"{failing_jobs}"' in rules["GatehouseMaintenanceJobFailing"]["expr"]
