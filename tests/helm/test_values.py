@@ -274,3 +274,43 @@ def test_app_version_is_package_version():
 
     chart = yaml.safe_load((CHART_DIR / "Chart.yaml").read_text())
     assert chart["appVersion"] == version("gatehouse")
+
+
+@pytest.mark.parametrize(("extra_env", "named"), [
+    ({"GATEHOUSE_WORKERS": "8"}, "GATEHOUSE_WORKERS (set it through config.workers)"),
+    ({"GATEHOUSE_TRUSTED_PROXY_COUNT": "0"}, "GATEHOUSE_TRUSTED_PROXY_COUNT (set it through config.trustedProxyCount)"),
+    ({"GATEHOUSE_BIND": "0.0.0.0:9000"}, "GATEHOUSE_BIND (set it through service.port)"),
+])
+def test_extra_env_repeating_chart_variable_fails(extra_env, named):
+    """A repeated name would give the ConfigMap two values for one key."""
+    with pytest.raises(helm_python.HelmRenderError) as failure:
+        render({"extraEnv": extra_env})
+
+    assert named in str(failure.value)
+
+
+def test_extra_env_of_other_settings_renders():
+    rendered = render({"extraEnv": {"GATEHOUSE_LOG_FILE": "/var/log/gatehouse/gatehouse.log"}})
+
+    config_map = rendered.one("ConfigMap", "gh-gatehouse")
+    assert config_map["data"]["GATEHOUSE_LOG_FILE"] == "/var/log/gatehouse/gatehouse.log"
+
+
+def service_monitor(interval: str, timeout: str) -> dict[str, Any]:
+    return {"metrics": {"serviceMonitor": {"enabled": True, "interval": interval, "scrapeTimeout": timeout}}}
+
+
+@pytest.mark.parametrize(("interval", "timeout"), [("10s", "30s"), ("1m", "90s"), ("500ms", "1s")])
+def test_scrape_timeout_above_interval_fails(interval, timeout):
+    with pytest.raises(helm_python.HelmRenderError) as failure:
+        render(service_monitor(interval, timeout))
+
+    assert f"metrics.serviceMonitor.scrapeTimeout ({timeout}) is longer than" in str(failure.value)
+
+
+@pytest.mark.parametrize(("interval", "timeout"), [("30s", "30s"), ("1m", "10s"), ("30s", "1m30s")])
+def test_scrape_timeout_within_interval_renders(interval, timeout):
+    """Equal or shorter, or in a form of two units, which is left to Prometheus."""
+    monitor = render(service_monitor(interval, timeout)).one("ServiceMonitor")
+
+    assert monitor["spec"]["endpoints"][0]["scrapeTimeout"] == timeout

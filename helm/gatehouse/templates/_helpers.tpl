@@ -406,6 +406,8 @@ express, and fail rendering with the value paths and the fix.
 {{- $messages = append $messages (include "gatehouse.validateValues.keyPublish" .) -}}
 {{- $messages = append $messages (include "gatehouse.validateValues.mysqlTls" .) -}}
 {{- $messages = append $messages (include "gatehouse.validateValues.ingressProxy" .) -}}
+{{- $messages = append $messages (include "gatehouse.validateValues.extraEnv" .) -}}
+{{- $messages = append $messages (include "gatehouse.validateValues.scrapeTimeout" .) -}}
 {{- $messages = without $messages "" -}}
 {{- if $messages -}}
 {{- printf "\nVALUES VALIDATION:\n%s" (join "\n" $messages) | fail -}}
@@ -452,13 +454,59 @@ trusted proxy, all clients share one rate limit, and the first automatic ban
 blocks every one of them.
 */}}
 {{- define "gatehouse.validateValues.ingressProxy" -}}
-{{- $count := .Values.config.trustedProxyCount -}}
-{{- if hasKey .Values.extraEnv "GATEHOUSE_TRUSTED_PROXY_COUNT" -}}
-{{- $count = index .Values.extraEnv "GATEHOUSE_TRUSTED_PROXY_COUNT" -}}
-{{- end -}}
-{{- if and .Values.ingress.enabled (eq (int $count) 0) -}}
+{{- if and .Values.ingress.enabled (eq (int .Values.config.trustedProxyCount) 0) -}}
 gatehouse: config.trustedProxyCount
-    ingress.enabled is true but config.trustedProxyCount (or GATEHOUSE_TRUSTED_PROXY_COUNT in extraEnv) is 0, so Gatehouse would see every client as the ingress controller: one rate limit for all of them, and one automatic ban would block them all. Set config.trustedProxyCount to the number of proxies in front of the pods, 1 for an ingress controller alone.
+    ingress.enabled is true but config.trustedProxyCount is 0, so Gatehouse would see every client as the ingress controller: one rate limit for all of them, and one automatic ban would block them all. Set config.trustedProxyCount to the number of proxies in front of the pods, 1 for an ingress controller alone.
+{{- end -}}
+{{- end -}}
+
+{{/*
+extraEnv adds variables to the ConfigMap after the ones the chart writes, and a
+name that repeats one of those gave the ConfigMap two values for one key: which one
+the pods got depended on the parser of the manifest.
+*/}}
+{{- define "gatehouse.validateValues.extraEnv" -}}
+{{- $owned := dict "GATEHOUSE_BIND" "service.port" "GATEHOUSE_KEYS_DIR" "signingKeys" -}}
+{{- range $name, $_ := .Values.config -}}
+{{- $_ := set $owned (printf "GATEHOUSE_%s" ($name | snakecase | upper)) (printf "config.%s" $name) -}}
+{{- end -}}
+{{- range $name := list "GATEHOUSE_MYSQL_TLS_CA" "GATEHOUSE_MYSQL_TLS_CERT" "GATEHOUSE_MYSQL_TLS_KEY" -}}
+{{- $_ := set $owned $name "mysqlTls" -}}
+{{- end -}}
+{{- $repeated := list -}}
+{{- range $name, $_ := .Values.extraEnv -}}
+{{- if hasKey $owned $name -}}
+{{- $repeated = append $repeated (printf "%s (set it through %s)" $name (get $owned $name)) -}}
+{{- end -}}
+{{- end -}}
+{{- if $repeated -}}
+gatehouse: extraEnv
+    extraEnv repeats variables that the chart sets from other values: {{ join ", " $repeated }}. The ConfigMap would hold two values for one key; set each through the value named and remove it from extraEnv.
+{{- end -}}
+{{- end -}}
+
+{{/*
+Prometheus refuses a scrape timeout longer than the scrape interval, so the
+Prometheus Operator would drop the ServiceMonitor and nothing would scrape the
+pods. Durations of one unit (10s, 1m) are compared; others are left to Prometheus.
+*/}}
+{{- define "gatehouse.validateValues.scrapeTimeout" -}}
+{{- $monitor := .Values.metrics.serviceMonitor -}}
+{{- $interval := include "gatehouse.durationSeconds" $monitor.interval -}}
+{{- $timeout := include "gatehouse.durationSeconds" $monitor.scrapeTimeout -}}
+{{- if and $monitor.enabled $interval $timeout (gt (float64 $timeout) (float64 $interval)) -}}
+gatehouse: metrics.serviceMonitor.scrapeTimeout
+    metrics.serviceMonitor.scrapeTimeout ({{ $monitor.scrapeTimeout }}) is longer than metrics.serviceMonitor.interval ({{ $monitor.interval }}), which Prometheus refuses. Set the timeout at or below the interval.
+{{- end -}}
+{{- end -}}
+
+{{/* Seconds of a Prometheus duration of one unit (500ms, 10s, 1m, 2h), or "" for any other form. */}}
+{{- define "gatehouse.durationSeconds" -}}
+{{- $text := toString . -}}
+{{- if regexMatch "^[0-9]+(ms|s|m|h)$" $text -}}
+{{- $number := regexFind "^[0-9]+" $text | float64 -}}
+{{- $unit := regexReplaceAll "^[0-9]+" $text "" -}}
+{{- mulf $number (get (dict "ms" 0.001 "s" 1.0 "m" 60.0 "h" 3600.0) $unit) -}}
 {{- end -}}
 {{- end -}}
 
