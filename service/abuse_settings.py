@@ -45,7 +45,13 @@ class AbuseProtectionSettings(BaseSettings):
         description="comma-separated networks (CIDR) that are never banned, such as probes and ingress",
     )
 
-    @field_validator("ban_allowlist")
+    trusted_proxy_networks: str = Field(
+        "",
+        description="comma-separated networks (CIDR) of the proxies counted in GATEHOUSE_TRUSTED_PROXY_COUNT; "
+                    "X-Forwarded-For from other peers is ignored. Empty: trusted from every peer",
+    )
+
+    @field_validator("ban_allowlist", "trusted_proxy_networks")
     @classmethod
     def _check_allowlist(cls, value: str) -> str:
         for part in value.split(","):

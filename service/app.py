@@ -10,7 +10,6 @@ from typing import Any
 import redis
 import structlog
 from flask import Flask
-from werkzeug.middleware.proxy_fix import ProxyFix
 
 from service import api, ban_guard, database, errors, limits, log_file, login_guard, metrics, payload, redis_store, request_log
 from service.blacklist import BanList, Blacklist, BanPolicy, parse_networks
@@ -19,6 +18,7 @@ from service.context import EXTENSION_KEY, Services
 from service.flask_app import GatehouseFlask
 from service.logs import configure_logging
 from service.method_guard import MethodGuard
+from service.networks import TrustedProxyFix
 from service.passwords import Passwords
 from service.readiness import ReadinessProbe
 from service.access_state import AccessState
@@ -78,7 +78,8 @@ def _wrap_wsgi_app(app: Flask, settings: Settings) -> None:
     app.wsgi_app = WarmPath(app, app.wsgi_app)  # type: ignore[method-assign]
     if settings.trusted_proxy_count:
         # The client address is the one the last trusted proxy saw; earlier entries are client-supplied.
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxy_count)  # type: ignore[method-assign]
+        app.wsgi_app = TrustedProxyFix(app.wsgi_app, settings.trusted_proxy_count,  # type: ignore[method-assign]
+                                       parse_networks(settings.trusted_proxy_networks or ""))
     app.wsgi_app = MethodGuard(app.wsgi_app)  # type: ignore[method-assign]
 
 

@@ -38,10 +38,12 @@ def argon2_min_time_cost(memory_kib: int) -> int | None:
 # Text settings where an empty value means unset or none. Every other str, Path and
 # SecretStr setting rejects an empty value: GATEHOUSE_KEYS_DIR= would otherwise name the
 # current directory, and GATEHOUSE_MYSQL_PASSWORD= a login without a password.
-# An empty GATEHOUSE_BAN_ALLOWLIST exempts no address from bans.
+# An empty GATEHOUSE_BAN_ALLOWLIST exempts no address from bans, and an empty
+# GATEHOUSE_TRUSTED_PROXY_NETWORKS trusts the proxies' header from any peer.
 EMPTY_MEANS_UNSET = {
     "redis_url", "redis_sentinels", "redis_sentinel_service", "redis_sentinel_password", "redis_password",
     "log_file", "backup_dir", "ban_allowlist", "password_blocklist_file", "mysql_tls_ca", "mysql_tls_cert", "mysql_tls_key",
+    "trusted_proxy_networks",
 }
 TEXT_TYPES = (str, Path, SecretStr)
 # The spellings of number settings. pydantic alone also reads 1_000, +5, 5.0 as an integer

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import structlog
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 log = structlog.get_logger(__name__)
 
@@ -106,3 +109,35 @@ def parse_network_key(text: str) -> str:
         return str(network)
 
     raise ValueError(f"{text!r} is neither an address nor an IPv6 /64 network")
+
+
+class TrustedProxyFix:
+    """WSGI layer: the client address from X-Forwarded-For (werkzeug's ProxyFix), for requests from a trusted proxy.
+
+    ProxyFix alone trusts the header from every peer, so a client that reaches the pods
+    past the proxy could name any address: a new rate-limit key per request, or another
+    client's address to get banned. With networks, a request from any other peer keeps
+    its peer address. Without networks, every peer is trusted, as ProxyFix does.
+    """
+
+    def __init__(self, app: Callable[..., Iterable[bytes]], count: int,
+                 networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> None:
+        self._app = app
+        self._fixed = ProxyFix(app, x_for=count)
+        self._networks = networks
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if not self._networks or _in_networks(environ.get("REMOTE_ADDR") or "", self._networks):
+            return self._fixed(environ, start_response)
+        return self._app(environ, start_response)
+
+
+@functools.lru_cache(maxsize=1024)
+def _in_networks(address: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in network for network in networks)

@@ -39,8 +39,8 @@ CHART_OWNED = {"bind", "keys_dir", "password_blocklist_file", "mysql_password", 
 CHART_DEFAULTS = {"mysqlHost": "", "logFile": ""}
 LINT_WARNING = 2
 # Valid non-default values of config strings that have a format.
-OTHER_STRINGS = {"banAllowlist": "10.0.0.0/8,fd00::/8", "logFile": "/tmp/gatehouse.log", "rateLimitDefault": "500/minute",
-                 "rateLimitLogin": "10/minute;100/hour", "rateLimitLoginAccount": "5/minute",
+OTHER_STRINGS = {"banAllowlist": "10.0.0.0/8,fd00::/8", "trustedProxyNetworks": "10.0.0.0/8",
+                 "logFile": "/tmp/gatehouse.log", "rateLimitDefault": "500/minute", "rateLimitLogin": "10/minute;100/hour", "rateLimitLoginAccount": "5/minute",
                  "rateLimitRefresh": "30/minute", "rateLimitRegister": "5/minute;20/hour",
                  "redisSentinels": "sentinel-0:26379,sentinel-1:26379", "redisSentinelService": "mymaster"}
 
