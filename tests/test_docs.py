@@ -19,6 +19,28 @@ def test_readme_lists_every_setting():
 
 
 
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def test_readme_states_every_setting_range():
+    """Each bounded setting's row gives the range that start-up enforces, as the error message does."""
+    readme = (ROOT / "README.md").read_text()
+    wrong = []
+    for name, field in Settings.model_fields.items():
+        low = next((getattr(rule, kind) for rule in field.metadata for kind in ("ge", "gt")
+                    if getattr(rule, kind, None) is not None), None)
+        high = next((rule.le for rule in field.metadata if getattr(rule, "le", None) is not None), None)
+        if low is None or high is None:
+            continue
+        above = any(getattr(rule, "gt", None) is not None for rule in field.metadata)
+        expected = f"above {_number(low)} up to {_number(high)}" if above else f"{_number(low)}-{_number(high)}"
+        row = re.search(rf"^\| `{ENV_PREFIX}{name.upper()}` \|.*\|$", readme, re.MULTILINE)
+        if row is None or expected not in row.group(0).replace(",", ""):
+            wrong.append(f"{ENV_PREFIX}{name.upper()}: {expected}")
+    assert wrong == []
+
+
 def test_docs_name_every_ban_field():
     for document in (ROOT / "README.md", ROOT / "docs" / "api.md"):
         text = document.read_text()
