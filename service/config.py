@@ -247,8 +247,11 @@ class Settings(RedisSettings, AbuseProtectionSettings, MySQLTLSSettings):
     @classmethod
     def _check_number_spelling(cls, value: Any, info: ValidationInfo) -> Any:
         kinds = {annotation := cls.model_fields[info.field_name].annotation, *get_args(annotation)}
-        if not isinstance(value, str) or not value.strip() or not kinds & {int, float}:
+        if not isinstance(value, str) or not kinds & {int, float}:
             return value
+        if not value.strip():
+            # As for text settings (_reject_empty), rather than pydantic's message about parsing.
+            raise PydanticCustomError("empty", "is empty" if value == "" else "contains only whitespace")
 
         if float in kinds:
             if DECIMAL_SPELLING.fullmatch(value.strip()) is None:
