@@ -314,8 +314,21 @@ class DependencyFailureLog:
             self._unlogged[dependency] = self._unlogged.get(dependency, 0) + 1
             return
         self._logged_at[dependency] = now
-        log.warning("dependency_failed", dependency=dependency, error=repr(exc)[:300],
+        log.warning("dependency_failed", dependency=dependency, error=_describe_failure(exc),
                     failures_unlogged=self._unlogged.pop(dependency, 0))
+
+
+# PyMySQL raises InterfaceError(0, '') for a statement on a connection that it has
+# already found closed, which says nothing to an operator.
+_EMPTY_INTERFACE_ERROR = "the connection was already closed, as after the server went away or restarted"
+
+
+def _describe_failure(exc: Exception) -> str:
+    """Return the exception for the log: its repr, with a cause where the library gives none."""
+    text = repr(exc)[:300]
+    if type(exc).__name__ == "InterfaceError" and exc.args in ((0, ""), (0,)):
+        return f"{text}: {_EMPTY_INTERFACE_ERROR}"
+    return text
 
 
 def _handle_database_failure(exc: Exception) -> Response:

@@ -7,8 +7,10 @@ import uuid
 
 import pymysql
 import pytest
+import structlog.testing
 
 from service import database as database_module
+from service import errors
 from service.app import close_app, create_app
 from service.config import Settings, load_settings
 from service.context import EXTENSION_KEY
@@ -203,3 +205,13 @@ def test_timed_out_write_not_repeated(settings):
     finally:
         database.close()
         run_as_mysql_root(f"DROP TABLE IF EXISTS {table}")
+
+
+def test_closed_connection_failure_explained_in_log():
+    """PyMySQL's InterfaceError(0, '') for a closed connection gets a cause in dependency_failed."""
+    with structlog.testing.capture_logs() as logs:
+        errors.DependencyFailureLog().failed("mysql", pymysql.err.InterfaceError(0, ""))
+
+    [line] = [entry for entry in logs if entry["event"] == "dependency_failed"]
+    assert line["error"].startswith("InterfaceError(0, '')")
+    assert "already closed" in line["error"]
