@@ -319,7 +319,7 @@ class DependencyFailureLog:
 
 
 # PyMySQL raises InterfaceError(0, '') for a statement on a connection that it has
-# already found closed, which says nothing to an operator.
+# already found closed, which gives an operator no cause.
 _EMPTY_INTERFACE_ERROR = "the connection was already closed, as after the server went away or restarted"
 
 

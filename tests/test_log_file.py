@@ -235,7 +235,7 @@ def deleted_open_files(name: str) -> list[str]:
     return targets
 
 
-def test_running_handler_locks_new_lock_file_after_directory_made_again(tmp_path):
+def test_lock_file_reopened_after_directory_recreated(tmp_path):
     """A process that outlives its log directory locks the same file as the processes started after it."""
     directory = tmp_path / "logs"
     directory.mkdir()

@@ -252,7 +252,7 @@ def test_dashboard_configmap_carries_dashboard():
     ({"cronJobs": {"backup": {"enabled": False}}, "alerts": {"externalJobs": ["backup_create", "backup_verify"]}},
      set(), "backup_create|blacklist_rotate"),
 ], ids=["purge_off", "verify_off", "backup_and_rotation_off", "backup_run_elsewhere"])
-def test_alerts_of_jobs_that_do_not_run_left_out(values, left_out, failing_jobs):
+def test_disabled_job_alerts_left_out(values, left_out, failing_jobs):
     """A job that never runs would fire its staleness alert forever, so its alerts go with its CronJob."""
     rules = rules_by_name(render_rules(values))
 

@@ -202,7 +202,7 @@ def test_oversized_content_length_refused_unread(server):
 
 @pytest.mark.parametrize("sent", ["part", "whole"])
 def test_response_to_unread_body_closes_connection(server, sent):
-    """A response that leaves the body unread says Connection: close, and the server closes after it."""
+    """A response that leaves the body unread carries Connection: close, and the server closes after it."""
     declared = AUTH_LIMIT + 1000
     body = b"{" * (100 if sent == "part" else declared)
     with connect(server.url) as sock:
