@@ -71,9 +71,11 @@ def test_mutual_removal_keeps_one_admin(app, client, settings, action):
         rejected = next(response for response in responses if response.status_code not in (200, 204))
         # 409 when both requests passed their role check and met in MySQL. When the first
         # change committed before the second request's check, that request is no longer an
-        # administrator's: 403 after a demotion, 401 after its sessions ended.
+        # administrator's: 403 after a demotion, 401 after its sessions ended or its account
+        # was deleted or disabled.
         assert (rejected.status_code, rejected.get_json()["code"]) in (
-            (409, "conflict"), (403, "missing_role"), (401, "session_revoked")), rejected.get_json()
+            (409, "conflict"), (403, "missing_role"), (401, "session_revoked"), (401, "invalid_token")), \
+            rejected.get_json()
         if rejected.status_code == 409:
             assert rejected.get_json()["field"] == "user_id"
             assert "only active administrator" in rejected.get_json()["detail"]

@@ -13,8 +13,8 @@ from tests.helpers import Gunicorn, run_as_mysql_root, wait_until
 
 pytestmark = pytest.mark.e2e
 
-WAIT_TIMEOUT_SECONDS = 5
-IDLE_SECONDS = 10
+WAIT_TIMEOUT_SECONDS = 3
+IDLE_SECONDS = 6
 # Enough new connections that both workers check out a pooled MySQL connection.
 REQUESTS = 8
 
