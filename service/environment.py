@@ -21,7 +21,7 @@ class UpperCaseEnvSource(EnvSettingsSource):
     def _load_env_vars(self) -> Mapping[str, str | None]:
         # Lower-cased, as the base class returns them without case_sensitive.
         return {name.lower(): value for name, value in os.environ.items()
-                if name.startswith(ENV_PREFIX) or not name.upper().startswith(ENV_PREFIX)}
+                if name == name.upper() or not name.upper().startswith(ENV_PREFIX)}
 
 
 # Variables with the prefix that are not settings: the new password that `gatehouse users`

@@ -525,11 +525,13 @@ def test_setting_in_other_case_not_read(environment):
     """Only the upper-case names are read: with two spellings, which one applied would be unclear."""
     environment.setenv("gatehouse_workers", "7")
     environment.setenv("Gatehouse_Log_Level", "debug")
+    environment.setenv("GATEHOUSE_Keepalive", "9")
 
     settings = load_settings()
 
     assert settings.workers == Settings.model_fields["workers"].default
     assert settings.log_level == Settings.model_fields["log_level"].default
+    assert settings.keepalive == Settings.model_fields["keepalive"].default
     environment.setenv("GATEHOUSE_WORKERS", "3")
     assert load_settings().workers == 3
     environ = {"gatehouse_workers": "7", "Gatehouse_Log_Level": "debug", "GATEHOUSE_WORKERS": "3"}
