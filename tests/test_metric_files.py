@@ -1,4 +1,4 @@
-"""Metric files on a full file system: an error that names the file, never SIGBUS.
+"""Metric files on a full file system: an error that names the file, never SIGBUS, and requests go on.
 
 A tmpfs of 256 KiB stands in for a full PROMETHEUS_MULTIPROC_DIR. Mounting it needs
 root, or the test is skipped. Each case runs in a forked child, so that a SIGBUS would
@@ -11,10 +11,12 @@ import errno
 import faulthandler
 import os
 import signal
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import structlog.testing
 from prometheus_client import values
 from prometheus_client.mmap_dict import MmapedDict
 
@@ -60,6 +62,21 @@ def outcome_in_child(action: Callable[[], None]) -> str:
     return report
 
 
+def test_new_file_on_full_directory_kept_in_memory(full_directory, monkeypatch):
+    """prometheus_client's entry point: the process goes on, its samples stay out of /metrics, one line says why."""
+    path = full_directory / "counter_5.db"
+    monkeypatch.setattr(metric_files, "_last_report", float("-inf"))
+
+    with structlog.testing.capture_logs() as logs:
+        metric_file = metric_files.open_metric_file(str(path))
+        metric_file.write_value("key", 2.0, 0.0)
+
+    assert isinstance(metric_file, metric_files.UnsavedValues)
+    assert metric_file.read_value("key") == (2.0, 0.0)
+    assert [entry["event"] for entry in logs] == ["metric_file_full"]
+    assert str(path) in logs[0]["error"]
+
+
 def test_new_file_on_full_directory_raises(full_directory):
     path = full_directory / "counter_1.db"
 
@@ -80,12 +97,33 @@ def test_growing_file_on_full_directory_raises(tmp_path, full_directory):
 
     def add_many_keys() -> None:
         for number in range(10_000):
-            metric_file.write_value(f"gatehouse_example{{label=\"{number:040d}\"}}", 1.0, 0.0)
+            metric_file._init_value(f"gatehouse_example{{label=\"{number:040d}\"}}")
 
     outcome = outcome_in_child(add_many_keys)
+    # Through prometheus_client's calls, the keys without room are left out instead.
+    with structlog.testing.capture_logs():
+        for number in range(10_000):
+            metric_file.write_value(f"gatehouse_example{{label=\"{number:040d}\"}}", 1.0, 0.0)
+    stored = list(metric_file.read_all_values())
 
     assert outcome.startswith("MetricFileFull ENOSPC"), outcome
+    assert 0 < len(stored) < 10_000
     metric_file.close()
+
+
+def test_file_system_without_fallocate_works(tmp_path):
+    """On ramfs, as on NFS before 4.2, glibc emulates fallocate by writing, which needs a descriptor without O_APPEND."""
+    mounted = subprocess.run(["mount", "-t", "ramfs", "ramfs", str(tmp_path)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a ramfs: {mounted.stderr.strip()}")
+    try:
+        metric_file = AllocatedMmapedDict(str(tmp_path / "counter_6.db"))
+        for number in range(3_000):
+            metric_file.write_value(f"gatehouse_example{{label=\"{number:040d}\"}}", float(number), 0.0)
+        assert len(list(metric_file.read_all_values())) == 3_000
+        metric_file.close()
+    finally:
+        subprocess.run(["umount", str(tmp_path)], check=True)
 
 
 def test_library_class_dies_of_sigbus_on_full_directory(full_directory):
@@ -111,7 +149,7 @@ def test_prometheus_client_files_allocated(tmp_path, monkeypatch):
     # prometheus_client's own class leaves the file sparse: no blocks behind its pages.
     assert os.stat(path).st_blocks * 512 >= os.stat(path).st_size >= 64 * 1024
     metric_files.install()
-    assert values.MmapedDict is AllocatedMmapedDict
+    assert values.MmapedDict is metric_files.open_metric_file
 
 
 def test_file_keeps_values_across_growth(tmp_path):

@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from service.lifecycle.metrics_dir import LOCK_FILE_NAME
-from tests.helpers import Gunicorn, scrape, wait_until
+from tests.helpers import Gunicorn, full_tmpfs, scrape, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -103,3 +103,18 @@ def _is_running(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
     except (FileNotFoundError, IndexError):
         return False
+
+
+def test_full_metrics_dir_keeps_serving(tmp_path):
+    """A metrics directory without room costs metrics, not requests: no SIGBUS, no failed request, one log line."""
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    # One page left: the master can make its lock file, and no worker a metric file.
+    with full_tmpfs(metrics_dir), Gunicorn(tmp_path, env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}) as server:
+        statuses = [requests.get(f"{server.url}{path}", timeout=10).status_code
+                    for path in ("/health", "/ready", "/v1/nothing", "/.well-known/jwks.json") for _ in range(5)]
+        output = server.output()
+
+    assert statuses == [200] * 10 + [404] * 5 + [200] * 5
+    assert "SIGBUS" not in output
+    assert '"metric_file_full"' in output
