@@ -357,4 +357,6 @@ def init_app(app: Flask) -> None:
     app.register_error_handler(pymysql.err.InterfaceError, _handle_database_failure)
     app.register_error_handler(redis.exceptions.ConnectionError, _handle_redis_failure)
     app.register_error_handler(redis.exceptions.TimeoutError, _handle_redis_failure)
+    # A full Redis under noeviction refuses writes with OOM: a dependency failure, not a defect.
+    app.register_error_handler(redis.exceptions.OutOfMemoryError, _handle_redis_failure)
     app.register_error_handler(Exception, _handle_unexpected)

@@ -160,4 +160,10 @@ class ReadinessProbe:
         # service makes. redis_store turns its READONLY reply into a ConnectionError.
         # ROLE or INFO would tell as well, but a managed Redis may refuse them to the
         # service's user, which would take every pod out of service.
-        self._redis.set(READY_KEY, str(int(time.time())), px=_READY_KEY_MILLISECONDS)
+        try:
+            self._redis.set(READY_KEY, str(int(time.time())), px=_READY_KEY_MILLISECONDS)
+        except redis.exceptions.OutOfMemoryError:
+            # A full Redis under noeviction refuses writes but still answers reads, so warm
+            # requests and the JWKS still work. Taking every pod out of service would stop
+            # them too; logins and refreshes get 503 redis_unavailable meanwhile.
+            return

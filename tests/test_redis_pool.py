@@ -108,6 +108,31 @@ def test_read_only_redis_gets_503_then_recovers(settings, user):
         close_app(app)
 
 
+def test_full_redis_gets_503_and_stays_ready(settings, user):
+    """A full Redis under noeviction refuses writes: 503 for them, but the pod stays in service for the reads."""
+    app = create_app({"ready_cache_seconds": 0})
+    admin = redis.Redis.from_url(settings.redis_url.get_secret_value(), decode_responses=True)
+    credentials = {"email": user["email"], "password": PASSWORD}
+    old_limit = admin.config_get("maxmemory")["maxmemory"]
+    try:
+        client = app.test_client()
+        assert client.post("/v1/auth/login", json=credentials).status_code == 200
+        admin.config_set("maxmemory", 1)
+        try:
+            full = client.post("/v1/auth/login", json=credentials)
+            ready = client.get("/ready")
+        finally:
+            admin.config_set("maxmemory", old_limit)
+
+        assert full.status_code == 503
+        assert full.get_json()["code"] == "redis_unavailable"
+        assert ready.status_code == 200
+        assert client.post("/v1/auth/login", json=credentials).status_code == 200
+    finally:
+        admin.close()
+        close_app(app)
+
+
 def test_failed_connects_leave_lent_gauge_alone():
     # Nothing listens on port 1 of the loopback address, so every connect fails.
     pool = redis_store.TrackedBlockingConnectionPool.from_url("redis://127.0.0.1:1/0", max_connections=2, timeout=0.1)
