@@ -11,8 +11,9 @@ on (what remains without digits, punctuation, symbols and spaces at its ends), i
 - one of the account's context words (context_words): its email and parts of it, or the
   service's name.
 
-It is also refused when that form is blank, or one to three characters repeated
-(is_trivial), as "!!!!!!!!" or eight zero-width spaces are.
+It is also refused when that form keeps fewer than four characters without white space,
+or is one to three characters repeated (is_trivial), as "!!!!!!!!", "ab      " or eight
+zero-width spaces are.
 
 Each worker keeps an 8-byte BLAKE2b digest of every listed password in one sorted array:
 8 bytes per entry (157 KB for the bundled list), where a set of the strings would take
@@ -54,8 +55,11 @@ MAX_AFFIX = 6
 # fillers render as nothing, so "password\ufe0f" reads as "password".
 _IGNORABLE_RANGES = ((0x034F, 0x034F), (0x115F, 0x1160), (0x17B4, 0x17B5), (0x180B, 0x180F), (0x3164, 0x3164),
                      (0xFE00, 0xFE0F), (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8), (0xE0000, 0xE0FFF))
-# The maximum length of a unit whose repetition makes a trivial password (is_trivial).
+# The maximum length of a unit whose repetition makes a trivial password, and the
+# fewest characters that a password must keep without white space and invisible ones
+# (is_trivial).
 _MAX_REPEATED_UNIT = 3
+_MIN_COMPACT = 4
 # Passwords are at most this long, so a longer line of an operator's file can never match.
 MAX_ENTRY_BYTES = 4 * 256
 
@@ -102,16 +106,17 @@ def _cores(comparable: str) -> list[str]:
 
 
 def is_trivial(password: str) -> bool:
-    """Tell whether a password is blank or one short unit repeated, once compared as listed ones are.
+    """Tell whether a password comes down to a few characters, once compared as listed ones are.
 
-    Blank means that nothing is left without white space and invisible characters, as
-    with eight spaces, zero-width spaces or Hangul fillers. A repeated unit is one to
-    _MAX_REPEATED_UNIT characters over the whole password: "!!!!!!!!", "!@!@!@!@" or
-    "ab ab ab ab". Such passwords are among the first guesses, whatever their characters.
+    That is: fewer than _MIN_COMPACT characters are left without white space and
+    invisible characters, as with eight spaces, "ab      " or "x" and seven zero-width
+    spaces; or one to _MAX_REPEATED_UNIT characters repeat over the whole password, as
+    in "!!!!!!!!", "!@!@!@!@" or "ab ab ab ab". Such passwords are among the first
+    guesses, whatever their characters, and the length rule counts what was sent.
     """
     compact = "".join(_comparable(password).split())
-    return not compact or any(compact == (compact[:size] * len(compact))[:len(compact)]
-                              for size in range(1, min(_MAX_REPEATED_UNIT, len(compact) // 2) + 1))
+    return len(compact) < _MIN_COMPACT or any(compact == (compact[:size] * len(compact))[:len(compact)]
+                                              for size in range(1, _MAX_REPEATED_UNIT + 1))
 
 
 def _digest(comparable: str) -> int:

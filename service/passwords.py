@@ -88,9 +88,9 @@ class Passwords:
                                       "symbols added, which attackers try first. Choose another one, such as a few "
                                       "unrelated words.", field=field)
         if password_blocklist.is_trivial(password):
-            raise PasswordBlocklisted("This password is blank once spaces and invisible characters are left out, or "
-                                      "repeats one to three characters, which attackers try first. Choose another "
-                                      "one, such as a few unrelated words.", field=field)
+            raise PasswordBlocklisted("This password keeps fewer than four characters once spaces and invisible "
+                                      "characters are left out, or repeats one to three characters, which attackers "
+                                      "try first. Choose another one, such as a few unrelated words.", field=field)
         if password_blocklist.matches_context(password, email):
             raise PasswordBlocklisted("This password is the email address, its part before the @-sign or the "
                                       "service's name, which attackers try first. Choose another one.", field=field)

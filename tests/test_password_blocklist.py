@@ -49,13 +49,15 @@ def test_listed_words_with_affixes_are_blocked(password):
 
 @pytest.mark.parametrize("password", [" " * 8, "\u00a0" * 8, "\u200b" * 8, "\u3164" * 8, "\u2800" * 8, "\t \n" * 3,
                                       "!!!!!!!!", "........", "ÄÄÄÄÄÄÄÄ", "!@!@!@!@", "abcabcabc", "ab ab ab ab",
-                                      "xYz" * 4, "\u200b!\u200b!\u200b!\u200b!"])
+                                      "xYz" * 4, "\u200b!\u200b!\u200b!\u200b!", "ab      ", "a b c   ",
+                                      "x" + "\u200b" * 7, "xy" + "\ufe0f" * 6])
 def test_blank_and_repeated_passwords_are_trivial(password):
     assert password_blocklist.is_trivial(password)
 
 
 @pytest.mark.parametrize("password", ["correct horse battery staple", "abcdabcd", "!@#$!@#$", "x7Kq!mZ2#pL9",
-                                      "summer summer summer", "aaaaaaab", "#$%&*(+)=?!@", "ab ab ab abc"])
+                                      "summer summer summer", "aaaaaaab", "#$%&*(+)=?!@", "ab ab ab abc",
+                                      "a b c d "])
 def test_varied_passwords_are_not_trivial(password):
     assert not password_blocklist.is_trivial(password)
 
