@@ -51,6 +51,15 @@ class AbuseProtectionSettings(BaseSettings):
                     "X-Forwarded-For from other peers is ignored. Empty: trusted from every peer",
     )
 
+    @field_validator("trusted_proxy_networks")
+    @classmethod
+    def _check_names_a_network(cls, value: str) -> str:
+        # Empty trusts every peer, so a value that names no network, such as ",", would
+        # fail open: it is rejected rather than read as empty.
+        if value.strip() and not any(part.strip() for part in value.split(",")):
+            raise ValueError(f"{value!r} names no network: give networks such as 10.0.0.0/8, or leave it empty")
+        return value
+
     @field_validator("ban_allowlist", "trusted_proxy_networks")
     @classmethod
     def _check_allowlist(cls, value: str) -> str:

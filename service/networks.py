@@ -34,14 +34,20 @@ def without_port(address: str) -> str | None:
     """
     if address.startswith("["):
         inner, bracket, rest = address[1:].partition("]")
-        if bracket and (not rest or (rest[:1] == ":" and rest[1:].isdigit())):
+        # Brackets enclose an IPv6 address only.
+        if bracket and ":" in inner and (not rest or (rest[:1] == ":" and _is_port(rest[1:]))):
             return inner
         return None
 
     host, colon, port = address.rpartition(":")
-    if colon and port.isdigit() and ":" not in host:
+    if colon and _is_port(port) and ":" not in host:
         return host
     return None
+
+
+def _is_port(text: str) -> bool:
+    """Tell whether text is a TCP port: 1 to 5 ASCII digits, at most 65535 (str.isdigit takes any script's)."""
+    return 0 < len(text) <= 5 and text.isascii() and text.isdigit() and int(text) <= 65535
 
 
 def _unparsable(address: str | None) -> str:

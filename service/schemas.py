@@ -48,9 +48,12 @@ _BIDI_FORMATTING = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u
 
 def display_text_problem(value: str) -> str | None:
     """Return why a text shown to administrators is invalid, or None: control or bidirectional formatting characters."""
-    if any(character in _BIDI_FORMATTING or unicodedata.category(character) == "Cc" for character in value):
-        return ("should contain no control characters (NUL, tab, line breaks) and no bidirectional formatting "
-                "characters (U+202A to U+202E, U+2066 to U+2069)")
+    # Cc, the control characters, and Zl and Zp, the line and paragraph separators U+2028
+    # and U+2029, which break the line in terminals and editors too.
+    if any(character in _BIDI_FORMATTING or unicodedata.category(character) in ("Cc", "Zl", "Zp")
+           for character in value):
+        return ("should contain no control characters or line breaks (NUL, tab, LF, U+2028, U+2029) and no "
+                "bidirectional formatting characters (U+202A to U+202E, U+2066 to U+2069)")
     return None
 
 
@@ -65,7 +68,7 @@ def _check_display_text(value: str) -> str:
 DisplayText = Annotated[
     str,
     # Documents the validator's rule; the validator itself gives the clearer message.
-    Field(json_schema_extra={"pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f\\u202a-\\u202e\\u2066-\\u2069]*$"}),
+    Field(json_schema_extra={"pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f\\u2028\\u2029\\u202a-\\u202e\\u2066-\\u2069]*$"}),
     AfterValidator(_check_display_text),
 ]
 

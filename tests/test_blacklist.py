@@ -241,6 +241,17 @@ def test_manual_ban_takes_address_forms_of_log_lines(ban_app, admin_tokens, ip, 
     assert response.get_json()["ip"] == key
 
 
+@pytest.mark.parametrize("ip", ["192.0.2.84:99999", "192.0.2.85:\u00b2", "192.0.2.86:\u0663", "[192.0.2.87]",
+                                "192.0.2.88:123456", "[2001:db8::1]:65536"])
+def test_manual_ban_rejects_address_with_invalid_port(ban_app, admin_tokens, ip):
+    """A port is 1 to 5 ASCII digits up to 65535, and brackets enclose IPv6 addresses only."""
+    response = ban_app.test_client().post("/v1/admin/bans", json={"ip": ip, "reason": "x"},
+                                          headers=bearer(admin_tokens["access_token"]))
+
+    assert response.status_code == 400
+    assert response.get_json()["field"] == "ip"
+
+
 @pytest.mark.parametrize(("duration", "expected"), [("1e308", "less than or equal to 31536000"),
                                                     ("-1e308", "greater than or equal to 60")])
 def test_manual_ban_states_bounds_of_huge_duration(ban_app, admin_tokens, duration, expected):
@@ -254,7 +265,7 @@ def test_manual_ban_states_bounds_of_huge_duration(ban_app, admin_tokens, durati
 
 
 @pytest.mark.parametrize("reason", ["line\nbreak", "nul\u0000", "tab\tbed", "\u202eesrever", "isolate\u2066x\u2069",
-                                    "c1\u0085"])
+                                    "c1\u0085", "line\u2028separator", "paragraph\u2029separator"])
 def test_manual_ban_rejects_control_and_bidi_characters(ban_app, admin_tokens, reason):
     response = ban_app.test_client().post("/v1/admin/bans", json={"ip": "192.0.2.97", "reason": reason},
                                           headers=bearer(admin_tokens["access_token"]))

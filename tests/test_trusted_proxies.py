@@ -10,6 +10,7 @@ import pytest
 
 from service.app import close_app, create_app
 from service.blacklist import parse_networks
+from service.config import InvalidConfiguration, load_settings
 from service.networks import TrustedProxyFix
 from tests.helpers import bearer, wait_until
 
@@ -64,3 +65,13 @@ def test_untrusted_peer_forwarded_for_ignored(user):
         assert past_proxy.status_code == 200
     finally:
         close_app(app)
+
+
+@pytest.mark.parametrize("value", [",", " , ,"])
+def test_networks_naming_none_rejected(value):
+    """Empty trusts every peer, so a value that names no network must not read as empty."""
+    with pytest.raises(InvalidConfiguration) as excinfo:
+        load_settings({"trusted_proxy_networks": value})
+
+    assert str(excinfo.value).startswith("GATEHOUSE_TRUSTED_PROXY_NETWORKS is invalid")
+    assert "names no network" in str(excinfo.value)
