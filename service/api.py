@@ -152,7 +152,7 @@ def parse_query(model: type[BaseModel]) -> Any:
     try:
         return model.model_validate(request.args.to_dict())
     except ValidationError as exc:
-        raise _problem_for(exc) from None
+        raise _problem_for(exc, unknown_message="unknown query parameter") from None
 
 
 def _field_path(loc: tuple[int | str, ...], *, client_name: bool = False) -> str:
@@ -172,7 +172,8 @@ def _field_path(loc: tuple[int | str, ...], *, client_name: bool = False) -> str
     return ".".join(parts)[:_MAX_FIELD_NAME]
 
 
-def _problem_for(exc: ValidationError, raw: bytes = b"") -> InvalidRequest | InvalidJson:
+def _problem_for(exc: ValidationError, raw: bytes = b"", *,
+                 unknown_message: str = "unknown field") -> InvalidRequest | InvalidJson:
     errors = exc.errors(include_url=False, include_input=False, include_context=False)
     if errors[0]["type"] == "json_invalid":
         # Only a fallback, because _check_json_syntax has already parsed the body with stricter rules.
@@ -190,7 +191,7 @@ def _problem_for(exc: ValidationError, raw: bytes = b"") -> InvalidRequest | Inv
             continue  # one entry per field, even when each member of a union failed
         seen.add(location)
         if unknown:
-            field_errors.append({"field": location, "message": "unknown field"})
+            field_errors.append({"field": location, "message": unknown_message})
             continue
         if error["type"] == "model_type" or not location:
             message = "the body must be a JSON object"

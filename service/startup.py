@@ -161,11 +161,13 @@ def _report_eviction_policy(client: redis.Redis) -> None:
     not worth failing the start.
     """
     try:
-        policy = client.info("memory").get("maxmemory_policy")
+        memory = client.info("memory")
     except redis.ResponseError as exc:
         log.info("redis_eviction_policy_unknown", error=str(exc)[:300])
         return
-    if policy is not None and policy != "noeviction":
+    policy = memory.get("maxmemory_policy")
+    # Without a memory limit (maxmemory 0) Redis never evicts, whatever the policy.
+    if policy is not None and policy != "noeviction" and memory.get("maxmemory"):
         log.warning("redis_eviction_policy", policy=policy,
                     hint="set maxmemory-policy to noeviction: under this policy Redis may evict sessions, "
                          "revocations, bans or rate-limit counters when it is full")
@@ -208,7 +210,7 @@ def run_startup_checks(settings: Settings) -> None:
            "check GATEHOUSE_MYSQL_HOST and GATEHOUSE_MYSQL_PORT, and that the server runs")
     redis_settings = "GATEHOUSE_REDIS_SENTINELS" if settings.redis_mode == "sentinel" else "GATEHOUSE_REDIS_URL"
     redis_hint = f"check {redis_settings}, and that the server runs"
-    if settings.redis_mode != "sentinel" and settings.redis_url.get_secret_value().startswith("rediss://"):
+    if settings.redis_mode != "sentinel" and settings.redis_url.get_secret_value().lower().startswith("rediss://"):
         # A server without TLS leaves the TLS handshake unanswered, which reads as a timeout.
         redis_hint += " and accepts TLS, which rediss:// asks for"
     _retry("redis", lambda: _check_redis(settings), deadline, redis_hint)

@@ -182,20 +182,25 @@ def test_redis_denied_command_fails_at_once(settings, redis_user_without_ping):
 
 
 @pytest.fixture
-def eviction_policy(settings: Settings) -> Iterator[Callable[[str], None]]:
-    """Return a function that sets the test Redis's maxmemory-policy; the fixture restores the old one."""
+def eviction_policy(settings: Settings) -> Iterator[Callable[[str, str], None]]:
+    """Return a function that sets the test Redis's maxmemory-policy and maxmemory; the fixture restores both."""
     admin = redis.Redis.from_url(settings.redis_url.get_secret_value(), decode_responses=True)
-    old = admin.config_get("maxmemory-policy")["maxmemory-policy"]
+    old = admin.config_get("maxmemory*")
     try:
-        yield lambda policy: admin.config_set("maxmemory-policy", policy)
+        yield lambda policy, limit: admin.config_set("maxmemory-policy", policy) and admin.config_set("maxmemory", limit)
     finally:
-        admin.config_set("maxmemory-policy", old)
+        admin.config_set("maxmemory-policy", old["maxmemory-policy"])
+        admin.config_set("maxmemory", old["maxmemory"])
         admin.close()
 
 
-@pytest.mark.parametrize(("policy", "warned"), [("allkeys-lru", True), ("volatile-ttl", True), ("noeviction", False)])
-def test_redis_eviction_policy_warned(settings, eviction_policy, policy, warned):
-    eviction_policy(policy)
+@pytest.mark.parametrize(("policy", "limit", "warned"), [
+    ("allkeys-lru", "1gb", True), ("volatile-ttl", "1gb", True), ("noeviction", "1gb", False),
+    # Without a memory limit Redis never evicts, whatever the policy.
+    ("allkeys-lru", "0", False),
+])
+def test_redis_eviction_policy_warned(settings, eviction_policy, policy, limit, warned):
+    eviction_policy(policy, limit)
 
     with structlog.testing.capture_logs() as logs:
         run_startup_checks(settings)

@@ -161,7 +161,7 @@ def test_route_without_parameters_rejects_query(client, admin_tokens, method, pa
     assert response.status_code == 400, response.get_json()
     assert response.get_json()["code"] == "invalid_request"
     assert response.get_json()["field"] == "ip"
-    assert response.get_json()["errors"] == [{"field": "ip", "message": "unknown field"}]
+    assert response.get_json()["errors"] == [{"field": "ip", "message": "unknown query parameter"}]
     # Nothing happened: the session still refreshes.
     assert client.post("/v1/auth/refresh", json={"refresh_token": admin_tokens["refresh_token"]}).status_code == 200
 
