@@ -7,7 +7,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -93,17 +93,20 @@ def _users_create(args: argparse.Namespace) -> int:
             print(f"gatehouse: unknown role {', '.join(unknown)}; known roles: {', '.join(sorted(known))}",
                   file=sys.stderr)
             return 2
-        user = users.register(database, Passwords(settings), request.email, request.password)
         # The account's creation is audited as an administrator's change, without the email,
-        # which the audit trail never holds. Its roles come in the same transaction.
+        # which the audit trail never holds. The account, its roles and the audit rows
+        # commit together.
         actions = [("user_created", {"via": "cli"})] + [("role_granted", {"role": role, "via": "cli"})
                                                         for role in roles_to_grant]
-        with database.transaction() as cursor:
+
+        def grant_and_audit(cursor: Any, user: users.User) -> None:
             for role in roles_to_grant:
                 roles.grant(cursor, user.id, role)
             for action, detail in actions:
                 audit.insert(cursor, actor_id=None, action=action, target_type="user", target_id=user.id,
                              client_ip="", detail=detail)
+
+        user = users.register(database, Passwords(settings), request.email, request.password, then=grant_and_audit)
         for action, detail in actions:
             audit.log_action(actor_id=None, action=action, target_type="user", target_id=user.id, client_ip="",
                              detail=detail)

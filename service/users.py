@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 from datetime import UTC, datetime
+from typing import Any
 
 import pymysql
 import structlog
@@ -35,25 +36,32 @@ def _user(row: dict, roles: tuple[str, ...] = ()) -> User:
     return User(row["id"], row["email"], row["status"], row["created_at"].replace(tzinfo=UTC), roles)
 
 
-def register(database: Database, passwords: Passwords, email: str, password: str) -> User:
-    """Create an active user; raise PasswordBlocklisted for a password on the blocklist, EmailTaken when the normalized email exists."""
+def register(database: Database, passwords: Passwords, email: str, password: str, *,
+             then: Callable[[Any, User], None] | None = None) -> User:
+    """Create an active user; raise PasswordBlocklisted for a password on the blocklist, EmailTaken when the normalized email exists.
+
+    `then` runs with the cursor and the new user after the insert, in its transaction,
+    and an exception from it undoes the insert.
+    """
     passwords.check_new(password, email=email, field="password")
     password_hash = passwords.hash(password)
     now = datetime.now(UTC).replace(tzinfo=None)
-    user_id = uuid.uuid4().hex
+    user = User(uuid.uuid4().hex, email, STATUS_ACTIVE, now.replace(tzinfo=UTC))
     try:
-        with database.cursor() as cursor:
+        with database.transaction() as cursor:
             cursor.execute(
                 "INSERT INTO users (id, email, password_hash, status, created_at, updated_at)"
                 " VALUES (%s, %s, %s, %s, %s, %s)",
-                (user_id, email, password_hash, STATUS_ACTIVE, now, now),
+                (user.id, email, password_hash, STATUS_ACTIVE, now, now),
             )
+            if then is not None:
+                then(cursor, user)
     except pymysql.err.IntegrityError as exc:
         if exc.args and exc.args[0] == _DUPLICATE_ENTRY:
             raise EmailTaken("An account with this email already exists.", field="email") from None
         raise
 
-    return User(user_id, email, STATUS_ACTIVE, now.replace(tzinfo=UTC))
+    return user
 
 
 def authenticate(database: Database, passwords: Passwords, email: str, password: str) -> tuple[User, str]:
