@@ -473,6 +473,13 @@ the pods got depended on the parser of the manifest.
 {{- range $name := list "GATEHOUSE_MYSQL_TLS_CA" "GATEHOUSE_MYSQL_TLS_CERT" "GATEHOUSE_MYSQL_TLS_KEY" -}}
 {{- $_ := set $owned $name "mysqlTls" -}}
 {{- end -}}
+{{- /* Set as container env entries, which would override the ConfigMap's value without a word. */ -}}
+{{- range $name := list "GATEHOUSE_MYSQL_PASSWORD" "GATEHOUSE_REDIS_URL" "GATEHOUSE_REDIS_PASSWORD" "GATEHOUSE_REDIS_SENTINEL_PASSWORD" -}}
+{{- $_ := set $owned $name "secret or existingSecret" -}}
+{{- end -}}
+{{- $_ := set $owned "GATEHOUSE_PASSWORD_BLOCKLIST_FILE" "passwordBlocklist" -}}
+{{- $_ := set $owned "GATEHOUSE_BACKUP_DIR" "cronJobs.backup.persistence" -}}
+{{- $_ := set $owned "PROMETHEUS_MULTIPROC_DIR" "the chart's metrics volume" -}}
 {{- $repeated := list -}}
 {{- range $name, $_ := .Values.extraEnv -}}
 {{- if hasKey $owned $name -}}
