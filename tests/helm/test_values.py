@@ -280,7 +280,7 @@ def test_app_version_is_package_version():
     ({"GATEHOUSE_WORKERS": "8"}, "GATEHOUSE_WORKERS (set it through config.workers)"),
     ({"GATEHOUSE_TRUSTED_PROXY_COUNT": "0"}, "GATEHOUSE_TRUSTED_PROXY_COUNT (set it through config.trustedProxyCount)"),
     ({"GATEHOUSE_BIND": "0.0.0.0:9000"}, "GATEHOUSE_BIND (set it through service.port)"),
-    ({"GATEHOUSE_REDIS_URL": "redis://redis:6379/0"}, "GATEHOUSE_REDIS_URL (set it through secret or existingSecret)"),
+    ({"GATEHOUSE_REDIS_URL": "redis://redis:6379/0"}, "GATEHOUSE_REDIS_URL (set it through secret or secret.existingSecret)"),
     ({"PROMETHEUS_MULTIPROC_DIR": "/tmp/metrics"}, "PROMETHEUS_MULTIPROC_DIR (set it through the chart's metrics volume)"),
 ])
 def test_extra_env_repeating_chart_variable_fails(extra_env, named):

@@ -475,7 +475,7 @@ the pods got depended on the parser of the manifest.
 {{- end -}}
 {{- /* Set as container env entries, which would override the ConfigMap's value without a word. */ -}}
 {{- range $name := list "GATEHOUSE_MYSQL_PASSWORD" "GATEHOUSE_REDIS_URL" "GATEHOUSE_REDIS_PASSWORD" "GATEHOUSE_REDIS_SENTINEL_PASSWORD" -}}
-{{- $_ := set $owned $name "secret or existingSecret" -}}
+{{- $_ := set $owned $name "secret or secret.existingSecret" -}}
 {{- end -}}
 {{- $_ := set $owned "GATEHOUSE_PASSWORD_BLOCKLIST_FILE" "passwordBlocklist" -}}
 {{- $_ := set $owned "GATEHOUSE_BACKUP_DIR" "cronJobs.backup.persistence" -}}
