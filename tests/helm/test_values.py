@@ -302,7 +302,8 @@ def service_monitor(interval: str, timeout: str) -> dict[str, Any]:
     return {"metrics": {"serviceMonitor": {"enabled": True, "interval": interval, "scrapeTimeout": timeout}}}
 
 
-@pytest.mark.parametrize(("interval", "timeout"), [("10s", "30s"), ("1m", "90s"), ("500ms", "1s")])
+@pytest.mark.parametrize(("interval", "timeout"), [("10s", "30s"), ("1m", "90s"), ("500ms", "1s"), ("1h", "1d"),
+                                                   ("1m30s", "2m")])
 def test_scrape_timeout_above_interval_fails(interval, timeout):
     with pytest.raises(helm_python.HelmRenderError) as failure:
         render(service_monitor(interval, timeout))
@@ -310,9 +311,8 @@ def test_scrape_timeout_above_interval_fails(interval, timeout):
     assert f"metrics.serviceMonitor.scrapeTimeout ({timeout}) is longer than" in str(failure.value)
 
 
-@pytest.mark.parametrize(("interval", "timeout"), [("30s", "30s"), ("1m", "10s"), ("30s", "1m30s")])
+@pytest.mark.parametrize(("interval", "timeout"), [("30s", "30s"), ("1m", "10s"), ("2m", "1m30s"), ("1h", "59m59s")])
 def test_scrape_timeout_within_interval_renders(interval, timeout):
-    """Equal or shorter, or in a form of two units, which is left to Prometheus."""
     monitor = render(service_monitor(interval, timeout)).one("ServiceMonitor")
 
     assert monitor["spec"]["endpoints"][0]["scrapeTimeout"] == timeout

@@ -495,7 +495,7 @@ gatehouse: extraEnv
 {{/*
 Prometheus refuses a scrape timeout longer than the scrape interval, so the
 Prometheus Operator would drop the ServiceMonitor and nothing would scrape the
-pods. Durations of one unit (10s, 1m) are compared; others are left to Prometheus.
+pods. Text that is no Prometheus duration is left to Prometheus.
 */}}
 {{- define "gatehouse.validateValues.scrapeTimeout" -}}
 {{- $monitor := .Values.metrics.serviceMonitor -}}
@@ -507,13 +507,17 @@ gatehouse: metrics.serviceMonitor.scrapeTimeout
 {{- end -}}
 {{- end -}}
 
-{{/* Seconds of a Prometheus duration of one unit (500ms, 10s, 1m, 2h), or "" for any other form. */}}
+{{/* Seconds of a Prometheus duration (500ms, 10s, 1m30s, 2h, 1d), or "" for text that is none. */}}
 {{- define "gatehouse.durationSeconds" -}}
 {{- $text := toString . -}}
-{{- if regexMatch "^[0-9]+(ms|s|m|h)$" $text -}}
-{{- $number := regexFind "^[0-9]+" $text | float64 -}}
-{{- $unit := regexReplaceAll "^[0-9]+" $text "" -}}
-{{- mulf $number (get (dict "ms" 0.001 "s" 1.0 "m" 60.0 "h" 3600.0) $unit) -}}
+{{- if regexMatch "^([0-9]+(ms|s|m|h|d|w|y))+$" $text -}}
+{{- $units := dict "ms" 0.001 "s" 1.0 "m" 60.0 "h" 3600.0 "d" 86400.0 "w" 604800.0 "y" 31536000.0 -}}
+{{- $total := 0.0 -}}
+{{- range regexFindAll "[0-9]+(ms|s|m|h|d|w|y)" $text -1 -}}
+{{- $number := regexFind "^[0-9]+" . | float64 -}}
+{{- $total = addf $total (mulf $number (get $units (regexReplaceAll "^[0-9]+" . ""))) -}}
+{{- end -}}
+{{- $total -}}
 {{- end -}}
 {{- end -}}
 
