@@ -94,8 +94,9 @@ limit_request_field_size = 8190
 #       of those names, and the scheme from X-Forwarded-Proto. A client on the same host
 #       or in the same pod (a sidecar that forwards every header) could then route
 #       /v1/metrics to /metrics, past a proxy that publishes only /v1. A SCRIPT_NAME that
-#       is not a prefix of the path made any request fail with 500. The app reads
-#       the client address through GATEHOUSE_TRUSTED_PROXY_COUNT alone (service/app.py).
+#       is not a prefix of the path made any request fail with 500. The app reads the
+#       client address through GATEHOUSE_TRUSTED_PROXY_COUNT and
+#       GATEHOUSE_TRUSTED_PROXY_NETWORKS alone (service/networks.py).
 forwarded_allow_ips = ""
 forwarder_headers = ""
 
