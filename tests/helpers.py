@@ -96,6 +96,27 @@ def call_under_modes(function: Callable[[], str]) -> str:
 
 
 @contextmanager
+def captured_logs(*modules: Any) -> Iterator[list[dict[str, Any]]]:
+    """Yield the structlog entries that the modules' `log` writes meanwhile.
+
+    structlog.testing.capture_logs alone misses a module logger that an earlier test
+    has used, since the configuration caches a bound logger on first use, so each
+    module gets a fresh one for the duration.
+    """
+    import structlog.testing
+
+    saved = [(module, module.log) for module in modules]
+    with structlog.testing.capture_logs() as logs:
+        for module in modules:
+            module.log = structlog.get_logger(module.__name__)
+        try:
+            yield logs
+        finally:
+            for module, logger in saved:
+                module.log = logger
+
+
+@contextmanager
 def full_tmpfs(directory: Path, size: int = 256 * 1024, left: int = 4096) -> Iterator[Path]:
     """Mount a tmpfs of `size` bytes at directory, filled up but for `left` bytes; skip the test without mount rights."""
     import pytest

@@ -7,7 +7,6 @@ import uuid
 
 import pymysql
 import pytest
-import structlog.testing
 
 from service import database as database_module
 from service import errors
@@ -16,7 +15,7 @@ from service.config import Settings, load_settings
 from service.context import EXTENSION_KEY
 from service.database import Database, connect_args
 from service.errors import DatabaseUnavailable
-from tests.helpers import assert_pool_wait_problem, run_as_mysql_root
+from tests.helpers import assert_pool_wait_problem, captured_logs, run_as_mysql_root
 
 POOL_WAIT_SECONDS = 0.3
 
@@ -209,7 +208,7 @@ def test_timed_out_write_not_repeated(settings):
 
 def test_closed_connection_failure_explained_in_log():
     """PyMySQL's InterfaceError(0, '') for a closed connection gets a cause in dependency_failed."""
-    with structlog.testing.capture_logs() as logs:
+    with captured_logs(errors) as logs:
         errors.DependencyFailureLog().failed("mysql", pymysql.err.InterfaceError(0, ""))
 
     [line] = [entry for entry in logs if entry["event"] == "dependency_failed"]

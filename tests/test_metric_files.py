@@ -16,13 +16,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import structlog.testing
 from prometheus_client import values
 from prometheus_client.mmap_dict import MmapedDict
 
 from service import metric_files
 from service.metric_files import AllocatedMmapedDict, MetricFileFull
-from tests.helpers import full_tmpfs
+from tests.helpers import captured_logs, full_tmpfs
 
 FILESYSTEM_BYTES = 256 * 1024
 
@@ -67,7 +66,7 @@ def test_new_file_on_full_directory_kept_in_memory(full_directory, monkeypatch):
     path = full_directory / "counter_5.db"
     monkeypatch.setattr(metric_files, "_last_report", float("-inf"))
 
-    with structlog.testing.capture_logs() as logs:
+    with captured_logs(metric_files) as logs:
         metric_file = metric_files.open_metric_file(str(path))
         metric_file.write_value("key", 2.0, 0.0)
 
@@ -101,7 +100,7 @@ def test_growing_file_on_full_directory_raises(tmp_path, full_directory):
 
     outcome = outcome_in_child(add_many_keys)
     # Through prometheus_client's calls, the keys without room are left out instead.
-    with structlog.testing.capture_logs():
+    with captured_logs(metric_files):
         for number in range(10_000):
             metric_file.write_value(f"gatehouse_example{{label=\"{number:040d}\"}}", 1.0, 0.0)
     stored = list(metric_file.read_all_values())

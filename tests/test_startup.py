@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 import redis
-import structlog.testing
 
 from service.config import Settings, load_settings
+from service import startup
 from service.startup import StartupCheckFailed, run_startup_checks
-from tests.helpers import free_port, run_as_mysql_root
+from tests.helpers import captured_logs, free_port, run_as_mysql_root
 
 # The start-up timeout of the cases that must fail at once, far above the time they may take.
 STARTUP_TIMEOUT_SECONDS = 20.0
@@ -202,7 +202,7 @@ def eviction_policy(settings: Settings) -> Iterator[Callable[[str, str], None]]:
 def test_redis_eviction_policy_warned(settings, eviction_policy, policy, limit, warned):
     eviction_policy(policy, limit)
 
-    with structlog.testing.capture_logs() as logs:
+    with captured_logs(startup) as logs:
         run_startup_checks(settings)
 
     warnings = [entry for entry in logs if entry["event"] == "redis_eviction_policy"]
@@ -229,7 +229,7 @@ def redis_user_without_info(settings: Settings) -> Iterator[str]:
 def test_redis_denied_info_passes(settings, redis_user_without_info):
     user_settings = load_settings({"redis_url": redis_url(settings, f"{redis_user_without_info}:{PROBE_PASSWORD}")})
 
-    with structlog.testing.capture_logs() as logs:
+    with captured_logs(startup) as logs:
         run_startup_checks(user_settings)
 
     assert "redis_eviction_policy_unknown" in [entry["event"] for entry in logs]
