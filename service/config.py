@@ -93,7 +93,8 @@ class Settings(RedisSettings, AbuseProtectionSettings, MySQLTLSSettings):
         "info", description="one of debug, info, warning, error"
     )
     trusted_proxy_count: int = Field(
-        0, ge=0, le=10, description="number of reverse proxies in front whose X-Forwarded-For is trusted, 0-10"
+        0, ge=0, le=10, validate_default=True,
+        description="number of reverse proxies in front whose X-Forwarded-For is trusted, 0-10",
     )
     max_body_bytes: int = Field(
         16_384, ge=1024, le=10_485_760, description="largest accepted request body in bytes, 1024-10485760"
@@ -293,6 +294,15 @@ class Settings(RedisSettings, AbuseProtectionSettings, MySQLTLSSettings):
         if not sep or not host or not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError("expected host:port, for example 127.0.0.1:8000")
 
+        return value
+
+    @field_validator("trusted_proxy_count")
+    @classmethod
+    def _check_proxy_networks_used(cls, value: int, info: ValidationInfo) -> int:
+        # GATEHOUSE_TRUSTED_PROXY_NETWORKS comes from a base class, so it is validated first.
+        if value == 0 and (info.data.get("trusted_proxy_networks") or "").strip():
+            raise ValueError("0 while GATEHOUSE_TRUSTED_PROXY_NETWORKS is set, which then has no effect: set the "
+                             "number of proxies, or leave the networks empty")
         return value
 
     @field_validator("key_publish_seconds")

@@ -75,3 +75,11 @@ def test_networks_naming_none_rejected(value):
 
     assert str(excinfo.value).startswith("GATEHOUSE_TRUSTED_PROXY_NETWORKS is invalid")
     assert "names no network" in str(excinfo.value)
+
+
+def test_networks_without_proxy_count_rejected():
+    with pytest.raises(InvalidConfiguration) as excinfo:
+        load_settings({"trusted_proxy_networks": "10.0.0.0/8"})
+
+    assert str(excinfo.value).startswith("GATEHOUSE_TRUSTED_PROXY_COUNT is invalid (0 while GATEHOUSE_TRUSTED_PROXY_NETWORKS")
+    assert load_settings({"trusted_proxy_networks": "10.0.0.0/8", "trusted_proxy_count": 1}).trusted_proxy_count == 1
