@@ -6,6 +6,7 @@ needs one, and against a Sentinel of their own on a free port of 127.0.0.1.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import time
 import uuid
@@ -164,9 +165,16 @@ def test_redis_database_out_of_range_fails_at_once(settings):
 @pytest.fixture
 def redis_user_without_ping(settings: Settings) -> Iterator[str]:
     """A Redis ACL user that may log in but run no command, removed after the test."""
-    name = f"gh_probe_{uuid.uuid4().hex[:8]}"
+    with redis_acl_user(settings, "gh_probe", commands=["-@all", "+hello", "+auth"]) as name:
+        yield name
+
+
+@contextlib.contextmanager
+def redis_acl_user(settings: Settings, prefix: str, **rules: list[str]) -> Iterator[str]:
+    """Create a Redis ACL user with PROBE_PASSWORD and the given rules, and delete it afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
     admin = redis.Redis.from_url(settings.redis_url.get_secret_value())
-    admin.acl_setuser(name, enabled=True, passwords=[f"+{PROBE_PASSWORD}"], commands=["-@all", "+hello", "+auth"])
+    admin.acl_setuser(name, enabled=True, passwords=[f"+{PROBE_PASSWORD}"], **rules)
     try:
         yield name
     finally:
@@ -215,15 +223,8 @@ def test_redis_eviction_policy_warned(settings, eviction_policy, policy, limit, 
 @pytest.fixture
 def redis_user_without_info(settings: Settings) -> Iterator[str]:
     """A Redis ACL user that may run the service's commands but not INFO, as on some managed services."""
-    name = f"gh_noinfo_{uuid.uuid4().hex[:8]}"
-    admin = redis.Redis.from_url(settings.redis_url.get_secret_value())
-    admin.acl_setuser(name, enabled=True, passwords=[f"+{PROBE_PASSWORD}"], commands=["+@all", "-info"],
-                      keys=["~*"], channels=["*"])
-    try:
+    with redis_acl_user(settings, "gh_noinfo", commands=["+@all", "-info"], keys=["~*"], channels=["*"]) as name:
         yield name
-    finally:
-        admin.acl_deluser(name)
-        admin.close()
 
 
 def test_redis_denied_info_passes(settings, redis_user_without_info):
