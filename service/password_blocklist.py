@@ -108,15 +108,17 @@ def _cores(comparable: str) -> list[str]:
 def is_trivial(password: str) -> bool:
     """Tell whether a password comes down to a few characters, once compared as listed ones are.
 
-    That is: fewer than _MIN_COMPACT characters are left without white space and
-    invisible characters, as with eight spaces, "ab      " or "x" and seven zero-width
-    spaces; or one to _MAX_REPEATED_UNIT characters repeat over the whole password, as
-    in "!!!!!!!!", "!@!@!@!@" or "ab ab ab ab". Such passwords are among the first
-    guesses, whatever their characters, and the length rule counts what was sent.
+    One case is fewer than _MIN_COMPACT characters left without white space and
+    invisible characters, as in eight spaces, "ab      " or "x" and seven zero-width
+    spaces. The other is a unit of one to _MAX_REPEATED_UNIT characters repeated at
+    least twice over the whole password, as in "!!!!!!!!", "!@!@!@!@" or "ab ab ab ab".
+    Such passwords are among the first guesses, and the length rule counts what was sent.
     """
     compact = "".join(_comparable(password).split())
-    return len(compact) < _MIN_COMPACT or any(compact == (compact[:size] * len(compact))[:len(compact)]
-                                              for size in range(1, _MAX_REPEATED_UNIT + 1))
+    if len(compact) < _MIN_COMPACT:
+        return True
+    return any(compact == (compact[:size] * len(compact))[:len(compact)]
+               for size in range(1, min(_MAX_REPEATED_UNIT, len(compact) // 2) + 1))
 
 
 def _digest(comparable: str) -> int:
