@@ -78,7 +78,6 @@ def operation(summary: str, *, request_model: type[BaseModel] | None = None,
             codes[error.status] = (*codes.get(error.status, ()), error.code)
     spec = Operation(summary, request_model, responses, tuple(sorted(statuses)), bearer, roles, tags,
                      query_model, description, uses_dependencies, codes, caching, ignores_query)
-    checked_query = query_model or (None if ignores_query else _NoQuery)
 
     def decorator(view: Callable) -> Callable:
         @functools.wraps(view)
@@ -88,8 +87,8 @@ def operation(summary: str, *, request_model: type[BaseModel] | None = None,
                 require_roles(principal, roles)
             if query_model is not None:
                 kwargs["query"] = parse_query(query_model)
-            elif checked_query is not None and request.args:
-                parse_query(checked_query)
+            elif not ignores_query and request.args:
+                parse_query(_NoQuery)
             if request_model is not None:
                 kwargs["body"] = parse_body(request_model)
             response = make_response(view(*args, **kwargs))

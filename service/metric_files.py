@@ -89,8 +89,7 @@ class AllocatedMmapedDict(MmapedDict):
 class UnsavedValues:
     """The values of a metric file that could not be created: kept in memory, left out of /metrics."""
 
-    def __init__(self, filename: str) -> None:
-        self._fname = filename
+    def __init__(self) -> None:
         self._values: dict[str, tuple[float, float]] = {}
 
     def read_value(self, key: str) -> tuple[float, float]:
@@ -113,7 +112,7 @@ def open_metric_file(filename: str, read_mode: bool = False) -> AllocatedMmapedD
         return AllocatedMmapedDict(filename, read_mode)
     except MetricFileFull as exc:
         _report(exc)
-        return UnsavedValues(filename)
+        return UnsavedValues()
 
 
 def _report(exc: MetricFileFull) -> None:

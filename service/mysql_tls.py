@@ -31,8 +31,8 @@ log = structlog.get_logger(__name__)
 _NAME_MISMATCH_CODES = frozenset({62, 64})
 # Errors of a TLS connection that ended without a TLS error, as any lost connection does.
 # NOTE: under TLS 1.3 a server that rejects the client certificate may close the
-# connection before the client reads its alert, which then looks like a lost connection
-# and gets no hint; the start-up check retries it, and a later attempt gets the alert.
+# connection before the client reads its alert. That looks like a lost connection and
+# gets no hint, so the start-up check retries it, and a later attempt gets the alert.
 _CONNECTION_LOST = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
 # One mysql_tls_failed line per process in this many seconds; the next line counts the others.
 FAILURE_LOG_INTERVAL_SECONDS = 60.0

@@ -20,9 +20,9 @@ log = structlog.get_logger(__name__)
 # How often results_within looks whether another caller's checks have ended.
 _RUNNING_POLL_SECONDS = 0.02
 # A check that has run this long counts as failed for the probes that arrive meanwhile.
-# A check takes milliseconds when its server answers, while one that waits out a hung
-# server's timeouts takes up to three of them (15 s with the defaults), and the cached
-# "ready" would otherwise keep the pod in service that long.
+# A check takes milliseconds when its server replies. One that waits out a hung MySQL's
+# timeouts took 15 s with the defaults in a trial, and the cached "ready" would keep the
+# pod in service that long.
 STALLED_CHECK_SECONDS = 2.0
 
 # The key the Redis check writes. Every worker of every replica writes the same key, so
@@ -156,14 +156,14 @@ class ReadinessProbe:
 
     def _check_redis(self) -> None:
         # A write, not PING: a Redis that became a replica (the old primary behind a managed
-        # service's host name after a failover) answers PING but refuses every write the
-        # service makes. redis_store turns its READONLY reply into a ConnectionError.
-        # ROLE or INFO would tell as well, but a managed Redis may refuse them to the
-        # service's user, which would take every pod out of service.
+        # service's host name after a failover) replies to PING but rejects every write.
+        # redis_store turns its READONLY reply into a ConnectionError. ROLE or INFO would
+        # tell as well, but a managed Redis may deny them to the service's user, which
+        # would take every pod out of service.
         try:
             self._redis.set(READY_KEY, str(int(time.time())), px=_READY_KEY_MILLISECONDS)
         except redis.exceptions.OutOfMemoryError:
-            # A full Redis under noeviction refuses writes but still answers reads, so warm
-            # requests and the JWKS still work. Taking every pod out of service would stop
-            # them too; logins and refreshes get 503 redis_unavailable meanwhile.
+            # A full Redis under noeviction rejects writes but still serves reads, so warm
+            # requests and the JWKS still work, and taking every pod out of service would
+            # stop them too. Logins and refreshes get 503 redis_unavailable meanwhile.
             return

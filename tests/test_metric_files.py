@@ -1,6 +1,6 @@
 """Metric files on a full file system: an error that names the file, never SIGBUS, and requests go on.
 
-A tmpfs of 256 KiB stands in for a full PROMETHEUS_MULTIPROC_DIR. Mounting it needs
+A tmpfs of 256 KiB serves as a full PROMETHEUS_MULTIPROC_DIR. Mounting it needs
 root, or the test is skipped. Each case runs in a forked child, so that a SIGBUS would
 end the child rather than pytest.
 """
@@ -62,7 +62,7 @@ def outcome_in_child(action: Callable[[], None]) -> str:
 
 
 def test_new_file_on_full_directory_kept_in_memory(full_directory, monkeypatch):
-    """prometheus_client's entry point: the process goes on, its samples stay out of /metrics, one line says why."""
+    """prometheus_client's entry point: the process goes on, its samples stay out of /metrics, and one line gives the reason."""
     path = full_directory / "counter_5.db"
     monkeypatch.setattr(metric_files, "_last_report", float("-inf"))
 

@@ -77,7 +77,7 @@ def test_pools_read_long_replies_whole():
 def test_read_only_redis_gets_503_then_recovers(settings, user):
     """A standalone Redis that became a replica replies READONLY to writes, as after a failover behind one host name.
 
-    It still answers PING, so /ready must check with a write to take the pod out of service.
+    It still replies to PING, so /ready must check with a write to take the pod out of service.
     """
     app = create_app({"ready_cache_seconds": 0})
     admin = redis.Redis.from_url(settings.redis_url.get_secret_value())
